@@ -1,0 +1,46 @@
+"""genept-fast: GenePT single-cell embeddings, fast, offline-capable and atlas-scale.
+
+The pipeline reads top to bottom: gene text → gene embeddings → cell embeddings → evaluation.
+
+- :func:`weighted_embedding`, :func:`top_genes`, :func:`cell_sentences`: the Rust kernels.
+- :mod:`genept_fast.tl`: scanpy-shaped tools (``genept_w``, ``genept_s``) on AnnData.
+- Heavier submodules (``tl``, ``genes``, ``embed``, ``table``, ``stream``, ``eval``, ``dask``)
+  load on first use, so ``import genept_fast`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from genept_fast._core import GeneptError
+from genept_fast._core import __version__ as __version__
+from genept_fast.kernels import (
+    DEFAULT_PREFIX,
+    cell_sentences,
+    l2_normalize,
+    top_genes,
+    weighted_embedding,
+)
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "GeneptError",
+    "__version__",
+    "cell_sentences",
+    "l2_normalize",
+    "top_genes",
+    "weighted_embedding",
+]
+
+_LAZY = {"tl", "genes", "embed", "table", "stream", "eval", "dask", "cli", "demo"}
+
+
+def __getattr__(name: str) -> ModuleType | Any:
+    if name in _LAZY:
+        return importlib.import_module(f"genept_fast.{name}")
+    msg = f"module 'genept_fast' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,0 +1,49 @@
+"""Type stubs for the compiled module ``genept_fast._core`` (Rust, PyO3).
+
+Call these through :mod:`genept_fast.kernels`, which normalises inputs first; the functions here
+accept exactly one layout: CSR arrays whose ``indptr`` and ``indices`` are both int32 or both
+int64, ``data`` float32 or float64, everything C-contiguous.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class GeneptError(ValueError):
+    """Bad input to a genept-fast kernel; the message names the argument, cell or gene at fault."""
+
+def weighted_embedding(
+    indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    data: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    n_cols: int,
+    embeddings: npt.NDArray[np.float32],
+    gene_index: npt.NDArray[np.int64] | None = None,
+    normalize: bool = True,
+    n_threads: int | None = None,
+    out: npt.NDArray[np.float32] | None = None,
+    block_rows: int = 512,
+) -> npt.NDArray[np.float32]: ...
+def top_genes(
+    indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    data: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    n_cols: int,
+    n: int,
+    n_threads: int | None = None,
+) -> npt.NDArray[np.int32]: ...
+def cell_sentences(
+    indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    data: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    n_cols: int,
+    gene_names: list[str],
+    n: int,
+    prefix: str,
+    sep: str,
+    n_threads: int | None = None,
+) -> list[str]: ...
+def l2_normalize(matrix: npt.NDArray[np.float32], n_threads: int | None = None) -> None: ...
+def simd_level() -> str: ...
+def resolved_threads(n_threads: int | None = None) -> int: ...

@@ -1,0 +1,263 @@
+"""The three GenePT kernels, with input normalisation in front of the Rust core.
+
+This module is the only caller of :mod:`genept_fast._core`. It converts what users hand in
+(any scipy.sparse matrix or array, a dense ndarray, int32 or int64 indices, integer or float
+values) to the one layout the core accepts, copying only when it must:
+
+- CSR with ``int32`` or ``int64`` indices and ``float32`` or ``float64`` data is borrowed as is;
+- any other sparse format is converted to CSR once, dense input likewise;
+- integer or boolean values are cast (to float32, or float64 for 32/64-bit integers);
+- ``float64`` gene embeddings are cast to ``float32`` once (the output is float32 anyway).
+
+All work runs in Rust with the GIL released, in parallel over cells. ``n_threads`` defaults to
+all cores, and the environment variable ``GENEPT_FAST_NUM_THREADS`` caps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from genept_fast import _core
+from genept_fast._core import GeneptError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "CsrParts",
+    "GeneptError",
+    "as_csr",
+    "cell_sentences",
+    "l2_normalize",
+    "top_genes",
+    "weighted_embedding",
+]
+
+#: The sentence prefix of GenePT-s.
+DEFAULT_PREFIX = "A cell with genes ranked by expression: "
+
+_SMALL_INTS = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16)
+
+
+@dataclass(frozen=True)
+class CsrParts:
+    """A CSR matrix in the exact layout the Rust core borrows."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def n_cells(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.shape[1]
+
+
+def _value_dtype(dtype: np.dtype[Any], name: str) -> np.dtype[Any]:
+    if dtype in (np.float32, np.float64):
+        return dtype
+    if any(dtype == t for t in _SMALL_INTS):
+        return np.dtype(np.float32)
+    if np.issubdtype(dtype, np.integer):
+        return np.dtype(np.float64)
+    if np.issubdtype(dtype, np.floating):  # longdouble
+        return np.dtype(np.float64)
+    msg = f"{name} has unsupported dtype {dtype}; expected a real numeric type (float32/float64/int)"
+    raise GeneptError(msg)
+
+
+def as_csr(X: Any, *, name: str = "X") -> CsrParts:
+    """Return ``X`` (cells × genes) as :class:`CsrParts`, copying only what must change.
+
+    Accepts any ``scipy.sparse`` matrix or array, a dense ``numpy`` array (or anything
+    ``np.asarray`` takes). Raises :class:`GeneptError` on a wrong ndim or an unsupported dtype.
+    """
+    if sp.issparse(X):
+        if X.ndim != 2:
+            msg = f"{name} must be 2-D (cells × genes), got a {X.ndim}-D sparse array"
+            raise GeneptError(msg)
+        csr = X if X.format == "csr" else X.tocsr()
+        indptr, indices, data = csr.indptr, csr.indices, csr.data
+        shape = (int(csr.shape[0]), int(csr.shape[1]))
+    else:
+        arr = np.asarray(X)
+        if arr.ndim != 2:
+            msg = f"{name} must be 2-D (cells × genes), got shape {arr.shape}"
+            raise GeneptError(msg)
+        _value_dtype(arr.dtype, name)
+        csr = sp.csr_array(arr)
+        indptr, indices, data = csr.indptr, csr.indices, csr.data
+        shape = (int(arr.shape[0]), int(arr.shape[1]))
+
+    vdt = _value_dtype(data.dtype, name)
+    data = np.ascontiguousarray(data, dtype=vdt)
+    if not (indptr.dtype == indices.dtype and indptr.dtype in (np.int32, np.int64)):
+        indptr = indptr.astype(np.int64)
+        indices = indices.astype(np.int64)
+    indptr = np.ascontiguousarray(indptr)
+    indices = np.ascontiguousarray(indices)
+    if indptr.shape != (shape[0] + 1,):
+        msg = f"{name}: indptr has {indptr.shape[0]} entries, expected n_cells + 1 = {shape[0] + 1}"
+        raise GeneptError(msg)
+    return CsrParts(indptr, indices, data, shape)
+
+
+def _as_embeddings(E: Any) -> np.ndarray:
+    arr = np.asarray(E)
+    if arr.ndim != 2:
+        msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {arr.shape}"
+        raise GeneptError(msg)
+    if arr.dtype != np.float32:
+        _value_dtype(arr.dtype, "gene_embeddings")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_threads(n_threads: int | None) -> int | None:
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        msg = f"n_threads must be a positive integer or None, got {n_threads!r}"
+        raise GeneptError(msg)
+    if n_threads < 1:
+        msg = f"n_threads must be at least 1, got {n_threads}"
+        raise GeneptError(msg)
+    return int(n_threads)
+
+
+def _check_n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        msg = f"n must be an integer ≥ 1, got {n!r}"
+        raise GeneptError(msg)
+    return int(n)
+
+
+def weighted_embedding(
+    X: Any,
+    gene_embeddings: npt.ArrayLike,
+    *,
+    gene_index: npt.ArrayLike | None = None,
+    normalize: bool = True,
+    n_threads: int | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """GenePT-w cell embeddings: ``X @ gene_embeddings``, each row L2-normalised.
+
+    Parameters
+    ----------
+    X
+        Cells × genes expression (any scipy.sparse format or dense). CSR is used without a copy.
+    gene_embeddings
+        Genes × D, float32 (float64 is cast once). Row ``j`` embeds gene ``j`` of ``X``, unless
+        ``gene_index`` says otherwise.
+    gene_index
+        Optional length-``n_genes`` integer array mapping each column of ``X`` to a row of
+        ``gene_embeddings``, ``-1`` for genes without an embedding (they are skipped).
+    normalize
+        Divide each row by its L2 norm. A cell with no expressed embedded gene stays all zeros.
+    n_threads
+        Threads to use (default: all cores, capped by ``GENEPT_FAST_NUM_THREADS``).
+    out
+        Optional C-contiguous float32 ``(n_cells, D)`` array to write into (for example a
+        memory map); it is returned.
+
+    Returns
+    -------
+    float32 array of shape ``(n_cells, D)``.
+    """
+    csr = as_csr(X)
+    E = _as_embeddings(gene_embeddings)
+    gi = None
+    if gene_index is not None:
+        gi = np.asarray(gene_index)
+        if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
+            msg = f"gene_index must be a 1-D integer array, got shape {gi.shape} dtype {gi.dtype}"
+            raise GeneptError(msg)
+        gi = np.ascontiguousarray(gi, dtype=np.int64)
+    if out is not None and (
+        not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous
+    ):
+        msg = "out must be a C-contiguous float32 numpy array"
+        raise GeneptError(msg)
+    return _core.weighted_embedding(
+        csr.indptr,
+        csr.indices,
+        csr.data,
+        csr.n_genes,
+        E,
+        gene_index=gi,
+        normalize=bool(normalize),
+        n_threads=_check_threads(n_threads),
+        out=out,
+    )
+
+
+def top_genes(X: Any, n: int, *, n_threads: int | None = None) -> np.ndarray:
+    """Per cell, the indices of the ``n`` most expressed genes.
+
+    Only strictly positive values count; genes are in descending order of value, ties broken
+    by the lower gene index; rows with fewer than ``n`` positive genes are padded with ``-1``.
+    Duplicate stored entries are summed first, as scipy does.
+
+    Returns
+    -------
+    int32 array of shape ``(n_cells, n)``.
+    """
+    csr = as_csr(X)
+    return _core.top_genes(
+        csr.indptr,
+        csr.indices,
+        csr.data,
+        csr.n_genes,
+        _check_n(n),
+        n_threads=_check_threads(n_threads),
+    )
+
+
+def cell_sentences(
+    X: Any,
+    gene_names: Sequence[str] | np.ndarray,
+    n: int,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    sep: str = " ",
+    n_threads: int | None = None,
+) -> list[str]:
+    """GenePT-s sentences: ``prefix`` + each cell's top-``n`` gene names joined by ``sep``.
+
+    The gene order is that of :func:`top_genes`; a cell with no expressed gene gets ``prefix``
+    alone. ``gene_names`` must have one entry per column of ``X``.
+    """
+    csr = as_csr(X)
+    names = [str(g) for g in gene_names]
+    return _core.cell_sentences(
+        csr.indptr,
+        csr.indices,
+        csr.data,
+        csr.n_genes,
+        names,
+        _check_n(n),
+        str(prefix),
+        str(sep),
+        n_threads=_check_threads(n_threads),
+    )
+
+
+def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.ndarray:
+    """Return a float32 copy of ``matrix`` with each row divided by its L2 norm (zero rows stay 0)."""
+    arr = np.array(matrix, dtype=np.float32, order="C", copy=True)
+    if arr.ndim != 2:
+        msg = f"matrix must be 2-D, got shape {arr.shape}"
+        raise GeneptError(msg)
+    _core.l2_normalize(arr, n_threads=_check_threads(n_threads))
+    return arr

@@ -1,0 +1,330 @@
+//! Validated, borrowed views of a CSR matrix (cells × genes) and of a dense embedding table.
+//!
+//! The kernels accept `int32` or `int64` indices and `float32` or `float64` values, exactly as
+//! scipy stores them, so that a caller never has to copy an atlas-sized matrix to call us.
+//! Validation happens once, here, in parallel; the kernels then index without further checks
+//! beyond what the slice bounds give for free.
+
+use rayon::prelude::*;
+
+use crate::error::{non_finite_kind, GeneptError, Result};
+
+/// An index type scipy uses for `indptr`/`indices`: `i32` or `i64`.
+pub trait Index: Copy + Send + Sync + 'static {
+    /// The value as `usize`, or `None` when negative (or not addressable).
+    fn to_usize(self) -> Option<usize>;
+    /// The value as `i64`, for messages.
+    fn to_i64(self) -> i64;
+}
+
+impl Index for i32 {
+    #[inline(always)]
+    fn to_usize(self) -> Option<usize> {
+        usize::try_from(self).ok()
+    }
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        i64::from(self)
+    }
+}
+
+impl Index for i64 {
+    #[inline(always)]
+    fn to_usize(self) -> Option<usize> {
+        usize::try_from(self).ok()
+    }
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self
+    }
+}
+
+/// A value type of the expression matrix: `f32` or `f64`.
+pub trait Value: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + 'static {
+    /// A sort key that orders strictly positive values descending, ties by ascending gene.
+    type Key: Ord + Copy + Send + Sync;
+    const ZERO: Self;
+    fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
+    /// The key of a strictly positive, finite value of gene `gene`.
+    fn rank_key(self, gene: u32) -> Self::Key;
+    /// The gene index stored in a key.
+    fn key_gene(key: Self::Key) -> u32;
+}
+
+impl Value for f32 {
+    type Key = u64;
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn rank_key(self, gene: u32) -> u64 {
+        // For positive floats the bit pattern orders like the value; inverting it makes the
+        // largest value the smallest key, and the gene index in the low bits breaks ties.
+        (u64::from(!self.to_bits()) << 32) | u64::from(gene)
+    }
+    #[inline(always)]
+    fn key_gene(key: u64) -> u32 {
+        key as u32
+    }
+}
+
+impl Value for f64 {
+    type Key = u128;
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn rank_key(self, gene: u32) -> u128 {
+        (u128::from(!self.to_bits()) << 64) | u128::from(gene)
+    }
+    #[inline(always)]
+    fn key_gene(key: u128) -> u32 {
+        key as u32
+    }
+}
+
+/// A borrowed CSR matrix whose structure and values have been checked.
+#[derive(Clone, Copy, Debug)]
+pub struct CsrView<'a, I: Index, V: Value> {
+    indptr: &'a [I],
+    indices: &'a [I],
+    data: &'a [V],
+    n_rows: usize,
+    n_cols: usize,
+}
+
+impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
+    /// Checks a CSR matrix and borrows it. Rejects: `indptr` of length 0, a first entry other
+    /// than 0, a decreasing `indptr`, a last entry other than `nnz`, `indices`/`data` of
+    /// different lengths, column indices outside `[0, n_cols)`, and NaN or infinite values.
+    /// Unsorted and duplicate column indices are valid (duplicates are summed, as scipy does).
+    pub fn new(indptr: &'a [I], indices: &'a [I], data: &'a [V], n_cols: usize) -> Result<Self> {
+        if indptr.is_empty() {
+            return Err(GeneptError::MalformedCsr(
+                "indptr is empty; it must have n_cells + 1 entries".into(),
+            ));
+        }
+        if indices.len() != data.len() {
+            return Err(GeneptError::MalformedCsr(format!(
+                "indices has {} entries but data has {}",
+                indices.len(),
+                data.len()
+            )));
+        }
+        let n_rows = indptr.len() - 1;
+        if indptr[0].to_i64() != 0 {
+            return Err(GeneptError::MalformedCsr(format!(
+                "indptr[0] is {}, expected 0",
+                indptr[0].to_i64()
+            )));
+        }
+        let last = indptr[n_rows].to_i64();
+        if last != data.len() as i64 {
+            return Err(GeneptError::MalformedCsr(format!(
+                "indptr[-1] is {last} but there are {} stored values",
+                data.len()
+            )));
+        }
+        if let Some(r) = indptr
+            .windows(2)
+            .position(|w| w[1].to_i64() < w[0].to_i64())
+        {
+            return Err(GeneptError::MalformedCsr(format!(
+                "indptr decreases at cell {r} (indptr[{r}] = {}, indptr[{}] = {})",
+                indptr[r].to_i64(),
+                r + 1,
+                indptr[r + 1].to_i64()
+            )));
+        }
+        let view = CsrView {
+            indptr,
+            indices,
+            data,
+            n_rows,
+            n_cols,
+        };
+        view.check_entries()?;
+        Ok(view)
+    }
+
+    /// Finds the first cell (lowest index) with a column index out of range or a non-finite value.
+    fn check_entries(&self) -> Result<()> {
+        let n_cols = self.n_cols;
+        let bad = (0..self.n_rows)
+            .into_par_iter()
+            .with_min_len(256)
+            .map(|r| {
+                let (idx, val) = self.row(r);
+                for (&j, &v) in idx.iter().zip(val) {
+                    match j.to_usize() {
+                        Some(j) if j < n_cols => {}
+                        _ => {
+                            return Some(GeneptError::MalformedCsr(format!(
+                                "cell {r} has gene index {} outside [0, {n_cols})",
+                                j.to_i64()
+                            )))
+                        }
+                    }
+                    let x = v.to_f64();
+                    if !x.is_finite() {
+                        return Some(GeneptError::NonFinite {
+                            what: "X",
+                            kind: non_finite_kind(x),
+                            location: format!("cell {r}, gene {}", j.to_i64()),
+                        });
+                    }
+                }
+                None
+            })
+            .find_first(Option::is_some)
+            .flatten();
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    #[inline]
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    #[inline]
+    pub fn n_cols(&self) -> usize {
+        self.n_cols
+    }
+
+    #[inline]
+    pub fn nnz(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The stored (gene index, value) pairs of cell `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> (&'a [I], &'a [V]) {
+        // Validated in `new`: indptr is monotone, starts at 0 and ends at nnz.
+        let a = self.indptr[r].to_usize().unwrap_or(0);
+        let b = self.indptr[r + 1].to_usize().unwrap_or(0);
+        (&self.indices[a..b], &self.data[a..b])
+    }
+
+    /// Number of stored entries of rows `r0..r1`.
+    #[inline]
+    pub fn nnz_rows(&self, r0: usize, r1: usize) -> usize {
+        self.indptr[r1].to_usize().unwrap_or(0) - self.indptr[r0].to_usize().unwrap_or(0)
+    }
+}
+
+/// A borrowed, row-major `n_genes × dim` float32 embedding table, checked to be finite.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingView<'a> {
+    data: &'a [f32],
+    n_rows: usize,
+    dim: usize,
+}
+
+impl<'a> EmbeddingView<'a> {
+    pub fn new(data: &'a [f32], n_rows: usize, dim: usize) -> Result<Self> {
+        if n_rows.checked_mul(dim) != Some(data.len()) {
+            return Err(GeneptError::Shape(format!(
+                "embedding buffer has {} values, expected {n_rows} × {dim}",
+                data.len()
+            )));
+        }
+        if dim > 0 {
+            let bad = data
+                .par_chunks(dim)
+                .with_min_len(64)
+                .position_first(|row| row.iter().any(|x| !x.is_finite()));
+            if let Some(g) = bad {
+                let row = &data[g * dim..(g + 1) * dim];
+                let (k, x) = row
+                    .iter()
+                    .enumerate()
+                    .find(|(_, x)| !x.is_finite())
+                    .map(|(k, x)| (k, *x))
+                    .unwrap_or((0, f32::NAN));
+                return Err(GeneptError::NonFinite {
+                    what: "gene_embeddings",
+                    kind: non_finite_kind(f64::from(x)),
+                    location: format!("gene row {g}, dimension {k}"),
+                });
+            }
+        }
+        Ok(EmbeddingView { data, n_rows, dim })
+    }
+
+    #[inline]
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    #[inline]
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    #[inline]
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_and_empty() {
+        let v = CsrView::<i32, f32>::new(&[0, 2, 2, 3], &[1, 0, 2], &[1.0, 2.0, 3.0], 3).unwrap();
+        assert_eq!(v.n_rows(), 3);
+        assert_eq!(v.row(1).0.len(), 0);
+        let e = CsrView::<i64, f64>::new(&[0], &[], &[], 0).unwrap();
+        assert_eq!(e.n_rows(), 0);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        let err = |r: Result<CsrView<'_, i32, f32>>| r.unwrap_err().to_string();
+        assert!(err(CsrView::new(&[], &[], &[], 1)).contains("indptr is empty"));
+        assert!(err(CsrView::new(&[1, 1], &[0], &[1.0], 1)).contains("indptr[0]"));
+        assert!(err(CsrView::new(&[0, 2, 1, 2], &[0, 0], &[1.0, 1.0], 1)).contains("decreases"));
+        assert!(err(CsrView::new(&[0, 1], &[0, 0], &[1.0, 1.0], 1)).contains("indptr[-1]"));
+        assert!(err(CsrView::new(&[0, 1], &[0], &[1.0, 2.0], 1)).contains("indices has"));
+        assert!(err(CsrView::new(&[0, 1, 2], &[0, 5], &[1.0, 1.0], 3)).contains("cell 1"));
+        assert!(err(CsrView::new(&[0, 1], &[-1], &[1.0], 3)).contains("outside"));
+        let nan = err(CsrView::new(&[0, 1, 2], &[0, 1], &[1.0, f32::NAN], 3));
+        assert!(
+            nan.contains("NaN") && nan.contains("cell 1, gene 1"),
+            "{nan}"
+        );
+    }
+
+    #[test]
+    fn embedding_checks() {
+        assert!(EmbeddingView::new(&[0.0; 6], 2, 4).is_err());
+        let e = EmbeddingView::new(&[0.0, 1.0, f32::INFINITY, 0.0], 2, 2).unwrap_err();
+        assert!(e.to_string().contains("gene row 1, dimension 0"), "{e}");
+    }
+
+    #[test]
+    fn rank_keys_order() {
+        assert!(2.0f32.rank_key(5) < 1.0f32.rank_key(0));
+        assert!(1.0f32.rank_key(0) < 1.0f32.rank_key(1));
+        assert!(2.0f64.rank_key(5) < 1.0f64.rank_key(0));
+        assert_eq!(<f64 as Value>::key_gene(1.5f64.rank_key(77)), 77);
+    }
+}

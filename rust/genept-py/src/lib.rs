@@ -1,0 +1,296 @@
+//! `genept_fast._core`: the only code that knows about Python.
+//!
+//! Every function has the same shape: borrow the numpy buffers without copying, release the GIL
+//! for the whole computation (validation included), run on the requested thread pool, and hand
+//! the result back as a numpy array that owns the Rust buffer. [`detached`] does the release,
+//! the pool, panic containment and error mapping for every call. The Python package
+//! (`genept_fast.kernels`) normalises dtypes and layouts before calling here, so this layer sees
+//! one layout: CSR with `int32`/`int64` indices and `float32`/`float64` values, C-contiguous.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use genept_core::parallel::{resolve_threads, with_pool};
+use genept_core::simd::Isa;
+use genept_core::{sentences, topn, weighted, CsrView, EmbeddingView, GeneMap, WeightedOptions};
+use numpy::ndarray::Array2;
+use numpy::{
+    Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyReadwriteArray2, PyUntypedArrayMethods,
+};
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+create_exception!(
+    _core,
+    GeneptError,
+    PyValueError,
+    "Bad input to a genept-fast kernel; the message names the argument, cell or gene at fault."
+);
+
+fn to_py(e: genept_core::GeneptError) -> PyErr {
+    GeneptError::new_err(e.to_string())
+}
+
+/// Releases the GIL, runs `f` on the pool of `n_threads`, and maps errors and panics.
+fn detached<T: Send>(
+    py: Python<'_>,
+    n_threads: Option<usize>,
+    f: impl FnOnce() -> genept_core::Result<T> + Send,
+) -> PyResult<T> {
+    let r = py.detach(|| catch_unwind(AssertUnwindSafe(|| with_pool(n_threads, f))));
+    match r {
+        Ok(r) => r.map_err(to_py),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(GeneptError::new_err(format!(
+                "internal error in genept-fast (please report it): {msg}"
+            )))
+        }
+    }
+}
+
+fn slice<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| GeneptError::new_err(format!("{what} must be C-contiguous")))
+}
+
+fn dtype_error(
+    indptr: &Bound<'_, PyAny>,
+    indices: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyErr {
+    let dt = |a: &Bound<'_, PyAny>| {
+        a.getattr("dtype")
+            .and_then(|d| d.str().map(|s| s.to_string()))
+            .unwrap_or_else(|_| "not an array".into())
+    };
+    GeneptError::new_err(format!(
+        "unsupported CSR dtypes (indptr {}, indices {}, data {}): indptr and indices must both \
+         be int32 or both int64 arrays, data float32 or float64",
+        dt(indptr),
+        dt(indices),
+        dt(data)
+    ))
+}
+
+/// Borrows `(indptr, indices, data)` under each supported dtype combination and evaluates
+/// `$body` with `$p`, `$i`, `$d` bound to the slices (generic code, instantiated four times).
+macro_rules! with_csr {
+    ($indptr:expr, $indices:expr, $data:expr, |$p:ident, $i:ident, $d:ident| $body:expr) => {{
+        macro_rules! data_arm {
+            ($P:ty) => {{
+                let p = $indptr.cast::<PyArray1<$P>>()?.readonly();
+                let i = $indices.cast::<PyArray1<$P>>()?.readonly();
+                let ($p, $i) = (slice(&p, "indptr")?, slice(&i, "indices")?);
+                if let Ok(d) = $data.cast::<PyArray1<f32>>() {
+                    let d = d.readonly();
+                    let $d = slice(&d, "data")?;
+                    $body
+                } else if let Ok(d) = $data.cast::<PyArray1<f64>>() {
+                    let d = d.readonly();
+                    let $d = slice(&d, "data")?;
+                    $body
+                } else {
+                    Err(dtype_error($indptr, $indices, $data))
+                }
+            }};
+        }
+        let both = |a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>| {
+            (
+                a.cast::<PyArray1<i32>>().is_ok() && b.cast::<PyArray1<i32>>().is_ok(),
+                a.cast::<PyArray1<i64>>().is_ok() && b.cast::<PyArray1<i64>>().is_ok(),
+            )
+        };
+        match both($indptr, $indices) {
+            (true, _) => data_arm!(i32),
+            (_, true) => data_arm!(i64),
+            _ => Err(dtype_error($indptr, $indices, $data)),
+        }
+    }};
+}
+
+/// GenePT-w: `X @ E`, rows L2-normalised when `normalize`. Returns float32 (n_cells, dim).
+#[pyfunction]
+#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512))]
+#[allow(clippy::too_many_arguments)]
+fn weighted_embedding<'py>(
+    py: Python<'py>,
+    indptr: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    n_cols: usize,
+    embeddings: PyReadonlyArray2<'py, f32>,
+    gene_index: Option<PyReadonlyArray1<'py, i64>>,
+    normalize: bool,
+    n_threads: Option<usize>,
+    out: Option<Bound<'py, PyArray2<f32>>>,
+    block_rows: usize,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (n_emb, dim) = (embeddings.shape()[0], embeddings.shape()[1]);
+    let table = embeddings
+        .as_slice()
+        .map_err(|_| GeneptError::new_err("gene_embeddings must be C-contiguous"))?;
+    let map_arr = gene_index
+        .as_ref()
+        .map(|m| slice(m, "gene_index"))
+        .transpose()?;
+    let n_cells = indptr.len()?.saturating_sub(1);
+    let opts = WeightedOptions {
+        normalize,
+        block_rows,
+        ..WeightedOptions::default()
+    };
+    let run = |buf: &mut [f32]| -> PyResult<()> {
+        with_csr!(indptr, indices, data, |p, i, d| detached(
+            py,
+            n_threads,
+            || {
+                let x = CsrView::new(p, i, d, n_cols)?;
+                let e = EmbeddingView::new(table, n_emb, dim)?;
+                let map = map_arr.map_or(GeneMap::Identity, GeneMap::Table);
+                weighted::weighted_embedding(&x, &e, map, opts, buf)
+            }
+        ))
+    };
+    match out {
+        Some(out) => {
+            if out.shape() != [n_cells, dim] {
+                return Err(GeneptError::new_err(format!(
+                    "out has shape {:?}, expected ({n_cells}, {dim})",
+                    out.shape()
+                )));
+            }
+            {
+                let mut w: PyReadwriteArray2<'py, f32> = out.readwrite();
+                let buf = w
+                    .as_slice_mut()
+                    .map_err(|_| GeneptError::new_err("out must be C-contiguous"))?;
+                run(buf)?;
+            }
+            Ok(out)
+        }
+        None => {
+            let mut buf = vec![0.0f32; n_cells * dim];
+            run(&mut buf)?;
+            into_2d(py, buf, n_cells, dim)
+        }
+    }
+}
+
+fn into_2d<T: Element>(
+    py: Python<'_>,
+    v: Vec<T>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'_, PyArray2<T>>> {
+    let a = Array2::from_shape_vec((rows, cols), v)
+        .map_err(|e| GeneptError::new_err(format!("internal shape error: {e}")))?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Per cell, the indices of the `n` genes with the largest positive values (int32, -1 padded).
+#[pyfunction]
+#[pyo3(signature = (indptr, indices, data, n_cols, n, n_threads=None))]
+fn top_genes<'py>(
+    py: Python<'py>,
+    indptr: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    n_cols: usize,
+    n: usize,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    if n == 0 {
+        return Err(GeneptError::new_err(
+            "invalid argument: n must be at least 1",
+        ));
+    }
+    let n_cells = indptr.len()?.saturating_sub(1);
+    let total = n_cells
+        .checked_mul(n)
+        .ok_or_else(|| GeneptError::new_err("n_cells × n overflows"))?;
+    let mut buf = vec![0i32; total];
+    with_csr!(indptr, indices, data, |p, i, d| detached(
+        py,
+        n_threads,
+        || {
+            let x = CsrView::new(p, i, d, n_cols)?;
+            topn::top_genes(&x, n, &mut buf)
+        }
+    ))?;
+    into_2d(py, buf, n_cells, n)
+}
+
+/// GenePT-s sentences: `prefix` + the names of each cell's top-`n` genes joined by `sep`.
+#[pyfunction]
+#[pyo3(signature = (indptr, indices, data, n_cols, gene_names, n, prefix, sep, n_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn cell_sentences<'py>(
+    py: Python<'py>,
+    indptr: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    n_cols: usize,
+    gene_names: Vec<String>,
+    n: usize,
+    prefix: &str,
+    sep: &str,
+    n_threads: Option<usize>,
+) -> PyResult<Vec<String>> {
+    with_csr!(indptr, indices, data, |p, i, d| detached(
+        py,
+        n_threads,
+        || {
+            let x = CsrView::new(p, i, d, n_cols)?;
+            sentences::cell_sentences(&x, &gene_names, n, prefix, sep)
+        }
+    ))
+}
+
+/// Divides each row of a C-contiguous float32 matrix by its L2 norm, in place.
+#[pyfunction]
+#[pyo3(signature = (matrix, n_threads=None))]
+fn l2_normalize(
+    py: Python<'_>,
+    matrix: Bound<'_, PyArray2<f32>>,
+    n_threads: Option<usize>,
+) -> PyResult<()> {
+    let dim = matrix.shape()[1];
+    let mut w = matrix.readwrite();
+    let buf = w
+        .as_slice_mut()
+        .map_err(|_| GeneptError::new_err("matrix must be C-contiguous"))?;
+    detached(py, n_threads, || weighted::l2_normalize_rows(buf, dim))
+}
+
+/// The SIMD instruction set the kernels use on this CPU ("avx2+fma" or "portable").
+#[pyfunction]
+fn simd_level() -> &'static str {
+    Isa::detect().name()
+}
+
+/// The number of threads a call with `n_threads` would use (all cores, capped by
+/// `GENEPT_FAST_NUM_THREADS`).
+#[pyfunction]
+#[pyo3(signature = (n_threads=None))]
+fn resolved_threads(n_threads: Option<usize>) -> PyResult<usize> {
+    resolve_threads(n_threads).map_err(to_py)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("GeneptError", m.py().get_type::<GeneptError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(weighted_embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(top_genes, m)?)?;
+    m.add_function(wrap_pyfunction!(cell_sentences, m)?)?;
+    m.add_function(wrap_pyfunction!(l2_normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(resolved_threads, m)?)?;
+    Ok(())
+}
