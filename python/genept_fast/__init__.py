@@ -36,7 +36,7 @@ __all__ = [
     "weighted_embedding",
 ]
 
-_LAZY = {"tl", "genes", "embed", "table", "stream", "eval", "dask", "cli", "demo"}
+_LAZY = {"tl", "genes", "embed", "table", "preprocess", "stream", "eval", "dask", "cli", "demo"}
 
 
 def __getattr__(name: str) -> ModuleType | Any:

@@ -1,0 +1,78 @@
+"""The paper's expression preprocessing, done per cell so that it streams.
+
+GenePT-w weights gene embeddings by log-normalised expression. When a matrix holds raw counts,
+each cell is scaled to ``target_sum`` total counts and ``log1p``-transformed, which equals
+``sc.pp.normalize_total(adata, target_sum=1e4); sc.pp.log1p(adata)``. A fixed ``target_sum``
+keeps the transform local to each cell, so a chunk of cells gives the same result as the whole
+matrix (scanpy's default, the median of totals, would need a pass over every cell first).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from genept_fast._core import GeneptError
+
+__all__ = ["TARGET_SUM", "Preprocess", "apply_preprocess", "looks_like_counts", "normalize_log1p"]
+
+#: Counts per cell after normalisation (scanpy's ``target_sum=1e4``).
+TARGET_SUM = 1e4
+
+#: ``"auto"``: log-normalise when the values look like raw counts; ``"log1p"``: always;
+#: ``"none"``: use the values as they are.
+Preprocess = Literal["auto", "log1p", "none"]
+
+
+def _values(X: Any) -> np.ndarray:
+    return np.asarray(X.data if sp.issparse(X) else X)
+
+
+def looks_like_counts(X: Any, *, max_values: int = 1_000_000) -> bool:
+    """True when the (first ``max_values``) stored values are non-negative integers.
+
+    Log-normalised or scaled data has fractional (or negative) values; count matrices do not.
+    An all-zero matrix is not treated as counts.
+    """
+    v = _values(X).ravel()[:max_values]
+    v = v[v != 0]
+    if v.size == 0:
+        return False
+    if np.issubdtype(v.dtype, np.integer):
+        return bool((v >= 0).all())
+    if not np.issubdtype(v.dtype, np.floating):
+        return False
+    return bool((v >= 0).all() and np.all(np.floor(v) == v))
+
+
+def normalize_log1p(X: Any, *, target_sum: float = TARGET_SUM) -> sp.csr_array:
+    """Return ``log1p(target_sum * X / rowsum(X))`` as a new float32 CSR array.
+
+    The input is never modified. Cells with zero total stay zero. Negative values are an error
+    (they cannot be counts).
+    """
+    csr = sp.csr_array(X, dtype=np.float32, copy=True)
+    csr.sum_duplicates()
+    if csr.data.size and csr.data.min() < 0:
+        msg = "cannot log-normalise: the matrix has negative values, so it does not hold counts"
+        raise GeneptError(msg)
+    totals = np.asarray(csr.sum(axis=1)).ravel().astype(np.float64)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    counts_per_row = np.diff(csr.indptr)
+    csr.data *= np.repeat(scale, counts_per_row).astype(np.float32)
+    np.log1p(csr.data, out=csr.data)
+    return csr
+
+
+def apply_preprocess(X: Any, how: Preprocess = "auto") -> tuple[Any, bool]:
+    """Apply ``how`` to ``X``; returns the matrix to encode and whether it was log-normalised."""
+    if how == "none":
+        return X, False
+    if how == "log1p" or (how == "auto" and looks_like_counts(X)):
+        return normalize_log1p(X), True
+    if how != "auto":
+        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
+        raise GeneptError(msg)
+    return X, False
