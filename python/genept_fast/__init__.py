@@ -17,8 +17,10 @@ from genept_fast._core import GeneptError
 from genept_fast._core import __version__ as __version__
 from genept_fast.kernels import (
     DEFAULT_PREFIX,
+    PreparedEmbeddings,
     cell_sentences,
     l2_normalize,
+    prepare_embeddings,
     top_genes,
     weighted_embedding,
 )
@@ -29,9 +31,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PREFIX",
     "GeneptError",
+    "PreparedEmbeddings",
     "__version__",
     "cell_sentences",
     "l2_normalize",
+    "prepare_embeddings",
     "top_genes",
     "weighted_embedding",
 ]

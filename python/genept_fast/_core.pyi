@@ -5,20 +5,48 @@ accept exactly one layout: CSR arrays whose ``indptr`` and ``indices`` are both 
 int64, ``data`` float32 or float64, everything C-contiguous.
 """
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "GeneptError",
+    "PreparedEmbeddings",
+    "__version__",
+    "cell_sentences",
+    "l2_normalize",
+    "resolved_threads",
+    "simd_level",
+    "top_genes",
+    "weighted_embedding",
+]
 
 __version__: str
 
 class GeneptError(ValueError):
     """Bad input to a genept-fast kernel; the message names the argument, cell or gene at fault."""
 
+@final
+class PreparedEmbeddings:
+    """A gene-embedding table checked and laid out tile-major, reusable across calls."""
+
+    def __new__(
+        cls, embeddings: npt.NDArray[np.float32], n_threads: int | None = None
+    ) -> PreparedEmbeddings: ...
+    @property
+    def n_genes(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
 def weighted_embedding(
     indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
     indices: npt.NDArray[np.int32] | npt.NDArray[np.int64],
     data: npt.NDArray[np.float32] | npt.NDArray[np.float64],
     n_cols: int,
-    embeddings: npt.NDArray[np.float32],
+    embeddings: npt.NDArray[np.float32] | PreparedEmbeddings,
     gene_index: npt.NDArray[np.int64] | None = None,
     normalize: bool = True,
     n_threads: int | None = None,

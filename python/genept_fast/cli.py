@@ -26,7 +26,8 @@ COMMANDS = ("gene_text", "embed_genes", "encode", "evaluate", "demo")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genept-fast",
-        description="GenePT single-cell embeddings: gene text → gene embeddings → cells → evaluation.",
+        description="GenePT single-cell embeddings: "
+        "gene text → gene embeddings → cell embeddings → evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"genept-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

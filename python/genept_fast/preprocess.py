@@ -27,7 +27,10 @@ Preprocess = Literal["auto", "log1p", "none"]
 
 
 def _values(X: Any) -> np.ndarray:
-    return np.asarray(X.data if sp.issparse(X) else X)
+    if sp.issparse(X):
+        sparse: Any = X  # scipy's stubs type issparse's guard as the bare base class
+        return np.asarray(sparse.data)
+    return np.asarray(X)
 
 
 def looks_like_counts(X: Any, *, max_values: int = 1_000_000) -> bool:

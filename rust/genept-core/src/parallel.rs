@@ -107,6 +107,6 @@ mod tests {
     #[test]
     fn pools_run_in_the_requested_size() {
         let n = with_pool(Some(2), || Ok(rayon::current_num_threads())).unwrap();
-        assert!(n <= 2 && n >= 1);
+        assert!((1..=2).contains(&n));
     }
 }

@@ -1,0 +1,77 @@
+# One set of commands for people and CI. `make test` sets everything up on a fresh machine
+# (virtual environment, build, dependencies) and runs every check; `make demo` runs the main job.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SRC := python tests benches
+
+.PHONY: help venv install dev test check lint fmt typecheck rust-test pytest wheel wheel-smoke bench demo clean
+
+help:
+	@echo "make test    - set up $(VENV), build, run every check (fmt, clippy, cargo test, ruff, mypy, stubtest, pytest)"
+	@echo "make demo    - set up $(VENV) and run the offline demo (genept-fast demo)"
+	@echo "make dev     - rebuild the extension in place after a Rust change (maturin develop --release)"
+	@echo "make bench   - kernel benchmark (release build)"
+	@echo "make wheel-smoke - build the abi3 wheel, install it in a fresh venv with no Rust on PATH, smoke-test it"
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(PY)
+
+# Editable install: maturin builds the Rust extension (release profile) into python/genept_fast.
+install: $(PY)
+	$(PIP) install -q -e ".[test,dask]"
+
+dev: $(PY)
+	$(PIP) install -q "maturin>=1.9,<2"
+	$(VENV)/bin/maturin develop --release
+
+test: install check
+
+check: lint typecheck rust-test pytest
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+
+fmt:
+	cargo fmt --all
+	$(VENV)/bin/ruff format $(SRC)
+	$(VENV)/bin/ruff check --fix $(SRC)
+
+typecheck:
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest genept_fast._core
+
+rust-test:
+	cargo test --workspace --exclude genept-py
+
+pytest:
+	$(PY) -m pytest -q
+
+wheel:
+	$(PIP) install -q "maturin>=1.9,<2"
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --out dist
+
+# Install the wheel where no compiler or Rust toolchain is reachable and import it.
+wheel-smoke: wheel
+	rm -rf .wheel-venv
+	python3 -m venv .wheel-venv
+	.wheel-venv/bin/pip install -q dist/*.whl
+	cd /tmp && env -i PATH=/usr/bin:/bin HOME=$$HOME $(CURDIR)/.wheel-venv/bin/python $(CURDIR)/tests/smoke_wheel.py
+	rm -rf .wheel-venv
+
+bench:
+	$(PY) benches/bench_kernels.py
+
+demo: $(PY)
+	$(PIP) install -q .
+	$(VENV)/bin/genept-fast demo
+
+clean:
+	rm -rf target dist .wheel-venv python/genept_fast/*.so
