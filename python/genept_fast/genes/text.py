@@ -1,0 +1,796 @@
+"""One text per gene, from one of four sources, cached on disk and resumable.
+
+Sources (``gene_texts(genes, source=...)``):
+
+``symbol``
+    The gene symbol alone (GenePT shows that this already carries signal).
+``ncbi``
+    The NCBI Gene full name and RefSeq summary, from NCBI E-utilities (``esearch`` maps
+    symbols to Entrez IDs, ``esummary`` returns the records; ``backend="eutils"``, default) or
+    from MyGene.info (``backend="mygene"``). The summary is cleaned (``[provided by RefSeq,
+    …]`` tails and extra whitespace removed); a gene without a summary falls back to its full
+    name, and ``source`` says so (``ncbi_summary`` or ``ncbi_full_name``).
+``llm``
+    A description written by a chat model through any OpenAI-compatible
+    ``/chat/completions`` endpoint (the official ``openai`` client), prompted with
+    ``"Tell me about gene {gene}"`` by default, as in the GenePT paper.
+``file``
+    A user table (parquet, CSV, TSV, JSON, JSON lines) with a gene and a text column, or a
+    JSON object mapping symbol → text such as GenePT's ``NCBI_summary_of_genes.json``.
+
+Network results are appended to a JSON-lines cache under ``<cache>/text/`` as each batch
+arrives, keyed by the source's parameters (never by an API key). A rerun reads the cache and
+asks the network only for genes it has no answer for, so a crash loses at most the batches in
+flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from genept_fast._core import GeneptError
+from genept_fast._http import HttpError, JsonClient, ServiceUnavailableError
+from genept_fast.genes.ids import MYGENE_URL, is_ensembl, map_genes, mygene_query
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "NCBI_EUTILS_URL",
+    "SOURCES",
+    "TEXT_SCHEMA",
+    "clean_summary",
+    "default_cache_dir",
+    "gene_texts",
+    "read_texts",
+    "write_texts",
+]
+
+SOURCES = ("symbol", "ncbi", "llm", "file")
+NCBI_EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils"
+DEFAULT_PROMPT = "Tell me about gene {gene}"
+DEFAULT_TEMPLATE = "{full_name}. {summary}"
+DEFAULT_LLM_MODEL = "gpt-4o-mini"
+TEXT_SCHEMA: dict[str, pl.DataType] = {
+    "gene": pl.String(),
+    "text": pl.String(),
+    "source": pl.String(),
+    "fetched_at": pl.Datetime("us", "UTC"),
+}
+_TAXON = {"human": 9606, "mouse": 10090}
+#: NCBI's limits (requests/s without and with an API key), less 10% for network jitter.
+NCBI_RATE = (3.0 * 0.9, 10.0 * 0.9)
+_CITATION_RE = re.compile(r"\[(?:provided|supplied) by [^\]]*\]\.?", re.IGNORECASE)
+_PUB_NOTE_RE = re.compile(r"Publication Note:.*$", re.IGNORECASE | re.DOTALL)
+
+
+def clean_summary(text: str | None) -> str | None:
+    """An NCBI summary without ``[provided by RefSeq, …]`` citations, publication notes and
+    runs of whitespace; None when nothing is left."""
+    if text is None:
+        return None
+    text = _PUB_NOTE_RE.sub("", text)
+    text = _CITATION_RE.sub("", text)
+    text = " ".join(text.split())
+    return text or None
+
+
+def default_cache_dir() -> Path:
+    """The cache root: ``$GENEPT_FAST_CACHE_DIR``, else ``$XDG_CACHE_HOME/genept-fast``, else
+    ``~/.cache/genept-fast``."""
+    env = os.environ.get("GENEPT_FAST_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "genept-fast"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# -- cache ---------------------------------------------------------------------------------------
+
+
+class _TextCache:
+    """An append-only JSON-lines file of ``{"key", "text", "source", "fetched_at"}`` records.
+
+    A torn last line (a crash mid-write) is skipped when reading. ``path=None`` keeps
+    everything in memory only.
+    """
+
+    def __init__(self, path: Path | None, params: Mapping[str, object]) -> None:
+        self.path = path
+        self.params = dict(params)
+        self.entries: dict[str, tuple[str | None, str, dt.datetime]] = {}
+        self._lock = threading.Lock()
+        if path is not None and path.exists():
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                        when = dt.datetime.fromisoformat(rec["fetched_at"])
+                        self.entries[rec["key"]] = (rec["text"], rec["source"], when)
+                    except (ValueError, KeyError, TypeError):
+                        continue
+
+    @classmethod
+    def open(
+        cls, cache_dir: str | os.PathLike[str] | bool | None, params: Mapping[str, object]
+    ) -> _TextCache:
+        if cache_dir is False:
+            return cls(None, params)
+        root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+        folder = root / "text"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{params['source']}-{digest}.jsonl"
+        meta = folder / f"{params['source']}-{digest}.params.json"
+        if not meta.exists():
+            meta.write_text(json.dumps(params, sort_keys=True, indent=1), encoding="utf-8")
+        return cls(path, params)
+
+    def add(self, records: Iterable[tuple[str, str | None, str]]) -> None:
+        when = _now()
+        lines = []
+        with self._lock:
+            for key, text, source in records:
+                self.entries[key] = (text, source, when)
+                rec = {"key": key, "text": text, "source": source, "fetched_at": when.isoformat()}
+                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+            if self.path is not None and lines:
+                with self.path.open("a", encoding="utf-8") as fh:
+                    fh.write("".join(lines))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+
+
+# -- lookup keys ---------------------------------------------------------------------------------
+
+
+def _lookup_keys(genes: Sequence[str], species: str, to_human: bool) -> list[str | None]:
+    """The symbol to look each gene up by: Ensembl IDs (and mouse genes with ``to_human``) are
+    mapped offline; plain symbols are used as given."""
+    keys: list[str | None] = [g.strip() or None for g in genes]
+    need = [i for i, g in enumerate(genes) if g and (to_human or is_ensembl(g))]
+    if need:
+        mapped = map_genes([genes[i] for i in need], species=species, to_human=to_human)
+        for i, symbol in zip(need, mapped["symbol"].to_list(), strict=True):
+            keys[i] = symbol
+    return keys
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="gene")
+
+
+# -- NCBI ----------------------------------------------------------------------------------------
+
+
+def _ncbi_text(
+    symbol: str, full_name: str | None, summary: str | None, template: str
+) -> tuple[str | None, str]:
+    summary = clean_summary(summary)
+    full_name = " ".join(full_name.split()) if full_name else None
+    if summary:
+        text = template.format(symbol=symbol, full_name=full_name or symbol, summary=summary)
+        return text, "ncbi_summary"
+    if full_name:
+        return full_name, "ncbi_full_name"
+    return None, "missing"
+
+
+def _match_docs(
+    keys: Sequence[str], docs: Sequence[Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """Assign esummary records to queried symbols: symbol, then any case, then a unique alias."""
+    by_name: dict[str, Mapping[str, Any]] = {}
+    by_upper: dict[str, list[Mapping[str, Any]]] = {}
+    by_alias: dict[str, list[Mapping[str, Any]]] = {}
+    for doc in docs:
+        name = str(doc.get("name") or "")
+        by_name.setdefault(name, doc)
+        by_upper.setdefault(name.upper(), []).append(doc)
+        aliases = str(doc.get("otheraliases") or "")
+        for alias in (a.strip() for a in aliases.split(",")):
+            if alias:
+                by_alias.setdefault(alias.upper(), []).append(doc)
+    out: dict[str, Mapping[str, Any]] = {}
+    for key in keys:
+        if key.isdigit():
+            hit = next((d for d in docs if str(d.get("uid")) == key), None)
+        elif key in by_name:
+            hit = by_name[key]
+        elif len(by_upper.get(key.upper(), [])) == 1:
+            hit = by_upper[key.upper()][0]
+        elif len(by_alias.get(key.upper(), [])) == 1:
+            hit = by_alias[key.upper()][0]
+        else:
+            hit = None
+        if hit is not None:
+            out[key] = hit
+    return out
+
+
+def _esummary_docs(
+    client: JsonClient, uids: Sequence[str], base: Mapping[str, object]
+) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for start in range(0, len(uids), 200):
+        chunk = uids[start : start + 200]
+        answer = client.post_form(
+            "esummary.fcgi", {**base, "db": "gene", "retmode": "json", "id": ",".join(chunk)}
+        )
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            err = answer.get("error") if isinstance(answer, dict) else None
+            msg = f"NCBI esummary gave no 'result'{f': {client.mask(str(err))}' if err else ''}"
+            raise HttpError(msg, url=client.base_url + "/esummary.fcgi")
+        for uid in result.get("uids", []):
+            doc = result.get(str(uid))
+            if isinstance(doc, dict) and "error" not in doc:
+                docs.append(doc)
+    return docs
+
+
+def _fetch_eutils(
+    client: JsonClient,
+    keys: Sequence[str],
+    *,
+    species: str,
+    api_key: str | None,
+    template: str,
+) -> list[tuple[str, str | None, str]]:
+    base: dict[str, object] = {"tool": "genept-fast"}
+    if api_key:
+        base["api_key"] = api_key  # sent in the POST body, never in a URL
+    uids = [k for k in keys if k.isdigit()]
+    symbols = [k for k in keys if not k.isdigit()]
+    if symbols:
+        terms = " OR ".join(f'"{s.replace(chr(34), "")}"[sym]' for s in symbols)
+        term = f"({terms}) AND txid{_TAXON[species]}[orgn] AND alive[prop]"
+        answer = client.post_form(
+            "esearch.fcgi",
+            {
+                **base,
+                "db": "gene",
+                "retmode": "json",
+                "retmax": max(500, 5 * len(symbols)),
+                "term": term,
+            },
+        )
+        found = answer.get("esearchresult") if isinstance(answer, dict) else None
+        if not isinstance(found, dict) or not isinstance(found.get("idlist"), list):
+            err = answer.get("error") if isinstance(answer, dict) else None
+            why = f": {client.mask(str(err))}" if err else ""
+            msg = f"NCBI esearch gave no 'esearchresult.idlist'{why}"
+            raise HttpError(msg, url=client.base_url + "/esearch.fcgi")
+        uids.extend(str(u) for u in found["idlist"])
+    docs = _esummary_docs(client, list(dict.fromkeys(uids)), base) if uids else []
+    matched = _match_docs(keys, docs)
+    out: list[tuple[str, str | None, str]] = []
+    for key in keys:
+        doc = matched.get(key)
+        if doc is None:
+            out.append((key, None, "missing"))
+        else:
+            sym = str(doc.get("name") or key)
+            out.append(
+                (key, *_ncbi_text(sym, doc.get("description"), doc.get("summary"), template))
+            )
+    return out
+
+
+def _fetch_mygene(
+    client: JsonClient, keys: Sequence[str], *, species: str, template: str
+) -> list[tuple[str, str | None, str]]:
+    hits = mygene_query(
+        client,
+        keys,
+        scopes="symbol,alias,entrezgene",
+        fields="symbol,name,summary",
+        species=species,
+    )
+    out: list[tuple[str, str | None, str]] = []
+    for key in keys:
+        found = [h for h in hits.get(key, []) if h.get("symbol") or h.get("name")]
+        exact = [h for h in found if h.get("symbol") == key or str(h.get("_id")) == key] or [
+            h for h in found if str(h.get("symbol", "")).upper() == key.upper()
+        ]
+        pool = exact or (found if len({h.get("symbol") for h in found}) == 1 else [])
+        if not pool:
+            out.append((key, None, "missing"))
+            continue
+        hit = pool[0]
+        sym = str(hit.get("symbol") or key)
+        out.append((key, *_ncbi_text(sym, hit.get("name"), hit.get("summary"), template)))
+    return out
+
+
+# -- LLM -----------------------------------------------------------------------------------------
+
+
+def _llm_client(api_key: str | None, base_url: str | None, timeout: float, max_retries: int) -> Any:
+    import openai
+
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if base_url is None:
+            msg = (
+                "source='llm' needs an API key: set OPENAI_API_KEY (or pass api_key=), or give "
+                "base_url= of an OpenAI-compatible server that needs none"
+            )
+            raise GeneptError(msg)
+        key = "not-needed"
+    return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+
+def _llm_error(exc: Exception, secret: str | None, base_url: str | None) -> Exception:
+    import openai
+
+    where = base_url or "the OpenAI API"
+    text = str(getattr(exc, "message", None) or exc)
+    if secret:
+        text = text.replace(secret, "***")
+    if isinstance(exc, openai.APITimeoutError):
+        return HttpError(f"LLM at {where}: no answer in time ({text})", url=where)
+    if isinstance(exc, openai.APIConnectionError):
+        return ServiceUnavailableError(f"LLM at {where}: cannot connect ({text})", url=where)
+    if isinstance(exc, openai.APIStatusError):
+        msg = f"LLM at {where}: HTTP {exc.status_code}: {text}"
+        return HttpError(msg, url=where, status=exc.status_code)
+    return HttpError(f"LLM at {where}: {type(exc).__name__}: {text}", url=where)
+
+
+def _run_llm(
+    keys: Sequence[str],
+    cache: _TextCache,
+    *,
+    model: str,
+    prompt: str,
+    api_key: str | None,
+    base_url: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    system: str | None,
+    timeout: float,
+    max_retries: int,
+    max_workers: int,
+    progress: Any,
+) -> None:
+    import openai
+
+    client = _llm_client(api_key, base_url, timeout, max_retries)
+    secret = api_key or os.environ.get("OPENAI_API_KEY")
+
+    def ask(key: str) -> None:
+        messages = [{"role": "user", "content": prompt.format(gene=key)}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        extra: dict[str, Any] = {}
+        if temperature is not None:
+            extra["temperature"] = temperature
+        if max_tokens is not None:
+            extra["max_tokens"] = max_tokens
+        try:
+            reply = client.chat.completions.create(model=model, messages=messages, **extra)
+        except openai.OpenAIError as exc:
+            raise _llm_error(exc, secret, base_url) from None
+        content = reply.choices[0].message.content if reply.choices else None
+        content = content.strip() if content else None
+        cache.add([(key, content, f"llm:{model}" if content else "missing")])
+        if progress is not None:
+            progress.update(1)
+
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        futures = [pool.submit(ask, k) for k in keys]
+        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for fut in pending:
+            fut.cancel()
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+
+
+# -- file ----------------------------------------------------------------------------------------
+
+_GENE_COLUMNS = ("gene", "symbol", "gene_symbol", "gene_name", "genes", "name")
+_TEXT_COLUMNS = ("text", "summary", "description", "gene_text")
+
+
+def _read_table(path: Path) -> pl.DataFrame:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pl.read_parquet(path)
+    if suffix in (".csv", ".csv.gz"):
+        return pl.read_csv(path, infer_schema_length=0)
+    if suffix in (".tsv", ".tab", ".txt", ".tsv.gz"):
+        return pl.read_csv(path, separator="\t", infer_schema_length=0)
+    if suffix in (".jsonl", ".ndjson"):
+        return pl.read_ndjson(path)
+    if suffix == ".json":
+        with path.open(encoding="utf-8") as fh:
+            data = json.load(fh)
+        if (
+            isinstance(data, dict)
+            and data
+            and all(isinstance(v, (str, type(None))) for v in data.values())
+        ):
+            return pl.DataFrame(
+                {"gene": list(data), "text": list(data.values())},
+                schema={"gene": pl.String, "text": pl.String},
+            )
+        if isinstance(data, list):
+            return pl.DataFrame(data, infer_schema_length=None)
+        if isinstance(data, dict):
+            return pl.DataFrame(data)
+        msg = f"{path}: JSON must be an object gene → text or a list of records"
+        raise GeneptError(msg)
+    msg = f"{path}: unknown table format {path.suffix!r} (use parquet, csv, tsv, json or jsonl)"
+    raise GeneptError(msg)
+
+
+def _pick(
+    columns: Sequence[str], wanted: str | None, options: Sequence[str], what: str, path: Path
+) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            msg = f"{path}: no column {wanted!r} (columns: {', '.join(columns)})"
+            raise GeneptError(msg)
+        return wanted
+    lower = {c.lower(): c for c in columns}
+    for option in options:
+        if option in lower:
+            return lower[option]
+    msg = (
+        f"{path}: cannot tell which column holds the {what} (columns: {', '.join(columns)}); "
+        f"name it with {what}_column="
+    )
+    raise GeneptError(msg)
+
+
+def _file_lookup(
+    path: str | os.PathLike[str], gene_column: str | None, text_column: str | None
+) -> Callable[[str | None, str], str | None]:
+    path = Path(path)
+    if not path.exists():
+        msg = f"text table not found: {path}"
+        raise FileNotFoundError(msg)
+    table = _read_table(path)
+    gcol = _pick(table.columns, gene_column, _GENE_COLUMNS, "gene", path)
+    tcol = _pick([c for c in table.columns if c != gcol], text_column, _TEXT_COLUMNS, "text", path)
+    exact: dict[str, str | None] = {}
+    upper: dict[str, list[str | None]] = {}
+    for gene, text in table.select(
+        pl.col(gcol).cast(pl.String), pl.col(tcol).cast(pl.String)
+    ).iter_rows():
+        if gene is None:
+            continue
+        gene = gene.strip()
+        text = " ".join(text.split()) if text else None
+        exact.setdefault(gene, text)
+        upper.setdefault(gene.upper(), []).append(text)
+
+    def lookup(key: str | None, raw: str) -> str | None:
+        for k in (raw.strip(), key):
+            if k and k in exact:
+                return exact[k]
+        for k in (raw.strip(), key):
+            if k and len(upper.get(k.upper(), [])) == 1:
+                return upper[k.upper()][0]
+        return None
+
+    return lookup
+
+
+# -- the one interface ---------------------------------------------------------------------------
+
+
+def gene_texts(
+    genes: Iterable[object],
+    *,
+    source: str = "symbol",
+    species: str = "human",
+    to_human: bool = False,
+    cache_dir: str | os.PathLike[str] | bool | None = None,
+    refresh: bool = False,
+    progress: bool = False,
+    # ncbi
+    backend: str = "eutils",
+    api_key: str | None = None,
+    ncbi_url: str | None = None,
+    mygene_url: str | None = None,
+    batch_size: int = 200,
+    template: str = DEFAULT_TEMPLATE,
+    # llm
+    model: str = DEFAULT_LLM_MODEL,
+    base_url: str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    max_workers: int = 4,
+    # file
+    path: str | os.PathLike[str] | None = None,
+    gene_column: str | None = None,
+    text_column: str | None = None,
+    # network
+    timeout: float = 20.0,
+    max_retries: int = 4,
+    backoff: float = 0.5,
+) -> pl.DataFrame:
+    """A text for every gene, from one source.
+
+    Parameters
+    ----------
+    genes
+        Gene symbols (Entrez IDs also work for ``ncbi``); Ensembl IDs are mapped to symbols
+        offline first (see :func:`genept_fast.genes.map_genes`).
+    source
+        ``"symbol"``, ``"ncbi"``, ``"llm"`` or ``"file"`` (see the module docstring).
+    species, to_human
+        The species of the genes; with ``to_human`` mouse genes are looked up by their human
+        ortholog.
+    cache_dir
+        Root of the on-disk cache (texts land in ``<cache_dir>/text/``); None: see
+        :func:`default_cache_dir`; False: no cache. Used by ``ncbi`` and ``llm``.
+    refresh
+        Ignore cached answers (new answers are still cached).
+    progress
+        Show a tqdm progress bar for network work.
+    backend
+        ``ncbi`` only: ``"eutils"`` (NCBI E-utilities) or ``"mygene"`` (MyGene.info).
+    api_key
+        ``ncbi``: an NCBI API key (else ``$NCBI_API_KEY``; raises the rate limit from 3 to 10
+        requests/s). ``llm``: the API key (else ``$OPENAI_API_KEY``). Never cached or logged.
+    ncbi_url, mygene_url
+        Base URLs of the E-utilities and MyGene.info services (for mirrors and tests).
+    batch_size
+        Genes per network batch for ``ncbi`` (≤ 1000 for MyGene); each finished batch is cached.
+    template
+        ``ncbi`` text when a summary exists; fields ``{symbol}``, ``{full_name}``, ``{summary}``.
+        A gene without a summary gets its full name alone.
+    model, base_url, prompt, system, temperature, max_tokens, max_workers
+        ``llm``: chat model, OpenAI-compatible base URL (None: OpenAI), user prompt with a
+        ``{gene}`` field, optional system message, sampling options, and concurrent requests.
+    path, gene_column, text_column
+        ``file``: the table and its columns (guessed when not given).
+    timeout, max_retries, backoff
+        Per-request timeout in seconds, retries on 429/5xx/timeouts, first backoff in seconds.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per input gene, in input order: ``gene`` (the input), ``text`` (null when none),
+        ``source`` (``symbol``, ``ncbi_summary``, ``ncbi_full_name``, ``llm:<model>``, ``file``
+        or ``missing``) and ``fetched_at`` (UTC; when the text was obtained, cached or not).
+
+    Raises
+    ------
+    GeneptError
+        Bad arguments.
+    genept_fast._http.ServiceUnavailableError
+        The service cannot be reached (offline): raised at once, without retries.
+    genept_fast._http.HttpError
+        The service kept failing after the retries, or answered an error.
+    """
+    if source not in SOURCES:
+        msg = f"source must be one of {SOURCES}, got {source!r}"
+        raise GeneptError(msg)
+    if species not in _TAXON:
+        msg = f"species must be one of {tuple(_TAXON)}, got {species!r}"
+        raise GeneptError(msg)
+    raw = ["" if g is None else str(g) for g in genes]
+    lookup_species = "human" if to_human else species
+    keys = _lookup_keys(raw, species, to_human)
+    now = _now()
+
+    if source == "symbol":
+        rows = [(g, k, "symbol" if k else "missing", now) for g, k in zip(raw, keys, strict=True)]
+        return _frame(rows)
+    if source == "file":
+        if path is None:
+            msg = "source='file' needs path= (a parquet/CSV/TSV/JSON table of gene and text)"
+            raise GeneptError(msg)
+        find = _file_lookup(path, gene_column, text_column)
+        rows = []
+        for g, k in zip(raw, keys, strict=True):
+            text = find(k, g)
+            rows.append((g, text, "file" if text else "missing", now))
+        return _frame(rows)
+
+    if source == "ncbi":
+        if backend not in ("eutils", "mygene"):
+            msg = f"backend must be 'eutils' or 'mygene', got {backend!r}"
+            raise GeneptError(msg)
+        url = (mygene_url or MYGENE_URL) if backend == "mygene" else (ncbi_url or NCBI_EUTILS_URL)
+        params: dict[str, object] = {
+            "source": "ncbi",
+            "backend": backend,
+            "url": url,
+            "species": lookup_species,
+            "template": template,
+        }
+    else:
+        params = {
+            "source": "llm",
+            "model": model,
+            "base_url": base_url,
+            "prompt": prompt,
+            "system": system,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+    cache = _TextCache.open(cache_dir, params)
+    todo = list(dict.fromkeys(k for k in keys if k and (refresh or k not in cache.entries)))
+    bar = _progress(len(todo), progress, f"gene text ({source})")
+    try:
+        if source == "ncbi" and todo:
+            _run_ncbi(
+                todo,
+                cache,
+                backend=backend,
+                url=url,
+                species=lookup_species,
+                api_key=api_key if api_key is not None else os.environ.get("NCBI_API_KEY"),
+                batch_size=batch_size,
+                template=template,
+                timeout=timeout,
+                max_retries=max_retries,
+                backoff=backoff,
+                progress=bar,
+            )
+        elif source == "llm" and todo:
+            _run_llm(
+                todo,
+                cache,
+                model=model,
+                prompt=prompt,
+                api_key=api_key,
+                base_url=base_url,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                system=system,
+                timeout=timeout,
+                max_retries=max_retries,
+                max_workers=max_workers,
+                progress=bar,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = []
+    for g, k in zip(raw, keys, strict=True):
+        if k and k in cache.entries:
+            text, src, when = cache.entries[k]
+            rows.append((g, text, src, when))
+        else:
+            rows.append((g, None, "missing", now))
+    return _frame(rows)
+
+
+def _run_ncbi(
+    todo: Sequence[str],
+    cache: _TextCache,
+    *,
+    backend: str,
+    url: str,
+    species: str,
+    api_key: str | None,
+    batch_size: int,
+    template: str,
+    timeout: float,
+    max_retries: int,
+    backoff: float,
+    progress: Any,
+) -> None:
+    if backend == "eutils":
+        client = JsonClient(
+            url,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            rate_limit=NCBI_RATE[1] if api_key else NCBI_RATE[0],
+            secrets=[api_key],
+            name="NCBI E-utilities",
+        )
+    else:
+        client = JsonClient(
+            url, timeout=timeout, max_retries=max_retries, backoff=backoff, name="MyGene.info"
+        )
+        batch_size = min(batch_size, 1000)
+    for start in range(0, len(todo), max(1, batch_size)):
+        batch = todo[start : start + max(1, batch_size)]
+        if backend == "eutils":
+            results = _fetch_eutils(
+                client, batch, species=species, api_key=api_key, template=template
+            )
+        else:
+            results = _fetch_mygene(client, batch, species=species, template=template)
+        cache.add(results)
+        if progress is not None:
+            progress.update(len(batch))
+
+
+def _frame(rows: Sequence[tuple[str, str | None, str, dt.datetime]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "gene": [r[0] for r in rows],
+            "text": [r[1] for r in rows],
+            "source": [r[2] for r in rows],
+            "fetched_at": [r[3] for r in rows],
+        },
+        schema=TEXT_SCHEMA,
+    )
+
+
+# -- parquet I/O ---------------------------------------------------------------------------------
+
+
+def _check(df: pl.DataFrame, where: str) -> None:
+    missing = [c for c in TEXT_SCHEMA if c not in df.columns]
+    if missing:
+        msg = f"{where}: not a gene text table, missing column(s) {', '.join(missing)}"
+        raise GeneptError(msg)
+
+
+def write_texts(
+    df: pl.DataFrame, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write a :func:`gene_texts` table to parquet atomically (temp file + rename).
+
+    Parameters
+    ----------
+    df
+        Columns ``gene``, ``text``, ``source``, ``fetched_at`` (others are kept).
+    path
+        Destination ``.parquet`` file; its folder is created if needed.
+    metadata
+        Extra key-value metadata for the parquet footer (never put secrets here).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    _check(df, "write_texts")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"genept_fast.table": "gene_texts", **(metadata or {})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        df.write_parquet(tmp, metadata=meta)
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_texts(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """Read a gene text table written by :func:`write_texts` (or any parquet with its columns)."""
+    p = Path(path)
+    if not p.exists():
+        msg = f"gene text table not found: {p}"
+        raise FileNotFoundError(msg)
+    df = pl.read_parquet(p)
+    _check(df, str(p))
+    return df
