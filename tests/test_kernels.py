@@ -315,3 +315,25 @@ def test_non_contiguous_inputs_are_handled(small):
         )
     with pytest.raises(GeneptError, match="C-contiguous"):
         _core.l2_normalize(np.zeros((3, 4), np.float32).T)
+
+
+def test_anndata_style_int64_indptr_with_int32_indices(small):
+    """indptr is narrowed (cheap) rather than indices widened (a copy of nnz values)."""
+    from genept_fast.kernels import as_csr
+
+    X, E = small
+    Y = X.copy()
+    Y.indptr = X.indptr.astype(np.int64)  # as anndata writes it
+    Y.indices = X.indices.astype(np.int32)
+    parts = as_csr(Y)
+    assert parts.indices is Y.indices and parts.indptr.dtype == np.int32
+    np.testing.assert_array_equal(gf.weighted_embedding(Y, E), gf.weighted_embedding(X, E))
+
+
+def test_unaligned_buffers_are_accepted(small):
+    X, E = small
+    buf = np.zeros(E.size * 4 + 1, dtype=np.uint8)
+    Eu = np.frombuffer(buf.data, dtype=np.float32, count=E.size, offset=1).reshape(E.shape)
+    assert not Eu.flags.aligned
+    buf[1:] = np.frombuffer(E.tobytes(), dtype=np.uint8)
+    np.testing.assert_array_equal(gf.weighted_embedding(X, Eu), gf.weighted_embedding(X, E))

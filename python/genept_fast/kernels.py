@@ -106,13 +106,18 @@ def as_csr(X: Any, *, name: str = "X") -> CsrParts:
         indptr, indices, data = csr.indptr, csr.indices, csr.data
         shape = (int(arr.shape[0]), int(arr.shape[1]))
 
-    vdt = _value_dtype(data.dtype, name)
-    data = np.ascontiguousarray(data, dtype=vdt)
+    data = _aligned(data, _value_dtype(data.dtype, name))
     if not (indptr.dtype == indices.dtype and indptr.dtype in (np.int32, np.int64)):
-        indptr = indptr.astype(np.int64)
-        indices = indices.astype(np.int64)
-    indptr = np.ascontiguousarray(indptr)
-    indices = np.ascontiguousarray(indices)
+        # anndata stores int64 indptr with int32 indices: narrowing indptr (n_cells + 1
+        # values) is cheap, widening indices (nnz values) is not.
+        nnz = int(indptr[-1]) if indptr.size else 0
+        if indices.dtype == np.int32 and nnz <= np.iinfo(np.int32).max:
+            indptr = indptr.astype(np.int32)
+        else:
+            indptr = indptr.astype(np.int64)
+            indices = indices.astype(np.int64)
+    indptr = _aligned(indptr, indptr.dtype)
+    indices = _aligned(indices, indices.dtype)
     if indptr.shape != (shape[0] + 1,):
         msg = f"{name}: indptr has {indptr.shape[0]} entries, expected n_cells + 1 = {shape[0] + 1}"
         raise GeneptError(msg)
@@ -134,6 +139,15 @@ def prepare_embeddings(
     return PreparedEmbeddings(_as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads))
 
 
+def _aligned(arr: np.ndarray, dtype: Any) -> np.ndarray:
+    """``arr`` as a C-contiguous, aligned array of ``dtype``; a copy only when needed.
+
+    Arrays unpickled from a buffer (Dask workers) can sit at unaligned addresses, which the
+    core cannot borrow.
+    """
+    return np.require(arr, dtype=dtype, requirements=["C", "A"])
+
+
 def _as_embeddings(E: Any) -> np.ndarray:
     arr = np.asarray(E)
     if arr.ndim != 2:
@@ -141,7 +155,7 @@ def _as_embeddings(E: Any) -> np.ndarray:
         raise GeneptError(msg)
     if arr.dtype != np.float32:
         _value_dtype(arr.dtype, "gene_embeddings")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return _aligned(arr, np.float32)
 
 
 def _check_threads(n_threads: int | None) -> int | None:

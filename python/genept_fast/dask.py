@@ -1,0 +1,298 @@
+"""GenePT-w on Dask arrays of sparse row blocks, on one machine or a ``dask.distributed`` cluster.
+
+- :func:`weighted_embedding` maps the Rust kernel over the row blocks of a Dask array whose
+  blocks are scipy sparse (or dense) matrices: what anndata's lazy readers
+  (``anndata.experimental.read_elem_lazy``, ``read_lazy``) give, or :func:`read_csr`. The gene
+  embedding table travels to each worker once: scattered with ``broadcast=True`` when a
+  distributed client is active, otherwise shared in memory by the local scheduler.
+- :func:`read_csr` is a Dask array of CSR row blocks of an ``.h5ad``/``.zarr`` file (``X``, a
+  layer or ``raw/X``), read by :class:`genept_fast.stream.AnnDataSource` in each task.
+- :func:`encode_h5ad_dask` chains the two with the per-cell preprocessing.
+
+Threads: each task runs the kernel with ``n_threads`` threads (default 1); keep Dask worker
+threads × ``n_threads`` ≤ cores. Requires the ``dask`` extra (``dask[array]``, ``distributed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+
+from genept_fast._core import GeneptError
+from genept_fast.kernels import weighted_embedding as _weighted_embedding
+from genept_fast.preprocess import apply_preprocess, looks_like_counts
+
+if TYPE_CHECKING:
+    import os
+
+    import numpy.typing as npt
+
+    from genept_fast.preprocess import Preprocess
+
+__all__ = ["encode_h5ad_dask", "read_csr", "weighted_embedding"]
+
+
+def _aligned(a: np.ndarray, dtype: type) -> np.ndarray:
+    # Arrays deserialised by distributed can sit at unaligned addresses; the core wants aligned.
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
+
+
+class _Table:
+    """The gene-embedding table and its options, shipped to each worker once.
+
+    Unpickling (on a worker) aligns the arrays once, so tasks never copy the table.
+    """
+
+    def __init__(
+        self, E: np.ndarray, gene_index: np.ndarray | None, normalize: bool, token: str
+    ) -> None:
+        self.E = _aligned(E, np.float32)
+        self.gene_index = None if gene_index is None else _aligned(gene_index, np.int64)
+        self.normalize = normalize
+        self.token = token
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["E"], state["gene_index"], state["normalize"], state["token"]
+        )
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def _make_table(
+    gene_embeddings: npt.ArrayLike, gene_index: npt.ArrayLike | None, normalize: bool
+) -> _Table:
+    E = np.asarray(gene_embeddings)
+    if E.ndim != 2:
+        msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {E.shape}"
+        raise GeneptError(msg)
+    E = np.ascontiguousarray(E, dtype=np.float32)
+    gi = None
+    if gene_index is not None:
+        gi = np.asarray(gene_index)
+        if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
+            msg = f"gene_index must be a 1-D integer array, got shape {gi.shape} dtype {gi.dtype}"
+            raise GeneptError(msg)
+        gi = np.ascontiguousarray(gi, dtype=np.int64)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(E.shape).encode())
+    h.update(E.data.cast("B"))
+    if gi is not None:
+        h.update(gi.data.cast("B"))
+    h.update(b"normalize" if normalize else b"raw")
+    return _Table(E, gi, bool(normalize), f"genept-table-{h.hexdigest()}")
+
+
+def _share(table: _Table) -> Any:
+    """A scattered future (distributed client active) or the table itself (local schedulers)."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - dask without distributed
+        return table
+    try:
+        client = default_client()
+    except ValueError:
+        return table
+    return client.scatter(table, broadcast=True, hash=False)
+
+
+def _encode_block(block: Any, table: _Table, n_threads: int) -> np.ndarray:
+    return _weighted_embedding(
+        block,
+        table.E,
+        gene_index=table.gene_index,
+        normalize=table.normalize,
+        n_threads=n_threads,
+    )
+
+
+def weighted_embedding(
+    x: da.Array,
+    gene_embeddings: npt.ArrayLike,
+    *,
+    gene_index: npt.ArrayLike | None = None,
+    normalize: bool = True,
+    n_threads: int = 1,
+) -> da.Array:
+    """GenePT-w embeddings of a Dask array of cells × genes, one task per row block.
+
+    Parameters
+    ----------
+    x
+        Cells × genes Dask array whose blocks are scipy sparse matrices/arrays (CSR is used as
+        is) or dense arrays. Blocks that split the genes are merged first (``rechunk``).
+    gene_embeddings
+        Genes × D table, float32 (float64 is cast once). Scattered to every worker once when a
+        ``distributed`` client is active.
+    gene_index
+        Optional length-``n_genes`` map from ``x``'s columns to rows of ``gene_embeddings``
+        (``-1``: no embedding).
+    normalize
+        L2-normalise each cell's embedding.
+    n_threads
+        Kernel threads per task; keep Dask worker threads × ``n_threads`` ≤ cores.
+
+    Returns
+    -------
+    A lazy float32 Dask array ``(n_cells, D)`` with the row chunks of ``x``; ``.compute()``
+    gives a numpy array equal to :func:`genept_fast.weighted_embedding` on the whole matrix.
+    """
+    if not isinstance(x, da.Array):
+        msg = f"x must be a dask.array.Array, got {type(x).__name__}"
+        raise GeneptError(msg)
+    if x.ndim != 2:
+        msg = f"x must be 2-D (cells × genes), got {x.ndim}-D"
+        raise GeneptError(msg)
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+        msg = f"n_threads must be a positive integer, got {n_threads!r}"
+        raise GeneptError(msg)
+    table = _make_table(gene_embeddings, gene_index, normalize)
+    n_genes = x.shape[1]
+    if table.gene_index is not None and table.gene_index.shape[0] != n_genes:
+        msg = f"gene_index has {table.gene_index.shape[0]} entries but x has {n_genes} genes"
+        raise GeneptError(msg)
+    if table.gene_index is None and table.E.shape[0] != n_genes:
+        msg = (
+            f"gene_embeddings has {table.E.shape[0]} rows but x has {n_genes} genes; "
+            "pass gene_index= to map genes to rows"
+        )
+        raise GeneptError(msg)
+    if x.numblocks[1] != 1:
+        x = x.rechunk({1: -1})
+    dim = int(table.E.shape[1])
+    return da.map_blocks(
+        _encode_block,
+        x,
+        _share(table),
+        n_threads=int(n_threads),
+        chunks=(x.chunks[0], (dim,)),
+        dtype=np.float32,
+        meta=np.empty((0, 0), dtype=np.float32),
+        token="genept-w",
+    )
+
+
+class _RowReader:
+    """Array-like over an AnnData matrix for ``da.from_array``: slicing rows reads CSR blocks.
+
+    Pickles as (path, layer, use_raw); each process opens the file once, on first read.
+    """
+
+    def __init__(self, path: str, layer: str | None, use_raw: bool) -> None:
+        from genept_fast.stream.sources import AnnDataSource
+
+        self.path, self.layer, self.use_raw = path, layer, use_raw
+        src = AnnDataSource(path, layer=layer, use_raw=use_raw)
+        try:
+            self.shape = (src.n_cells, src.n_genes)
+            self.dtype = np.dtype(src.read(0, 0).dtype)
+            self.fingerprint = src.fingerprint()
+        finally:
+            src.close()
+        self.ndim = 2
+        self._src: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_src"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> sp.csr_matrix:
+        from genept_fast.stream.sources import AnnDataSource
+
+        rows, cols = key
+        if self._src is None:
+            self._src = AnnDataSource(self.path, layer=self.layer, use_raw=self.use_raw)
+        start, stop, _ = rows.indices(self.shape[0])
+        block = sp.csr_matrix(self._src.read(start, stop))
+        if cols != slice(None) and cols.indices(self.shape[1]) != (0, self.shape[1], 1):
+            block = block[:, cols]
+        return block
+
+
+def read_csr(
+    path: str | os.PathLike[str],
+    *,
+    layer: str | None = None,
+    use_raw: bool = False,
+    chunk_size: int = 10_000,
+) -> da.Array:
+    """A lazy Dask array of CSR row blocks of an ``.h5ad`` file or AnnData ``.zarr`` store.
+
+    Each task opens the file by path (once per worker process) and reads its rows with
+    :class:`genept_fast.stream.AnnDataSource` (validated; corrupt data raises
+    :class:`GeneptError` naming the file). On a multi-machine cluster the path must be visible
+    to every worker (shared filesystem).
+    """
+    from pathlib import Path
+
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
+        raise GeneptError(msg)
+    if chunk_size < 1:
+        msg = f"chunk_size must be at least 1, got {chunk_size}"
+        raise GeneptError(msg)
+    reader = _RowReader(str(Path(path).resolve()), layer, bool(use_raw))
+    h = hashlib.blake2b(repr((reader.fingerprint, int(chunk_size))).encode(), digest_size=16)
+    return da.from_array(
+        reader,
+        chunks=(int(chunk_size), -1),
+        asarray=False,
+        fancy=False,
+        meta=sp.csr_matrix((0, 0), dtype=reader.dtype),
+        name=f"genept-read-{h.hexdigest()}",
+    )
+
+
+def _preprocess_block(block: Any, how: str) -> Any:
+    return apply_preprocess(block, how)[0]  # type: ignore[arg-type]
+
+
+def encode_h5ad_dask(
+    path: str | os.PathLike[str],
+    gene_embeddings: npt.ArrayLike,
+    *,
+    gene_index: npt.ArrayLike | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    preprocess: Preprocess = "auto",
+    chunk_size: int = 10_000,
+    normalize: bool = True,
+    n_threads: int = 1,
+) -> da.Array:
+    """GenePT-w of every cell of an ``.h5ad``/``.zarr`` file as a lazy Dask array.
+
+    :func:`read_csr`, then the per-cell preprocessing (``"auto"`` decides once, from the first
+    cells, whether the values are raw counts), then :func:`weighted_embedding`. Call
+    ``.compute()`` for a numpy array, or ``.to_zarr(...)`` / ``da.store`` to write it out
+    without gathering it on the client.
+    """
+    x = read_csr(path, layer=layer, use_raw=use_raw, chunk_size=chunk_size)
+    if preprocess not in ("auto", "log1p", "none"):
+        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {preprocess!r}"
+        raise GeneptError(msg)
+    how = preprocess
+    if how == "auto":
+        from genept_fast.stream.sources import AnnDataSource
+
+        with AnnDataSource(path, layer=layer, use_raw=use_raw) as src:
+            sample = src.read(0, min(src.n_cells, 2_000))
+        how = "log1p" if looks_like_counts(sample) else "none"
+    if how != "none":
+        x = da.map_blocks(
+            _preprocess_block, x, how, dtype=np.float32, meta=x._meta.astype(np.float32)
+        )
+    return weighted_embedding(
+        x, gene_embeddings, gene_index=gene_index, normalize=normalize, n_threads=n_threads
+    )

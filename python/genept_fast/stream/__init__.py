@@ -1,0 +1,617 @@
+"""Out-of-core, resumable cell encoding of AnnData files larger than memory.
+
+:func:`encode_file` reads an ``.h5ad`` / ``.zarr`` AnnData (or any :class:`ChunkSource`) one
+chunk of cells at a time, preprocesses each chunk, hands it to an ``encoder`` and writes the
+result to ``.npy``, ``.zarr``, ``.parquet`` or ``.h5ad`` as it goes. Memory stays bounded by
+about two chunks plus the encoder's own tables, whatever the number of cells. A reader thread
+reads (and preprocesses) the next chunk while the encoder runs on the current one, and a writer
+thread writes the previous result.
+
+Killed at any moment, the same call run again computes only the chunks that are missing; the
+result equals that of an uninterrupted run. Work happens in ``<output>.partial/``; the output
+name only ever receives a finished file (``os.replace``).
+
+:func:`encode_weighted` is the GenePT-w case: the encoder is the Rust kernel
+:func:`genept_fast.weighted_embedding` with a fixed gene-embedding table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genept_fast._core import GeneptError
+from genept_fast.preprocess import apply_preprocess, looks_like_counts
+from genept_fast.stream.sinks import FORMATS, make_work_store, output_format
+from genept_fast.stream.sources import (
+    AnnDataSource,
+    ArraySource,
+    ChunkSource,
+    open_source,
+    read_obs_names,
+    read_var_names,
+)
+from genept_fast.stream.state import PartialState
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable
+
+    import numpy.typing as npt
+    import scipy.sparse as sp
+
+    from genept_fast.preprocess import Preprocess
+
+__all__ = [
+    "FORMATS",
+    "AnnDataSource",
+    "ArraySource",
+    "ChunkSource",
+    "StreamReport",
+    "WeightedEncoder",
+    "encode_file",
+    "encode_weighted",
+    "open_source",
+    "read_obs_names",
+    "read_var_names",
+    "report_dict",
+]
+
+log = logging.getLogger("genept_fast.stream")
+
+#: Cells used to decide ``preprocess="auto"`` (counts or not), read from the start of the input.
+AUTO_SAMPLE_CELLS = 2_000
+
+
+@dataclass
+class StreamReport:
+    """What :func:`encode_file` did."""
+
+    output: Path
+    format: str
+    n_cells: int
+    n_genes: int
+    dim: int
+    dtype: str
+    chunk_size: int
+    n_chunks: int
+    #: Chunks encoded by this call.
+    chunks_encoded: int
+    #: Chunks found complete in ``<output>.partial/`` and not recomputed.
+    chunks_resumed: int
+    #: Cells encoded by this call.
+    cells_encoded: int
+    #: Whether the values were log-normalised (``normalize_total(1e4)`` + ``log1p``).
+    log1p: bool
+    seconds: float
+    #: Why stored partial state was thrown away, if it was.
+    discarded: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cells_per_s(self) -> float:
+        """Cells encoded by this call per second of wall time."""
+        return self.cells_encoded / self.seconds if self.seconds > 0 else float("nan")
+
+
+class WeightedEncoder:
+    """GenePT-w as an ``encoder`` for :func:`encode_file`: the Rust weighted-sum kernel.
+
+    Calling it on a CSR chunk returns :func:`genept_fast.weighted_embedding` of the chunk. The
+    ``fingerprint`` (a hash of the table, ``gene_index`` and ``normalize``) identifies it in
+    resume manifests.
+    """
+
+    def __init__(
+        self,
+        gene_embeddings: npt.ArrayLike,
+        *,
+        gene_index: npt.ArrayLike | None = None,
+        normalize: bool = True,
+        n_threads: int | None = None,
+    ) -> None:
+        E = np.asarray(gene_embeddings)
+        if E.ndim != 2:
+            msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {E.shape}"
+            raise GeneptError(msg)
+        self.gene_embeddings = np.ascontiguousarray(E, dtype=np.float32)
+        self.gene_index = None
+        if gene_index is not None:
+            gi = np.asarray(gene_index)
+            if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
+                msg = f"gene_index must be a 1-D integer array, got {gi.shape} {gi.dtype}"
+                raise GeneptError(msg)
+            self.gene_index = np.ascontiguousarray(gi, dtype=np.int64)
+        self.normalize = bool(normalize)
+        self.n_threads = n_threads
+        self._fingerprint: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.gene_embeddings.shape[1])
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr(self.gene_embeddings.shape).encode())
+            h.update(self.gene_embeddings.data.cast("B"))
+            if self.gene_index is not None:
+                h.update(self.gene_index.data.cast("B"))
+            h.update(b"normalize" if self.normalize else b"raw")
+            self._fingerprint = f"genept-w:{h.hexdigest()}"
+        return self._fingerprint
+
+    def __call__(self, X: sp.csr_array) -> np.ndarray:
+        from genept_fast.kernels import weighted_embedding
+
+        return weighted_embedding(
+            X,
+            self.gene_embeddings,
+            gene_index=self.gene_index,
+            normalize=self.normalize,
+            n_threads=self.n_threads,
+        )
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+def _encoder_id(encoder: Callable[..., Any], fingerprint: str | None) -> str:
+    if fingerprint is not None:
+        return str(fingerprint)
+    fp = getattr(encoder, "fingerprint", None)
+    if isinstance(fp, str):
+        return fp
+    mod = getattr(encoder, "__module__", None) or type(encoder).__module__
+    name = getattr(encoder, "__qualname__", None) or type(encoder).__qualname__
+    return f"{mod}.{name}"
+
+
+def _resolve_preprocess(source: ChunkSource, how: str) -> str:
+    if how not in ("auto", "log1p", "none"):
+        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
+        raise GeneptError(msg)
+    if how != "auto":
+        return how
+    sample = source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS))
+    return "log1p" if looks_like_counts(sample) else "none"
+
+
+def _check_args(chunk_size: int, dim: int, output_dtype: str) -> np.dtype[Any]:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
+        raise GeneptError(msg)
+    if chunk_size < 1:
+        msg = f"chunk_size must be at least 1, got {chunk_size}"
+        raise GeneptError(msg)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        msg = f"dim must be a positive integer, got {dim!r}"
+        raise GeneptError(msg)
+    if output_dtype not in ("float32", "float16"):
+        msg = f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}"
+        raise GeneptError(msg)
+    return np.dtype(output_dtype)
+
+
+def encode_file(
+    input: str | os.PathLike[str] | ChunkSource,
+    output: str | os.PathLike[str],
+    *,
+    encoder: Callable[[sp.csr_array], np.ndarray],
+    dim: int,
+    layer: str | None = None,
+    use_raw: bool = False,
+    preprocess: Preprocess = "auto",
+    chunk_size: int = 10_000,
+    output_dtype: str = "float32",
+    key: str = "X_genept_w",
+    progress: bool = True,
+    resume: bool = True,
+    fingerprint: str | None = None,
+) -> StreamReport:
+    """Encode every cell of a (possibly larger than memory) AnnData file, chunk by chunk.
+
+    Parameters
+    ----------
+    input
+        An ``.h5ad`` file, an AnnData ``.zarr`` store, or any :class:`ChunkSource`.
+    output
+        Where the embeddings land; the suffix picks the format:
+
+        - ``.npy``: an ``(n_cells, dim)`` array (``np.load(output, mmap_mode="r")``);
+        - ``.zarr``: a group with ``obs_names`` and the array ``key``;
+        - ``.parquet``: one row per cell, columns ``obs_name`` and ``embedding``
+          (fixed-size list of ``dim`` floats), one row group per chunk;
+        - ``.h5ad``: an AnnData with the input's ``obs``, no ``X``, the embeddings in
+          ``obsm[key]`` and the parameters in ``uns[key without "X_"]["params"]``.
+    encoder
+        Called with each chunk (a CSR array, cells × the file's genes, already preprocessed) and
+        returns a ``(cells, dim)`` float array. It must be deterministic for resumed results to
+        equal uninterrupted ones.
+    dim
+        Width of the encoder's output.
+    layer, use_raw
+        Encode ``layers[layer]`` or ``raw.X`` instead of ``X``.
+    preprocess
+        ``"auto"`` (log-normalise when the first cells hold raw counts), ``"log1p"`` or
+        ``"none"``; see :func:`genept_fast.preprocess.apply_preprocess`. The choice is made once
+        per file, never per chunk.
+    chunk_size
+        Cells per chunk. Memory is about ``2 × chunk_size × (nonzeros per cell × 8 bytes)`` plus
+        ``2 × chunk_size × dim × 4`` bytes of results, plus the encoder's tables.
+    output_dtype
+        ``"float32"`` or ``"float16"`` (half the size; the encoder still computes in float32).
+    key
+        Array name in ``.zarr`` and ``obsm`` key in ``.h5ad`` outputs.
+    progress
+        Show a progress bar on stderr.
+    resume
+        Continue from ``<output>.partial/`` when it belongs to the same job (same input
+        fingerprint and parameters); ``False`` starts over.
+    fingerprint
+        A string identifying the encoder (model id, table hash) for the resume manifest.
+        Defaults to ``encoder.fingerprint`` if it has one, else the encoder's qualified name
+        (then changing what the encoder computes without renaming it would resume a stale job).
+
+    Returns
+    -------
+    :class:`StreamReport`; the embeddings are in ``output``.
+
+    Raises
+    ------
+    GeneptError
+        Bad arguments; a missing, truncated or corrupt input (the message names the file and
+        what is wrong); an encoder returning the wrong shape; another job holding
+        ``<output>.partial/``.
+    """
+    t0 = time.perf_counter()
+    out = Path(output)
+    fmt = output_format(out)
+    dtype = _check_args(chunk_size, dim, output_dtype)
+    chunk_size, dim = int(chunk_size), int(dim)
+    if not callable(encoder):
+        msg = f"encoder must be callable, got {type(encoder).__name__}"
+        raise GeneptError(msg)
+
+    own_source = not isinstance(input, ChunkSource)
+    source: ChunkSource
+    if isinstance(input, ChunkSource):
+        if layer is not None or use_raw:
+            msg = "layer= and use_raw= apply to file inputs; a ChunkSource selects its own matrix"
+            raise GeneptError(msg)
+        source = input
+    else:
+        source = open_source(input, layer=layer, use_raw=use_raw)
+    try:
+        return _encode(
+            source,
+            out,
+            fmt=fmt,
+            encoder=encoder,
+            dim=dim,
+            dtype=dtype,
+            preprocess=preprocess,
+            chunk_size=chunk_size,
+            key=key,
+            progress=progress,
+            resume=resume,
+            encoder_id=_encoder_id(encoder, fingerprint),
+            t0=t0,
+        )
+    finally:
+        if own_source:
+            source.close()
+
+
+def _encode(
+    source: ChunkSource,
+    out: Path,
+    *,
+    fmt: str,
+    encoder: Callable[[sp.csr_array], np.ndarray],
+    dim: int,
+    dtype: np.dtype[Any],
+    preprocess: str,
+    chunk_size: int,
+    key: str,
+    progress: bool,
+    resume: bool,
+    encoder_id: str,
+    t0: float,
+) -> StreamReport:
+    n_cells, n_genes = int(source.n_cells), int(source.n_genes)
+    how = _resolve_preprocess(source, preprocess)
+    n_chunks = math.ceil(n_cells / chunk_size)
+    params = {
+        "encoder": encoder_id,
+        "dim": dim,
+        "preprocess": preprocess,
+        "preprocess_applied": how,
+        "layer": getattr(source, "layer", None),
+        "use_raw": bool(getattr(source, "use_raw", False)),
+        "chunk_size": chunk_size,
+        "output_dtype": dtype.name,
+        "format": fmt,
+        "key": key if fmt == ".zarr" else None,
+    }
+    header = {
+        "input": source.fingerprint(),
+        "params": params,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "n_chunks": n_chunks,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = PartialState(out.with_name(out.name + ".partial"), header, resume=resume)
+    try:
+        work = make_work_store(
+            fmt, state.dir, n_cells=n_cells, dim=dim, dtype=dtype, chunk_size=chunk_size, key=key
+        )
+        if state.done and not work.usable():
+            state.reset("its data file is missing or has the wrong shape")
+        if not state.done:
+            work.create()
+        resumed = len(state.done)
+        if resumed:
+            log.info("%s: resuming, %d of %d chunks already done", out, resumed, n_chunks)
+        todo = [i for i in range(n_chunks) if i not in state.done]
+        cells_todo = sum(min(chunk_size, n_cells - i * chunk_size) for i in todo)
+        _run_pipeline(
+            source,
+            todo,
+            encoder=encoder,
+            how=how,
+            chunk_size=chunk_size,
+            dim=dim,
+            dtype=dtype,
+            work=work,
+            state=state,
+            progress=progress,
+            n_cells=n_cells,
+            label=out.name,
+        )
+        uns_params = {
+            **{k: v for k, v in params.items() if v is not None},
+            "input": source.name,
+            "n_cells": n_cells,
+            "n_genes": n_genes,
+        }
+        uns = {key.removeprefix("X_"): {"params": uns_params}}
+        work.finalize(out, source=source, chunk_size=chunk_size, key=key, uns=uns)
+        work.close()
+        state.remove()
+    except BaseException:
+        state.release()
+        raise
+    return StreamReport(
+        output=out,
+        format=fmt,
+        n_cells=n_cells,
+        n_genes=n_genes,
+        dim=dim,
+        dtype=dtype.name,
+        chunk_size=chunk_size,
+        n_chunks=n_chunks,
+        chunks_encoded=len(todo),
+        chunks_resumed=resumed,
+        cells_encoded=cells_todo,
+        log1p=how == "log1p",
+        seconds=time.perf_counter() - t0,
+        discarded=state.discarded,
+        params=params,
+    )
+
+
+def _run_pipeline(
+    source: ChunkSource,
+    todo: list[int],
+    *,
+    encoder: Callable[[sp.csr_array], np.ndarray],
+    how: str,
+    chunk_size: int,
+    dim: int,
+    dtype: np.dtype[Any],
+    work: Any,
+    state: PartialState,
+    progress: bool,
+    n_cells: int,
+    label: str,
+) -> None:
+    """Reader thread → encoder (this thread) → writer thread, at most two input chunks alive."""
+    from tqdm.auto import tqdm
+
+    stop = threading.Event()
+    slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
+    inq: queue.Queue[Any] = queue.Queue()
+    outq: queue.Queue[Any] = queue.Queue(maxsize=1)  # results alive: encoding, queued, writing
+    writer_error: list[BaseException] = []
+    needs_names = work.needs_obs_names
+    done_cells = n_cells - sum(min(chunk_size, n_cells - i * chunk_size) for i in todo)
+    bar = tqdm(
+        total=n_cells,
+        initial=done_cells,
+        unit="cell",
+        unit_scale=True,
+        desc=f"encode {label}",
+        disable=not progress,
+        smoothing=0.1,
+    )
+
+    def reader() -> None:
+        for i in todo:
+            while not slots.acquire(timeout=0.1):
+                if stop.is_set():
+                    return
+            if stop.is_set():
+                return
+            a, b = i * chunk_size, min((i + 1) * chunk_size, n_cells)
+            try:
+                X = source.read(a, b)
+                if X.shape != (b - a, source.n_genes):
+                    msg = f"{source.name}: read({a}, {b}) returned shape {X.shape}"
+                    raise GeneptError(msg)
+                X, _ = apply_preprocess(X, how)  # type: ignore[arg-type]
+                names = source.obs_names(a, b) if needs_names else None
+            except BaseException as e:
+                inq.put(_Failure(e))
+                return
+            inq.put((i, a, b, X, names))
+        inq.put(_END)
+
+    def writer() -> None:
+        while True:
+            item = outq.get()
+            if item is None:
+                return
+            i, a, b, emb, names = item
+            try:
+                work.write(a, b, emb, names)
+                state.mark_done(i)
+            except BaseException as e:
+                writer_error.append(e)
+                stop.set()
+                return
+            bar.update(b - a)
+
+    rt = threading.Thread(target=reader, name="genept-stream-reader", daemon=True)
+    wt = threading.Thread(target=writer, name="genept-stream-writer", daemon=True)
+    rt.start()
+    wt.start()
+    try:
+        while True:
+            if writer_error:
+                raise writer_error[0]
+            item = inq.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failure):
+                raise item.exc
+            i, a, b, X, names = item
+            emb = np.asarray(encoder(X))
+            del X, item
+            slots.release()
+            if emb.shape != (b - a, dim):
+                msg = (
+                    f"encoder returned shape {emb.shape} for cells {a}:{b}; "
+                    f"expected ({b - a}, {dim})"
+                )
+                raise GeneptError(msg)
+            emb = np.ascontiguousarray(emb, dtype=dtype)
+            while True:
+                if writer_error:
+                    raise writer_error[0]
+                try:
+                    outq.put((i, a, b, emb, names), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            del emb
+    finally:
+        stop.set()
+        # Let the writer finish what is already encoded (saved work survives an interrupt).
+        while wt.is_alive():
+            try:
+                outq.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        wt.join()
+        slots.release()
+        rt.join(timeout=5)
+        bar.close()
+    if writer_error:
+        raise writer_error[0]
+
+
+def encode_weighted(
+    input: str | os.PathLike[str] | ChunkSource,
+    output: str | os.PathLike[str],
+    gene_embeddings: npt.ArrayLike,
+    *,
+    gene_index: npt.ArrayLike | None = None,
+    normalize: bool = True,
+    n_threads: int | None = None,
+    **kw: Any,
+) -> StreamReport:
+    """GenePT-w embeddings of every cell of a large AnnData file, streamed to ``output``.
+
+    :func:`encode_file` with the Rust weighted-sum kernel as the encoder.
+
+    Parameters
+    ----------
+    input, output
+        As for :func:`encode_file`.
+    gene_embeddings
+        Genes × D table (float32; float64 is cast once).
+    gene_index
+        Length-``n_genes`` integer array mapping the file's gene columns to rows of
+        ``gene_embeddings`` (``-1``: no embedding). Default: row ``j`` embeds column ``j``, which
+        needs one row per gene of the file.
+    normalize
+        L2-normalise each cell's embedding.
+    n_threads
+        Kernel threads (default: all cores, capped by ``GENEPT_FAST_NUM_THREADS``).
+    **kw
+        Passed to :func:`encode_file` (``layer``, ``use_raw``, ``preprocess``, ``chunk_size``,
+        ``output_dtype``, ``key``, ``progress``, ``resume``).
+
+    Returns
+    -------
+    :class:`StreamReport`; the embeddings are in ``output``.
+    """
+    enc = WeightedEncoder(
+        gene_embeddings, gene_index=gene_index, normalize=normalize, n_threads=n_threads
+    )
+    if "encoder" in kw or "dim" in kw:
+        msg = "encode_weighted builds the encoder itself; do not pass encoder= or dim="
+        raise GeneptError(msg)
+    own = not isinstance(input, ChunkSource)
+    source: ChunkSource
+    if isinstance(input, ChunkSource):
+        source = input
+    else:
+        source = open_source(input, layer=kw.pop("layer", None), use_raw=kw.pop("use_raw", False))
+    try:
+        expected = source.n_genes
+        if enc.gene_index is not None and enc.gene_index.shape[0] != expected:
+            msg = (
+                f"gene_index has {enc.gene_index.shape[0]} entries but {source.name} has "
+                f"{expected} genes"
+            )
+            raise GeneptError(msg)
+        if enc.gene_index is None and enc.gene_embeddings.shape[0] != expected:
+            msg = (
+                f"gene_embeddings has {enc.gene_embeddings.shape[0]} rows but {source.name} has "
+                f"{expected} genes; pass gene_index= to map genes to rows"
+            )
+            raise GeneptError(msg)
+        return encode_file(source, output, encoder=enc, dim=enc.dim, **kw)
+    finally:
+        if own:
+            source.close()
+
+
+def report_dict(report: StreamReport) -> dict[str, Any]:
+    """``report`` as a JSON-able dict (for logs and benchmarks)."""
+    d = asdict(report)
+    d["output"] = str(report.output)
+    d["cells_per_s"] = report.cells_per_s
+    return d

@@ -1,0 +1,347 @@
+"""Where streamed embeddings are written: a work store in ``<output>.partial/``, then the output.
+
+Two work stores, both written chunk by chunk at fixed positions, so a chunk can be (re)written in
+any order and a resumed job fills in exactly the missing rows:
+
+- :class:`NpyWork`: one ``.npy`` file of the final shape, written with ``os.pwrite`` (no memory
+  map, so written pages do not count towards the process's resident memory). It becomes the
+  ``.npy`` output by a rename, and is converted chunk by chunk into ``.parquet`` and ``.h5ad``.
+- :class:`ZarrWork`: a zarr group whose chunks are the job's chunks (``obs_names`` + the
+  embedding array); it becomes the ``.zarr`` output by a rename.
+
+Every final file is first written under a temporary name in the output's directory and moved into
+place with ``os.replace`` (see :func:`genept_fast.stream.state.install`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genept_fast._core import GeneptError
+from genept_fast.stream.state import install
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from genept_fast.stream.sources import ChunkSource
+
+__all__ = ["FORMATS", "NpyWork", "WorkStore", "ZarrWork", "make_work_store", "output_format"]
+
+FORMATS = (".npy", ".zarr", ".parquet", ".h5ad")
+
+
+def output_format(output: Path) -> str:
+    """The output format from the suffix: ``.npy``, ``.zarr``, ``.parquet`` or ``.h5ad``."""
+    suffix = output.suffix.lower()
+    if suffix not in FORMATS:
+        msg = f"output {output}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}"
+        raise GeneptError(msg)
+    return suffix
+
+
+def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+    view = buf.cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
+    view = out.data.cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            msg = "unexpected end of the work file (was it truncated?)"
+            raise GeneptError(msg)
+        done += n
+
+
+class WorkStore:
+    """Base: rows ``start:stop`` of an ``(n_cells, dim)`` result, written in any order."""
+
+    needs_obs_names = False
+
+    def __init__(self, workdir: Path, n_cells: int, dim: int, dtype: np.dtype[Any]) -> None:
+        self.workdir = workdir
+        self.n_cells = n_cells
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+
+    def usable(self) -> bool:
+        """True when the stored data exists with the expected shape (resume is possible)."""
+        raise NotImplementedError
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def write(self, start: int, stop: int, emb: np.ndarray, obs_names: list[str] | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def finalize(
+        self, output: Path, *, source: ChunkSource, chunk_size: int, key: str, uns: dict[str, Any]
+    ) -> None:
+        raise NotImplementedError
+
+
+class NpyWork(WorkStore):
+    """A ``.npy`` work file written with ``pwrite`` (see the module docstring)."""
+
+    def __init__(self, workdir: Path, n_cells: int, dim: int, dtype: np.dtype[Any]) -> None:
+        super().__init__(workdir, n_cells, dim, dtype)
+        self.path = workdir / "data.npy"
+        self._fd: int | None = None
+        self._offset = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_cells * self.dim * self.dtype.itemsize
+
+    def _read_header(self) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+        with self.path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            return tuple(shape), np.dtype(dtype), f.tell()
+
+    def usable(self) -> bool:
+        if not self.path.is_file():
+            return False
+        try:
+            shape, dtype, offset = self._read_header()
+        except (OSError, ValueError):
+            return False
+        return (
+            shape == (self.n_cells, self.dim)
+            and dtype == self.dtype
+            and self.path.stat().st_size == offset + self.nbytes
+        )
+
+    def create(self) -> None:
+        arr = np.lib.format.open_memmap(
+            self.path, mode="w+", dtype=self.dtype, shape=(self.n_cells, self.dim)
+        )
+        del arr
+
+    def _open(self) -> int:
+        if self._fd is None:
+            _shape, _dtype, self._offset = self._read_header()
+            self._fd = os.open(self.path, os.O_RDWR)
+        return self._fd
+
+    def write(self, start: int, stop: int, emb: np.ndarray, obs_names: list[str] | None) -> None:
+        fd = self._open()
+        row = self.dim * self.dtype.itemsize
+        _pwrite_all(fd, np.ascontiguousarray(emb).data, self._offset + start * row)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a new array (explicit reads, no memory map)."""
+        fd = self._open()
+        out = np.empty((stop - start, self.dim), dtype=self.dtype)
+        _pread_into(fd, out, self._offset + start * self.dim * self.dtype.itemsize)
+        return out
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def finalize(
+        self, output: Path, *, source: ChunkSource, chunk_size: int, key: str, uns: dict[str, Any]
+    ) -> None:
+        fmt = output.suffix.lower()
+        if fmt == ".npy":
+            fd = self._open()
+            os.fsync(fd)
+            self.close()
+            install(self.path, output)
+            return
+        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+        try:
+            if fmt == ".parquet":
+                self._write_parquet(tmp, source=source, chunk_size=chunk_size, uns=uns)
+            elif fmt == ".h5ad":
+                self._write_h5ad(tmp, source=source, chunk_size=chunk_size, key=key, uns=uns)
+            else:  # pragma: no cover - output_format() rejects it first
+                msg = f"NpyWork cannot produce {fmt}"
+                raise GeneptError(msg)
+            install(tmp, output)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+            self.close()
+
+    def _write_parquet(
+        self, tmp: Path, *, source: ChunkSource, chunk_size: int, uns: dict[str, Any]
+    ) -> None:
+        import json
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        value_type = pa.float16() if self.dtype == np.float16 else pa.float32()
+        schema = pa.schema(
+            [
+                pa.field("obs_name", pa.string()),
+                pa.field("embedding", pa.list_(value_type, self.dim)),
+            ],
+            metadata={"genept_fast": json.dumps(uns, default=str)},
+        )
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for a in range(0, self.n_cells, chunk_size):
+                b = min(a + chunk_size, self.n_cells)
+                emb = self.read(a, b)
+                values = pa.array(emb.reshape(-1), type=value_type)
+                table = pa.Table.from_arrays(
+                    [
+                        pa.array(source.obs_names(a, b), type=pa.string()),
+                        pa.FixedSizeListArray.from_arrays(values, self.dim),
+                    ],
+                    schema=schema,
+                )
+                writer.write_table(table, row_group_size=b - a)
+            if self.n_cells == 0:
+                writer.write_table(schema.empty_table())
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+
+    def _write_h5ad(
+        self,
+        tmp: Path,
+        *,
+        source: ChunkSource,
+        chunk_size: int,
+        key: str,
+        uns: dict[str, Any],
+    ) -> None:
+        import h5py
+        import pandas as pd
+        from anndata.io import write_elem
+
+        from genept_fast.stream.sources import AnnDataSource
+
+        with h5py.File(tmp, "w") as f:
+            f.attrs["encoding-type"] = "anndata"
+            f.attrs["encoding-version"] = "0.1.0"
+            if isinstance(source, AnnDataSource) and source.kind == "h5ad":
+                # HDF5 copies the obs group inside the library, column by column.
+                source._root.copy(source._root["obs"], f, name="obs")
+            elif hasattr(source, "obs_frame"):
+                write_elem(f, "obs", source.obs_frame())
+            else:
+                write_elem(f, "obs", pd.DataFrame(index=pd.Index(source.obs_names(), dtype=str)))
+            write_elem(f, "var", pd.DataFrame(index=pd.Index([], dtype=str)))
+            for name in ("layers", "obsp", "varm", "varp"):
+                write_elem(f, name, {})
+            write_elem(f, "uns", uns)
+            write_elem(f, "obsm", {})
+            rows = max(1, min(chunk_size, self.n_cells))
+            ds = f["obsm"].create_dataset(
+                key, shape=(self.n_cells, self.dim), dtype=self.dtype, chunks=(rows, self.dim)
+            )
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            for a in range(0, self.n_cells, chunk_size):
+                b = min(a + chunk_size, self.n_cells)
+                ds[a:b] = self.read(a, b)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+class ZarrWork(WorkStore):
+    """A zarr group ``{obs_names, <key>}`` whose chunks are the job's chunks."""
+
+    needs_obs_names = True
+
+    def __init__(
+        self,
+        workdir: Path,
+        n_cells: int,
+        dim: int,
+        dtype: np.dtype[Any],
+        *,
+        chunk_size: int,
+        key: str,
+    ) -> None:
+        super().__init__(workdir, n_cells, dim, dtype)
+        self.path = workdir / "out.zarr"
+        self.chunk_size = chunk_size
+        self.key = key
+        self._group: Any = None
+
+    def usable(self) -> bool:
+        import zarr
+
+        if not self.path.is_dir():
+            return False
+        try:
+            g: Any = zarr.open_group(str(self.path), mode="r")
+            arr, names = g[self.key], g["obs_names"]
+        except Exception:
+            return False
+        return (
+            tuple(arr.shape) == (self.n_cells, self.dim)
+            and np.dtype(arr.dtype) == self.dtype
+            and tuple(names.shape) == (self.n_cells,)
+        )
+
+    def create(self) -> None:
+        import zarr
+
+        g = zarr.open_group(str(self.path), mode="w")
+        rows = max(1, min(self.chunk_size, self.n_cells))
+        g.create_array("obs_names", shape=(self.n_cells,), dtype=str, chunks=(rows,))
+        g.create_array(
+            self.key,
+            shape=(self.n_cells, self.dim),
+            dtype=self.dtype,
+            chunks=(rows, self.dim),
+            compressors=None,
+        )
+        self._group = g
+
+    def _g(self) -> Any:
+        if self._group is None:
+            import zarr
+
+            self._group = zarr.open_group(str(self.path), mode="r+")
+        return self._group
+
+    def write(self, start: int, stop: int, emb: np.ndarray, obs_names: list[str] | None) -> None:
+        g = self._g()
+        g[self.key][start:stop] = emb
+        g["obs_names"][start:stop] = np.asarray(obs_names, dtype=str)
+
+    def finalize(
+        self, output: Path, *, source: ChunkSource, chunk_size: int, key: str, uns: dict[str, Any]
+    ) -> None:
+        import json
+
+        g = self._g()
+        g.attrs.update(json.loads(json.dumps(uns, default=str)))
+        self._group = None
+        install(self.path, output)
+
+
+def make_work_store(
+    fmt: str,
+    workdir: Path,
+    *,
+    n_cells: int,
+    dim: int,
+    dtype: np.dtype[Any],
+    chunk_size: int,
+    key: str,
+) -> WorkStore:
+    """The work store for output format ``fmt`` (a suffix from :data:`FORMATS`)."""
+    if fmt == ".zarr":
+        return ZarrWork(workdir, n_cells, dim, dtype, chunk_size=chunk_size, key=key)
+    return NpyWork(workdir, n_cells, dim, dtype)

@@ -1,0 +1,192 @@
+"""The resumable part of a streaming job: ``<output>.partial/`` and its manifest.
+
+The work directory holds the data written so far (see :mod:`genept_fast.stream.sinks`), a
+``manifest.json`` listing the chunks whose results are completely written, and a ``.lock`` file
+(``flock``: a second process on the same output fails fast; the lock dies with its process, so
+``kill -9`` leaves nothing to clean up). A chunk enters the manifest only after its data is
+written, and the manifest is replaced atomically (temp file + ``os.replace``), so after a crash
+every listed chunk is complete; unlisted chunks are simply computed again.
+
+The manifest also records a fingerprint of the input (path, size, mtime, shape) and of the
+parameters (encoder, preprocessing, chunk size, output format and dtype). When either differs
+on resume, the old state is discarded with a warning and the job starts over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from genept_fast._core import GeneptError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["MANIFEST_VERSION", "PartialState", "atomic_write_bytes", "install"]
+
+log = logging.getLogger("genept_fast.stream")
+
+MANIFEST_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        f.write(data)
+    tmp.replace(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def install(src: Path, dst: Path) -> None:
+    """Move the finished ``src`` (file or directory) to ``dst``, replacing what is there.
+
+    ``dst`` never holds a partial result: a file is swapped in with one ``os.replace``; for a
+    directory (zarr) an existing ``dst`` is first renamed aside, then removed after the swap.
+    """
+    if src.is_dir():
+        if dst.exists() or dst.is_symlink():
+            aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            _remove(aside)
+            dst.replace(aside)
+            src.replace(dst)
+            _remove(aside)
+        else:
+            src.replace(dst)
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        _remove(aside)
+        dst.replace(aside)
+        src.replace(dst)
+        _remove(aside)
+        return
+    src.replace(dst)
+
+
+class PartialState:
+    """The ``<output>.partial/`` work directory of one job, held under an exclusive lock.
+
+    Parameters
+    ----------
+    workdir
+        The directory (created if missing).
+    header
+        What identifies the job: input fingerprint, parameters, shape. A stored manifest whose
+        header differs is discarded.
+    resume
+        ``False`` discards any stored state unconditionally.
+    """
+
+    def __init__(self, workdir: Path, header: dict[str, Any], *, resume: bool = True) -> None:
+        self.dir = workdir
+        self.header = json.loads(json.dumps(header))  # normalise tuples etc. for comparison
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock()
+        self.done: set[int] = set()
+        self.discarded: str | None = None
+        try:
+            self._load(resume)
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "manifest.json"
+
+    def _lock(self) -> int | None:
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locking
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            msg = f"{self.dir} is in use by another running job (lock held); wait for it to finish"
+            raise GeneptError(msg) from e
+        return fd
+
+    def release(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _clear(self) -> None:
+        for p in self.dir.iterdir():
+            if p.name != ".lock":
+                _remove(p)
+
+    def _load(self, resume: bool) -> None:
+        path = self.manifest_path
+        if not path.exists():
+            self._clear()
+            self._save()
+            return
+        reason = None
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            stored, reason = None, f"its manifest is unreadable ({e})"
+        if stored is not None:
+            if not resume:
+                reason = "resume=False"
+            elif stored.get("header") != self.header:
+                reason = _diff(stored.get("header"), self.header)
+        if reason is None and stored is not None:
+            n_chunks = int(self.header["n_chunks"])
+            self.done = {int(i) for i in stored.get("done", []) if 0 <= int(i) < n_chunks}
+            return
+        self.discarded = reason
+        log.warning("discarding partial state in %s: %s; starting over", self.dir, reason)
+        self._clear()
+        self.done = set()
+        self._save()
+
+    def _save(self) -> None:
+        body = {"version": MANIFEST_VERSION, "header": self.header, "done": sorted(self.done)}
+        atomic_write_bytes(self.manifest_path, json.dumps(body).encode())
+
+    def mark_done(self, chunk: int) -> None:
+        """Record that ``chunk``'s results are completely written."""
+        self.done.add(int(chunk))
+        self._save()
+
+    def reset(self, reason: str) -> None:
+        """Forget every chunk (the work data is missing or unusable)."""
+        log.warning("discarding partial state in %s: %s; starting over", self.dir, reason)
+        self.discarded = reason
+        self._clear()
+        self.done = set()
+        self._save()
+
+    def remove(self) -> None:
+        """Delete the work directory (after the final output is installed) and unlock."""
+        self.release()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.dir)
+
+
+def _diff(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "its manifest has no header"
+    for part in ("input", "params"):
+        o, n = old.get(part) or {}, new.get(part) or {}
+        changed = sorted(k for k in set(o) | set(n) if o.get(k) != n.get(k))
+        if changed:
+            what = "the input changed" if part == "input" else "the parameters changed"
+            details = ", ".join(f"{k}: {o.get(k)!r} -> {n.get(k)!r}" for k in changed[:4])
+            return f"{what} ({details})"
+    return "the job differs from the one that wrote it"
