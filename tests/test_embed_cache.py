@@ -1,0 +1,187 @@
+"""The content-addressed embedding cache, and a kill-and-resume run of a real job."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from genept_fast import GeneptError
+from genept_fast.embed import EmbeddingCache, default_cache_dir, get_embedder
+from genept_fast.embed.cache import text_key
+from genept_fast.table import GeneEmbeddings
+from servers.openai_api import OpenAIEmbeddingServer, vector_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = "text-embedding-3-small"
+KEY = "sk-resume-SECRET-0123456789abcdef"
+
+
+def test_put_get_roundtrip_and_namespaces(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    keys = [text_key(t) for t in ("a", "b", "c")]
+    vecs = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.put("ns1", keys, vecs)
+    got = cache.get("ns1", [*keys, text_key("zz")])
+    assert set(got) == set(keys)
+    for k, v in zip(keys, vecs, strict=True):
+        np.testing.assert_array_equal(got[k], v)
+        assert got[k].dtype == np.float32
+    assert cache.get("ns2", keys) == {}
+    assert cache.count() == 3
+    assert cache.count("ns1") == 3
+    assert cache.namespaces() == ["ns1"]
+    assert cache.contains("ns1", ["b", "q"]) == [True, False]
+    cache.close()
+    # persisted: a new instance (another process would do the same) sees it
+    again = EmbeddingCache(tmp_path)
+    assert again.count("ns1") == 3
+    with pytest.raises(GeneptError, match="3 keys but vectors"):
+        again.put("ns1", keys, vecs[:2])
+
+
+def test_key_is_sha256_of_text():
+    assert text_key("BRCA1") == hashlib.sha256(b"BRCA1").digest()
+    assert text_key("naïve") == hashlib.sha256("naïve".encode()).digest()
+
+
+def test_many_keys_span_query_chunks(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    texts = [f"t{i}" for i in range(1234)]
+    vecs = np.random.default_rng(0).standard_normal((1234, 3)).astype(np.float32)
+    cache.put("ns", [text_key(t) for t in texts], vecs)
+    got = cache.get("ns", [text_key(t) for t in texts])
+    assert len(got) == 1234
+    np.testing.assert_array_equal(got[text_key("t1000")], vecs[1000])
+
+
+def test_cache_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENEPT_FAST_CACHE_DIR", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert default_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("GENEPT_FAST_CACHE_DIR")
+    assert default_cache_dir() == Path("~/.cache/genept-fast/embeddings").expanduser()
+    monkeypatch.setenv("GENEPT_FAST_CACHE_DIR", str(tmp_path / "env2"))
+    emb = get_embedder("local")
+    assert emb.cache is not None
+    assert emb.cache.path.parent == tmp_path / "env2"
+    assert get_embedder("local", use_cache=False).cache is None
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(GeneptError, match="cannot create the embedding cache"):
+        EmbeddingCache(blocker / "sub")
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import argparse, sys
+    from genept_fast.commands import embed_genes
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    embed_genes.register(sub)
+    args = parser.parse_args(sys.argv[1:])
+    sys.exit(args.func(args))
+    """
+)
+
+
+def _run_job(texts_path, out, cache_dir, url, **popen):
+    argv = [
+        sys.executable,
+        "-c",
+        _DRIVER,
+        "embed-genes",
+        str(texts_path),
+        "--embedder",
+        f"openai:{SMALL}",
+        "--base-url",
+        url,
+        "--cache-dir",
+        str(cache_dir),
+        "--batch-size",
+        "4",
+        "--max-concurrency",
+        "1",
+        "--max-retries",
+        "0",
+        "--no-progress",
+        "-o",
+        str(out),
+    ]
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(ROOT / "python")}
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, **popen
+    )
+
+
+def _wait_for(cond, timeout=30.0):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_kill_and_resume_loses_nothing_and_sends_nothing_twice(tmp_path):
+    n = 22
+    genes = [f"GENE{i}" for i in range(n)]
+    texts = [f"summary of gene number {i}, a kinase" for i in range(n)]
+    texts_path = tmp_path / "texts.parquet"
+    pl.DataFrame({"gene": genes, "text": texts}).write_parquet(texts_path)
+    cache_dir = tmp_path / "cache"
+    out = tmp_path / "genes.parquet"
+    namespace = f"openai-compatible@{{}}|{SMALL}|dim=native"
+
+    with OpenAIEmbeddingServer(api_key=KEY) as server:
+        ns = namespace.format(server.url.removeprefix("http://"))
+        server.block_after(3)  # answer 3 requests (12 texts), then hang
+        proc = _run_job(texts_path, out, cache_dir, server.url)
+        try:
+            assert _wait_for(lambda: len(server.requests) >= 4), "job never reached request 4"
+            cache = EmbeddingCache(cache_dir)
+            assert _wait_for(lambda: cache.count(ns) == 12), cache.count(ns)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert not out.exists()
+        first = server.requests
+        answered_first = [t for r in first if r.answered for t in r.inputs]
+        assert sorted(answered_first) == sorted(texts[:12])
+        assert cache.count(ns) == 12  # every answered batch survived the kill
+
+        server.block_after(10**9)
+        server.release()  # let the hung handler finish (its client is gone)
+        proc2 = _run_job(texts_path, out, cache_dir, server.url)
+        stdout, stderr = proc2.communicate(timeout=60)
+        assert proc2.returncode == 0, stderr.decode()
+        second = server.requests[len(first) :]
+        sent_again = [t for r in second for t in r.inputs]
+        assert not set(sent_again) & set(answered_first), "a cached text was sent again"
+        assert sorted(sent_again) == sorted(texts[12:])
+        answered = server.sent_counts(answered_only=True)
+        assert answered == dict.fromkeys(texts, 1)  # each text billed exactly once
+        assert KEY.encode() not in stderr and KEY.encode() not in stdout
+
+    table = GeneEmbeddings.read(out)
+    assert table.genes == genes
+    for t, row in zip(texts, table.matrix, strict=True):
+        np.testing.assert_array_equal(row, vector_for(t, SMALL, 1536))
+    for f in cache_dir.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes()

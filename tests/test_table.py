@@ -1,0 +1,200 @@
+"""GeneEmbeddings: parquet and pickle I/O, safe unpickling, alignment and coverage."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import polars as pl
+import pytest
+from genept_fast import GeneptError
+from genept_fast.embed import get_embedder
+from genept_fast.table import Coverage, GeneEmbeddings
+from servers.openai_api import OpenAIEmbeddingServer, vector_for
+
+
+def make_table(genes=("TP53", "BRCA1", "Actb", "NOTEXT"), d=5):
+    rng = np.random.default_rng(1)
+    m = rng.standard_normal((len(genes), d)).astype(np.float32)
+    if "NOTEXT" in genes:
+        m[list(genes).index("NOTEXT")] = 0
+    meta = {"model_id": "openai:text-embedding-3-small", "text_source": "ncbi", "x": [1, 2]}
+    return GeneEmbeddings(list(genes), m, meta)
+
+
+def test_properties_and_validation():
+    t = make_table()
+    assert t.model_id == "openai:text-embedding-3-small"
+    assert t.text_source == "ncbi"
+    assert t.dimension == 5
+    assert t.metadata["dimension"] == 5
+    assert len(t) == 4
+    assert t.missing == ["NOTEXT"]
+    assert "4 genes × 5" in repr(t)
+    f64 = GeneEmbeddings(["a"], np.ones((1, 3), dtype=np.float64))
+    assert f64.matrix.dtype == np.float32
+    assert f64.model_id == "unknown"
+    with pytest.raises(GeneptError, match="2 genes but the matrix has 3 rows"):
+        GeneEmbeddings(["a", "b"], np.zeros((3, 2)))
+    with pytest.raises(GeneptError, match="2-D"):
+        GeneEmbeddings(["a"], np.zeros(3))
+    with pytest.raises(GeneptError, match="duplicate genes"):
+        GeneEmbeddings(["a", "a"], np.zeros((2, 2)))
+    with pytest.raises(GeneptError, match="NaN"):
+        GeneEmbeddings(["a"], np.array([[np.nan, 1.0]]))
+
+
+def test_parquet_roundtrip(tmp_path):
+    t = make_table()
+    path = t.write(tmp_path / "sub" / "genes.parquet")
+    assert path.exists()
+    assert [p.name for p in path.parent.iterdir()] == ["genes.parquet"]  # no temp file left
+    df = pl.read_parquet(path)
+    assert df.schema == pl.Schema({"gene": pl.String, "embedding": pl.Array(pl.Float32, 5)})
+    assert "genept_fast" in pl.read_parquet_metadata(path)
+    back = GeneEmbeddings.read(path)
+    assert back.genes == t.genes
+    np.testing.assert_array_equal(back.matrix, t.matrix)
+    assert back.matrix.dtype == np.float32
+    assert back.metadata == t.metadata
+    # overwrite in place
+    t2 = GeneEmbeddings(["x"], np.ones((1, 2)), {"model_id": "local:m"})
+    t2.write(path)
+    assert GeneEmbeddings.read(path).model_id == "local:m"
+    assert GeneEmbeddings.read(path, model_id="other", text_source="llm").text_source == "llm"
+
+
+def test_reads_list_column_parquet_and_rejects_bad_files(tmp_path):
+    p = tmp_path / "list.parquet"
+    pl.DataFrame({"gene": ["A", "B"], "embedding": [[1.0, 2.0], [3.0, 4.0]]}).write_parquet(p)
+    t = GeneEmbeddings.read(p)
+    np.testing.assert_array_equal(t.matrix, [[1, 2], [3, 4]])
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"symbol": ["A"], "vec": [[1.0]]}).write_parquet(bad)
+    with pytest.raises(GeneptError, match="needs columns"):
+        GeneEmbeddings.read(bad)
+    ragged = tmp_path / "ragged.parquet"
+    pl.DataFrame({"gene": ["A", "B"], "embedding": [[1.0], [1.0, 2.0]]}).write_parquet(ragged)
+    with pytest.raises(GeneptError, match="different lengths"):
+        GeneEmbeddings.read(ragged)
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet")
+    with pytest.raises(GeneptError, match="not a readable parquet"):
+        GeneEmbeddings.read(junk)
+    with pytest.raises(FileNotFoundError):
+        GeneEmbeddings.read(tmp_path / "absent.parquet")
+    with pytest.raises(GeneptError, match="parquet, not pickle"):
+        make_table().write(tmp_path / "x.pickle")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_reads_genept_pickles(tmp_path, protocol):
+    rng = np.random.default_rng(0)
+    lists = {"TP53": [0.1, 0.2, 0.3], "BRCA1": [1.0, 2.0, 3.0]}
+    arrays = {"TP53": rng.standard_normal(3), "MYC": rng.standard_normal(3).astype(np.float32)}
+    for name, obj in (("GenePT_gene_embedding_ada_text.pickle", lists), ("arr.pkl", arrays)):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+        t = GeneEmbeddings.read(path)
+        assert t.genes == list(obj)
+        np.testing.assert_allclose(t.matrix, np.array(list(obj.values()), dtype=np.float32))
+    assert GeneEmbeddings.read(tmp_path / name).model_id == "unknown"
+    ada = GeneEmbeddings.read(tmp_path / "GenePT_gene_embedding_ada_text.pickle")
+    assert ada.model_id == "openai:text-embedding-ada-002"
+    assert ada.text_source == "genept-pickle"
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps({"TP53": _Evil(marker)}))
+    with pytest.raises(GeneptError, match="refusing to unpickle"):
+        GeneEmbeddings.read(path)
+    assert not marker.exists()
+    # the same pickle really does run code when loaded unrestricted (the test can fail)
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+
+
+def test_other_pickles_refused(tmp_path):
+    cases = {
+        "eval.pkl": b"cbuiltins\neval\n(S'1+1'\ntR.",
+        "class.pkl": pickle.dumps({"A": Coverage(1, 1, 0)}),
+        "set.pkl": pickle.dumps({"A": {1.0, 2.0}}),
+    }
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(GeneptError):
+            GeneEmbeddings.read(p)
+    p = tmp_path / "notdict.pkl"
+    p.write_bytes(pickle.dumps([1.0, 2.0]))
+    with pytest.raises(GeneptError, match="expected a non-empty dict"):
+        GeneEmbeddings.read(p)
+    p.write_bytes(pickle.dumps({"A": np.array(["x", "y"])}))
+    with pytest.raises(GeneptError, match="not numeric"):
+        GeneEmbeddings.read(p)
+
+
+def test_align_exact_then_case_insensitive():
+    t = make_table(genes=("TP53", "tp53", "BRCA1", "Actb", "NOTEXT"))
+    query = ["TP53", "tp53", "Tp53", "brca1", "ACTB", "NOTEXT", "GAPDH", "TP53"]
+    idx, cov = t.index_for(query)
+    assert idx.dtype == np.int64
+    assert idx.tolist() == [0, 1, 0, 2, 3, -1, -1, 0]
+    assert (cov.n_query, cov.n_matched, cov.n_zero) == (8, 7, 1)
+    assert cov.unmatched == ["GAPDH"]
+    assert cov.n_case_insensitive == 3
+    assert cov.n_embedded == 6
+    assert cov.fraction == pytest.approx(6 / 8)
+    s = str(cov)
+    assert "6 of 8 genes embedded (75.0%)" in s and "GAPDH" in s and "zero vector" in s
+    m, cov2 = t.align(query)
+    assert m.shape == (8, t.dimension) and m.dtype == np.float32
+    np.testing.assert_array_equal(m[0], t.matrix[0])
+    np.testing.assert_array_equal(m[1], t.matrix[1])
+    np.testing.assert_array_equal(m[3], t.matrix[2])
+    assert not m[5].any() and not m[6].any()
+    assert cov2.as_dict()["n_unmatched"] == 1
+    empty, cov3 = t.align([])
+    assert empty.shape == (0, t.dimension) and cov3.fraction == 1.0
+
+
+def test_from_texts_with_openai_compatible_server(tmp_path):
+    df = pl.DataFrame(
+        {
+            "gene": ["TP53", "BRCA1", "ORPHAN1", "BLANK"],
+            "text": ["tumor suppressor p53", "DNA repair", None, "  "],
+            "source": ["ncbi", "ncbi", None, "symbol"],
+        }
+    )
+    with OpenAIEmbeddingServer() as server:
+        emb = get_embedder(
+            "openai:text-embedding-3-small", base_url=server.url, dimensions=8, use_cache=False
+        )
+        t = GeneEmbeddings.from_texts(df, emb)
+        assert [r.inputs for r in server.requests] == [["tumor suppressor p53", "DNA repair"]]
+    assert t.genes == ["TP53", "BRCA1", "ORPHAN1", "BLANK"]
+    np.testing.assert_array_equal(
+        t.matrix[0], vector_for("tumor suppressor p53", "text-embedding-3-small", 8)
+    )
+    assert t.metadata["missing"] == ["ORPHAN1", "BLANK"]
+    assert t.missing == ["ORPHAN1", "BLANK"]
+    assert t.text_source == "ncbi+symbol"
+    assert t.model_id == "openai:text-embedding-3-small"
+    assert "created" in t.metadata
+    _, cov = t.index_for(["TP53", "ORPHAN1", "NOPE"])
+    assert (cov.n_matched, cov.n_zero, cov.n_embedded) == (2, 1, 1)
+    with pytest.raises(GeneptError, match="columns 'gene' and 'text'"):
+        GeneEmbeddings.from_texts(df.drop("text"), emb)
+    with pytest.raises(GeneptError, match="duplicate genes"):
+        GeneEmbeddings.from_texts(pl.concat([df, df]), emb)
