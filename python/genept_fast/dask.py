@@ -16,6 +16,7 @@ threads × ``n_threads`` ≤ cores. Requires the ``dask`` extra (``dask[array]``
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -23,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast._core import GeneptError
+from genept_fast.kernels import PreparedEmbeddings, prepare_embeddings
 from genept_fast.kernels import weighted_embedding as _weighted_embedding
 from genept_fast.preprocess import apply_preprocess, looks_like_counts
 
@@ -44,7 +46,8 @@ def _aligned(a: np.ndarray, dtype: type) -> np.ndarray:
 class _Table:
     """The gene-embedding table and its options, shipped to each worker once.
 
-    Unpickling (on a worker) aligns the arrays once, so tasks never copy the table.
+    Unpickling (on a worker) aligns the arrays once, and the first task on a worker lays the
+    table out for the kernel (:func:`genept_fast.prepare_embeddings`), so tasks never copy it.
     """
 
     def __init__(
@@ -54,9 +57,18 @@ class _Table:
         self.gene_index = None if gene_index is None else _aligned(gene_index, np.int64)
         self.normalize = normalize
         self.token = token
+        self._prepared: PreparedEmbeddings | None = None
+        self._lock = threading.Lock()
+
+    def prepared(self) -> PreparedEmbeddings:
+        """The kernel-ready table, built on first use in this process."""
+        with self._lock:
+            if self._prepared is None:
+                self._prepared = prepare_embeddings(self.E)
+            return self._prepared
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: self.__dict__[k] for k in ("E", "gene_index", "normalize", "token")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
@@ -107,7 +119,7 @@ def _share(table: _Table) -> Any:
 def _encode_block(block: Any, table: _Table, n_threads: int) -> np.ndarray:
     return _weighted_embedding(
         block,
-        table.E,
+        table.prepared(),
         gene_index=table.gene_index,
         normalize=table.normalize,
         n_threads=n_threads,

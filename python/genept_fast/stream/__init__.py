@@ -107,8 +107,9 @@ class WeightedEncoder:
     """GenePT-w as an ``encoder`` for :func:`encode_file`: the Rust weighted-sum kernel.
 
     Calling it on a CSR chunk returns :func:`genept_fast.weighted_embedding` of the chunk. The
-    ``fingerprint`` (a hash of the table, ``gene_index`` and ``normalize``) identifies it in
-    resume manifests.
+    table is checked and laid out for the kernel once (:func:`genept_fast.prepare_embeddings`),
+    not per chunk, and only that copy is kept. The ``fingerprint`` (a hash of the table,
+    ``gene_index`` and ``normalize``) identifies it in resume manifests.
     """
 
     def __init__(
@@ -119,11 +120,14 @@ class WeightedEncoder:
         normalize: bool = True,
         n_threads: int | None = None,
     ) -> None:
+        from genept_fast.kernels import prepare_embeddings
+
         E = np.asarray(gene_embeddings)
         if E.ndim != 2:
             msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {E.shape}"
             raise GeneptError(msg)
-        self.gene_embeddings = np.ascontiguousarray(E, dtype=np.float32)
+        E = np.ascontiguousarray(E, dtype=np.float32)
+        self.shape: tuple[int, int] = (int(E.shape[0]), int(E.shape[1]))
         self.gene_index = None
         if gene_index is not None:
             gi = np.asarray(gene_index)
@@ -133,30 +137,25 @@ class WeightedEncoder:
             self.gene_index = np.ascontiguousarray(gi, dtype=np.int64)
         self.normalize = bool(normalize)
         self.n_threads = n_threads
-        self._fingerprint: str | None = None
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(self.shape).encode())
+        h.update(E.data.cast("B"))
+        if self.gene_index is not None:
+            h.update(self.gene_index.data.cast("B"))
+        h.update(b"normalize" if self.normalize else b"raw")
+        self.fingerprint = f"genept-w:{h.hexdigest()}"
+        self.table = prepare_embeddings(E, n_threads=n_threads)
 
     @property
     def dim(self) -> int:
-        return int(self.gene_embeddings.shape[1])
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(repr(self.gene_embeddings.shape).encode())
-            h.update(self.gene_embeddings.data.cast("B"))
-            if self.gene_index is not None:
-                h.update(self.gene_index.data.cast("B"))
-            h.update(b"normalize" if self.normalize else b"raw")
-            self._fingerprint = f"genept-w:{h.hexdigest()}"
-        return self._fingerprint
+        return self.shape[1]
 
     def __call__(self, X: sp.csr_array) -> np.ndarray:
         from genept_fast.kernels import weighted_embedding
 
         return weighted_embedding(
             X,
-            self.gene_embeddings,
+            self.table,
             gene_index=self.gene_index,
             normalize=self.normalize,
             n_threads=self.n_threads,
@@ -597,9 +596,9 @@ def encode_weighted(
                 f"{expected} genes"
             )
             raise GeneptError(msg)
-        if enc.gene_index is None and enc.gene_embeddings.shape[0] != expected:
+        if enc.gene_index is None and enc.shape[0] != expected:
             msg = (
-                f"gene_embeddings has {enc.gene_embeddings.shape[0]} rows but {source.name} has "
+                f"gene_embeddings has {enc.shape[0]} rows but {source.name} has "
                 f"{expected} genes; pass gene_index= to map genes to rows"
             )
             raise GeneptError(msg)
