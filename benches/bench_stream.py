@@ -86,9 +86,10 @@ def worker_stream(a: argparse.Namespace) -> dict:
 
 def worker_inmemory(a: argparse.Namespace) -> dict:
     import anndata as ad
-    import genept_fast as gf
     import h5py
     import scipy.sparse as sp
+
+    import genept_fast as gf
 
     E = np.load(a.table)
     base = _peak_rss_mib()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import shutil
 
-import genept_fast as gf
 import numpy as np
 import scipy.sparse as sp
+
+import genept_fast as gf
 
 assert shutil.which("cargo") is None and shutil.which("rustc") is None, "Rust is on PATH"
 assert "site-packages" in gf.__file__, f"not the installed wheel: {gf.__file__}"

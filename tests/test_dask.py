@@ -7,12 +7,13 @@ import warnings
 from typing import TYPE_CHECKING
 
 import anndata as ad
-import genept_fast as gf
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+
+import genept_fast as gf
 from genept_fast import GeneptError
 from genept_fast.preprocess import normalize_log1p
 

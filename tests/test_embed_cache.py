@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+
 from genept_fast import GeneptError
 from genept_fast.embed import EmbeddingCache, default_cache_dir, get_embedder
 from genept_fast.embed.cache import text_key

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import polars as pl
 import pytest
+
 from genept_fast import GeneptError
 from genept_fast.embed import TruncationWarning, get_embedder
 from genept_fast.embed.local import MODEL_SHA256, TOKENIZER_SHA256, LocalEmbedder

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import polars as pl
 import pytest
+
 from genept_fast import GeneptError
 from genept_fast.embed import TruncationWarning, get_embedder
 from genept_fast.embed.openai_api import OpenAIEmbedder

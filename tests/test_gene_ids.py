@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+
 from genept_fast._http import ServiceUnavailableError
 from genept_fast.genes import STATUSES, looks_like_ensembl, map_genes
 from genept_fast.genes.ids import strip_version

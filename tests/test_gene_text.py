@@ -10,6 +10,7 @@ import anndata
 import numpy as np
 import polars as pl
 import pytest
+
 from genept_fast._http import HttpError, MalformedResponseError, ServiceUnavailableError
 from genept_fast.cli import main
 from genept_fast.genes import gene_texts, read_texts, write_texts

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+
 from genept_fast._http import (
     HttpError,
     JsonClient,

@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 
-import genept_fast as gf
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
+import genept_fast as gf
 from genept_fast import GeneptError, _core
 
 

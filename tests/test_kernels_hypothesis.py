@@ -7,11 +7,12 @@ formats and dense arrays.
 
 from __future__ import annotations
 
-import genept_fast as gf
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import genept_fast as gf
 
 settings.register_profile("ci", max_examples=120, deadline=None)
 settings.load_profile("ci")

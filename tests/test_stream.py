@@ -15,12 +15,13 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
-import genept_fast as gf
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+
+import genept_fast as gf
 from genept_fast import GeneptError, stream
 from genept_fast.preprocess import normalize_log1p
 from genept_fast.stream import sources as sources_mod

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import polars as pl
 import pytest
+
 from genept_fast import GeneptError
 from genept_fast.embed import get_embedder
 from genept_fast.table import Coverage, GeneEmbeddings

@@ -1,0 +1,168 @@
+"""Shared helpers of the evaluation reports: atomic files, number formatting, figure rendering."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genept_fast._core import GeneptError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "atomic_write_bytes",
+    "figure_png",
+    "fmt",
+    "json_bytes",
+    "markdown_table",
+    "palette",
+    "safe_name",
+    "versions",
+    "write_report_files",
+]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp_path.replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy scalars/arrays and NaN to what JSON can hold (NaN and ±inf become null)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_plain(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Deterministic, indented UTF-8 JSON (strict: no NaN)."""
+    text = json.dumps(_plain(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode()
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` decimals, missing values as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float | np.floating):
+        if not math.isfinite(float(value)):
+            return "–"
+        return f"{float(value):.{digits}f}"
+    return str(value)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines.extend("| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text`` (other characters become ``_``)."""
+    name = _UNSAFE.sub("_", text).strip("._")
+    return name or "embedding"
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of ``packages`` (``"not installed"`` where absent)."""
+    out: dict[str, str] = {}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def palette(n: int) -> list[Any]:
+    """``n`` distinguishable colours: tab10, tab20, else evenly spaced on a rainbow map."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    cmap = colormaps["gist_rainbow"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure detached from pyplot (no global state, any backend)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def figure_png(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes with the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def write_report_files(
+    out_dir: Path, pngs: Mapping[str, bytes], data: Any, markdown: str
+) -> dict[str, Path]:
+    """Write the PNGs, then ``report.json``, then ``report.md``, each atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        msg = f"report folder {str(out_dir)!r} exists and is not a folder"
+        raise GeneptError(msg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, png in pngs.items():
+        path = out_dir / name
+        atomic_write_bytes(path, png)
+        written[name] = path
+    for name, payload in (("report.json", json_bytes(data)), ("report.md", markdown.encode())):
+        path = out_dir / name
+        atomic_write_bytes(path, payload)
+        written[name] = path
+    return written
