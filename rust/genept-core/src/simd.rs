@@ -39,8 +39,9 @@ impl Isa {
     }
 }
 
-/// Width, in floats, of one embedding tile: 8 AVX2 registers hold it for a whole gene.
-pub const TILE: usize = 64;
+/// Width, in floats, of one embedding tile: 12 of the 16 AVX2 registers hold it for a whole
+/// gene (measured 5-10% faster than 8 registers / 64 floats; 1536 and 3072 are multiples).
+pub const TILE: usize = 96;
 
 /// For every entry `i`: `out[rows[i]*w .. rows[i]*w + w] += vals[i] * e[..w]`.
 ///
@@ -60,7 +61,7 @@ pub fn scatter_axpy(isa: Isa, e: &[f32], rows: &[u32], vals: &[f32], out: &mut [
             // offsets lie inside `out` (local rows of the tile, see the debug assertion).
             unsafe {
                 if w == TILE {
-                    x86::axpy_tile::<8>(e.as_ptr(), rows, vals, out.as_mut_ptr());
+                    x86::axpy_tile::<12>(e.as_ptr(), rows, vals, out.as_mut_ptr());
                 } else {
                     x86::axpy_any(e, rows, vals, out, w);
                 }
