@@ -1,0 +1,602 @@
+"""scanpy-shaped tools: GenePT-w and GenePT-s cell embeddings of an AnnData.
+
+Both tools take the AnnData first and keyword-only options, write the embedding to
+``adata.obsm[key_added]`` and the parameters and provenance (model, text source, genes matched,
+matrix used) to ``adata.uns[key_added]``, and return ``None`` — or a modified copy with
+``copy=True``. The user's expression matrix is never modified: raw counts are log-normalised
+into a temporary copy, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from genept_fast import kernels
+from genept_fast._core import GeneptError
+from genept_fast.preprocess import Preprocess, apply_preprocess, looks_like_counts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    import anndata as ad
+    import pandas as pd
+
+    from genept_fast.embed import CostEstimate, Embedder
+    from genept_fast.table import GeneEmbeddings
+
+__all__ = [
+    "CHUNK_CELLS",
+    "SentenceBuilder",
+    "compact_table",
+    "genept_s",
+    "genept_w",
+    "resolve_gene_symbols",
+]
+
+log = logging.getLogger(__name__)
+
+#: Cells read, preprocessed and encoded at a time (bounds the temporary memory).
+CHUNK_CELLS = 10_000
+
+#: var columns that hold gene symbols when var_names are Ensembl IDs (scanpy, CELLxGENE, 10x).
+SYMBOL_COLUMNS = (
+    "gene_symbols",
+    "gene_symbol",
+    "feature_name",
+    "gene_name",
+    "gene_names",
+    "symbol",
+)
+
+
+@dataclass
+class _Matrix:
+    """The expression matrix a tool reads, and what it is."""
+
+    X: Any
+    var_names: list[str]
+    var: pd.DataFrame
+    description: str
+    backed: bool
+
+
+def _select_matrix(adata: ad.AnnData, layer: str | None, use_raw: bool | None) -> _Matrix:
+    if layer is not None and use_raw:
+        msg = "give either layer= or use_raw=True, not both"
+        raise GeneptError(msg)
+    if use_raw is None:
+        use_raw = layer is None and adata.raw is not None
+    if use_raw:
+        if adata.raw is None:
+            msg = "use_raw=True but adata.raw is None"
+            raise GeneptError(msg)
+        raw = adata.raw
+        return _Matrix(raw.X, list(map(str, raw.var_names)), raw.var, "adata.raw.X", adata.isbacked)
+    if layer is not None:
+        if layer not in adata.layers:
+            msg = f"layer {layer!r} not found; adata.layers has {list(adata.layers.keys())}"
+            raise GeneptError(msg)
+        X, desc = adata.layers[layer], f"adata.layers[{layer!r}]"
+    else:
+        X, desc = adata.X, "adata.X"
+    if X is None:
+        msg = f"{desc} is empty (None)"
+        raise GeneptError(msg)
+    return _Matrix(X, list(map(str, adata.var_names)), adata.var, desc, adata.isbacked)
+
+
+def _chunks(X: Any, n: int, chunk: int) -> Iterator[tuple[int, int, Any]]:
+    """Row chunks as in-memory matrices (reads only those rows of a backed matrix)."""
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        yield a, b, X[a:b]
+
+
+def _sample(X: Any, n: int, rows: int = 2000) -> Any:
+    return X[: min(n, rows)]
+
+
+def _values(X: Any) -> np.ndarray:
+    """The stored values of a sparse or dense matrix."""
+    if sp.issparse(X):
+        sparse: Any = X  # scipy's stubs type issparse's guard as the bare base class
+        return np.asarray(sparse.data)
+    return np.asarray(X)
+
+
+def _decide_preprocess(m: _Matrix, n_obs: int, preprocess: Preprocess) -> tuple[Preprocess, bool]:
+    """Resolve ``auto`` once for the whole matrix (so that every chunk is treated alike)."""
+    if preprocess not in ("auto", "log1p", "none"):
+        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {preprocess!r}"
+        raise GeneptError(msg)
+    sample = _sample(m.X, n_obs)
+    if preprocess == "auto":
+        counts = looks_like_counts(sample)
+        preprocess = "log1p" if counts else "none"
+    values = _values(sample)
+    if preprocess == "none" and np.size(values) and np.min(values) < 0:
+        warnings.warn(
+            f"{m.description} has negative values (scaled data?). GenePT weighs gene embeddings "
+            "by expression; pass the log-normalised matrix (layer=... or use_raw=True).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return preprocess, preprocess == "log1p"
+
+
+def resolve_gene_symbols(
+    var_names: Sequence[str], var: pd.DataFrame | None = None, *, gene_key: str | None = None
+) -> tuple[list[str], str]:
+    """Gene symbols for a dataset's genes, and how they were found.
+
+    ``gene_key`` names a ``var`` column of symbols. Otherwise, when ``var_names`` look like
+    Ensembl IDs, a symbol column of ``var`` (``gene_symbols``, ``feature_name``, ...) is used,
+    or the IDs are mapped offline with :func:`genept_fast.genes.map_genes` (unmapped genes keep
+    an empty string, which matches no embedding). Otherwise ``var_names`` are the symbols.
+    """
+    names = [str(v) for v in var_names]
+    if gene_key is not None:
+        if var is None or gene_key not in var.columns:
+            msg = f"gene_key {gene_key!r} is not a column of var"
+            raise GeneptError(msg)
+        return [str(s) for s in var[gene_key].astype(str)], f"var[{gene_key!r}]"
+    from genept_fast.genes import looks_like_ensembl, map_genes
+
+    if not names or not looks_like_ensembl(names):
+        return names, "var_names"
+    if var is not None:
+        for col in SYMBOL_COLUMNS:
+            if col in var.columns:
+                return [str(s) for s in var[col].astype(str)], f"var[{col!r}]"
+    mapped = map_genes(names)
+    symbols = [s if s is not None else "" for s in mapped["symbol"].to_list()]
+    return symbols, "Ensembl IDs mapped offline"
+
+
+def _load_table(gene_embeddings: GeneEmbeddings | str | Path) -> GeneEmbeddings:
+    from genept_fast.table import GeneEmbeddings
+
+    if isinstance(gene_embeddings, GeneEmbeddings):
+        return gene_embeddings
+    if isinstance(gene_embeddings, (str, Path)):
+        return GeneEmbeddings.read(gene_embeddings)
+    msg = (
+        "gene_embeddings must be a GeneEmbeddings table or a path to one (parquet or GenePT "
+        f"pickle), got {type(gene_embeddings).__name__}"
+    )
+    raise GeneptError(msg)
+
+
+def compact_table(matrix: np.ndarray, gene_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The table rows a dataset uses, in the dataset's gene order, and the map to them.
+
+    ``gene_index`` maps each dataset gene to a row of ``matrix`` (``-1``: none). Returns
+    ``(rows, index)``: ``rows[k]`` is the embedding of the ``k``-th embedded dataset gene and
+    ``index`` maps each dataset gene to its row of ``rows`` (ascending, ``-1``: none). The
+    kernel then sums each cell's genes in the dataset's column order, exactly as
+    :func:`genept_fast.weighted_embedding` with the table aligned to the dataset
+    (:meth:`GeneEmbeddings.align`), while holding only the rows in use.
+    """
+    gene_index = np.asarray(gene_index, dtype=np.int64)
+    hit = gene_index >= 0
+    index = np.full(gene_index.shape, -1, dtype=np.int64)
+    index[hit] = np.arange(int(hit.sum()), dtype=np.int64)
+    return np.ascontiguousarray(matrix[gene_index[hit]], dtype=np.float32), index
+
+
+def _start(adata: ad.AnnData, copy: bool) -> ad.AnnData:
+    if copy:
+        if adata.isbacked:
+            msg = "copy=True is not supported for backed AnnData; use adata.to_memory() first"
+            raise GeneptError(msg)
+        return adata.copy()
+    return adata
+
+
+def _embedded_column(adata: ad.AnnData, m: _Matrix, key: str, embedded: np.ndarray) -> None:
+    """``var[f"{key}_embedded"]``: whether each gene of ``adata.var`` has an embedding."""
+    col = f"{key}_embedded"
+    if m.var_names == list(map(str, adata.var_names)):
+        adata.var[col] = embedded
+    else:  # .raw has other genes: report those that are also in var
+        lookup = dict(zip(m.var_names, embedded, strict=True))
+        adata.var[col] = np.array([bool(lookup.get(str(g), False)) for g in adata.var_names])
+
+
+def genept_w(
+    adata: ad.AnnData,
+    gene_embeddings: GeneEmbeddings | str | Path,
+    *,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    gene_key: str | None = None,
+    preprocess: Preprocess = "auto",
+    key_added: str = "X_genept_w",
+    chunk_size: int = CHUNK_CELLS,
+    n_threads: int | None = None,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """GenePT-w: each cell's expression-weighted sum of gene embeddings, L2-normalised.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes. In-memory or backed (``read_h5ad(..., backed="r")``: rows are read one
+        chunk at a time).
+    gene_embeddings
+        A :class:`~genept_fast.table.GeneEmbeddings` table, or a path to one (our parquet, or
+        GenePT's published pickle).
+    layer, use_raw
+        The matrix to read: ``adata.layers[layer]``, ``adata.raw.X`` (``use_raw=True``; the
+        default when ``adata.raw`` exists and no layer is given), else ``adata.X``.
+    gene_key
+        A ``var`` column holding gene symbols (default: ``var_names``, or a symbol column /
+        offline mapping when they are Ensembl IDs).
+    preprocess
+        ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (in
+        a copy); ``"log1p"``: always; ``"none"``: use the values as they are.
+    key_added
+        Where the result goes.
+    chunk_size
+        Cells per chunk (bounds temporary memory).
+    n_threads
+        Kernel threads (default all cores, capped by ``GENEPT_FAST_NUM_THREADS``).
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or the copy with ``copy=True``. Sets
+
+    - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``; a cell with no embedded gene
+      expressed is all zeros;
+    - ``adata.uns[key_added]``: ``{"params": {...}, "coverage": {...}}`` (model, dimension,
+      text source, matrix, preprocessing, genes matched);
+    - ``adata.var[f"{key_added}_embedded"]``: whether each gene has an embedding.
+    """
+    adata = _start(adata, copy) if copy else adata
+    table = _load_table(gene_embeddings)
+    m = _select_matrix(adata, layer, use_raw)
+    if m.X.shape[1] != len(m.var_names):
+        msg = f"{m.description} has {m.X.shape[1]} columns but {len(m.var_names)} gene names"
+        raise GeneptError(msg)
+    symbols, symbol_source = resolve_gene_symbols(m.var_names, m.var, gene_key=gene_key)
+    gene_index, coverage = table.index_for(symbols)
+    if symbol_source != "var_names" and gene_key is None:
+        # a table keyed by the dataset's own identifiers (e.g. Ensembl IDs) matches them as is
+        by_name, by_name_coverage = table.index_for(m.var_names)
+        if by_name_coverage.n_embedded > coverage.n_embedded:
+            gene_index, coverage, symbol_source = by_name, by_name_coverage, "var_names"
+    log.info("GenePT-w: %s", coverage)
+    if coverage.n_embedded == 0:
+        msg = (
+            f"none of the {len(symbols)} genes of {m.description} has an embedding in the table "
+            f"(model {table.model_id}); check gene_key= or the table"
+        )
+        raise GeneptError(msg)
+    how, lognorm = _decide_preprocess(m, adata.n_obs, preprocess)
+    rows, compact_index = compact_table(table.matrix, gene_index)
+    prepared = kernels.prepare_embeddings(rows, n_threads=n_threads)
+    out = np.zeros((adata.n_obs, table.dimension), dtype=np.float32)
+    for a, b, chunk in _chunks(m.X, adata.n_obs, max(int(chunk_size), 1)):
+        X, _ = apply_preprocess(chunk, how)
+        kernels.weighted_embedding(
+            X, prepared, gene_index=compact_index, n_threads=n_threads, out=out[a:b]
+        )
+    adata.obsm[key_added] = out
+    adata.uns[key_added] = {
+        "params": {
+            "method": "GenePT-w",
+            "model": table.model_id,
+            "dimension": int(table.dimension),
+            "text_source": table.text_source,
+            "matrix": m.description,
+            "layer": layer,
+            "use_raw": m.description == "adata.raw.X",
+            "preprocess": "normalize_total(1e4) + log1p" if lognorm else "none",
+            "gene_symbols": symbol_source,
+            "normalize": True,
+        },
+        "coverage": coverage.as_dict(),
+    }
+    _embedded_column(adata, m, key_added, gene_index >= 0)
+    return adata if copy else None
+
+
+#: Most ``cells × ranked genes`` entries ranked at once while building sentences (bounds memory).
+_RANK_BLOCK = 1 << 22
+
+
+class SentenceBuilder:
+    """GenePT-s sentences of cells, each cut at a gene boundary to fit a token limit.
+
+    A cell's expressed genes (strictly positive values, ranked by :func:`genept_fast.top_genes`:
+    descending value, ties by gene order) are written after ``prefix`` and joined by ``sep``,
+    up to ``top_n`` genes and as many as fit ``max_input_tokens`` as the embedder counts them.
+    Token counts are exact for tokenizers that split words at spaces (the local WordPiece
+    model, OpenAI's ``cl100k_base``): each gene costs the tokens of ``sep + name``, and the
+    first gene the tokens it adds to ``prefix``. A cell with no usable expressed gene gets the
+    empty sentence, which every embedder maps to a zero vector.
+
+    Parameters
+    ----------
+    embedder
+        Counts the tokens (its :meth:`~genept_fast.embed.Embedder.count_tokens`).
+    symbols
+        One gene symbol per column of the matrices to encode; an empty symbol is never used.
+    top_n
+        Most genes per sentence (default: as many as fit).
+    prefix, sep
+        Sentence prefix and gene separator.
+    max_input_tokens
+        Token limit of a sentence (default and maximum: ``embedder.max_input_tokens``).
+    n_threads
+        Threads for the ranking kernel.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        symbols: Sequence[str],
+        *,
+        top_n: int | None = None,
+        prefix: str = kernels.DEFAULT_PREFIX,
+        sep: str = " ",
+        max_input_tokens: int | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        if top_n is not None and (
+            isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1
+        ):
+            msg = f"top_n must be a positive integer or None, got {top_n!r}"
+            raise GeneptError(msg)
+        limit = int(embedder.max_input_tokens)
+        if max_input_tokens is not None:
+            if isinstance(max_input_tokens, bool) or int(max_input_tokens) < 1:
+                msg = f"max_input_tokens must be a positive integer, got {max_input_tokens!r}"
+                raise GeneptError(msg)
+            limit = min(limit, int(max_input_tokens))
+        if not isinstance(prefix, str) or not isinstance(sep, str):
+            msg = "prefix and sep must be strings"
+            raise GeneptError(msg)
+        if not sep:
+            msg = "sep must not be empty (gene names would run together)"
+            raise GeneptError(msg)
+        self.embedder = embedder
+        self.symbols = [str(g) for g in symbols]
+        self.usable = np.array([bool(g.strip()) for g in self.symbols], dtype=bool)
+        self.top_n = None if top_n is None else int(top_n)
+        self.prefix, self.sep, self.n_threads = prefix, sep, n_threads
+        self.max_input_tokens = limit
+        base, self.prefix_tokens = (int(c) for c in embedder.count_tokens(["", prefix]))
+        if self.prefix_tokens >= limit:
+            msg = (
+                f"the prefix alone takes {self.prefix_tokens} of the {limit} tokens allowed;"
+                " shorten it or raise max_input_tokens"
+            )
+            raise GeneptError(msg)
+        names = [g if u else "" for g, u in zip(self.symbols, self.usable, strict=True)]
+        counts = embedder.count_tokens([f"{sep}{g}" for g in names] + [prefix + g for g in names])
+        n = len(names)
+        #: tokens gene j adds after another gene, and as the first gene after the prefix
+        self.gene_tokens = np.maximum(np.asarray(counts[:n], dtype=np.int64) - base, 0)
+        self.first_tokens = np.maximum(
+            np.asarray(counts[n:], dtype=np.int64) - self.prefix_tokens, 0
+        )
+        budget = limit - self.prefix_tokens
+        n_usable = int(self.usable.sum())
+        cap = budget + 1  # every gene but possibly the first costs at least one token
+        want = self.top_n if self.top_n is not None else cap
+        #: genes ranked per cell
+        self.n_rank = max(1, min(want, cap, n_usable))
+        self._budget = budget
+
+    def build(self, X: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Sentences of the cells (rows) of ``X``.
+
+        Returns
+        -------
+        sentences : list of str
+            One per cell (``""`` for a cell without usable expressed genes).
+        n_genes : numpy.ndarray
+            int64, genes in each sentence.
+        cut : numpy.ndarray
+            bool, whether the token limit (not ``top_n`` or the cell's expressed genes) ended
+            the sentence.
+        """
+        csr = sp.csr_array(X)
+        if not (self.usable.all() and csr.has_canonical_format):
+            csr = csr.copy()  # never modify the caller's matrix
+            csr.sum_duplicates()
+            csr.data[~self.usable[csr.indices]] = 0  # never ranked: top_genes needs value > 0
+        n_cells = csr.shape[0]
+        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
+        positive = np.bincount(rows, weights=csr.data > 0, minlength=n_cells).astype(np.int64)
+        kept = np.zeros(n_cells, dtype=np.int64)
+        sentences: list[str] = []
+        block = max(1, _RANK_BLOCK // self.n_rank)
+        for a in range(0, n_cells, block):
+            b = min(a + block, n_cells)
+            top = kernels.top_genes(csr[a:b], self.n_rank, n_threads=self.n_threads).astype(
+                np.int64
+            )
+            valid = top >= 0
+            safe = np.where(valid, top, 0)
+            cost = np.where(valid, self.gene_tokens[safe], 0)
+            if cost.shape[1]:
+                cost[:, 0] = np.where(valid[:, 0], self.first_tokens[safe[:, 0]], 0)
+            fits = (np.cumsum(cost, axis=1) <= self._budget) & valid
+            k = fits.sum(axis=1)  # fits is a prefix of each row: costs are non-negative
+            kept[a:b] = k
+            sentences.extend(self._join(top, k))
+        wanted = positive if self.top_n is None else np.minimum(positive, self.top_n)
+        return sentences, kept, kept < wanted
+
+    def _join(self, top: np.ndarray, kept: np.ndarray) -> list[str]:
+        """``prefix`` + the first ``kept[i]`` genes of ``top[i]``, by the Rust sentence kernel."""
+        n_cells = top.shape[0]
+        width = int(kept.max()) if n_cells else 0
+        if width == 0:
+            return [""] * n_cells
+        cols = np.arange(top.shape[1])
+        mask = cols[None, :] < kept[:, None]
+        indptr = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+        # ranks as strictly decreasing values, so the kernel keeps exactly this order
+        ranked = sp.csr_array(
+            (
+                np.broadcast_to(top.shape[1] - cols, top.shape)[mask].astype(np.float32),
+                top[mask],
+                indptr,
+            ),
+            shape=(n_cells, len(self.symbols)),
+        )
+        out = kernels.cell_sentences(
+            ranked, self.symbols, width, prefix=self.prefix, sep=self.sep, n_threads=self.n_threads
+        )
+        return [s if k else "" for s, k in zip(out, kept.tolist(), strict=True)]
+
+
+def _warn_negative(m: _Matrix, n_obs: int) -> None:
+    values = _values(_sample(m.X, n_obs))
+    if np.size(values) and np.min(values) < 0:
+        warnings.warn(
+            f"{m.description} has negative values (scaled data?). GenePT-s ranks genes by "
+            "expression; pass the log-normalised or count matrix (layer=... or use_raw=True).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def genept_s(
+    adata: ad.AnnData,
+    embedder: Embedder | str = "local",
+    *,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    gene_key: str | None = None,
+    top_n: int | None = None,
+    prefix: str = kernels.DEFAULT_PREFIX,
+    sep: str = " ",
+    max_input_tokens: int | None = None,
+    key_added: str = "X_genept_s",
+    chunk_size: int = CHUNK_CELLS,
+    dry_run: bool = False,
+    progress: bool = False,
+    n_threads: int | None = None,
+    copy: bool = False,
+) -> ad.AnnData | CostEstimate | None:
+    """GenePT-s: each cell written as a sentence of its top genes, embedded by a text model.
+
+    A cell's expressed genes, ranked by expression (ties by gene order), are written after
+    ``prefix`` ("A cell with genes ranked by expression: CD74 HLA-DRA ..."), up to ``top_n``
+    genes and never past the model's input limit: the sentence is cut at a gene boundary.
+    Identical sentences are embedded once, and every embedding is cached by content (by the
+    embedder's cache). A cell with no expressed gene that has a symbol gets a zero vector.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes (in memory or backed).
+    embedder
+        An :class:`~genept_fast.embed.Embedder` or a spec for
+        :func:`~genept_fast.embed.get_embedder` (``"local"``, ``"openai:text-embedding-3-small"``).
+    layer, use_raw, gene_key
+        As in :func:`genept_w`. Ranking is the same on counts and on log-normalised values
+        within a cell, so no preprocessing is applied (scaled values with negatives warn).
+    top_n
+        Most genes per sentence (default: as many as fit the model's input limit).
+    prefix, sep
+        Sentence prefix and gene separator.
+    max_input_tokens
+        Cut sentences at this many tokens (default and maximum: the model's input limit).
+    key_added
+        Where the result goes.
+    chunk_size
+        Cells read and ranked at a time.
+    dry_run
+        Build the sentences, log the token count, price and expected time, embed nothing and
+        return the :class:`~genept_fast.embed.CostEstimate` (``adata`` is left untouched).
+    progress
+        Show a progress bar while embedding.
+    n_threads
+        Threads for the ranking kernel.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None`` (or the copy, or the estimate with ``dry_run``). Sets
+
+    - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``;
+    - ``adata.obs[f"{key_added}_n_genes"]``: genes in each cell's sentence;
+    - ``adata.uns[key_added]["params"]``: model, dimension, prefix, top_n, token limit, genes
+      per sentence, cells cut at the token limit, distinct sentences.
+    """
+    from genept_fast.embed import Embedder, get_embedder
+
+    emb = get_embedder(embedder) if isinstance(embedder, str) else embedder
+    if not isinstance(emb, Embedder):
+        msg = f"embedder must be an Embedder or a spec string, got {type(embedder).__name__}"
+        raise GeneptError(msg)
+    target = adata if dry_run else (_start(adata, copy) if copy else adata)
+    m = _select_matrix(target, layer, use_raw)
+    if m.X.shape[1] != len(m.var_names):
+        msg = f"{m.description} has {m.X.shape[1]} columns but {len(m.var_names)} gene names"
+        raise GeneptError(msg)
+    symbols, symbol_source = resolve_gene_symbols(m.var_names, m.var, gene_key=gene_key)
+    builder = SentenceBuilder(
+        emb,
+        symbols,
+        top_n=top_n,
+        prefix=prefix,
+        sep=sep,
+        max_input_tokens=max_input_tokens,
+        n_threads=n_threads,
+    )
+    if not builder.usable.any():
+        msg = f"no gene of {m.description} has a symbol ({symbol_source}); check gene_key="
+        raise GeneptError(msg)
+    _warn_negative(m, target.n_obs)
+
+    sentences: list[str] = []
+    kept_all = np.zeros(target.n_obs, dtype=np.int64)
+    cut_all = np.zeros(target.n_obs, dtype=bool)
+    for a, b, chunk in _chunks(m.X, target.n_obs, max(int(chunk_size), 1)):
+        s, kept_all[a:b], cut_all[a:b] = builder.build(chunk)
+        sentences.extend(s)
+    if dry_run or emb.is_paid:
+        estimate = emb.estimate(sentences)
+        log.warning("GenePT-s (%s): %s", emb.model_id, estimate)
+        if dry_run:
+            return estimate
+    vectors = emb.embed(sentences, progress=progress)
+    target.obsm[key_added] = np.ascontiguousarray(vectors, dtype=np.float32)
+    target.obs[f"{key_added}_n_genes"] = kept_all
+    target.uns[key_added] = {
+        "params": {
+            "method": "GenePT-s",
+            "model": emb.model_id,
+            "dimension": int(vectors.shape[1]),
+            "matrix": m.description,
+            "layer": layer,
+            "use_raw": m.description == "adata.raw.X",
+            "gene_symbols": symbol_source,
+            "prefix": prefix,
+            "sep": sep,
+            "top_n": top_n,
+            "max_input_tokens": builder.max_input_tokens,
+            "genes_per_sentence_mean": float(kept_all.mean()) if len(kept_all) else 0.0,
+            "genes_per_sentence_max": int(kept_all.max()) if len(kept_all) else 0,
+            "cells_cut_at_token_limit": int(cut_all.sum()),
+            "cells_without_genes": int((kept_all == 0).sum()),
+            "distinct_sentences": len({t for t in sentences if t}),
+        },
+    }
+    return target if copy else None
