@@ -50,6 +50,8 @@ pub trait Value: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> 
     fn rank_key(self, gene: u32) -> Self::Key;
     /// The gene index stored in a key.
     fn key_gene(key: Self::Key) -> u32;
+    /// Bits that order strictly positive values like the values (equal values, equal bits).
+    fn value_bits(self) -> u64;
 }
 
 impl Value for f32 {
@@ -73,6 +75,10 @@ impl Value for f32 {
     fn key_gene(key: u64) -> u32 {
         key as u32
     }
+    #[inline(always)]
+    fn value_bits(self) -> u64 {
+        u64::from(self.to_bits())
+    }
 }
 
 impl Value for f64 {
@@ -93,6 +99,10 @@ impl Value for f64 {
     #[inline(always)]
     fn key_gene(key: u128) -> u32 {
         key as u32
+    }
+    #[inline(always)]
+    fn value_bits(self) -> u64 {
+        self.to_bits()
     }
 }
 

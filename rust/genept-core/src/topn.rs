@@ -6,6 +6,14 @@
 //! index), so the whole comparison is one integer compare; `select_nth_unstable` finds the
 //! first `n` and only those are sorted. Duplicate entries of a gene are summed first, as scipy
 //! does; rows stored in canonical order (strictly increasing indices) skip that step.
+//!
+//! Expression values are normalised integer counts, so a cell has few distinct values (tens,
+//! for thousands of genes). For canonical rows the ranking is therefore a stable counting sort
+//! over the distinct values ([`Buckets`]): one pass counts each value in a small hash table, the
+//! few distinct values are sorted, and a second pass drops each gene at its place; walking the
+//! genes in ascending order keeps ties in gene order. Rows with more distinct values than the
+//! table holds, and short rankings (`8n` < the row's genes), use the sort path. Both give
+//! exactly the same result.
 
 use rayon::prelude::*;
 
@@ -13,6 +21,7 @@ use crate::csr::{CsrView, Index, Value};
 use crate::error::{GeneptError, Result};
 
 struct Scratch<V: Value> {
+    buckets: Buckets,
     keys: Vec<V::Key>,
     /// Dense per-gene sums for rows with duplicates or unsorted indices (all zero between rows).
     dense: Vec<V>,
@@ -49,17 +58,138 @@ pub fn top_genes<I: Index, V: Value>(
         .enumerate()
         .for_each_init(
             || Scratch::<V> {
+                buckets: Buckets::new(),
                 keys: Vec::new(),
                 dense: Vec::new(),
                 seen: Vec::new(),
                 touched: Vec::new(),
             },
             |s, (r, dst)| {
-                row_keys(x, r, n_cols, s);
-                rank_into::<V>(&mut s.keys, dst);
+                // For a short ranking of a long row, selecting then sorting is cheaper.
+                let long_ranking = 8 * n >= x.row(r).0.len();
+                if !(long_ranking && rank_by_buckets(x, r, s, dst)) {
+                    row_keys(x, r, n_cols, s);
+                    rank_into::<V>(&mut s.keys, dst);
+                }
             },
         );
     Ok(())
+}
+
+/// Distinct values a row may have for the counting-sort path (then it falls back to sorting).
+const MAX_DISTINCT: usize = 256;
+const SLOTS: usize = 1024; // open addressing, load ≤ 1/4
+const EMPTY: u64 = u64::MAX; // no positive float has these bits
+
+/// A small hash table from a value's bits to its count, then to its output position.
+struct Buckets {
+    key: Vec<u64>,
+    count: Vec<u32>,
+    used: Vec<u32>,
+    /// The slot of each positive entry of the row, in row order.
+    entry_slot: Vec<u16>,
+    /// The ranking being built, with one spare slot for genes past `n`.
+    placed: Vec<i32>,
+}
+
+impl Buckets {
+    fn new() -> Self {
+        Buckets {
+            key: vec![EMPTY; SLOTS],
+            count: vec![0; SLOTS],
+            used: Vec::with_capacity(MAX_DISTINCT + 1),
+            entry_slot: Vec::new(),
+            placed: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        for &s in &self.used {
+            self.key[s as usize] = EMPTY;
+            self.count[s as usize] = 0;
+        }
+        self.used.clear();
+        self.entry_slot.clear();
+    }
+
+    /// The slot of `bits`, inserting it; `None` once the row has too many distinct values.
+    #[inline]
+    fn slot(&mut self, bits: u64) -> Option<usize> {
+        let mut s = (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize; // 10 bits
+        loop {
+            let k = self.key[s];
+            if k == bits {
+                return Some(s);
+            }
+            if k == EMPTY {
+                if self.used.len() == MAX_DISTINCT {
+                    return None;
+                }
+                self.key[s] = bits;
+                self.used.push(s as u32);
+                return Some(s);
+            }
+            s = (s + 1) & (SLOTS - 1);
+        }
+    }
+}
+
+/// The counting-sort ranking of a canonical row; `false` (nothing written) when the row is not
+/// canonical or has too many distinct values.
+fn rank_by_buckets<I: Index, V: Value>(
+    x: &CsrView<'_, I, V>,
+    r: usize,
+    s: &mut Scratch<V>,
+    dst: &mut [i32],
+) -> bool {
+    let (idx, val) = x.row(r);
+    let col = |j: I| j.to_usize().unwrap_or(0);
+    let b = &mut s.buckets;
+    b.clear();
+    let mut prev: Option<usize> = None;
+    for (&j, &v) in idx.iter().zip(val) {
+        let j = col(j);
+        if prev.is_some_and(|p| p >= j) {
+            return false; // not canonical: duplicates or unsorted indices
+        }
+        prev = Some(j);
+        if v > V::ZERO {
+            match b.slot(v.value_bits()) {
+                Some(slot) => {
+                    b.count[slot] += 1;
+                    b.entry_slot.push(slot as u16);
+                }
+                None => return false,
+            }
+        }
+    }
+    // Distinct values, largest first; each slot's count becomes its first output position.
+    b.used
+        .sort_unstable_by_key(|&slot| std::cmp::Reverse(b.key[slot as usize]));
+    let mut pos = 0u32;
+    for &slot in &b.used {
+        let c = b.count[slot as usize];
+        b.count[slot as usize] = pos;
+        pos += c;
+    }
+    // Place genes branch-free: positions past `n` all land in one spare slot at the end.
+    let n = dst.len();
+    b.placed.clear();
+    b.placed.resize(n + 1, -1);
+    let mut e = 0;
+    for (&j, &v) in idx.iter().zip(val) {
+        if v > V::ZERO {
+            let slot = b.entry_slot[e] as usize;
+            e += 1;
+            let p = b.count[slot] as usize;
+            b.placed[p.min(n)] = col(j) as i32;
+            b.count[slot] = (p + 1) as u32;
+        }
+    }
+    dst.copy_from_slice(&b.placed[..n]);
+    let filled = (pos as usize).min(n);
+    dst[filled..].fill(-1);
+    true
 }
 
 /// Fills `s.keys` with one key per gene of cell `r` whose (summed) value is > 0.
@@ -129,6 +259,53 @@ mod tests {
         let mut out = vec![0; (ip.len() - 1) * n];
         top_genes(&x, n, &mut out).unwrap();
         out
+    }
+
+    /// The counting-sort path and the key-sort path agree, with few and with many distinct values.
+    #[test]
+    fn bucket_path_equals_sort_path() {
+        let mut state = 99u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        for levels in [1u64, 3, 40, 300, 1 << 30] {
+            for n in [1usize, 7, 100, 600] {
+                let (mut ip, mut ix, mut v) = (vec![0i64], vec![], vec![]);
+                for _ in 0..20 {
+                    for g in 0..900i64 {
+                        if next() % 3 == 0 {
+                            ix.push(g);
+                            let lvl = (next() % levels) as f64;
+                            v.push(if next() % 10 == 0 { -1.0 } else { lvl * 0.25 });
+                        }
+                    }
+                    ip.push(ix.len() as i64);
+                }
+                let x = CsrView::new(&ip, &ix, &v, 900).unwrap();
+                let mut fast = vec![0; 20 * n];
+                top_genes(&x, n, &mut fast).unwrap();
+                let mut s = Scratch::<f64> {
+                    buckets: Buckets::new(),
+                    keys: Vec::new(),
+                    dense: Vec::new(),
+                    seen: Vec::new(),
+                    touched: Vec::new(),
+                };
+                for r in 0..20 {
+                    let mut slow = vec![0; n];
+                    row_keys(&x, r, 900, &mut s);
+                    rank_into::<f64>(&mut s.keys, &mut slow);
+                    assert_eq!(
+                        &fast[r * n..(r + 1) * n],
+                        &slow[..],
+                        "levels={levels} n={n} r={r}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
