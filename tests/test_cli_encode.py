@@ -351,3 +351,27 @@ def test_missing_input_from_the_shell(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "input not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_h5ad_output_carries_the_same_provenance_as_tl(tmp_path):
+    """`encode -o out.h5ad` stores uns[key] like tl.genept_w: params and coverage."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    genes = [f"GENE{i}" for i in range(40)]
+    X = sp.random(60, 40, density=0.3, format="csr", random_state=rng, dtype=np.float32)
+    src = tmp_path / "in.h5ad"
+    ad.AnnData(X, var=pd.DataFrame(index=genes)).write_h5ad(src)
+    table = GeneEmbeddings(
+        genes[:30],
+        rng.standard_normal((30, 8)).astype(np.float32),
+        {"model_id": "test:model", "text_source": "symbol"},
+    )
+    table.write(tmp_path / "genes.parquet")
+    out = tmp_path / "out.h5ad"
+    args = ["encode", str(src), "--genes", str(tmp_path / "genes.parquet"), "-o", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    uns = ad.read_h5ad(out).uns["X_genept_w"]
+    assert uns["params"]["model"] == "test:model"
+    assert uns["params"]["method"] == "GenePT-w"
+    assert uns["coverage"]["n_embedded"] == 30

@@ -116,7 +116,7 @@ def test_every_format_equals_in_memory_kernel(data: dict, tmp_path: Path, fmt: s
         a = ad.read_h5ad(out)
         assert a.n_vars == 0
         pd.testing.assert_series_equal(a.obs["cell_type"], data["obs"]["cell_type"])
-        assert a.uns["genept_w"]["params"]["preprocess_applied"] == "log1p"
+        assert a.uns["X_genept_w"]["params"]["preprocess_applied"] == "log1p"
     if fmt == ".parquet":
         import polars as pl
 
@@ -244,7 +244,7 @@ def test_h5ad_output_from_zarr_and_array_sources(data: dict, tmp_path: Path) -> 
     a = ad.read_h5ad(out)
     assert list(a.obs_names) == list(data["obs"].index)
     np.testing.assert_array_equal(a.obsm["X_w"], data["ref"].astype(np.float16))
-    assert a.uns["w"]["params"]["output_dtype"] == "float16"
+    assert a.uns["X_w"]["params"]["output_dtype"] == "float16"
 
 
 def test_empty_input(tmp_path: Path) -> None:

@@ -285,6 +285,17 @@ def run(args: argparse.Namespace) -> int:
             n_threads=args.threads,
             preprocess=args.preprocess,
             key=args.key or "X_genept_w",
+            uns={
+                "params": {
+                    "method": "GenePT-w",
+                    "model": table.model_id,
+                    "dimension": int(table.dimension),
+                    "text_source": table.text_source,
+                    "matrix": matrix,
+                    "gene_symbols": symbol_source,
+                },
+                "coverage": coverage.as_dict(),
+            },
             **common,
         )
         enc: SentenceEncoder | None = None
@@ -316,6 +327,18 @@ def run(args: argparse.Namespace) -> int:
             preprocess="none",
             key=args.key or "X_genept_s",
             fingerprint=enc.fingerprint,
+            uns={
+                "params": {
+                    "method": "GenePT-s",
+                    "model": emb.model_id,
+                    "dimension": int(emb.dimension),
+                    "matrix": matrix,
+                    "gene_symbols": symbol_source,
+                    "prefix": enc.builder.prefix,
+                    "top_n": "model limit" if enc.builder.top_n is None else enc.builder.top_n,
+                    "max_input_tokens": int(enc.builder.max_input_tokens),
+                }
+            },
             **common,
         )
     print(

@@ -44,7 +44,7 @@ from genept_fast.stream.state import PartialState
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import numpy.typing as npt
     import scipy.sparse as sp
@@ -225,6 +225,7 @@ def encode_file(
     progress: bool = True,
     resume: bool = True,
     fingerprint: str | None = None,
+    uns: Mapping[str, Any] | None = None,
 ) -> StreamReport:
     """Encode every cell of a (possibly larger than memory) AnnData file, chunk by chunk.
 
@@ -240,7 +241,7 @@ def encode_file(
         - ``.parquet``: one row per cell, columns ``obs_name`` and ``embedding``
           (fixed-size list of ``dim`` floats), one row group per chunk;
         - ``.h5ad``: an AnnData with the input's ``obs``, no ``X``, the embeddings in
-          ``obsm[key]`` and the parameters in ``uns[key without "X_"]["params"]``.
+          ``obsm[key]`` and the parameters in ``uns[key]["params"]``.
     encoder
         Called with each chunk (a CSR array, cells × the file's genes, already preprocessed) and
         returns a ``(cells, dim)`` float array. It must be deterministic for resumed results to
@@ -269,6 +270,10 @@ def encode_file(
         A string identifying the encoder (model id, table hash) for the resume manifest.
         Defaults to ``encoder.fingerprint`` if it has one, else the encoder's qualified name
         (then changing what the encoder computes without renaming it would resume a stale job).
+    uns
+        Provenance to store with the result under ``uns[key]`` (``.h5ad``; the attributes of a
+        ``.zarr`` group, the metadata of a ``.parquet`` file): its ``"params"`` are merged into
+        the run's parameters, other entries (e.g. ``"coverage"``) are stored as given.
 
     Returns
     -------
@@ -314,6 +319,7 @@ def encode_file(
             resume=resume,
             encoder_id=_encoder_id(encoder, fingerprint),
             t0=t0,
+            extra_uns=dict(uns or {}),
         )
     finally:
         if own_source:
@@ -335,6 +341,7 @@ def _encode(
     resume: bool,
     encoder_id: str,
     t0: float,
+    extra_uns: dict[str, Any],
 ) -> StreamReport:
     n_cells, n_genes = int(source.n_cells), int(source.n_genes)
     how = _resolve_preprocess(source, preprocess)
@@ -393,7 +400,8 @@ def _encode(
             "n_cells": n_cells,
             "n_genes": n_genes,
         }
-        uns = {key.removeprefix("X_"): {"params": uns_params}}
+        extra_params = dict(extra_uns.pop("params", None) or {})
+        uns = {key: {**extra_uns, "params": {**uns_params, **extra_params}}}
         work.finalize(out, source=source, chunk_size=chunk_size, key=key, uns=uns)
         work.close()
         state.remove()
