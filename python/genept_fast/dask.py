@@ -24,7 +24,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast._core import GeneptError
-from genept_fast.kernels import PreparedEmbeddings, prepare_embeddings
+from genept_fast.kernels import (
+    PreparedEmbeddings,
+    as_embeddings,
+    as_gene_index,
+    prepare_embeddings,
+    table_fingerprint,
+)
 from genept_fast.kernels import weighted_embedding as _weighted_embedding
 from genept_fast.preprocess import apply_preprocess, looks_like_counts
 
@@ -82,25 +88,10 @@ class _Table:
 def _make_table(
     gene_embeddings: npt.ArrayLike, gene_index: npt.ArrayLike | None, normalize: bool
 ) -> _Table:
-    E = np.asarray(gene_embeddings)
-    if E.ndim != 2:
-        msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {E.shape}"
-        raise GeneptError(msg)
-    E = np.ascontiguousarray(E, dtype=np.float32)
-    gi = None
-    if gene_index is not None:
-        gi = np.asarray(gene_index)
-        if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
-            msg = f"gene_index must be a 1-D integer array, got shape {gi.shape} dtype {gi.dtype}"
-            raise GeneptError(msg)
-        gi = np.ascontiguousarray(gi, dtype=np.int64)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(E.shape).encode())
-    h.update(E.data.cast("B"))
-    if gi is not None:
-        h.update(gi.data.cast("B"))
-    h.update(b"normalize" if normalize else b"raw")
-    return _Table(E, gi, bool(normalize), f"genept-table-{h.hexdigest()}")
+    E = as_embeddings(gene_embeddings)
+    gi = as_gene_index(gene_index)
+    token = f"genept-table-{table_fingerprint(E, gi, bool(normalize))}"
+    return _Table(E, gi, bool(normalize), token)
 
 
 def _share(table: _Table) -> Any:

@@ -15,6 +15,7 @@ all cores, and the environment variable ``GENEPT_FAST_NUM_THREADS`` caps it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +36,12 @@ __all__ = [
     "GeneptError",
     "PreparedEmbeddings",
     "as_csr",
+    "as_embeddings",
+    "as_gene_index",
     "cell_sentences",
     "l2_normalize",
     "prepare_embeddings",
+    "table_fingerprint",
     "top_genes",
     "weighted_embedding",
 ]
@@ -136,7 +140,7 @@ def prepare_embeddings(
     """
     if isinstance(gene_embeddings, PreparedEmbeddings):
         return gene_embeddings
-    return PreparedEmbeddings(_as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads))
+    return PreparedEmbeddings(as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads))
 
 
 def _aligned(arr: np.ndarray, dtype: Any) -> np.ndarray:
@@ -148,7 +152,8 @@ def _aligned(arr: np.ndarray, dtype: Any) -> np.ndarray:
     return np.require(arr, dtype=dtype, requirements=["C", "A"])
 
 
-def _as_embeddings(E: Any) -> np.ndarray:
+def as_embeddings(E: Any) -> np.ndarray:
+    """``E`` as a 2-D, C-contiguous, aligned float32 array (a copy only when needed)."""
     arr = np.asarray(E)
     if arr.ndim != 2:
         msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {arr.shape}"
@@ -156,6 +161,28 @@ def _as_embeddings(E: Any) -> np.ndarray:
     if arr.dtype != np.float32:
         _value_dtype(arr.dtype, "gene_embeddings")
     return _aligned(arr, np.float32)
+
+
+def as_gene_index(gene_index: npt.ArrayLike | None) -> np.ndarray | None:
+    """A ``gene_index`` argument as a C-contiguous int64 array (``None`` stays ``None``)."""
+    if gene_index is None:
+        return None
+    gi = np.asarray(gene_index)
+    if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
+        msg = f"gene_index must be a 1-D integer array, got shape {gi.shape} dtype {gi.dtype}"
+        raise GeneptError(msg)
+    return _aligned(gi, np.int64)
+
+
+def table_fingerprint(E: np.ndarray, gene_index: np.ndarray | None, normalize: bool) -> str:
+    """A content hash of a GenePT-w table and its options (resume manifests, Dask tokens)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(E.shape).encode())
+    h.update(np.ascontiguousarray(E).data.cast("B"))
+    if gene_index is not None:
+        h.update(np.ascontiguousarray(gene_index).data.cast("B"))
+    h.update(b"normalize" if normalize else b"raw")
+    return h.hexdigest()
 
 
 def _check_threads(n_threads: int | None) -> int | None:
@@ -214,15 +241,9 @@ def weighted_embedding(
     E = (
         gene_embeddings
         if isinstance(gene_embeddings, PreparedEmbeddings)
-        else _as_embeddings(gene_embeddings)
+        else as_embeddings(gene_embeddings)
     )
-    gi = None
-    if gene_index is not None:
-        gi = np.asarray(gene_index)
-        if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
-            msg = f"gene_index must be a 1-D integer array, got shape {gi.shape} dtype {gi.dtype}"
-            raise GeneptError(msg)
-        gi = np.ascontiguousarray(gi, dtype=np.int64)
+    gi = as_gene_index(gene_index)
     if out is not None and (
         not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous
     ):

@@ -17,7 +17,6 @@ name only ever receives a finished file (``os.replace``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import queue
@@ -120,30 +119,19 @@ class WeightedEncoder:
         normalize: bool = True,
         n_threads: int | None = None,
     ) -> None:
-        from genept_fast.kernels import prepare_embeddings
+        from genept_fast.kernels import (
+            as_embeddings,
+            as_gene_index,
+            prepare_embeddings,
+            table_fingerprint,
+        )
 
-        E = np.asarray(gene_embeddings)
-        if E.ndim != 2:
-            msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {E.shape}"
-            raise GeneptError(msg)
-        E = np.ascontiguousarray(E, dtype=np.float32)
+        E = as_embeddings(gene_embeddings)
         self.shape: tuple[int, int] = (int(E.shape[0]), int(E.shape[1]))
-        self.gene_index = None
-        if gene_index is not None:
-            gi = np.asarray(gene_index)
-            if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
-                msg = f"gene_index must be a 1-D integer array, got {gi.shape} {gi.dtype}"
-                raise GeneptError(msg)
-            self.gene_index = np.ascontiguousarray(gi, dtype=np.int64)
+        self.gene_index = as_gene_index(gene_index)
         self.normalize = bool(normalize)
         self.n_threads = n_threads
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr(self.shape).encode())
-        h.update(E.data.cast("B"))
-        if self.gene_index is not None:
-            h.update(self.gene_index.data.cast("B"))
-        h.update(b"normalize" if self.normalize else b"raw")
-        self.fingerprint = f"genept-w:{h.hexdigest()}"
+        self.fingerprint = f"genept-w:{table_fingerprint(E, self.gene_index, self.normalize)}"
         self.table = prepare_embeddings(E, n_threads=n_threads)
 
     @property
