@@ -9,6 +9,24 @@ or blocking every request after the first *n* (to kill a client mid-job).
 
 Every request is logged (:attr:`OpenAIEmbeddingServer.requests`) so tests can count what was
 sent, and the peak number of requests in flight is tracked.
+
+It also speaks the Batch API as far as embeddings need it:
+
+- ``POST /v1/files`` (multipart upload, ``purpose=batch``) and ``GET /v1/files/{id}`` return
+  file objects; ``GET /v1/files/{id}/content`` serves a file's bytes;
+- ``POST /v1/batches`` creates a batch (``status: validating``); ``GET /v1/batches/{id}``
+  moves it on by one poll: the input file is validated (JSONL, unique ``custom_id``,
+  ``POST`` to the batch's endpoint, at most ``max_batch_requests`` lines and
+  ``max_batch_file_bytes`` bytes; else ``failed`` with ``errors``), then it stays
+  ``in_progress`` for ``batch_polls`` polls (or while :meth:`hold_batches` holds it), then
+  ends as queued with :meth:`next_batch_outcome` (default ``completed``; also ``failed``,
+  ``expired``, ``cancelled``). At the end every request is run through the same code as
+  ``POST /v1/embeddings`` and the results are written to an output file (one line per
+  request: ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},
+  "error"}``) and failed ones to an error file; ``GET /v1/batches`` lists batches.
+- :meth:`fail_batch_requests` makes the next *n* requests inside batches fail (500).
+
+Requests run inside batches are logged in :attr:`OpenAIEmbeddingServer.batch_requests`.
 """
 
 from __future__ import annotations
@@ -103,6 +121,16 @@ class _State:
     max_inflight: int = 0
     block_after: int | None = None
     release: threading.Event = field(default_factory=threading.Event)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    file_data: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_requests: list[RequestRecord] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+    failing_requests: int = 0
+    hold: bool = False
+    polls: int = 0
+    counter: int = 0
 
 
 class OpenAIEmbeddingServer:
@@ -119,6 +147,10 @@ class OpenAIEmbeddingServer:
         The API's limits, answered with a 400 ``invalid_request_error`` when exceeded.
     latency
         Seconds each successful request takes (to observe concurrency).
+    batch_polls
+        Polls (``GET /v1/batches/{id}``) a batch spends ``in_progress`` before it ends.
+    max_batch_requests, max_batch_file_bytes
+        The Batch API's limits on one input file (a batch over them fails validation).
     """
 
     def __init__(
@@ -130,6 +162,9 @@ class OpenAIEmbeddingServer:
         max_tokens_per_input: int = 8192,
         max_tokens_per_request: int = 300_000,
         latency: float = 0.0,
+        batch_polls: int = 2,
+        max_batch_requests: int = 50_000,
+        max_batch_file_bytes: int = 200 * 1024 * 1024,
     ) -> None:
         self.api_key = api_key
         self.default_dimension = default_dimension
@@ -137,6 +172,9 @@ class OpenAIEmbeddingServer:
         self.max_tokens_per_input = max_tokens_per_input
         self.max_tokens_per_request = max_tokens_per_request
         self.latency = latency
+        self.batch_polls = batch_polls
+        self.max_batch_requests = max_batch_requests
+        self.max_batch_file_bytes = max_batch_file_bytes
         self._state = _State()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -201,6 +239,56 @@ class OpenAIEmbeddingServer:
                 counts[t] = counts.get(t, 0) + 1
         return counts
 
+    # -- batch control -----------------------------------------------------------------------
+    def next_batch_outcome(self, *outcomes: str) -> None:
+        """Queue how the next batches end: ``completed``, ``failed``, ``expired``, ``cancelled``."""
+        with self._state.lock:
+            self._state.outcomes.extend(outcomes)
+
+    def fail_batch_requests(self, n: int) -> None:
+        """Make the next ``n`` requests run inside batches fail with a 500 in the error file."""
+        with self._state.lock:
+            self._state.failing_requests += n
+
+    def hold_batches(self, hold: bool = True) -> None:
+        """Keep every batch ``in_progress`` while held (to kill a client that waits on one)."""
+        with self._state.lock:
+            self._state.hold = hold
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """The batch objects created so far, oldest first (as last answered)."""
+        with self._state.lock:
+            return [dict(b) for b in self._state.batches.values()]
+
+    @property
+    def uploads(self) -> list[dict[str, Any]]:
+        """The file objects uploaded by clients (``purpose`` as sent), oldest first."""
+        with self._state.lock:
+            return [dict(f) for f in self._state.files.values() if f["filename"] != _GENERATED_NAME]
+
+    def file_bytes(self, file_id: str) -> bytes:
+        with self._state.lock:
+            return self._state.file_data[file_id]
+
+    @property
+    def batch_polls_made(self) -> int:
+        """How many times a batch was retrieved."""
+        return self._state.polls
+
+    @property
+    def batch_requests(self) -> list[RequestRecord]:
+        with self._state.lock:
+            return list(self._state.batch_requests)
+
+    def batch_sent_counts(self) -> dict[str, int]:
+        """How many times each text was sent inside batches that ran."""
+        counts: dict[str, int] = {}
+        for r in self.batch_requests:
+            for t in r.inputs:
+                counts[t] = counts.get(t, 0) + 1
+        return counts
+
     # -- request handling --------------------------------------------------------------------
     def _next_fault(self) -> Fault | None:
         with self._state.lock:
@@ -216,6 +304,269 @@ class OpenAIEmbeddingServer:
 
 def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _embeddings_body(rec: RequestRecord, model: str, dim: int) -> dict[str, Any]:
+    """The body of a successful embeddings response for the inputs of ``rec``."""
+    data = []
+    for i, text in enumerate(rec.inputs):
+        v = vector_for(text, model, dim)
+        emb: object
+        if rec.encoding_format == "base64":
+            emb = base64.b64encode(v.astype("<f4").tobytes()).decode()
+        else:
+            emb = [float(x) for x in v]
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": rec.tokens, "total_tokens": rec.tokens},
+    }
+
+
+def _validate(server: OpenAIEmbeddingServer, rec: RequestRecord) -> str | None:
+    """Why the API would refuse this embeddings request (``None`` when it is valid)."""
+    model = rec.model
+    if not model:
+        return "you must provide a model parameter"
+    if rec.encoding_format not in (None, "float", "base64"):
+        return f"Invalid encoding_format {rec.encoding_format!r}"
+    if rec.dimensions is not None and model == "text-embedding-ada-002":
+        return "This model does not support specifying dimensions."
+    if not rec.inputs:
+        return "'input' must not be empty"
+    if len(rec.inputs) > server.max_inputs:
+        return f"'input' must have at most {server.max_inputs} items"
+    total = 0
+    for text in rec.inputs:
+        if text == "":
+            return "'$.input' is invalid: empty strings are not allowed"
+        n = count_tokens(text)
+        if n > server.max_tokens_per_input:
+            return (
+                f"This model's maximum context length is {server.max_tokens_per_input}"
+                f" tokens, however you requested {n} tokens"
+            )
+        total += n
+    rec.tokens = total
+    if total > server.max_tokens_per_request:
+        return f"Requested {total} tokens, max {server.max_tokens_per_request} tokens per request"
+    return None
+
+
+_GENERATED_NAME = "batch_output.jsonl"
+_BATCH_ENDPOINTS = ("/v1/embeddings",)
+
+
+def _new_id(state: _State, prefix: str) -> str:
+    state.counter += 1
+    return f"{prefix}{state.counter:06d}{hashlib.sha1(str(time.time()).encode()).hexdigest()[:8]}"
+
+
+def _add_file(state: _State, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+    fid = _new_id(state, "file-")
+    obj = {
+        "id": fid,
+        "object": "file",
+        "bytes": len(data),
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "status_details": None,
+    }
+    state.files[fid] = obj
+    state.file_data[fid] = data
+    return obj
+
+
+def _parse_multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Fields of a multipart/form-data body: name -> (filename, bytes)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    if not msg.is_multipart():
+        return fields
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
+def _validate_batch_input(server: OpenAIEmbeddingServer, batch: dict[str, Any]) -> list[Any]:
+    """Batch-level validation errors of the input file (``errors.data`` items)."""
+    data = server._state.file_data.get(batch["input_file_id"], b"")
+    errors: list[dict[str, Any]] = []
+
+    def err(code: str, message: str, line: int | None = None) -> None:
+        errors.append({"code": code, "message": message, "param": None, "line": line})
+
+    if len(data) > server.max_batch_file_bytes:
+        err("file_too_large", f"The input file exceeds {server.max_batch_file_bytes} bytes.")
+        return errors
+    lines = [ln for ln in data.splitlines() if ln.strip()]
+    if not lines:
+        err("empty_file", "The input file is empty.")
+    if len(lines) > server.max_batch_requests:
+        err(
+            "too_many_requests",
+            f"The input file has {len(lines)} requests; at most {server.max_batch_requests}.",
+        )
+        return errors
+    seen: set[str] = set()
+    for n, ln in enumerate(lines, 1):
+        try:
+            obj = json.loads(ln)
+        except json.JSONDecodeError:
+            err("invalid_json_line", "This line is not parseable as valid JSON.", n)
+            continue
+        cid = obj.get("custom_id") if isinstance(obj, dict) else None
+        if not isinstance(cid, str) or not cid:
+            err("missing_custom_id", "Each request needs a custom_id.", n)
+        elif cid in seen:
+            err("duplicate_custom_id", f"The custom_id {cid!r} is not unique.", n)
+        else:
+            seen.add(cid)
+        if not isinstance(obj, dict) or obj.get("method") != "POST":
+            err("invalid_method", "Only POST is supported.", n)
+        elif obj.get("url") != batch["endpoint"]:
+            err("mismatched_endpoint", f"The URL must be {batch['endpoint']}.", n)
+        elif not isinstance(obj.get("body"), dict):
+            err("invalid_body", "The body must be a JSON object.", n)
+    return errors
+
+
+def _run_batch(server: OpenAIEmbeddingServer, batch: dict[str, Any], outcome: str) -> None:
+    """Run the requests of a batch that ends with ``outcome`` and write its files."""
+    state = server._state
+    data = state.file_data[batch["input_file_id"]]
+    lines = [json.loads(ln) for ln in data.splitlines() if ln.strip()]
+    n_run = len(lines) if outcome == "completed" else len(lines) // 2
+    out: list[str] = []
+    errs: list[str] = []
+    failed = 0
+    for i, req in enumerate(lines):
+        rid = _new_id(state, "batch_req_")
+        line: dict[str, Any] = {"id": rid, "custom_id": req["custom_id"]}
+        if i >= n_run:
+            if outcome == "expired":
+                line["response"] = None
+                line["error"] = {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion"
+                    " window expired.",
+                }
+                errs.append(json.dumps(line))
+                failed += 1
+            continue
+        body = req["body"]
+        inp = body.get("input")
+        inputs = [inp] if isinstance(inp, str) else list(inp or [])
+        rec = RequestRecord(
+            model=body.get("model"),
+            inputs=[str(x) for x in inputs],
+            encoding_format=body.get("encoding_format"),
+            dimensions=body.get("dimensions"),
+            authorization=None,
+            started=time.monotonic(),
+            raw_body=json.dumps(body).encode(),
+        )
+        status = 200
+        result: dict[str, Any]
+        if state.failing_requests > 0:
+            state.failing_requests -= 1
+            status = 500
+            result = _error("The server had an error processing your request", "server_error", None)
+        else:
+            problem = _validate(server, rec)
+            if problem is not None:
+                status = 400
+                result = _error(problem, "invalid_request_error", None)
+            else:
+                model = str(rec.model)
+                dim = rec.dimensions or NATIVE_DIMENSIONS.get(model, server.default_dimension)
+                result = _embeddings_body(rec, model, dim)
+                rec.answered = True
+        rec.status = status
+        state.batch_requests.append(rec)
+        line["response"] = {
+            "status_code": status,
+            "request_id": _new_id(state, "req_"),
+            "body": result,
+        }
+        line["error"] = None
+        if status == 200:
+            out.append(json.dumps(line))
+        else:
+            errs.append(json.dumps(line))
+            failed += 1
+    if out:
+        obj = _add_file(state, ("\n".join(out) + "\n").encode(), _GENERATED_NAME, "batch_output")
+        batch["output_file_id"] = obj["id"]
+    if errs:
+        obj = _add_file(state, ("\n".join(errs) + "\n").encode(), _GENERATED_NAME, "batch_output")
+        batch["error_file_id"] = obj["id"]
+    batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": failed}
+
+
+def _poll_batch(server: OpenAIEmbeddingServer, batch_id: str) -> dict[str, Any] | None:
+    """Advance a batch by one poll and return it (``None`` when unknown)."""
+    state = server._state
+    with state.lock:
+        batch = state.batches.get(batch_id)
+        if batch is None:
+            return None
+        state.polls += 1
+        meta = state.batch_meta[batch_id]
+        now = int(time.time())
+        if batch["status"] == "validating":
+            errors = _validate_batch_input(server, batch)
+            if errors:
+                batch["status"] = "failed"
+                batch["failed_at"] = now
+                batch["errors"] = {"object": "list", "data": errors}
+            else:
+                batch["status"] = "in_progress"
+                batch["in_progress_at"] = now
+                data = state.file_data[batch["input_file_id"]]
+                total = sum(1 for ln in data.splitlines() if ln.strip())
+                batch["request_counts"] = {"total": total, "completed": 0, "failed": 0}
+            return dict(batch)
+        if batch["status"] != "in_progress":
+            return dict(batch)
+        meta["polls"] += 1
+        if state.hold or meta["polls"] < server.batch_polls:
+            return dict(batch)
+        outcome = meta["outcome"]
+        if outcome == "failed":
+            batch["status"] = "failed"
+            batch["failed_at"] = now
+            batch["errors"] = {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "token_limit_exceeded",
+                        "message": f"Enqueued token limit reached for {batch['model']}.",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            }
+            return dict(batch)
+        _run_batch(server, batch, outcome)
+        batch["status"] = outcome
+        batch[
+            {"completed": "completed_at", "expired": "expired_at"}.get(outcome, "cancelled_at")
+        ] = now
+        return dict(batch)
 
 
 def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]:
@@ -243,9 +594,137 @@ def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]
         def _json(self, status: int, obj: object, headers: dict[str, str] | None = None) -> None:
             self._send(status, json.dumps(obj).encode(), headers)
 
+        def _authorized(self) -> bool:
+            if server.api_key is None:
+                return True
+            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            if sent == server.api_key:
+                return True
+            msg = f"Incorrect API key provided: {sent}."
+            self._json(401, _error(msg, "invalid_request_error", "invalid_api_key"))
+            return False
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            parts = path.split("/")
+            if not self._authorized():
+                return
+            if path == "/v1/batches":
+                with state.lock:
+                    data = [dict(b) for b in reversed(state.batches.values())]
+                self._json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": data,
+                        "first_id": data[0]["id"] if data else None,
+                        "last_id": data[-1]["id"] if data else None,
+                        "has_more": False,
+                    },
+                )
+                return
+            if len(parts) == 4 and parts[:3] == ["", "v1", "batches"]:
+                batch = _poll_batch(server, parts[3])
+                if batch is None:
+                    msg = f"No batch found with id '{parts[3]}'."
+                    self._json(404, _error(msg, "invalid_request_error", None))
+                else:
+                    self._json(200, batch)
+                return
+            if len(parts) in (4, 5) and parts[:3] == ["", "v1", "files"]:
+                with state.lock:
+                    obj = state.files.get(parts[3])
+                    data_bytes = state.file_data.get(parts[3], b"")
+                if obj is None:
+                    msg = f"No such File object: {parts[3]}"
+                    self._json(404, _error(msg, "invalid_request_error", None))
+                elif len(parts) == 5 and parts[4] == "content":
+                    self._send(200, data_bytes, {"Content-Type": "application/octet-stream"})
+                elif len(parts) == 4:
+                    self._json(200, obj)
+                else:
+                    self._json(
+                        404, _error(f"Unknown path {self.path}", "invalid_request_error", None)
+                    )
+                return
+            self._json(404, _error(f"Unknown path {self.path}", "invalid_request_error", None))
+
+        def _upload(self, raw: bytes) -> None:
+            fields = _parse_multipart(self.headers.get("Content-Type") or "", raw)
+            purpose = fields.get("purpose", (None, b""))[1].decode()
+            filename, data = fields.get("file", (None, b""))
+            if "file" not in fields or purpose not in ("batch", "assistants", "fine-tune"):
+                msg = "'file' and a valid 'purpose' are required"
+                self._json(400, _error(msg, "invalid_request_error", None))
+                return
+            with state.lock:
+                obj = _add_file(state, data, filename or "upload", purpose)
+            self._json(200, obj)
+
+        def _create_batch(self, raw: bytes) -> None:
+            try:
+                body = json.loads(raw)
+            except json.JSONDecodeError:
+                msg = "We could not parse the JSON body"
+                self._json(400, _error(msg, "invalid_request_error", None))
+                return
+            fid = body.get("input_file_id")
+            with state.lock:
+                file_obj = state.files.get(fid) if isinstance(fid, str) else None
+            problem = None
+            if file_obj is None or file_obj["purpose"] != "batch":
+                problem = f"Invalid 'input_file_id': {fid!r}."
+            elif body.get("endpoint") not in _BATCH_ENDPOINTS:
+                problem = f"Invalid 'endpoint': {body.get('endpoint')!r}."
+            elif body.get("completion_window") != "24h":
+                problem = "Invalid 'completion_window': only '24h' is supported."
+            if problem is not None:
+                self._json(400, _error(problem, "invalid_request_error", None))
+                return
+            model = None
+            first = state.file_data[fid].split(b"\n", 1)[0]
+            try:
+                model = json.loads(first)["body"]["model"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                model = None
+            now = int(time.time())
+            with state.lock:
+                bid = _new_id(state, "batch_")
+                outcome = state.outcomes.pop(0) if state.outcomes else "completed"
+                batch = {
+                    "id": bid,
+                    "object": "batch",
+                    "endpoint": body["endpoint"],
+                    "errors": None,
+                    "input_file_id": fid,
+                    "completion_window": "24h",
+                    "status": "validating",
+                    "output_file_id": None,
+                    "error_file_id": None,
+                    "created_at": now,
+                    "in_progress_at": None,
+                    "expires_at": now + 86400,
+                    "completed_at": None,
+                    "failed_at": None,
+                    "expired_at": None,
+                    "cancelled_at": None,
+                    "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                    "metadata": body.get("metadata"),
+                    "model": model,
+                }
+                state.batches[bid] = batch
+                state.batch_meta[bid] = {"polls": 0, "outcome": outcome}
+                answer = dict(batch)
+            self._json(200, answer)
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
+            path = self.path.rstrip("/")
+            if path in ("/v1/files", "/v1/batches"):
+                if self._authorized():
+                    (self._upload if path == "/v1/files" else self._create_batch)(raw)
+                return
             if self.path.rstrip("/") not in ("/v1/embeddings", "/embeddings"):
                 self._json(404, _error(f"Unknown path {self.path}", "invalid_request_error", None))
                 return
@@ -310,7 +789,7 @@ def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.delay)
             model = str(rec.model)
-            err = self._validate(body, rec)
+            err = _validate(server, rec)
             if err is not None:
                 rec.status = 400
                 self._json(400, _error(err, "invalid_request_error", None))
@@ -320,57 +799,11 @@ def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]
                 dim += 1
             if server.latency:
                 time.sleep(server.latency)
-            data = []
-            for i, text in enumerate(rec.inputs):
-                v = vector_for(text, model, dim)
-                emb: object
-                if rec.encoding_format == "base64":
-                    emb = base64.b64encode(v.astype("<f4").tobytes()).decode()
-                else:
-                    emb = [float(x) for x in v]
-                data.append({"object": "embedding", "index": i, "embedding": emb})
-            out = {
-                "object": "list",
-                "data": data,
-                "model": model,
-                "usage": {"prompt_tokens": rec.tokens, "total_tokens": rec.tokens},
-            }
-            payload = json.dumps(out).encode()
+            payload = json.dumps(_embeddings_body(rec, model, dim)).encode()
             if fault is not None and fault.kind == "malformed":
                 payload = payload[: len(payload) // 2]
             rec.status = 200
             self._send(200, payload)
             rec.answered = True
-
-        def _validate(self, body: dict[str, Any], rec: RequestRecord) -> str | None:
-            model = rec.model
-            if not model:
-                return "you must provide a model parameter"
-            if rec.encoding_format not in (None, "float", "base64"):
-                return f"Invalid encoding_format {rec.encoding_format!r}"
-            if rec.dimensions is not None and model == "text-embedding-ada-002":
-                return "This model does not support specifying dimensions."
-            if not rec.inputs:
-                return "'input' must not be empty"
-            if len(rec.inputs) > server.max_inputs:
-                return f"'input' must have at most {server.max_inputs} items"
-            total = 0
-            for text in rec.inputs:
-                if text == "":
-                    return "'$.input' is invalid: empty strings are not allowed"
-                n = count_tokens(text)
-                if n > server.max_tokens_per_input:
-                    return (
-                        f"This model's maximum context length is {server.max_tokens_per_input}"
-                        f" tokens, however you requested {n} tokens"
-                    )
-                total += n
-            rec.tokens = total
-            if total > server.max_tokens_per_request:
-                return (
-                    f"Requested {total} tokens, max {server.max_tokens_per_request} tokens"
-                    " per request"
-                )
-            return None
 
     return Handler

@@ -45,6 +45,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--max-retries", type=int, default=6, help="retries per request (default 6)")
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="openai:* only: use the Batch API (half price, results within 24 h; a rerun"
+        " resumes waiting on batches already submitted)",
+    )
+    p.add_argument(
+        "--batch-poll-interval",
+        type=float,
+        default=30.0,
+        help="seconds between polls of a running batch (default 30)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -76,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         timeout=args.timeout,
         max_retries=args.max_retries,
+        use_batch=args.batch,
+        batch_poll_interval=args.batch_poll_interval,
     )
     if "text" not in texts_df.columns or "gene" not in texts_df.columns:
         msg = f"{args.texts} needs columns 'gene' and 'text', has {texts_df.columns}"
@@ -87,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("dry run: nothing sent", file=sys.stdout)
             return 0
+    if args.batch:
+        _log_batch_progress()
     table = GeneEmbeddings.from_texts(texts_df, embedder, progress=not args.no_progress)
     out = table.write(args.output)
     n_missing = len(table.metadata.get("missing", []))
@@ -97,3 +113,15 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _log_batch_progress() -> None:
+    """Show the Batch API's progress (submitted, status changes) on stderr."""
+    import logging
+
+    log = logging.getLogger("genept_fast.embed.batch")
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("genept-fast: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

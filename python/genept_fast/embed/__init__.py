@@ -5,6 +5,8 @@ Use :func:`get_embedder` to build one from a spec string:
 - ``"local"`` (the default): all-MiniLM-L6-v2, int8 ONNX, 384 dimensions, offline, free;
 - ``"openai:<model>"``: OpenAI's text-embedding-3-small / -3-large (``dimensions`` allowed) or
   text-embedding-ada-002, or any model of an OpenAI-compatible server given by ``base_url``;
+  with ``use_batch=True`` through OpenAI's Batch API (half price, resumable;
+  :mod:`genept_fast.embed.batch`);
 - ``"sentence-transformers:<name-or-path>"``: only when that library is installed.
 
 Every embedder deduplicates texts, gives empty texts a zero vector, and keeps results in a
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from genept_fast.embed.base import Embedder, TruncationWarning
+from genept_fast.embed.batch import BatchJobError
 from genept_fast.embed.cache import EmbeddingCache, default_cache_dir
 from genept_fast.embed.cost import PRICE_PER_MILLION_TOKENS, CostEstimate
 from genept_fast.kernels import GeneptError
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRICE_PER_MILLION_TOKENS",
+    "BatchJobError",
     "CostEstimate",
     "Embedder",
     "EmbeddingCache",
@@ -47,6 +51,9 @@ def get_embedder(
     timeout: float = 60.0,
     max_retries: int = 6,
     n_threads: int | None = None,
+    use_batch: bool = False,
+    batch_poll_interval: float = 30.0,
+    batch_max_wait: float | None = None,
 ) -> Embedder:
     """Build an embedder from a spec string.
 
@@ -71,6 +78,13 @@ def get_embedder(
         Requests in flight, seconds per request, retries per request (``openai:`` only).
     n_threads
         onnxruntime threads (``local`` only).
+    use_batch
+        Embed uncached texts through OpenAI's Batch API: half price, results within 24 hours;
+        a run killed while it waits resumes the same batches (job files in ``batches/`` of the
+        cache directory). ``openai:`` only.
+    batch_poll_interval, batch_max_wait
+        Seconds between polls of a batch; give up waiting after this many seconds (``None``:
+        wait until the batches end; a rerun resumes).
 
     Returns
     -------
@@ -86,6 +100,9 @@ def get_embedder(
     cache = EmbeddingCache(cache_dir) if use_cache else None
     if provider != "openai" and (base_url is not None or dimensions is not None):
         msg = f"base_url and dimensions apply to 'openai:' embedders, not {spec!r}"
+        raise GeneptError(msg)
+    if provider != "openai" and use_batch:
+        msg = f"the Batch API (use_batch) applies to 'openai:' embedders, not {spec!r}"
         raise GeneptError(msg)
     if provider == "local":
         from genept_fast.embed.local import LOCAL_MODEL_NAME, LocalEmbedder
@@ -110,6 +127,10 @@ def get_embedder(
             max_concurrency=max_concurrency,
             timeout=timeout,
             max_retries=max_retries,
+            use_batch=use_batch,
+            batch_state_dir=default_cache_dir(cache_dir) / "batches",
+            batch_poll_interval=batch_poll_interval,
+            batch_max_wait=batch_max_wait,
         )
     if provider in ("sentence-transformers", "st"):
         from genept_fast.embed.sentence_transformers import SentenceTransformerEmbedder

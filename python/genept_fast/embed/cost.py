@@ -1,7 +1,9 @@
 """Prices and cost/time estimates for embedding jobs (the dry run).
 
-Prices are USD per million input tokens of OpenAI's embedding models (standard, non-Batch
-pricing). Other OpenAI-compatible servers are treated as free unless a price is given.
+Prices are USD per million input tokens of OpenAI's embedding models at standard pricing;
+the Batch API charges half (:data:`BATCH_PRICE_FACTOR`) and promises results within 24 hours,
+which is the time a batch estimate shows. Other OpenAI-compatible servers are treated as
+free unless a price is given.
 Expected times are rough: for a remote API, requests run ``max_concurrency`` at a time at an
 assumed latency, and no faster than an assumed tokens-per-minute rate limit; for the local
 model, a measured tokens-per-second rate on one core.
@@ -12,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BATCH_COMPLETION_WINDOW_S",
+    "BATCH_PRICE_FACTOR",
     "PRICE_PER_MILLION_TOKENS",
     "CostEstimate",
     "format_seconds",
@@ -24,6 +28,11 @@ PRICE_PER_MILLION_TOKENS: dict[str, float] = {
     "text-embedding-3-small": 0.02,
     "text-embedding-3-large": 0.13,
 }
+
+#: The Batch API's price as a fraction of the standard price.
+BATCH_PRICE_FACTOR = 0.5
+#: The Batch API's completion window (the only one offered: 24 hours), in seconds.
+BATCH_COMPLETION_WINDOW_S = 24 * 3600
 
 #: Assumed seconds per embeddings request to a remote API (network + queueing), for estimates.
 REQUEST_LATENCY_S = 1.0
@@ -69,6 +78,9 @@ class CostEstimate:
         Uncached texts longer than the model's input limit (they would be truncated).
     exact_tokens
         Whether ``tokens`` was counted with the model's tokenizer (else it is an estimate).
+    batch
+        Whether the job would go through the Batch API (``usd`` is then the Batch price, half
+        the standard one, and ``seconds`` the 24-hour completion window).
     """
 
     model_id: str
@@ -80,6 +92,7 @@ class CostEstimate:
     n_requests: int = 0
     n_truncated: int = 0
     exact_tokens: bool = True
+    batch: bool = False
 
     def __str__(self) -> str:
         approx = "" if self.exact_tokens else "~"
@@ -92,6 +105,15 @@ class CostEstimate:
             f"  price:    ${self.usd:,.4f}" + ("" if self.usd else " (free)"),
             f"  time:     ~{format_seconds(self.seconds)} ({self.n_requests:,} requests)",
         ]
+        if self.batch:
+            standard = self.usd / BATCH_PRICE_FACTOR
+            lines[2] = f"  price:    ${self.usd:,.4f} with the Batch API" + (
+                f" (half the standard ${standard:,.4f})" if self.usd else " (free)"
+            )
+            lines[3] = (
+                f"  time:     up to {format_seconds(self.seconds)} (the Batch API's completion"
+                f" window; {self.n_requests:,} requests)"
+            )
         if self.n_truncated:
             lines.append(f"  truncated: {self.n_truncated:,} texts exceed the input limit")
         return "\n".join(lines)

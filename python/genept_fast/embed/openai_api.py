@@ -18,25 +18,35 @@ Requests go through the official ``openai`` client to ``POST {base_url}/embeddin
 
 The API key comes from the ``api_key`` argument or ``OPENAI_API_KEY``; it is never logged,
 cached, or put into an error message (server messages that quote it are scrubbed).
-OpenAI's Batch API is not used.
+
+With ``use_batch=True`` the uncached texts go through OpenAI's Batch API instead (half the
+price, results within 24 hours, resumable after a crash): see :mod:`genept_fast.embed.batch`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from genept_fast.embed.base import Embedder
-from genept_fast.embed.cost import REQUEST_LATENCY_S, TOKENS_PER_MINUTE, price_per_million
+from genept_fast.embed.cost import (
+    BATCH_COMPLETION_WINDOW_S,
+    BATCH_PRICE_FACTOR,
+    REQUEST_LATENCY_S,
+    TOKENS_PER_MINUTE,
+    price_per_million,
+)
 from genept_fast.embed.tokens import get_token_counter
 from genept_fast.kernels import GeneptError
 
@@ -44,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from genept_fast.embed.cache import EmbeddingCache
+    from genept_fast.embed.cost import CostEstimate
 
 __all__ = ["NATIVE_DIMENSIONS", "OpenAIEmbedder"]
 
@@ -101,8 +112,17 @@ class OpenAIEmbedder(Embedder):
     encoding_format
         ``"float"`` or ``"base64"`` (default: base64 for OpenAI, float elsewhere).
     usd_per_million_tokens
-        Price to use in estimates (default: OpenAI's list price for known models on OpenAI,
-        0 for other servers).
+        Standard price to use in estimates (default: OpenAI's list price for known models on
+        OpenAI, 0 for other servers).
+    use_batch
+        Embed uncached texts through the Batch API (half price, asynchronous, resumable; see
+        :mod:`genept_fast.embed.batch`).
+    batch_state_dir
+        Where batch job files are kept (default: ``batches/`` in the cache directory).
+    batch_poll_interval
+        Seconds between polls of a running batch.
+    batch_max_wait
+        Stop waiting for batches after this many seconds (``None``: wait; a rerun resumes).
     """
 
     def __init__(
@@ -121,6 +141,10 @@ class OpenAIEmbedder(Embedder):
         max_retries: int = 6,
         encoding_format: str | None = None,
         usd_per_million_tokens: float | None = None,
+        use_batch: bool = False,
+        batch_state_dir: str | os.PathLike[str] | None = None,
+        batch_poll_interval: float = 30.0,
+        batch_max_wait: float | None = None,
     ) -> None:
         super().__init__(cache=cache)
         if not model:
@@ -172,6 +196,18 @@ class OpenAIEmbedder(Embedder):
         self.usd_per_million_tokens = float(usd_per_million_tokens)
         self.is_paid = self.usd_per_million_tokens > 0
         self.model_id = f"openai:{model}"
+        self.use_batch = bool(use_batch)
+        if batch_poll_interval < 0:
+            msg = f"batch_poll_interval must not be negative, got {batch_poll_interval}"
+            raise GeneptError(msg)
+        self.batch_poll_interval = float(batch_poll_interval)
+        self.batch_max_wait = None if batch_max_wait is None else float(batch_max_wait)
+        if batch_state_dir is None:
+            from genept_fast.embed.cache import default_cache_dir
+
+            base = cache.directory if cache is not None else default_cache_dir()
+            batch_state_dir = base / "batches"
+        self.batch_state_dir = Path(batch_state_dir).expanduser()
         self._counter = get_token_counter()
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
@@ -207,7 +243,8 @@ class OpenAIEmbedder(Embedder):
         where = "OpenAI" if self.official else _server_label(self.base_url or "")
         return (
             f"OpenAIEmbedder(model={self.model!r}, server={where!r}, dimension={self.dimension},"
-            f" batch_size={self.batch_size}, max_concurrency={self.max_concurrency})"
+            f" batch_size={self.batch_size}, max_concurrency={self.max_concurrency}"
+            + (", use_batch=True)" if self.use_batch else ")")
         )
 
     # -- tokens, planning, price ---------------------------------------------------------------
@@ -215,7 +252,16 @@ class OpenAIEmbedder(Embedder):
         return [self._counter.count(t) for t in texts]
 
     def price_usd(self, tokens: int) -> float:
-        return tokens / 1e6 * self.usd_per_million_tokens
+        factor = BATCH_PRICE_FACTOR if self.use_batch else 1.0
+        return tokens / 1e6 * self.usd_per_million_tokens * factor
+
+    def estimate(self, texts: Sequence[str]) -> CostEstimate:
+        """What embedding ``texts`` would cost (at the Batch price with ``use_batch``).
+
+        Nothing is sent; the cache is only read.
+        """
+        est = super().estimate(texts)
+        return dataclasses.replace(est, batch=True) if self.use_batch else est
 
     def _pack(self, bounds: Sequence[int]) -> list[list[int]]:
         """Positions grouped into requests within the item and token limits."""
@@ -236,6 +282,9 @@ class OpenAIEmbedder(Embedder):
 
     def _plan(self, token_counts: list[int]) -> tuple[int, float]:
         n_requests = len(self._pack(token_counts))
+        if self.use_batch:
+            # The Batch API promises results within its completion window, not sooner.
+            return n_requests, float(BATCH_COMPLETION_WINDOW_S) if n_requests else 0.0
         by_latency = n_requests * REQUEST_LATENCY_S / self.max_concurrency
         by_rate = sum(token_counts) / TOKENS_PER_MINUTE * 60.0 if self.official else 0.0
         return n_requests, max(by_latency, by_rate)
@@ -337,6 +386,10 @@ class OpenAIEmbedder(Embedder):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             msg = f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
             raise _Malformed(msg) from None
+        return self._parse_payload(payload, n)
+
+    def _parse_payload(self, payload: Any, n: int) -> np.ndarray:
+        """The ``n`` vectors of a decoded embeddings response body (checked)."""
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list) or len(data) != n:
             got = len(data) if isinstance(data, list) else "no"
@@ -394,6 +447,19 @@ class OpenAIEmbedder(Embedder):
             if was_cut:
                 self._note_truncated(1)
             sent.append(cut)
+        if self.use_batch:
+            from genept_fast.embed.batch import run_batch_job
+
+            run_batch_job(
+                self,
+                texts,
+                sent,
+                sink,
+                state_dir=self.batch_state_dir,
+                poll_interval=self.batch_poll_interval,
+                max_wait=self.batch_max_wait,
+            )
+            return
         batches = self._pack([self._counter.bound(t) for t in sent])
         self._client()  # fail on a missing key before starting threads
         pool = ThreadPoolExecutor(
