@@ -19,18 +19,18 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from genept_fast._atomic import atomic_path
 from genept_fast.kernels import GeneptError
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable, Mapping
 
     import polars as pl
@@ -253,17 +253,10 @@ class GeneEmbeddings:
         if self.dimension == 0:
             msg = "cannot write a table with dimension 0"
             raise GeneptError(msg)
-        path.parent.mkdir(parents=True, exist_ok=True)
         df = self.to_frame()
         meta = json.dumps(self.metadata, sort_keys=True, default=str)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             df.write_parquet(tmp, metadata={_META_KEY: meta})
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -44,12 +44,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genept_fast._atomic import atomic_write_bytes
 from genept_fast.embed.cache import text_key
 from genept_fast.kernels import GeneptError
 
@@ -138,7 +138,7 @@ class _JobFile:
             "created": self.created,
             "parts": [p.to_json() for p in live],
         }
-        _atomic_write(self.path, json.dumps(payload).encode())
+        atomic_write_bytes(self.path, json.dumps(payload).encode())
 
     @classmethod
     def load(cls, path: Path) -> _JobFile | None:
@@ -167,21 +167,6 @@ class _JobFile:
             logger.warning("ignoring unreadable batch job file %s: %s", path, exc)
             return None
         return job
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _job_files(state_dir: Path) -> list[Path]:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from genept_fast._atomic import atomic_path
 from genept_fast._core import GeneptError
 from genept_fast._http import HttpError, JsonClient, ServiceUnavailableError
 from genept_fast.genes.ids import MYGENE_URL, is_ensembl, map_genes, mygene_query
@@ -772,16 +772,9 @@ def write_texts(
     """
     _check(df, "write_texts")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"genept_fast.table": "gene_texts", **(metadata or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         df.write_parquet(tmp, metadata=meta)
-        Path(tmp).replace(out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

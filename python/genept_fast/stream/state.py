@@ -21,6 +21,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
+from genept_fast._atomic import atomic_write_bytes
 from genept_fast._core import GeneptError
 
 if TYPE_CHECKING:
@@ -31,14 +32,6 @@ __all__ = ["MANIFEST_VERSION", "PartialState", "atomic_write_bytes", "install"]
 log = logging.getLogger("genept_fast.stream")
 
 MANIFEST_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-    tmp.replace(path)
 
 
 def _remove(path: Path) -> None:
