@@ -53,7 +53,7 @@ rust-test:
 pytest:
 	$(PY) -m pytest -q
 
-wheel:
+wheel: $(PY)
 	$(PIP) install -q "maturin>=1.9,<2"
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --out dist
