@@ -20,10 +20,12 @@ import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+from servers.base import LoopbackServer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,7 +56,7 @@ class Request:
     json: Any = None
 
 
-class JsonServer:
+class JsonServer(LoopbackServer):
     """Base class: subclasses implement :meth:`handle` and return ``(status, headers, body)``."""
 
     def __init__(self) -> None:
@@ -62,28 +64,10 @@ class JsonServer:
         self.requests: list[Request] = []
         self.fail_from: int | None = None
         self.lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    # lifecycle
-    def __enter__(self) -> JsonServer:
-        handler = _make_handler(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._httpd is not None
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    @property
-    def root(self) -> str:
-        assert self._httpd is not None
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     def inject(self, *faults: Fault) -> None:
         with self.lock:

@@ -37,10 +37,12 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
+
+from servers.base import LoopbackServer
 
 #: Native dimension of each model the server knows; other models get ``default_dimension``.
 NATIVE_DIMENSIONS = {
@@ -133,7 +135,7 @@ class _State:
     counter: int = 0
 
 
-class OpenAIEmbeddingServer:
+class OpenAIEmbeddingServer(LoopbackServer):
     """Loopback OpenAI-compatible embeddings server (use as a context manager).
 
     Parameters
@@ -176,36 +178,20 @@ class OpenAIEmbeddingServer:
         self.max_batch_requests = max_batch_requests
         self.max_batch_file_bytes = max_batch_file_bytes
         self._state = _State()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # -- control -----------------------------------------------------------------------------
-    def start(self) -> OpenAIEmbeddingServer:
-        handler = _make_handler(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
     def stop(self) -> None:
-        self._state.release.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> OpenAIEmbeddingServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._state.release.set()  # unblock requests held by hold()/block faults
+        super().stop()
 
     @property
     def url(self) -> str:
         """Base URL to hand the client (``http://127.0.0.1:PORT/v1``)."""
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"{self.root}/v1"
 
     def add_fault(self, kind: str, times: int = 1, **kwargs: Any) -> None:
         """Queue a fault for the next ``times`` requests (faults apply in the order queued)."""
