@@ -113,6 +113,21 @@ class RequestRecord:
     tokens: int = 0
     raw_body: bytes = b""
 
+    @classmethod
+    def of(cls, body: dict[str, Any], *, authorization: str | None, raw: bytes) -> RequestRecord:
+        """The record of an embeddings request body (direct or inside a batch)."""
+        inp = body.get("input")
+        inputs = [inp] if isinstance(inp, str) else list(inp or [])
+        return cls(
+            model=body.get("model"),
+            inputs=[str(x) for x in inputs],
+            encoding_format=body.get("encoding_format"),
+            dimensions=body.get("dimensions"),
+            authorization=authorization,
+            started=time.monotonic(),
+            raw_body=raw,
+        )
+
 
 @dataclass
 class _State:
@@ -454,17 +469,7 @@ def _run_batch(server: OpenAIEmbeddingServer, batch: dict[str, Any], outcome: st
                 failed += 1
             continue
         body = req["body"]
-        inp = body.get("input")
-        inputs = [inp] if isinstance(inp, str) else list(inp or [])
-        rec = RequestRecord(
-            model=body.get("model"),
-            inputs=[str(x) for x in inputs],
-            encoding_format=body.get("encoding_format"),
-            dimensions=body.get("dimensions"),
-            authorization=None,
-            started=time.monotonic(),
-            raw_body=json.dumps(body).encode(),
-        )
+        rec = RequestRecord.of(body, authorization=None, raw=json.dumps(body).encode())
         status = 200
         result: dict[str, Any]
         if state.failing_requests > 0:
@@ -721,17 +726,7 @@ def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]
                     400, _error("We could not parse the JSON body", "invalid_request_error", None)
                 )
                 return
-            inp = body.get("input")
-            inputs = [inp] if isinstance(inp, str) else list(inp or [])
-            rec = RequestRecord(
-                model=body.get("model"),
-                inputs=[str(x) for x in inputs],
-                encoding_format=body.get("encoding_format"),
-                dimensions=body.get("dimensions"),
-                authorization=self.headers.get("Authorization"),
-                started=time.monotonic(),
-                raw_body=raw,
-            )
+            rec = RequestRecord.of(body, authorization=self.headers.get("Authorization"), raw=raw)
             with state.lock:
                 state.requests.append(rec)
                 index = len(state.requests)

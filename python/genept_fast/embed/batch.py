@@ -361,6 +361,20 @@ class _Runner:
         }
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
+    def create_batch(self, part: _Part) -> None:
+        """Create the batch of a part whose input file is uploaded, and record its id."""
+        batch = self._call(
+            "creating the batch",
+            self.client.batches.create,
+            input_file_id=part.input_file_id,
+            endpoint=BATCH_ENDPOINT,
+            completion_window="24h",
+            metadata={"genept_fast_job": f"{part.job.job_id}-{part.index}"},
+        )
+        part.batch_id = str(batch.id)
+        part.status = str(batch.status)
+        part.job.save()
+
     def submit(self, part: _Part) -> None:
         """Upload the part's JSONL file and create its batch, recording both ids at once."""
         tmp = self.state_dir / f".upload-{part.job.job_id}-{part.index}.jsonl"
@@ -383,17 +397,7 @@ class _Runner:
                 tmp.unlink()
         part.input_file_id = str(obj.id)
         part.job.save()
-        batch = self._call(
-            "creating the batch",
-            self.client.batches.create,
-            input_file_id=part.input_file_id,
-            endpoint=BATCH_ENDPOINT,
-            completion_window="24h",
-            metadata={"genept_fast_job": f"{part.job.job_id}-{part.index}"},
-        )
-        part.batch_id = str(batch.id)
-        part.status = str(batch.status)
-        part.job.save()
+        self.create_batch(part)
         n_texts = sum(len(r) for r in part.requests)
         logger.info(
             "submitted batch %s: %d requests, %d texts (%s)",
@@ -663,16 +667,7 @@ def run_batch_job(
     # Adopted batches whose id was never recorded: create them from the uploaded file.
     for part in parts:
         if part.batch_id is None:
-            batch = runner._call(
-                "creating the batch",
-                runner.client.batches.create,
-                input_file_id=part.input_file_id,
-                endpoint=BATCH_ENDPOINT,
-                completion_window="24h",
-                metadata={"genept_fast_job": f"{part.job.job_id}-{part.index}"},
-            )
-            part.batch_id = str(batch.id)
-            part.job.save()
+            runner.create_batch(part)
     if rest:
         new = runner.plan(rest)
         for part in new:
