@@ -16,7 +16,14 @@ import scipy.sparse as sp
 
 from genept_fast._core import GeneptError
 
-__all__ = ["TARGET_SUM", "Preprocess", "apply_preprocess", "looks_like_counts", "normalize_log1p"]
+__all__ = [
+    "TARGET_SUM",
+    "Preprocess",
+    "apply_preprocess",
+    "has_negative",
+    "looks_like_counts",
+    "normalize_log1p",
+]
 
 #: Counts per cell after normalisation (scanpy's ``target_sum=1e4``).
 TARGET_SUM = 1e4
@@ -31,6 +38,12 @@ def _values(X: Any) -> np.ndarray:
         sparse: Any = X  # scipy's stubs type issparse's guard as the bare base class
         return np.asarray(sparse.data)
     return np.asarray(X)
+
+
+def has_negative(X: Any) -> bool:
+    """True when any stored value of ``X`` is negative (scaled data, not expression)."""
+    v = _values(X)
+    return bool(v.size and v.min() < 0)
 
 
 def looks_like_counts(X: Any, *, max_values: int = 1_000_000) -> bool:

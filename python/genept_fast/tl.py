@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from genept_fast import kernels
 from genept_fast._core import GeneptError
-from genept_fast.preprocess import Preprocess, apply_preprocess, looks_like_counts
+from genept_fast.preprocess import Preprocess, apply_preprocess, has_negative, looks_like_counts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -103,14 +103,6 @@ def _sample(X: Any, n: int, rows: int = 2000) -> Any:
     return X[: min(n, rows)]
 
 
-def _values(X: Any) -> np.ndarray:
-    """The stored values of a sparse or dense matrix."""
-    if sp.issparse(X):
-        sparse: Any = X  # scipy's stubs type issparse's guard as the bare base class
-        return np.asarray(sparse.data)
-    return np.asarray(X)
-
-
 def _decide_preprocess(m: _Matrix, n_obs: int, preprocess: Preprocess) -> tuple[Preprocess, bool]:
     """Resolve ``auto`` once for the whole matrix (so that every chunk is treated alike)."""
     if preprocess not in ("auto", "log1p", "none"):
@@ -120,8 +112,7 @@ def _decide_preprocess(m: _Matrix, n_obs: int, preprocess: Preprocess) -> tuple[
     if preprocess == "auto":
         counts = looks_like_counts(sample)
         preprocess = "log1p" if counts else "none"
-    values = _values(sample)
-    if preprocess == "none" and np.size(values) and np.min(values) < 0:
+    if preprocess == "none" and has_negative(sample):
         warnings.warn(
             f"{m.description} has negative values (scaled data?). GenePT weighs gene embeddings "
             "by expression; pass the log-normalised matrix (layer=... or use_raw=True).",
@@ -464,8 +455,7 @@ class SentenceBuilder:
 
 
 def _warn_negative(m: _Matrix, n_obs: int) -> None:
-    values = _values(_sample(m.X, n_obs))
-    if np.size(values) and np.min(values) < 0:
+    if has_negative(_sample(m.X, n_obs)):
         warnings.warn(
             f"{m.description} has negative values (scaled data?). GenePT-s ranks genes by "
             "expression; pass the log-normalised or count matrix (layer=... or use_raw=True).",

@@ -359,11 +359,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _warn_negative(args: argparse.Namespace, matrix: str) -> None:
     """Say so when the first cells have negative values (a scaled matrix, not expression)."""
+    from genept_fast.preprocess import has_negative
     from genept_fast.stream import open_source
 
     with open_source(args.input, layer=args.layer, use_raw=args.use_raw) as src:
         sample = src.read(0, min(src.n_cells, 2000))
-    if sample.data.size and sample.data.min() < 0:
+    if has_negative(sample):
         print(
             f"warning: {matrix} has negative values (scaled data?); GenePT needs expression"
             " (log-normalised or counts): use --use-raw or --layer",
