@@ -32,7 +32,7 @@ from genept_fast.kernels import (
     table_fingerprint,
 )
 from genept_fast.kernels import weighted_embedding as _weighted_embedding
-from genept_fast.preprocess import apply_preprocess, looks_like_counts
+from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
 
 if TYPE_CHECKING:
     import os
@@ -282,16 +282,14 @@ def encode_h5ad_dask(
     without gathering it on the client.
     """
     x = read_csr(path, layer=layer, use_raw=use_raw, chunk_size=chunk_size)
-    if preprocess not in ("auto", "log1p", "none"):
-        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {preprocess!r}"
-        raise GeneptError(msg)
-    how = preprocess
-    if how == "auto":
+
+    def sample() -> Any:
         from genept_fast.stream.sources import AnnDataSource
 
         with AnnDataSource(path, layer=layer, use_raw=use_raw) as src:
-            sample = src.read(0, min(src.n_cells, 2_000))
-        how = "log1p" if looks_like_counts(sample) else "none"
+            return src.read(0, min(src.n_cells, AUTO_SAMPLE_CELLS))
+
+    how = resolve_preprocess(preprocess, sample)
     if how != "none":
         x = da.map_blocks(
             _preprocess_block, x, how, dtype=np.float32, meta=x._meta.astype(np.float32)

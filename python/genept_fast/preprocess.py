@@ -9,20 +9,25 @@ matrix (scanpy's default, the median of totals, would need a pass over every cel
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from genept_fast._core import GeneptError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
+    "AUTO_SAMPLE_CELLS",
     "TARGET_SUM",
     "Preprocess",
     "apply_preprocess",
     "has_negative",
     "looks_like_counts",
     "normalize_log1p",
+    "resolve_preprocess",
 ]
 
 #: Counts per cell after normalisation (scanpy's ``target_sum=1e4``).
@@ -80,6 +85,24 @@ def normalize_log1p(X: Any, *, target_sum: float = TARGET_SUM) -> sp.csr_array:
     csr.data *= np.repeat(scale, counts_per_row).astype(np.float32)
     np.log1p(csr.data, out=csr.data)
     return csr
+
+
+#: Cells read from the start of a matrix to decide ``preprocess="auto"``.
+AUTO_SAMPLE_CELLS = 2_000
+
+
+def resolve_preprocess(how: str, sample: Callable[[], Any]) -> Literal["log1p", "none"]:
+    """Decide ``how`` once for a whole matrix, so that every chunk is treated alike.
+
+    ``sample`` returns the first cells (about :data:`AUTO_SAMPLE_CELLS`); it is only called for
+    ``"auto"``, which becomes ``"log1p"`` when they look like raw counts, else ``"none"``.
+    """
+    if how not in ("auto", "log1p", "none"):
+        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
+        raise GeneptError(msg)
+    if how == "auto":
+        return "log1p" if looks_like_counts(sample()) else "none"
+    return "log1p" if how == "log1p" else "none"
 
 
 def apply_preprocess(X: Any, how: Preprocess = "auto") -> tuple[Any, bool]:

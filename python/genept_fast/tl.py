@@ -20,7 +20,13 @@ import scipy.sparse as sp
 
 from genept_fast import kernels
 from genept_fast._core import GeneptError
-from genept_fast.preprocess import Preprocess, apply_preprocess, has_negative, looks_like_counts
+from genept_fast.preprocess import (
+    AUTO_SAMPLE_CELLS,
+    Preprocess,
+    apply_preprocess,
+    has_negative,
+    resolve_preprocess,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -99,19 +105,14 @@ def _chunks(X: Any, n: int, chunk: int) -> Iterator[tuple[int, int, Any]]:
         yield a, b, X[a:b]
 
 
-def _sample(X: Any, n: int, rows: int = 2000) -> Any:
+def _sample(X: Any, n: int, rows: int = AUTO_SAMPLE_CELLS) -> Any:
     return X[: min(n, rows)]
 
 
 def _decide_preprocess(m: _Matrix, n_obs: int, preprocess: Preprocess) -> tuple[Preprocess, bool]:
     """Resolve ``auto`` once for the whole matrix (so that every chunk is treated alike)."""
-    if preprocess not in ("auto", "log1p", "none"):
-        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {preprocess!r}"
-        raise GeneptError(msg)
     sample = _sample(m.X, n_obs)
-    if preprocess == "auto":
-        counts = looks_like_counts(sample)
-        preprocess = "log1p" if counts else "none"
+    preprocess = resolve_preprocess(preprocess, lambda: sample)
     if preprocess == "none" and has_negative(sample):
         warnings.warn(
             f"{m.description} has negative values (scaled data?). GenePT weighs gene embeddings "

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast._core import GeneptError
-from genept_fast.preprocess import apply_preprocess, looks_like_counts
+from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
 from genept_fast.stream.sinks import FORMATS, make_work_store, output_format
 from genept_fast.stream.sources import (
     AnnDataSource,
@@ -66,9 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("genept_fast.stream")
-
-#: Cells used to decide ``preprocess="auto"`` (counts or not), read from the start of the input.
-AUTO_SAMPLE_CELLS = 2_000
 
 
 @dataclass
@@ -173,13 +170,7 @@ def _encoder_id(encoder: Callable[..., Any], fingerprint: str | None) -> str:
 
 
 def _resolve_preprocess(source: ChunkSource, how: str) -> str:
-    if how not in ("auto", "log1p", "none"):
-        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
-        raise GeneptError(msg)
-    if how != "auto":
-        return how
-    sample = source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS))
-    return "log1p" if looks_like_counts(sample) else "none"
+    return resolve_preprocess(how, lambda: source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS)))
 
 
 def _check_args(chunk_size: int, dim: int, output_dtype: str) -> np.dtype[Any]:
