@@ -80,6 +80,7 @@ def reference_weighted(dense: np.ndarray, E: np.ndarray, normalize: bool) -> np.
 
 
 def reference_top(dense: np.ndarray, n: int) -> np.ndarray:
+    n = min(n, dense.shape[1])  # n is clamped to the number of genes
     out = np.full((dense.shape[0], n), -1, dtype=np.int32)
     for r, row in enumerate(dense):
         genes = np.flatnonzero(row > 0)

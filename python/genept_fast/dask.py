@@ -107,13 +107,19 @@ def _share(table: _Table) -> Any:
     return client.scatter(table, broadcast=True, hash=False)
 
 
-def _encode_block(block: Any, table: _Table, n_threads: int) -> np.ndarray:
+def _encode_block(
+    block: Any, table: _Table, n_threads: int, block_info: dict[Any, Any] | None = None
+) -> np.ndarray:
+    # block_info (filled in by map_blocks) gives the block's first row in the whole array, so
+    # that an error names the cell's global position.
+    offset = int(block_info[0]["array-location"][0][0]) if block_info else 0
     return _weighted_embedding(
         block,
         table.prepared(),
         gene_index=table.gene_index,
         normalize=table.normalize,
         n_threads=n_threads,
+        row_offset=offset,
     )
 
 

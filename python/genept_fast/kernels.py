@@ -10,12 +10,23 @@ values) to the one layout the core accepts, copying only when it must:
 - ``float64`` gene embeddings are cast to ``float32`` once (the output is float32 anyway).
 
 All work runs in Rust with the GIL released, in parallel over cells. ``n_threads`` defaults to
-all cores, and the environment variable ``GENEPT_FAST_NUM_THREADS`` caps it.
+all cores, and the environment variable ``GENEPT_FAST_NUM_THREADS`` caps it. A request above
+:func:`thread_limit` (4 × the available cores) is capped to it with a warning: more threads
+cannot run faster, and a pool of thousands takes most of a minute to start.
+
+No argument makes a kernel abort, panic or hang: ``n`` is clamped to the number of genes, every
+result's size is computed before it is allocated, and one larger than this machine's memory is
+a :class:`GeneptError` that says how much it would need. Kernel errors name cells by row; the
+``row_offset`` of a call (a chunk's first row) is added, so messages give positions in the whole
+matrix (:func:`offset_cells` does the same for a caught error).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +50,12 @@ __all__ = [
     "as_embeddings",
     "as_gene_index",
     "cell_sentences",
+    "is_kernel_error",
     "l2_normalize",
+    "offset_cells",
     "prepare_embeddings",
     "table_fingerprint",
+    "thread_limit",
     "top_genes",
     "weighted_embedding",
 ]
@@ -140,7 +154,9 @@ def prepare_embeddings(
     """
     if isinstance(gene_embeddings, PreparedEmbeddings):
         return gene_embeddings
-    return PreparedEmbeddings(as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads))
+    return _call(
+        PreparedEmbeddings, as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads)
+    )
 
 
 def _aligned(arr: np.ndarray, dtype: Any) -> np.ndarray:
@@ -185,23 +201,99 @@ def table_fingerprint(E: np.ndarray, gene_index: np.ndarray | None, normalize: b
     return h.hexdigest()
 
 
+def thread_limit() -> int:
+    """The most threads a kernel call uses: 4 × the cores this process may run on."""
+    return int(_core.thread_limit())
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int if it is an integer (not a bool) ≥ ``minimum``; else a GeneptError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        msg = f"{name} must be an integer ≥ {minimum}, got {value!r}"
+        raise GeneptError(msg)
+    if value < minimum:
+        msg = f"{name} must be at least {minimum}, got {value}"
+        raise GeneptError(msg)
+    return int(value)
+
+
 def _check_threads(n_threads: int | None) -> int | None:
     if n_threads is None:
         return None
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
-        msg = f"n_threads must be a positive integer or None, got {n_threads!r}"
-        raise GeneptError(msg)
-    if n_threads < 1:
-        msg = f"n_threads must be at least 1, got {n_threads}"
-        raise GeneptError(msg)
-    return int(n_threads)
+    n_threads = _check_int(n_threads, "n_threads", 1)
+    limit = thread_limit()
+    if n_threads > limit:
+        warnings.warn(
+            f"n_threads={n_threads} is more than 4 threads per available core; using {limit}",
+            UserWarning,
+            stacklevel=3,
+        )
+        return limit
+    return n_threads
 
 
 def _check_n(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        msg = f"n must be an integer ≥ 1, got {n!r}"
+    return _check_int(n, "n", 1)
+
+
+def _check_offset(row_offset: int) -> int:
+    return _check_int(row_offset, "row_offset", 0)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _check_result_size(n_cells: int, width: int, itemsize: int, what: str, hint: str) -> None:
+    """Refuse a result larger than this machine's memory before allocating it."""
+    nbytes = n_cells * width * itemsize  # Python integers: no overflow
+    total = _physical_memory()
+    if total is not None and nbytes > total:
+        msg = (
+            f"{what} would need {nbytes / 1e9:,.1f} GB of memory ({n_cells:,} cells × {width:,}"
+            f" × {itemsize} bytes), more than this machine's {total / 1e9:,.1f} GB; {hint}"
+        )
         raise GeneptError(msg)
-    return int(n)
+
+
+#: Marks an exception raised by the Rust core's checks (its cell numbers are rows of the call).
+_KERNEL_ERROR = "_genept_kernel_error"
+_CELL = re.compile(r"\bcell (\d+)")
+
+
+def is_kernel_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a kernel's rejection of its arguments (bad values, malformed CSR...)."""
+    return bool(getattr(exc, _KERNEL_ERROR, False))
+
+
+def offset_cells(exc: GeneptError, offset: int, *, where: str | None = None) -> GeneptError:
+    """``exc`` with the cell positions of a kernel error moved by ``offset`` rows.
+
+    A kernel called on rows ``a:b`` of a larger matrix names cells from 0; passing ``a`` here
+    (or ``row_offset=a`` to the kernel) gives their positions in the whole matrix. ``where``
+    (a file name) is put in front of the message. Errors that did not come from a kernel are
+    returned unchanged.
+    """
+    if not is_kernel_error(exc) or not (offset or where):
+        return exc
+    text = _CELL.sub(lambda m: f"cell {int(m.group(1)) + offset}", str(exc))
+    moved = GeneptError(f"{where}: {text}" if where else text)
+    setattr(moved, _KERNEL_ERROR, True)
+    return moved
+
+
+def _call(fn: Any, *args: Any, row_offset: int = 0, **kwargs: Any) -> Any:
+    """Call a ``_core`` function; its errors are marked and their cells moved by ``row_offset``."""
+    try:
+        return fn(*args, **kwargs)
+    except GeneptError as exc:
+        setattr(exc, _KERNEL_ERROR, True)
+        if row_offset:
+            raise offset_cells(exc, row_offset) from None
+        raise
 
 
 def weighted_embedding(
@@ -212,6 +304,7 @@ def weighted_embedding(
     normalize: bool = True,
     n_threads: int | None = None,
     out: np.ndarray | None = None,
+    row_offset: int = 0,
 ) -> np.ndarray:
     """GenePT-w cell embeddings: ``X @ gene_embeddings``, each row L2-normalised.
 
@@ -228,14 +321,23 @@ def weighted_embedding(
     normalize
         Divide each row by its L2 norm. A cell with no expressed embedded gene stays all zeros.
     n_threads
-        Threads to use (default: all cores, capped by ``GENEPT_FAST_NUM_THREADS``).
+        Threads to use (default: all cores, capped by ``GENEPT_FAST_NUM_THREADS``; more than
+        :func:`thread_limit` is capped with a warning).
     out
         Optional C-contiguous float32 ``(n_cells, D)`` array to write into (for example a
         memory map); it is returned.
+    row_offset
+        Position of ``X``'s first row in a larger matrix: error messages name cells there.
 
     Returns
     -------
     float32 array of shape ``(n_cells, D)``.
+
+    Raises
+    ------
+    GeneptError
+        Bad input (shape, dtype, NaN/inf with its cell and gene, malformed CSR), or a result
+        larger than this machine's memory.
     """
     csr = as_csr(X)
     E = (
@@ -249,7 +351,14 @@ def weighted_embedding(
     ):
         msg = "out must be a C-contiguous float32 numpy array"
         raise GeneptError(msg)
-    return _core.weighted_embedding(
+    offset = _check_offset(row_offset)
+    if out is None:
+        dim = E.dim if isinstance(E, PreparedEmbeddings) else int(E.shape[1])
+        _check_result_size(
+            csr.n_cells, dim, 4, "the GenePT-w result", "encode the cells in chunks (out=)"
+        )
+    return _call(
+        _core.weighted_embedding,
         csr.indptr,
         csr.indices,
         csr.data,
@@ -259,28 +368,40 @@ def weighted_embedding(
         normalize=bool(normalize),
         n_threads=_check_threads(n_threads),
         out=out,
+        row_offset=offset,
     )
 
 
-def top_genes(X: Any, n: int, *, n_threads: int | None = None) -> np.ndarray:
+def top_genes(X: Any, n: int, *, n_threads: int | None = None, row_offset: int = 0) -> np.ndarray:
     """Per cell, the indices of the ``n`` most expressed genes.
 
     Only strictly positive values count; genes are in descending order of value, ties broken
     by the lower gene index; rows with fewer than ``n`` positive genes are padded with ``-1``.
     Duplicate stored entries are summed first, as scipy does.
 
+    ``n`` is clamped to the number of genes: ``top_genes(X, 10**9)`` ranks every gene. A
+    result larger than this machine's memory (cells × ``n`` × 4 bytes) is refused with a
+    :class:`GeneptError` saying how much it would need. ``row_offset``: as for
+    :func:`weighted_embedding`.
+
     Returns
     -------
-    int32 array of shape ``(n_cells, n)``.
+    int32 array of shape ``(n_cells, min(n, n_genes))``.
     """
     csr = as_csr(X)
-    return _core.top_genes(
+    n = min(_check_n(n), max(csr.n_genes, 1))  # the core clamps to n_genes (0 too)
+    offset = _check_offset(row_offset)
+    width = min(n, csr.n_genes)
+    _check_result_size(csr.n_cells, width, 4, f"top_genes with n={width:,}", "ask for fewer genes")
+    return _call(
+        _core.top_genes,
         csr.indptr,
         csr.indices,
         csr.data,
         csr.n_genes,
-        _check_n(n),
+        n,
         n_threads=_check_threads(n_threads),
+        row_offset=offset,
     )
 
 
@@ -292,24 +413,29 @@ def cell_sentences(
     prefix: str = DEFAULT_PREFIX,
     sep: str = " ",
     n_threads: int | None = None,
+    row_offset: int = 0,
 ) -> list[str]:
     """GenePT-s sentences: ``prefix`` + each cell's top-``n`` gene names joined by ``sep``.
 
     The gene order is that of :func:`top_genes`; a cell with no expressed gene gets ``prefix``
-    alone. ``gene_names`` must have one entry per column of ``X``.
+    alone. ``gene_names`` must have one entry per column of ``X``. Any ``n`` ≥ 1 works: no
+    sentence holds more genes than its cell expresses. ``row_offset``: as for
+    :func:`weighted_embedding`.
     """
     csr = as_csr(X)
     names = [str(g) for g in gene_names]
-    return _core.cell_sentences(
+    return _call(
+        _core.cell_sentences,
         csr.indptr,
         csr.indices,
         csr.data,
         csr.n_genes,
         names,
-        _check_n(n),
+        min(_check_n(n), max(csr.n_genes, 1)),
         str(prefix),
         str(sep),
         n_threads=_check_threads(n_threads),
+        row_offset=_check_offset(row_offset),
     )
 
 
@@ -319,5 +445,5 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
     if arr.ndim != 2:
         msg = f"matrix must be 2-D, got shape {arr.shape}"
         raise GeneptError(msg)
-    _core.l2_normalize(arr, n_threads=_check_threads(n_threads))
+    _call(_core.l2_normalize, arr, n_threads=_check_threads(n_threads))
     return arr

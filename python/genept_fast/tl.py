@@ -280,7 +280,7 @@ def genept_w(
     for a, b, chunk in _chunks(m.X, adata.n_obs, max(int(chunk_size), 1)):
         X, _ = apply_preprocess(chunk, how)
         kernels.weighted_embedding(
-            X, prepared, gene_index=compact_index, n_threads=n_threads, out=out[a:b]
+            X, prepared, gene_index=compact_index, n_threads=n_threads, out=out[a:b], row_offset=a
         )
     adata.obsm[key_added] = out
     adata.uns[key_added] = {
@@ -390,8 +390,8 @@ class SentenceBuilder:
         self.n_rank = max(1, min(want, cap, n_usable))
         self._budget = budget
 
-    def build(self, X: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Sentences of the cells (rows) of ``X``.
+    def build(self, X: Any, *, row_offset: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Sentences of the cells (rows) of ``X`` (rows ``row_offset:`` of a larger matrix).
 
         Returns
         -------
@@ -416,9 +416,9 @@ class SentenceBuilder:
         block = max(1, _RANK_BLOCK // self.n_rank)
         for a in range(0, n_cells, block):
             b = min(a + block, n_cells)
-            top = kernels.top_genes(csr[a:b], self.n_rank, n_threads=self.n_threads).astype(
-                np.int64
-            )
+            top = kernels.top_genes(
+                csr[a:b], self.n_rank, n_threads=self.n_threads, row_offset=row_offset + a
+            ).astype(np.int64)
             valid = top >= 0
             safe = np.where(valid, top, 0)
             cost = np.where(valid, self.gene_tokens[safe], 0)
@@ -428,7 +428,9 @@ class SentenceBuilder:
             k = fits.sum(axis=1)  # fits is a prefix of each row: costs are non-negative
             kept[a:b] = k
             sentences.extend(self._join(top, k))
-        wanted = positive if self.top_n is None else np.minimum(positive, self.top_n)
+        wanted = (
+            positive if self.top_n is None else np.minimum(positive, min(self.top_n, csr.shape[1]))
+        )
         return sentences, kept, kept < wanted
 
     def _join(self, top: np.ndarray, kept: np.ndarray) -> list[str]:
@@ -560,7 +562,7 @@ def genept_s(
     kept_all = np.zeros(target.n_obs, dtype=np.int64)
     cut_all = np.zeros(target.n_obs, dtype=bool)
     for a, b, chunk in _chunks(m.X, target.n_obs, max(int(chunk_size), 1)):
-        s, kept_all[a:b], cut_all[a:b] = builder.build(chunk)
+        s, kept_all[a:b], cut_all[a:b] = builder.build(chunk, row_offset=a)
         sentences.extend(s)
     if dry_run or emb.is_paid:
         estimate = emb.estimate(sentences)

@@ -2,7 +2,10 @@
 //!
 //! Each distinct thread count gets one rayon pool, built on first use and reused. The number of
 //! threads is what the caller asks for, else every core, and never more than
-//! `GENEPT_FAST_NUM_THREADS` when that variable is set. A forked child (multiprocessing, Dask
+//! `GENEPT_FAST_NUM_THREADS` when that variable is set, nor more than [`thread_limit`]
+//! (`MAX_THREADS_PER_CORE` × the available cores): a larger request is capped, since a pool of
+//! 10,000 threads takes most of a minute to start and cannot run faster than one of a few per
+//! core. (The Python layer warns when it caps a request.) A forked child (multiprocessing, Dask
 //! workers) inherits the parent's pool objects but not their threads, so the cache remembers
 //! the process id that built it and a child silently builds fresh pools of its own instead of
 //! waiting forever on threads that do not exist.
@@ -37,8 +40,21 @@ fn env_cap() -> Result<Option<usize>> {
     }
 }
 
-/// The thread count a call will use: `requested` (must be ≥ 1) or all cores, then capped by
-/// `GENEPT_FAST_NUM_THREADS`.
+/// Most threads per available core that a call may use (see [`thread_limit`]).
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// The cores this process may run on (affinity and cgroup quotas included), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The largest thread count a call uses: `MAX_THREADS_PER_CORE` × [`available_cores`].
+pub fn thread_limit() -> usize {
+    MAX_THREADS_PER_CORE.saturating_mul(available_cores())
+}
+
+/// The thread count a call will use: `requested` (must be ≥ 1, capped at [`thread_limit`]) or
+/// all cores, then capped by `GENEPT_FAST_NUM_THREADS`.
 pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
     let n = match requested {
         Some(0) => {
@@ -46,8 +62,8 @@ pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
                 "n_threads must be at least 1".into(),
             ))
         }
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) => n.min(thread_limit()),
+        None => available_cores(),
     };
     Ok(match env_cap()? {
         Some(cap) => n.min(cap),
@@ -102,6 +118,13 @@ mod tests {
     fn zero_threads_is_an_error() {
         assert!(resolve_threads(Some(0)).is_err());
         assert!(resolve_threads(Some(3)).unwrap() >= 1);
+    }
+
+    #[test]
+    fn huge_thread_counts_are_capped() {
+        let n = resolve_threads(Some(usize::MAX)).unwrap();
+        assert!(n <= thread_limit());
+        assert_eq!(thread_limit(), MAX_THREADS_PER_CORE * available_cores());
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn top_genes<I: Index, V: Value>(
             x.n_cols()
         )));
     }
-    if out.len() != x.n_rows() * n {
+    if x.n_rows().checked_mul(n) != Some(out.len()) {
         return Err(GeneptError::Shape(format!(
             "output buffer has {} values, expected {} × {n}",
             out.len(),

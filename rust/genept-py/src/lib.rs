@@ -9,8 +9,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use genept_core::buffer::try_zeroed;
 use genept_core::csr::TiledEmbeddings;
-use genept_core::parallel::{resolve_threads, with_pool};
+use genept_core::parallel::{resolve_threads, thread_limit as core_thread_limit, with_pool};
 use genept_core::simd::Isa;
 use genept_core::weighted::Table;
 use genept_core::{sentences, topn, weighted, CsrView, EmbeddingView, GeneMap, WeightedOptions};
@@ -285,7 +286,7 @@ fn weighted_embedding<'py>(
             Ok(out)
         }
         None => {
-            let mut buf = vec![0.0f32; n_cells * dim];
+            let mut buf = try_zeroed::<f32>(n_cells, dim, "the GenePT-w result").map_err(to_py)?;
             run(&mut buf)?;
             into_2d(py, buf, n_cells, dim)
         }
@@ -304,6 +305,7 @@ fn into_2d<T: Element>(
 }
 
 /// Per cell, the indices of the `n` genes with the largest positive values (int32, -1 padded).
+/// `n` is clamped to the number of genes; the result is allocated fallibly.
 #[pyfunction]
 #[pyo3(signature = (indptr, indices, data, n_cols, n, n_threads=None))]
 fn top_genes<'py>(
@@ -320,16 +322,17 @@ fn top_genes<'py>(
             "invalid argument: n must be at least 1",
         ));
     }
+    let n = n.min(n_cols);
     let n_cells = indptr.len()?.saturating_sub(1);
-    let total = n_cells
-        .checked_mul(n)
-        .ok_or_else(|| GeneptError::new_err("n_cells × n overflows"))?;
-    let mut buf = vec![0i32; total];
+    let mut buf = try_zeroed::<i32>(n_cells, n, "the top_genes result").map_err(to_py)?;
     with_csr!(indptr, indices, data, |p, i, d| detached(
         py,
         n_threads,
         || {
             let x = CsrView::new(p, i, d, n_cols)?;
+            if n == 0 {
+                return Ok(()); // no genes: an (n_cells, 0) result
+            }
             topn::top_genes(&x, n, &mut buf)
         }
     ))?;
@@ -387,8 +390,14 @@ fn simd_level() -> &'static str {
     Isa::detect().name()
 }
 
+/// The most threads a call uses: 4 × the available cores (larger requests are capped).
+#[pyfunction]
+fn thread_limit() -> usize {
+    core_thread_limit()
+}
+
 /// The number of threads a call with `n_threads` would use (all cores, capped by
-/// `GENEPT_FAST_NUM_THREADS`).
+/// `GENEPT_FAST_NUM_THREADS` and by `thread_limit()`).
 #[pyfunction]
 #[pyo3(signature = (n_threads=None))]
 fn resolved_threads(n_threads: Option<usize>) -> PyResult<usize> {
@@ -406,5 +415,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(l2_normalize, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(resolved_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_limit, m)?)?;
     Ok(())
 }
