@@ -69,9 +69,10 @@ wheel-smoke: wheel
 bench:
 	$(PY) benches/bench_kernels.py
 
+# --overwrite: a second `make demo` replaces the demo's own files in genept-demo/ (nothing else).
 demo: $(PY)
 	$(PIP) install -q .
-	$(VENV)/bin/genept-fast demo
+	$(VENV)/bin/genept-fast demo --overwrite
 
 clean:
 	rm -rf target dist .wheel-venv python/genept_fast/*.so

@@ -356,7 +356,7 @@ def test_cli_embeds_to_parquet(server, tmp_path, capsys):
     np.testing.assert_array_equal(table.matrix[1], vector_for(texts[1], SMALL, 24))
     assert not table.matrix[0].any()
     n = len(server.requests)
-    assert main(argv) == 0  # rerun: everything cached
+    assert main([*argv, "--overwrite"]) == 0  # rerun: everything cached (out exists: issue #9)
     assert len(server.requests) == n
     assert "wrote" in capsys.readouterr().err
 

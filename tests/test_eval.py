@@ -265,7 +265,8 @@ def test_cli(pbmc, report, tmp_path, capsys):
     assert data["results"] == json.loads(json.dumps(report.to_dict()["results"]))
     assert "| metric | better | X_genept_w | X_pca |" in capsys.readouterr().out
 
-    rc = main(["evaluate", str(path), "--label", "nope", "-o", str(out)])
+    # (the report exists now: without --overwrite that would be the error, issue #9)
+    rc = main(["evaluate", str(path), "--label", "nope", "-o", str(out), "--overwrite"])
     assert rc == 2
     assert "obs has no column 'nope'" in capsys.readouterr().err
 

@@ -241,6 +241,6 @@ def test_cli(embedding, labels_path, tmp_path, capsys):
     assert "| model | genes | random control |" in capsys.readouterr().out
     assert data["settings"]["provenance"]["path"] == str(path)
 
-    rc = main([*argv, "--positive", "nope"])
+    rc = main([*argv, "--positive", "nope", "--overwrite"])  # the report exists (issue #9)
     assert rc == 2
     assert "positive class 'nope'" in capsys.readouterr().err

@@ -451,15 +451,13 @@ def test_cli_gene_text(tmp_path, ncbi, capsys):
     # genes from a text file and from an .h5ad
     listing = tmp_path / "genes.txt"
     listing.write_text("# genes\nTP53\n\nCD4\n")
-    assert main(["gene-text", str(listing), "--source", "symbol", "-q", "-o", str(out)]) == 0
+    again = ["--source", "symbol", "-q", "-o", str(out), "--overwrite"]  # out exists (issue #9)
+    assert main(["gene-text", str(listing), *again]) == 0
     assert read_texts(out)["text"].to_list() == ["TP53", "CD4"]
     adata = anndata.AnnData(np.zeros((2, 3), dtype=np.float32))
     adata.var_names = ["ENSG00000141510.18", "ENSG00000010610", "ENSG00000000000"]
     adata.write_h5ad(tmp_path / "d.h5ad")
-    assert (
-        main(["gene-text", str(tmp_path / "d.h5ad"), "--source", "symbol", "-q", "-o", str(out)])
-        == 0
-    )
+    assert main(["gene-text", str(tmp_path / "d.h5ad"), *again]) == 0
     assert read_texts(out)["text"].to_list() == ["TP53", "CD4", None]
 
 

@@ -289,8 +289,13 @@ def test_resume_after_crash_computes_only_missing(data: dict, tmp_path: Path, fm
     assert (rep.chunks_resumed, rep.chunks_encoded) == (3, 3)
     assert rep.cells_encoded == N_CELLS - 3 * CHUNK
     np.testing.assert_array_equal(_load(out)[0], data["ref"])
-    # Running again over a finished output recomputes and replaces it in place.
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+    # Running again over a finished output is refused; with overwrite=True it recomputes and
+    # replaces it in place (issue #9).
+    with pytest.raises(GeneptError, match="already exists"):
+        stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+    rep = stream.encode_weighted(
+        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+    )
     assert rep.chunks_encoded == 6
     np.testing.assert_array_equal(_load(out)[0], data["ref"])
 
@@ -300,37 +305,48 @@ def test_mismatched_partial_state_is_discarded(
 ) -> None:
     out = tmp_path / "m.npy"
     caplog.set_level(logging.WARNING, logger="genept_fast.stream")
-    # Other parameters (chunk size): the old state is thrown away with a message.
-    _crash(data, out, 3)
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=100, progress=False)
+    # Other parameters (chunk size): the old state is thrown away with a message. (Each rerun
+    # replaces the previous output: overwrite=True.)
+    _crash(data, out, 3, overwrite=True)
+    rep = stream.encode_weighted(
+        data["h5ad"], out, data["E"], chunk_size=100, progress=False, overwrite=True
+    )
     assert rep.chunks_resumed == 0 and "chunk_size: 128 -> 100" in (rep.discarded or "")
     assert "discarding partial state" in caplog.text
     np.testing.assert_array_equal(np.load(out), data["ref"])
     # Another encoder (table): discarded.
-    _crash(data, out, 3)
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"] * 2, chunk_size=CHUNK, progress=False)
+    _crash(data, out, 3, overwrite=True)
+    rep = stream.encode_weighted(
+        data["h5ad"], out, data["E"] * 2, chunk_size=CHUNK, progress=False, overwrite=True
+    )
     assert rep.chunks_resumed == 0 and "encoder" in (rep.discarded or "")
     # The input changed (mtime): discarded.
     inp = tmp_path / "in.h5ad"
     shutil.copy(data["h5ad"], inp)
-    _crash({**data, "h5ad": inp}, out, 3)
+    _crash({**data, "h5ad": inp}, out, 3, overwrite=True)
     os.utime(inp, ns=(time.time_ns(), time.time_ns() + 10**9))
-    rep = stream.encode_weighted(inp, out, data["E"], chunk_size=CHUNK, progress=False)
+    rep = stream.encode_weighted(
+        inp, out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+    )
     assert rep.chunks_resumed == 0 and "input changed" in (rep.discarded or "")
     # A corrupt manifest or a missing data file: discarded.
-    _crash(data, out, 3)
+    _crash(data, out, 3, overwrite=True)
     (out.with_name("m.npy.partial") / "manifest.json").write_text("{not json")
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+    rep = stream.encode_weighted(
+        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+    )
     assert rep.chunks_resumed == 0 and "unreadable" in (rep.discarded or "")
-    _crash(data, out, 3)
+    _crash(data, out, 3, overwrite=True)
     (out.with_name("m.npy.partial") / "data.npy").unlink()
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+    rep = stream.encode_weighted(
+        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+    )
     assert rep.chunks_resumed == 0 and "missing" in (rep.discarded or "")
     np.testing.assert_array_equal(np.load(out), data["ref"])
     # resume=False starts over even when the state matches.
-    _crash(data, out, 3)
+    _crash(data, out, 3, overwrite=True)
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, resume=False
+        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, resume=False, overwrite=True
     )
     assert rep.chunks_resumed == 0
 

@@ -59,9 +59,12 @@ def test_parquet_roundtrip(tmp_path):
     np.testing.assert_array_equal(back.matrix, t.matrix)
     assert back.matrix.dtype == np.float32
     assert back.metadata == t.metadata
-    # overwrite in place
+    # an existing file is refused, then replaced in place when asked (issue #9)
     t2 = GeneEmbeddings(["x"], np.ones((1, 2)), {"model_id": "local:m"})
-    t2.write(path)
+    with pytest.raises(GeneptError, match="already exists"):
+        t2.write(path)
+    assert GeneEmbeddings.read(path).genes == t.genes
+    t2.write(path, overwrite=True)
     assert GeneEmbeddings.read(path).model_id == "local:m"
     assert GeneEmbeddings.read(path, model_id="other", text_source="llm").text_source == "llm"
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import polars as pl
 
 __all__ = ["gene_texts_offline_first", "run_demo"]
@@ -49,21 +50,30 @@ def run_demo(
     embedder: str = "local",
     plots: bool = True,
     n_threads: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the offline demo; writes into ``out_dir`` and returns the metrics by embedding.
 
     Files written: ``genes.parquet`` (the gene-embedding table), ``pbmc68k_genept.h5ad``
     (the AnnData with ``obsm["X_genept_w"]`` and ``obsm["X_genept_s"]``), and the evaluation
-    report (``report.md``, ``report.json``, one UMAP PNG per embedding).
+    report (``report.md``, ``report.json``, one UMAP PNG per embedding). If any of them exists
+    already, nothing is done unless ``overwrite=True``; other files in ``out_dir`` are never
+    touched.
     """
     import scanpy as sc
 
     from genept_fast import eval as gfe
     from genept_fast import tl
+    from genept_fast._atomic import atomic_path
+    from genept_fast._outputs import check_output
     from genept_fast.embed import get_embedder
+    from genept_fast.eval._io import REPORT_FILES, safe_name
     from genept_fast.table import GeneEmbeddings
 
-    out = Path(out_dir)
+    keys = ["X_genept_w", "X_genept_s", "X_pca"]
+    figures = [f"umap_{safe_name(k)}.png" for k in keys] if plots else []
+    names = ["genes.parquet", "pbmc68k_genept.h5ad", *REPORT_FILES, *figures]
+    out = check_output(out_dir, kind="folder", overwrite=overwrite, names=names)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     adata = sc.datasets.pbmc68k_reduced()
@@ -78,7 +88,7 @@ def run_demo(
     )
     print(f"gene text: {used}; text model: {emb.model_id}")
     table = GeneEmbeddings.from_texts(texts, emb, progress=True)
-    table.write(out / "genes.parquet")
+    table.write(out / "genes.parquet", overwrite=overwrite)
 
     t = time.perf_counter()
     tl.genept_w(adata, table, n_threads=n_threads)
@@ -91,15 +101,11 @@ def run_demo(
         f"average, cut at the model's {p['max_input_tokens']}-token limit) in "
         f"{time.perf_counter() - t:.1f} s"
     )
-    adata.write_h5ad(out / "pbmc68k_genept.h5ad")
+    with atomic_path(out / "pbmc68k_genept.h5ad") as tmp:
+        adata.write_h5ad(tmp)
 
-    report = gfe.evaluate(
-        adata,
-        label_key="bulk_labels",
-        obsm_keys=["X_genept_w", "X_genept_s", "X_pca"],
-        plots=plots,
-    )
-    report.write(out)
+    report = gfe.evaluate(adata, label_key="bulk_labels", obsm_keys=keys, plots=plots)
+    report.write(out, overwrite=overwrite)
     print()
     print(report.to_markdown())
     print(f"\nwrote {out}/ (report.md, report.json, UMAP PNGs, genes.parquet, pbmc68k_genept.h5ad)")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from genept_fast._atomic import atomic_path
+from genept_fast._outputs import check_output
 from genept_fast.kernels import GeneptError
 
 if TYPE_CHECKING:
@@ -238,8 +239,11 @@ class GeneEmbeddings:
         )
 
     # -- I/O -----------------------------------------------------------------------------------
-    def write(self, path: str | os.PathLike[str]) -> Path:
+    def write(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write parquet to ``path`` atomically (temp file in the same directory, then rename).
+
+        An existing ``path`` is refused unless ``overwrite=True`` (a directory never is
+        replaced).
 
         Returns
         -------
@@ -253,6 +257,7 @@ class GeneEmbeddings:
         if self.dimension == 0:
             msg = "cannot write a table with dimension 0"
             raise GeneptError(msg)
+        check_output(path, overwrite=overwrite)
         df = self.to_frame()
         meta = json.dumps(self.metadata, sort_keys=True, default=str)
         with atomic_path(path) as tmp:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from genept_fast._outputs import add_overwrite_argument
+from genept_fast.commands import int_range
+
 if TYPE_CHECKING:
     import argparse
 
@@ -16,7 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "demo",
         help="offline end-to-end demo: PBMCs → GenePT-w / GenePT-s → UMAPs and metrics vs PCA",
         description="Gene text (NCBI if reachable, else symbols) → local text model → GenePT-w "
-        "and GenePT-s on scanpy's pbmc68k_reduced → kNN accuracy, AMI/ARI next to PCA, UMAPs.",
+        "and GenePT-s on scanpy's pbmc68k_reduced → kNN accuracy, AMI/ARI next to PCA, UMAPs. "
+        "Files already in the output folder from an earlier run are refused unless --overwrite.",
     )
     p.add_argument("-o", "--output", default="genept-demo", help="output folder")
     p.add_argument(
@@ -24,7 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--embedder", default="local", help="text model (default: local, offline)")
     p.add_argument("--no-plots", action="store_true", help="skip the UMAP PNGs")
-    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.add_argument("--threads", type=int_range(), help="threads (default: all cores)")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -37,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
         embedder=args.embedder,
         plots=not args.no_plots,
         n_threads=args.threads,
+        overwrite=args.overwrite,
     )
     return 0

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genept_fast._inputs import require_table
+from genept_fast._outputs import add_overwrite_argument, check_output
+from genept_fast.commands import int_range, positive_float
 from genept_fast.kernels import GeneptError
 
 if TYPE_CHECKING:
@@ -33,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--base-url", help="OpenAI-compatible server root, e.g. http://localhost:8000/v1"
     )
-    p.add_argument("--dimensions", type=int, help="output dimension (text-embedding-3-* only)")
+    p.add_argument(
+        "--dimensions", type=int_range(), help="output dimension (text-embedding-3-* only)"
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -41,10 +46,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--cache-dir", type=Path, help="embedding cache directory")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--batch-size", type=int, help="inputs per request / forward pass")
-    p.add_argument("--max-concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
-    p.add_argument("--max-retries", type=int, default=6, help="retries per request (default 6)")
+    p.add_argument("--batch-size", type=int_range(), help="inputs per request / forward pass")
+    p.add_argument(
+        "--max-concurrency",
+        type=int_range(1, 256),
+        default=4,
+        help="requests in flight (default 4)",
+    )
+    p.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds per request (default 60)"
+    )
+    p.add_argument(
+        "--max-retries", type=int_range(0, 100), default=6, help="retries per request (default 6)"
+    )
     p.add_argument(
         "--batch",
         action="store_true",
@@ -53,11 +67,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--batch-poll-interval",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="seconds between polls of a running batch (default 30)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none when stderr is not a TTY)"
+    )
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -70,14 +87,25 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run and args.output is None:
         msg = "give an output file with -o/--output (or use --dry-run)"
         raise GeneptError(msg)
-    if not args.texts.is_file():
+    if not args.texts.is_file() and not args.texts.is_dir():
         msg = f"no such file: {args.texts}"
         raise FileNotFoundError(msg)
+    require_table(
+        args.texts,
+        role="gene text table",
+        allowed=("parquet",),
+        expect="a parquet gene text table (make one with genept-fast gene-text)",
+    )
+    if not args.dry_run:
+        check_output(args.output, overwrite=args.overwrite, inputs=[args.texts])
     try:
         texts_df = pl.read_parquet(args.texts)
     except Exception as exc:
         msg = f"{args.texts} is not a readable parquet file: {exc}"
         raise GeneptError(msg) from exc
+    if "text" not in texts_df.columns or "gene" not in texts_df.columns:
+        msg = f"{args.texts} needs columns 'gene' and 'text', has {texts_df.columns}"
+        raise GeneptError(msg)
     embedder = get_embedder(
         args.embedder,
         base_url=args.base_url,
@@ -91,9 +119,6 @@ def run(args: argparse.Namespace) -> int:
         use_batch=args.batch,
         batch_poll_interval=args.batch_poll_interval,
     )
-    if "text" not in texts_df.columns or "gene" not in texts_df.columns:
-        msg = f"{args.texts} needs columns 'gene' and 'text', has {texts_df.columns}"
-        raise GeneptError(msg)
     texts = [t for t in texts_df["text"].to_list() if isinstance(t, str)]
     if args.dry_run or embedder.is_paid:
         estimate = embedder.estimate(texts)
@@ -103,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
     if args.batch:
         _log_batch_progress()
-    table = GeneEmbeddings.from_texts(texts_df, embedder, progress=not args.no_progress)
-    out = table.write(args.output)
+    progress = not args.no_progress and sys.stderr.isatty()
+    table = GeneEmbeddings.from_texts(texts_df, embedder, progress=progress)
+    out = table.write(args.output, overwrite=args.overwrite)
     n_missing = len(table.metadata.get("missing", []))
     n_trunc = int(table.metadata.get("n_truncated", 0))
     print(

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast._core import GeneptError
+from genept_fast._inputs import require_anndata, require_table
+from genept_fast._outputs import add_overwrite_argument
+from genept_fast.commands import int_range
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,12 +32,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("genept_fast.encode")
 
+DESCRIPTION = """\
+GenePT-w or GenePT-s cell embeddings of an AnnData .h5ad file or .zarr store.
+
+The file is streamed in chunks of cells (bounded memory) and the job is resumable: killed, the
+same command continues where it stopped. GenePT-w weighs the gene embeddings of --genes by each
+cell's expression; GenePT-s writes each cell's top genes as a sentence and embeds it with the
+text model of --embedder.
+
+The output's suffix picks its format: .h5ad (the input's obs, the embedding in obsm; X is not
+copied), .parquet (columns obs_name and embedding), .zarr or .npy. An existing output is
+refused unless --overwrite is given. 10x .h5, .mtx folders and .loom files are refused with the
+command that converts them to .h5ad."""
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "encode",
         help="GenePT-w / GenePT-s cell embeddings of an .h5ad or .zarr file (streamed, resumable)",
-        description=__doc__,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", help="input AnnData (.h5ad or .zarr)")
     p.add_argument("--method", choices=["w", "s"], default="w", help="GenePT-w or GenePT-s")
@@ -44,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="text model for -s: local (offline, the default) or openai:MODEL",
     )
     p.add_argument("--base-url", help="OpenAI-compatible server for --embedder openai:MODEL")
-    p.add_argument("--dimensions", type=int, help="output dimension (text-embedding-3-*)")
+    p.add_argument("--dimensions", type=int_range(), help="output dimension (text-embedding-3-*)")
     p.add_argument("-o", "--output", required=True, help=".h5ad, .parquet, .zarr or .npy")
     p.add_argument("--layer", help="read adata.layers[LAYER] instead of X")
     p.add_argument(
@@ -60,17 +77,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="auto",
         help="-w: log-normalise raw counts (auto: when the values look like counts)",
     )
-    p.add_argument("--top-n", type=int, help="-s: most genes per sentence (default: model limit)")
+    p.add_argument(
+        "--top-n", type=int_range(), help="-s: most genes per sentence (default: model limit)"
+    )
     p.add_argument("--prefix", help="-s: sentence prefix")
     p.add_argument(
         "--max-input-tokens",
-        type=int,
+        type=int_range(),
         help="-s: cut sentences at this many tokens (default: the model's limit)",
     )
     p.add_argument("--key", help="obsm key / array name (default X_genept_w or X_genept_s)")
-    p.add_argument("--chunk-size", type=int, default=10_000, help="cells per chunk")
+    p.add_argument("--chunk-size", type=int_range(), default=10_000, help="cells per chunk")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
+    p.add_argument("--threads", type=int_range(), help="kernel threads (default: all cores)")
     p.add_argument("--no-resume", action="store_true", help="discard partial work and restart")
     p.add_argument(
         "--dry-run",
@@ -78,6 +97,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print the genes matched (-w) or tokens/price/time (-s); write and embed nothing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
@@ -191,6 +211,8 @@ class SentenceEncoder:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from genept_fast.stream import check_key, check_output_paths
+
     if not Path(args.input).exists():
         msg = f"input not found: {args.input}"
         raise FileNotFoundError(msg)
@@ -232,9 +254,18 @@ def _check_args(args: argparse.Namespace) -> None:
     if unused:
         msg = f"{', '.join(unused)} do(es) not apply to --method {args.method}"
         raise GeneptError(msg)
-    if not args.dry_run and Path(args.output).resolve() == Path(args.input).resolve():
-        msg = "the output would overwrite the input; choose another -o"
-        raise GeneptError(msg)
+    if args.key is not None:
+        check_key(args.key)
+    require_anndata(args.input)
+    if args.method == "w":
+        require_table(
+            args.genes,
+            role="--genes table",
+            allowed=("parquet", "pickle"),
+            expect="a gene-embedding table (parquet from embed-genes, or GenePT's pickle)",
+        )
+    if not args.dry_run:
+        check_output_paths(args.output, overwrite=args.overwrite, inputs=[args.input, args.genes])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -253,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
         "output_dtype": args.dtype,
         "progress": progress,
         "resume": not args.no_resume,
+        "overwrite": args.overwrite,
     }
     symbols, symbol_source = _gene_symbols(args)
     _warn_negative(args, matrix)

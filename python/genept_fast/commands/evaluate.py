@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genept_fast._core import GeneptError
+from genept_fast._inputs import require_anndata, require_table
+from genept_fast._outputs import add_overwrite_argument, check_output
+from genept_fast.commands import int_range
 from genept_fast.eval._genes import GENE_MODELS
+from genept_fast.eval._io import REPORT_FILES, safe_name
 
 if TYPE_CHECKING:
     import argparse
+
+    from anndata import AnnData
 
 __all__ = ["register", "run", "run_genes"]
 
@@ -24,10 +30,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Score the embeddings in an .h5ad's obsm with the GenePT paper's protocols: k-means "
             "and Leiden clustering (AMI/ARI), kNN and logistic-regression annotation on a "
             "stratified 80/20 split, batch-effect ARI and silhouettes. Cells labelled 'Unknown' "
-            "are left out. Writes report.md, report.json and UMAP PNGs."
+            "are left out. Writes report.md, report.json and UMAP PNGs; an existing report is "
+            "refused unless --overwrite."
         ),
     )
-    p.add_argument("input", type=Path, help="input .h5ad")
+    p.add_argument("input", type=Path, help="input AnnData (.h5ad or .zarr)")
     p.add_argument("--label", required=True, help="obs column with the cell-type labels")
     p.add_argument("--batch", default=None, help="obs column with the batch/patient")
     p.add_argument(
@@ -38,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="obsm embeddings to score (default: every obsm entry with > 2 columns but layouts)",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
-    p.add_argument("--seed", type=int, default=2023, help="seed of every random step (2023)")
+    p.add_argument(
+        "--seed", type=int_range(0, 2**32 - 1), default=2023, help="seed of every random step"
+    )
     p.add_argument(
         "--exclude-label",
         action="append",
@@ -46,13 +55,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="LABEL",
         help="label to leave out (repeatable; default: Unknown)",
     )
-    p.add_argument("--knn-k", type=int, default=10, help="neighbours of the kNN vote (10)")
+    p.add_argument("--knn-k", type=int_range(), default=10, help="neighbours of the kNN vote (10)")
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0.2)")
-    p.add_argument("--n-neighbors", type=int, default=15, help="kNN graph size for Leiden (15)")
+    p.add_argument(
+        "--n-neighbors", type=int_range(2), default=15, help="kNN graph size for Leiden (15)"
+    )
     p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution (1.0)")
     p.add_argument("--no-leiden", action="store_true", help="skip Leiden clustering")
     p.add_argument("--no-logreg", action="store_true", help="skip logistic-regression annotation")
     p.add_argument("--no-plots", action="store_true", help="skip the UMAP plots (faster)")
+    add_overwrite_argument(p)
     p.set_defaults(func=run)
 
     g = subparsers.add_parser(
@@ -63,14 +75,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "embeddings, ROC AUC mean ± sd, with a random embedding of the same dimension as "
             "control. Labels: a CSV/TSV/parquet table of gene id + class, or flag columns "
             "('Yes') such as Geneformer's dosage-sensitivity file. Writes report.md, report.json "
-            "and roc.png."
+            "and roc.png; an existing report is refused unless --overwrite."
         ),
     )
     g.add_argument("genes", type=Path, help="gene embeddings (.parquet, from embed-genes)")
     g.add_argument("--labels", type=Path, required=True, help="gene label table")
     g.add_argument("-o", "--out", type=Path, required=True, help="report folder")
-    g.add_argument("--seed", type=int, default=2023, help="seed of folds, models, control")
-    g.add_argument("--n-splits", type=int, default=5, help="cross-validation folds (5)")
+    g.add_argument(
+        "--seed", type=int_range(0, 2**32 - 1), default=2023, help="seed of folds, models, control"
+    )
+    g.add_argument("--n-splits", type=int_range(2), default=5, help="cross-validation folds (5)")
     g.add_argument("--positive", default=None, help="positive class (default: sorts last)")
     g.add_argument(
         "--models",
@@ -79,47 +93,87 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=list(GENE_MODELS),
         help="classifiers to cross-validate (default: both)",
     )
-    g.add_argument("--n-jobs", type=int, default=None, help="random-forest jobs (default 1)")
+    g.add_argument(
+        "--n-jobs", type=int_range(-1, 4096), default=None, help="random-forest jobs (default 1)"
+    )
     g.add_argument("--no-control", action="store_true", help="skip the random control")
     g.add_argument("--no-plots", action="store_true", help="skip roc.png")
+    add_overwrite_argument(g)
     g.set_defaults(func=run_genes)
+
+
+def _read_for_evaluation(path: Path) -> AnnData:
+    """``obs`` and ``obsm`` of an .h5ad/.zarr AnnData (``X`` is not read)."""
+    import anndata as ad
+
+    kind = require_anndata(path)
+    try:
+        if kind == "h5ad":
+            import h5py
+
+            root: Any = h5py.File(path, "r")
+        else:
+            import zarr
+
+            root = zarr.open_group(str(path), mode="r")
+        try:
+            obs = ad.io.read_elem(root["obs"])
+            obsm = ad.io.read_elem(root["obsm"]) if "obsm" in root else {}
+        finally:
+            if kind == "h5ad":
+                root.close()
+    except (OSError, KeyError, ValueError) as exc:
+        msg = f"cannot read obs/obsm of {path} (truncated or corrupt?): {exc}"
+        raise GeneptError(msg) from exc
+    return ad.AnnData(obs=obs, obsm=obsm)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``genept-fast evaluate``."""
-    import anndata as ad
-
     from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate
 
     path: Path = args.input
-    if not path.is_file():
+    if not path.exists():
         msg = f"input file not found: {str(path)!r}"
         raise FileNotFoundError(msg)
-    try:
-        adata = ad.read_h5ad(path, backed="r")
-    except OSError as exc:
-        msg = f"cannot read {str(path)!r} as .h5ad: {exc}"
-        raise GeneptError(msg) from exc
-    try:
-        report = evaluate(
-            adata,
-            label_key=args.label,
-            batch_key=args.batch,
-            obsm_keys=args.obsm,
-            seed=args.seed,
-            exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
-            knn_k=args.knn_k,
-            test_size=args.test_size,
-            leiden=not args.no_leiden,
-            leiden_resolution=args.resolution,
-            n_neighbors=args.n_neighbors,
-            logreg=not args.no_logreg,
-            plots=not args.no_plots,
+    require_anndata(path)
+    figures = [] if args.no_plots else [f"umap_{safe_name(k)}.png" for k in args.obsm or ()]
+    check_output(
+        args.out,
+        kind="folder",
+        overwrite=args.overwrite,
+        inputs=[path],
+        names=[*REPORT_FILES, *figures],
+    )
+    adata = _read_for_evaluation(path)
+    if adata.n_obs == 0:
+        msg = f"{path} has no cells to evaluate"
+        raise GeneptError(msg)
+    if not args.no_plots and args.obsm is None:  # now the default keys (and figures) are known
+        from genept_fast.eval._cells import _default_obsm_keys
+
+        check_output(
+            args.out,
+            kind="folder",
+            overwrite=args.overwrite,
+            names=[f"umap_{safe_name(k)}.png" for k in _default_obsm_keys(adata)],
         )
-    finally:
-        if adata.isbacked:
-            adata.file.close()
-    written = report.write(args.out)
+    report = evaluate(
+        adata,
+        label_key=args.label,
+        batch_key=args.batch,
+        obsm_keys=args.obsm,
+        seed=args.seed,
+        exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
+        knn_k=args.knn_k,
+        test_size=args.test_size,
+        leiden=not args.no_leiden,
+        leiden_resolution=args.resolution,
+        n_neighbors=args.n_neighbors,
+        logreg=not args.no_logreg,
+        plots=not args.no_plots,
+    )
+    written = report.write(args.out, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
     print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
     return 0
@@ -134,6 +188,20 @@ def run_genes(args: argparse.Namespace) -> int:
     if not path.is_file():
         msg = f"gene embedding file not found: {str(path)!r}"
         raise FileNotFoundError(msg)
+    require_table(
+        path,
+        role="gene embedding table",
+        allowed=("parquet", "pickle"),
+        expect="a gene-embedding table (parquet from embed-genes, or GenePT's pickle)",
+    )
+    require_table(args.labels, role="--labels", allowed=("parquet", "text", "gzip-text"))
+    check_output(
+        args.out,
+        kind="folder",
+        overwrite=args.overwrite,
+        inputs=[path, args.labels],
+        names=[*REPORT_FILES, *(() if args.no_plots else ("roc.png",))],
+    )
     table = GeneEmbeddings.read(path)
     report = evaluate_genes(
         table.genes,
@@ -153,7 +221,7 @@ def run_genes(args: argparse.Namespace) -> int:
             "text_source": table.metadata.get("text_source", "unknown"),
         },
     )
-    written = report.write(args.out)
+    written = report.write(args.out, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
     print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
     return 0

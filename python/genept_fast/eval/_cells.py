@@ -183,13 +183,17 @@ class CellEvalReport:
             )
         return out
 
-    def write(self, out_dir: str | Path) -> dict[str, Path]:
+    def write(self, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
         """Write ``report.md``, ``report.json`` and the UMAP PNGs into ``out_dir``.
 
         Every file is written atomically (a temporary file in ``out_dir``, then a rename);
-        ``report.md`` is written last. Returns the paths by file name.
+        ``report.md`` is written last. A report file that exists already is refused unless
+        ``overwrite=True``; nothing else in ``out_dir`` is touched. Returns the paths by file
+        name.
         """
-        return write_report_files(Path(out_dir), self.figures(), self.to_dict(), self.to_markdown())
+        return write_report_files(
+            Path(out_dir), self.figures(), self.to_dict(), self.to_markdown(), overwrite=overwrite
+        )
 
 
 def _best(values: Sequence[Any], direction: str) -> set[int]:

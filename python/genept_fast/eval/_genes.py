@@ -307,12 +307,15 @@ class GeneEvalReport:
         ax.legend(loc="lower right", fontsize=7)
         return {"roc.png": figure_png(fig)}
 
-    def write(self, out_dir: str | Path) -> dict[str, Path]:
+    def write(self, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
         """Write ``report.md``, ``report.json`` and ``roc.png`` into ``out_dir``, atomically.
 
-        Returns the paths by file name.
+        A report file that exists already is refused unless ``overwrite=True``; nothing else in
+        ``out_dir`` is touched. Returns the paths by file name.
         """
-        return write_report_files(Path(out_dir), self.figures(), self.to_dict(), self.to_markdown())
+        return write_report_files(
+            Path(out_dir), self.figures(), self.to_dict(), self.to_markdown(), overwrite=overwrite
+        )
 
 
 def _auc_text(result: dict[str, Any]) -> str:

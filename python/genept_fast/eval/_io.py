@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast._atomic import atomic_write_bytes
-from genept_fast._core import GeneptError
+from genept_fast._outputs import check_output
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "REPORT_FILES",
     "atomic_write_bytes",
     "figure_png",
     "fmt",
@@ -128,14 +129,21 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+#: The files every report writes (its figures come on top).
+REPORT_FILES = ("report.json", "report.md")
+
+
 def write_report_files(
-    out_dir: Path, pngs: Mapping[str, bytes], data: Any, markdown: str
+    out_dir: Path, pngs: Mapping[str, bytes], data: Any, markdown: str, *, overwrite: bool = False
 ) -> dict[str, Path]:
-    """Write the PNGs, then ``report.json``, then ``report.md``, each atomically."""
+    """Write the PNGs, then ``report.json``, then ``report.md``, each atomically.
+
+    The folder is created if needed and never removed; a file of the report that exists is
+    refused unless ``overwrite`` (see :mod:`genept_fast._outputs`). Nothing else in the folder
+    is touched.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        msg = f"report folder {str(out_dir)!r} exists and is not a folder"
-        raise GeneptError(msg)
+    check_output(out_dir, kind="folder", overwrite=overwrite, names=[*pngs, *REPORT_FILES])
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for name, png in pngs.items():

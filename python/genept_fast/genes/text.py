@@ -752,7 +752,11 @@ def _check(df: pl.DataFrame, where: str) -> None:
 
 
 def write_texts(
-    df: pl.DataFrame, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    df: pl.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a :func:`gene_texts` table to parquet atomically (temp file + rename).
 
@@ -764,14 +768,18 @@ def write_texts(
         Destination ``.parquet`` file; its folder is created if needed.
     metadata
         Extra key-value metadata for the parquet footer (never put secrets here).
+    overwrite
+        Replace an existing file (refused otherwise; a directory is never replaced).
 
     Returns
     -------
     pathlib.Path
         The written file.
     """
+    from genept_fast._outputs import check_output
+
     _check(df, "write_texts")
-    out = Path(path)
+    out = check_output(path, overwrite=overwrite)
     meta = {"genept_fast.table": "gene_texts", **(metadata or {})}
     with atomic_path(out) as tmp:
         df.write_parquet(tmp, metadata=meta)

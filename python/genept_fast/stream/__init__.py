@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast._core import GeneptError
+from genept_fast._outputs import check_output, disk_usage, format_bytes
 from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
 from genept_fast.stream.sinks import FORMATS, make_work_store, output_format
 from genept_fast.stream.sources import (
@@ -39,11 +40,11 @@ from genept_fast.stream.sources import (
     read_obs_names,
     read_var_names,
 )
-from genept_fast.stream.state import PartialState
+from genept_fast.stream.state import PartialState, check_work_dir
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     import numpy.typing as npt
     import scipy.sparse as sp
@@ -57,12 +58,16 @@ __all__ = [
     "ChunkSource",
     "StreamReport",
     "WeightedEncoder",
+    "check_key",
+    "check_output_paths",
     "encode_file",
     "encode_weighted",
     "open_source",
+    "output_format",
     "read_obs_names",
     "read_var_names",
     "report_dict",
+    "work_dir",
 ]
 
 log = logging.getLogger("genept_fast.stream")
@@ -155,6 +160,31 @@ class _Failure:
         self.exc = exc
 
 
+class _Blame:
+    """Set by the pipeline when a failure is the input's fault (bad values, a corrupt file)."""
+
+    input = False
+
+
+def _after_failure(
+    state: PartialState, exc: BaseException, *, input_at_fault: bool, n_chunks: int
+) -> None:
+    """Remove ``<output>.partial/`` when it cannot be resumed; else say where it is kept."""
+    if input_at_fault or not state.done:
+        state.remove()
+        return
+    state.release()
+    note = (
+        f"partial work kept in {state.dir} ({len(state.done)} of {n_chunks} chunks done,"
+        f" {format_bytes(disk_usage(state.dir))} on disk): run the same command again to"
+        " resume, or delete it"
+    )
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        log.warning("%s", note)
+
+
 _END = object()
 
 
@@ -171,6 +201,44 @@ def _encoder_id(encoder: Callable[..., Any], fingerprint: str | None) -> str:
 
 def _resolve_preprocess(source: ChunkSource, how: str) -> str:
     return resolve_preprocess(how, lambda: source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS)))
+
+
+def work_dir(output: str | os.PathLike[str]) -> Path:
+    """The resumable work folder of ``output``: ``<output>.partial/`` beside it."""
+    out = Path(output)
+    return out.with_name(out.name + ".partial")
+
+
+def check_output_paths(
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+) -> Path:
+    """The output rule for a streamed ``output`` and its work folder; call before any work.
+
+    See :func:`genept_fast._outputs.check_output` (a ``.zarr`` output is a store, the rest are
+    files) and :func:`genept_fast.stream.state.check_work_dir`.
+    """
+    out = Path(output)
+    store = output_format(out) == ".zarr"
+    check_output(out, kind="store" if store else "file", overwrite=overwrite, inputs=inputs)
+    check_work_dir(work_dir(out))
+    return out
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a plain name for an array or ``obsm`` entry (no path, no dot segments)."""
+    if not isinstance(key, str) or not key.strip():
+        msg = f"key must be a non-empty name, got {key!r}"
+        raise GeneptError(msg)
+    if "/" in key or "\\" in key or key.startswith(".") or any(ord(c) < 32 for c in key):
+        msg = (
+            f"key {key!r} is not a plain name (no '/', '\\', leading '.' or control characters):"
+            " it names an array inside the output, never a path"
+        )
+        raise GeneptError(msg)
+    return key
 
 
 def _check_args(chunk_size: int, dim: int, output_dtype: str) -> np.dtype[Any]:
@@ -205,6 +273,7 @@ def encode_file(
     resume: bool = True,
     fingerprint: str | None = None,
     uns: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> StreamReport:
     """Encode every cell of a (possibly larger than memory) AnnData file, chunk by chunk.
 
@@ -253,6 +322,10 @@ def encode_file(
         Provenance to store with the result under ``uns[key]`` (``.h5ad``; the attributes of a
         ``.zarr`` group, the metadata of a ``.parquet`` file): its ``"params"`` are merged into
         the run's parameters, other entries (e.g. ``"coverage"``) are stored as given.
+    overwrite
+        Replace an existing ``output`` (a directory only if it is a store genept-fast wrote).
+        Without it an existing output is refused before any work; an output equal to or inside
+        the input is always refused (see :mod:`genept_fast._outputs`).
 
     Returns
     -------
@@ -261,14 +334,32 @@ def encode_file(
     Raises
     ------
     GeneptError
-        Bad arguments; a missing, truncated or corrupt input (the message names the file and
-        what is wrong); an encoder returning the wrong shape; another job holding
+        Bad arguments; an existing output without ``overwrite``; a missing, truncated or corrupt
+        input (the message names the file and what is wrong; cell positions are those of the
+        whole matrix); an encoder returning the wrong shape; another job holding
         ``<output>.partial/``.
+
+    Notes
+    -----
+    When the job fails, ``<output>.partial/`` is removed if the input is at fault (bad values,
+    a corrupt file: the job could never be resumed with it) or if no chunk was finished;
+    otherwise (an interrupt, a network failure, a full disk) it is kept and the exception
+    carries a note saying where, how many chunks are done and how much disk it holds. The
+    input is at fault when reading or preprocessing a chunk fails, or when a genept-fast kernel
+    called by the encoder rejects the chunk (:func:`genept_fast.kernels.is_kernel_error`).
     """
     t0 = time.perf_counter()
     out = Path(output)
     fmt = output_format(out)
     dtype = _check_args(chunk_size, dim, output_dtype)
+    check_key(key)
+    if fmt == ".zarr" and key == "obs_names":
+        msg = "key 'obs_names' is taken by the cell names in a .zarr output; choose another key"
+        raise GeneptError(msg)
+    input_path = None if isinstance(input, ChunkSource) else input
+    if isinstance(input, AnnDataSource):
+        input_path = input.path
+    check_output_paths(out, overwrite=overwrite, inputs=[input_path])
     chunk_size, dim = int(chunk_size), int(dim)
     if not callable(encoder):
         msg = f"encoder must be callable, got {type(encoder).__name__}"
@@ -345,7 +436,8 @@ def _encode(
         "n_chunks": n_chunks,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = PartialState(out.with_name(out.name + ".partial"), header, resume=resume)
+    state = PartialState(work_dir(out), header, resume=resume)
+    blame = _Blame()
     try:
         work = make_work_store(
             fmt, state.dir, n_cells=n_cells, dim=dim, dtype=dtype, chunk_size=chunk_size, key=key
@@ -372,6 +464,7 @@ def _encode(
             progress=progress,
             n_cells=n_cells,
             label=out.name,
+            blame=blame,
         )
         uns_params = {
             **{k: v for k, v in params.items() if v is not None},
@@ -384,8 +477,8 @@ def _encode(
         work.finalize(out, source=source, chunk_size=chunk_size, key=key, uns=uns)
         work.close()
         state.remove()
-    except BaseException:
-        state.release()
+    except BaseException as exc:
+        _after_failure(state, exc, input_at_fault=blame.input, n_chunks=n_chunks)
         raise
     return StreamReport(
         output=out,
@@ -420,9 +513,16 @@ def _run_pipeline(
     progress: bool,
     n_cells: int,
     label: str,
+    blame: _Blame,
 ) -> None:
-    """Reader thread → encoder (this thread) → writer thread, at most two input chunks alive."""
+    """Reader thread → encoder (this thread) → writer thread, at most two input chunks alive.
+
+    Errors name cells by their position in the whole matrix; ``blame.input`` is set when the
+    input is at fault (a read or preprocessing error, or a kernel rejecting the chunk).
+    """
     from tqdm.auto import tqdm
+
+    from genept_fast.kernels import is_kernel_error, offset_cells
 
     stop = threading.Event()
     slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
@@ -489,9 +589,16 @@ def _run_pipeline(
             if item is _END:
                 break
             if isinstance(item, _Failure):
+                blame.input = isinstance(item.exc, GeneptError)
                 raise item.exc
             i, a, b, X, names = item
-            emb = np.asarray(encoder(X))
+            try:
+                emb = np.asarray(encoder(X))
+            except GeneptError as exc:
+                if not is_kernel_error(exc):
+                    raise
+                blame.input = True
+                raise offset_cells(exc, a, where=source.name) from None
             del X, item
             slots.release()
             if emb.shape != (b - a, dim):

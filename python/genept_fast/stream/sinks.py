@@ -10,7 +10,9 @@ any order and a resumed job fills in exactly the missing rows:
   embedding array); it becomes the ``.zarr`` output by a rename.
 
 Every final file is first written under a temporary name in the output's directory and moved into
-place with ``os.replace`` (see :func:`genept_fast.stream.state.install`).
+place with ``os.replace`` (see :func:`genept_fast._outputs.install`). A ``.zarr`` output carries
+:data:`genept_fast._outputs.STORE_MARKER` in its attributes, so that a later ``overwrite=True``
+can recognise it as genept-fast's own (any other directory is never removed).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast._core import GeneptError
-from genept_fast.stream.state import install
+from genept_fast._outputs import install, store_attrs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -243,9 +245,9 @@ class NpyWork(WorkStore):
                 write_elem(f, name, {})
             write_elem(f, "uns", uns)
             write_elem(f, "obsm", {})
-            rows = max(1, min(chunk_size, self.n_cells))
+            chunks = (min(chunk_size, self.n_cells), self.dim) if self.n_cells else None
             ds = f["obsm"].create_dataset(
-                key, shape=(self.n_cells, self.dim), dtype=self.dtype, chunks=(rows, self.dim)
+                key, shape=(self.n_cells, self.dim), dtype=self.dtype, chunks=chunks
             )
             ds.attrs["encoding-type"] = "array"
             ds.attrs["encoding-version"] = "0.2.0"
@@ -326,7 +328,7 @@ class ZarrWork(WorkStore):
         import json
 
         g = self._g()
-        g.attrs.update(json.loads(json.dumps(uns, default=str)))
+        g.attrs.update({**json.loads(json.dumps(uns, default=str)), **store_attrs()})
         self._group = None
         install(self.path, output)
 

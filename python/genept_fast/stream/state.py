@@ -23,48 +23,35 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._atomic import atomic_write_bytes
 from genept_fast._core import GeneptError
+from genept_fast._outputs import remove_path
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["MANIFEST_VERSION", "PartialState", "atomic_write_bytes", "install"]
+__all__ = ["MANIFEST_VERSION", "PartialState", "atomic_write_bytes", "check_work_dir"]
 
 log = logging.getLogger("genept_fast.stream")
 
 MANIFEST_VERSION = 1
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def check_work_dir(path: Path) -> None:
+    """Refuse ``path`` as a work directory unless it is missing, empty, or holds our files.
 
-
-def install(src: Path, dst: Path) -> None:
-    """Move the finished ``src`` (file or directory) to ``dst``, replacing what is there.
-
-    ``dst`` never holds a partial result: a file is swapped in with one ``os.replace``; for a
-    directory (zarr) an existing ``dst`` is first renamed aside, then removed after the swap.
+    Whatever else is there (a user's folder that happens to be called ``<output>.partial``) is
+    never cleared.
     """
-    if src.is_dir():
-        if dst.exists() or dst.is_symlink():
-            aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            _remove(aside)
-            dst.replace(aside)
-            src.replace(dst)
-            _remove(aside)
-        else:
-            src.replace(dst)
+    if not path.exists() and not path.is_symlink():
         return
-    if dst.is_dir() and not dst.is_symlink():
-        aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        _remove(aside)
-        dst.replace(aside)
-        src.replace(dst)
-        _remove(aside)
-        return
-    src.replace(dst)
+    if path.is_dir() and not path.is_symlink():
+        names = {p.name for p in path.iterdir()}
+        if not names or "manifest.json" in names or ".lock" in names:
+            return
+    msg = (
+        f"{path} exists and is not genept-fast work state (no manifest.json); it is never"
+        " removed: move it away or choose another output"
+    )
+    raise GeneptError(msg)
 
 
 class PartialState:
@@ -84,6 +71,7 @@ class PartialState:
     def __init__(self, workdir: Path, header: dict[str, Any], *, resume: bool = True) -> None:
         self.dir = workdir
         self.header = json.loads(json.dumps(header))  # normalise tuples etc. for comparison
+        check_work_dir(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock()
         self.done: set[int] = set()
@@ -120,7 +108,7 @@ class PartialState:
     def _clear(self) -> None:
         for p in self.dir.iterdir():
             if p.name != ".lock":
-                _remove(p)
+                remove_path(p)
 
     def _load(self, resume: bool) -> None:
         path = self.manifest_path
