@@ -566,6 +566,29 @@ def test_tl_and_dask_errors_give_global_cell_positions() -> None:
         )
 
 
+def test_evaluate_reports_missing_labels_and_zero_embeddings() -> None:
+    from genept_fast.eval import evaluate
+
+    adata = _adata(90)
+    labels = np.array(["T", "B", "NK"] * 30, dtype=object)
+    labels[:6] = ["nan", "NaN", "", "None", " ", "nan"]
+    adata.obs["ct"] = labels
+    rng = np.random.default_rng(3)
+    good = rng.standard_normal((90, 5))
+    good[10:13] = 0
+    adata.obsm["X_good"] = good
+    adata.obsm["X_zero"] = np.zeros((90, 5))
+    rep = evaluate(adata, label_key="ct", obsm_keys=["X_good", "X_zero"], leiden=False, plots=False)
+    assert rep.cells["n_missing_label"] == 6 and rep.cells["n_evaluated"] == 84
+    assert set(rep.cells["label_counts"]) == {"T", "B", "NK"}
+    notes = " ".join(rep.notes)
+    assert "count as having no label" in notes
+    assert "obsm['X_zero'] is all zeros" in notes and "not scored" in notes
+    assert "obsm['X_good']: 3 of 84 evaluated cells have an all-zero embedding" in notes
+    assert "kmeans_ami" in rep.results["X_good"] and "kmeans_ami" not in rep.results["X_zero"]
+    assert "| k-means AMI (label) |" in rep.to_markdown()
+
+
 def test_help_texts_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("gene-text", "embed-genes", "encode", "evaluate", "evaluate-genes", "demo"):
         assert main([command, "--help"]) == 0

@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Score the embeddings in an .h5ad's obsm with the GenePT paper's protocols: k-means "
             "and Leiden clustering (AMI/ARI), kNN and logistic-regression annotation on a "
             "stratified 80/20 split, batch-effect ARI and silhouettes. Cells labelled 'Unknown' "
-            "are left out. Writes report.md, report.json and UMAP PNGs; an existing report is "
-            "refused unless --overwrite."
+            "are left out, and so are cells without a label (empty, 'nan', 'None'). Writes "
+            "report.md, report.json and UMAP PNGs; an existing report is refused unless "
+            "--overwrite."
         ),
     )
     p.add_argument("input", type=Path, help="input AnnData (.h5ad or .zarr)")
@@ -175,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     )
     written = report.write(args.out, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
     return 0
 

@@ -294,8 +294,13 @@ def _umap_png(
     return figure_png(fig)
 
 
+#: Label strings that mean "no label" (compared case-insensitively, after stripping): what
+#: ``str()`` of a missing value gives after a round trip through text (CSV, ``astype(str)``).
+MISSING_LABEL_TEXT = frozenset({"", "nan", "none", "null", "na", "n/a", "<na>"})
+
+
 def _as_str_labels(values: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Strings per cell and a mask of missing values (NaN / None / empty)."""
+    """Strings per cell and a mask of missing values (NaN / None / empty / "nan" and kin)."""
     import pandas as pd
 
     series = pd.Series(values)
@@ -303,7 +308,7 @@ def _as_str_labels(values: Any) -> tuple[np.ndarray, np.ndarray]:
     text = np.array(
         ["" if m else str(v) for v, m in zip(series, missing, strict=True)], dtype=object
     )
-    missing |= np.array([t.strip() == "" for t in text], dtype=bool)
+    missing |= np.array([t.strip().casefold() in MISSING_LABEL_TEXT for t in text], dtype=bool)
     return text, missing
 
 
@@ -473,6 +478,13 @@ def evaluate(
         msg = f"need at least 2 labels in obs[{label_key!r}] after exclusions, got {len(classes)}"
         raise GeneptError(msg)
     notes: list[str] = []
+    textual = missing & np.array([t.strip() != "" for t in labels_all], dtype=bool)
+    if textual.any():
+        shown = sorted({str(t) for t in labels_all[textual]})[:5]
+        notes.append(
+            f"{int(textual.sum())} cells labelled {', '.join(map(repr, shown))} in"
+            f" obs[{label_key!r}] count as having no label and are left out"
+        )
 
     batches: np.ndarray | None = None
     batch_ok = np.ones(n, dtype=bool)
@@ -567,10 +579,21 @@ def evaluate(
     for key in keys:
         log.info("evaluating obsm[%r]", key)
         E = _embedding(adata, key, keep)
-        res: dict[str, Any] = {
-            "dim": int(E.shape[1]),
-            "n_zero_rows": int((~E.any(axis=1)).sum()),
-        }
+        n_zero = int((~E.any(axis=1)).sum())
+        res: dict[str, Any] = {"dim": int(E.shape[1]), "n_zero_rows": n_zero}
+        if n_zero == n:
+            notes.append(
+                f"obsm[{key!r}] is all zeros for every evaluated cell (no gene with an"
+                " embedding expressed?): not scored"
+            )
+            res["not_scored"] = "all-zero embedding"
+            results[key] = res
+            continue
+        if n_zero:
+            notes.append(
+                f"obsm[{key!r}]: {n_zero} of {n} evaluated cells have an all-zero embedding"
+                " (no gene with an embedding expressed); they are scored as they are"
+            )
         km = MiniBatchKMeans(
             n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=1024
         ).fit_predict(E)
