@@ -251,29 +251,47 @@ def test_gene_text_lines_must_be_genes(
     assert pl.read_parquet(work / "t.parquet")["gene"].to_list() == ["ENSG00000141510"]
 
 
-@pytest.mark.parametrize("kind", ["tenx", "mtx", "h5ad", "binary", "empty"])
+#: What each bad input is called when a table (parquet, CSV, pickle) was expected.
+TABLE_WHAT = {
+    "empty": "an empty file",
+    "truncated": "truncated or corrupt",
+    "tenx": "10x Genomics HDF5",
+    "loom": "a .loom file",
+    "mtx": "Matrix Market",
+    "tenx_dir": "10x Genomics matrix folder",
+    "folder": "a folder",
+    "text_h5ad": "text file",
+    "binary": "binary",
+    "h5ad": "AnnData .h5ad",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TABLE_WHAT))
 def test_table_inputs_are_checked(
     files: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
-    bad = str(files[kind])
+    bad, what = str(files[kind]), TABLE_WHAT[kind]
     root = files[kind].parent
     f = files
-    refused(["embed-genes", bad, "-o", "g.parquet"], root, capsys, bad, "not a parquet gene text")
-    refused(["encode", str(f["h5ad"]), "--genes", bad, "-o", "o.npy"], root, capsys, "--genes", bad)
+    refused(["embed-genes", bad, "-o", "g.parquet"], root, capsys, bad, what)
+    refused(["encode", str(f["h5ad"]), "--genes", bad, "-o", "o.npy"], root, capsys, bad, what)
     refused(
-        ["evaluate-genes", bad, "--labels", str(f["labels"]), "-o", "r"],
-        root,
-        capsys,
-        "not a gene-embedding table",
+        ["evaluate-genes", bad, "--labels", str(f["labels"]), "-o", "r"], root, capsys, bad, what
     )
-    if kind not in ("h5ad", "tenx"):  # (an .h5ad is not a label table either: tested below)
-        refused(["evaluate-genes", str(f["genes"]), "--labels", bad, "-o", "r"], root, capsys, bad)
     refused(
-        ["gene-text", "GENE1", "--source", "file", "--file", bad, "-o", "t.parquet"],
-        root,
-        capsys,
-        "--file",
+        ["evaluate-genes", str(f["genes"]), "--labels", bad, "-o", "r"], root, capsys, bad, what
     )
+    argv = ["gene-text", "GENE1", "--source", "file", "--file", bad, "-o", "t.parquet"]
+    refused(argv, root, capsys, "--file", what)
+
+
+def test_no_progress_bar_frames_in_logs(
+    files: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["embed-genes", str(files["texts"]), "-o", "g.parquet"]) == 0
+    err = capsys.readouterr().err  # not a terminal
+    assert "\r" not in err and "it/s" not in err, err
+    assert err.strip().splitlines()[-1].startswith("wrote g.parquet")
 
 
 def test_missing_inputs(files: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]):

@@ -157,13 +157,19 @@ _CLAIMS: dict[str, tuple[str, frozenset[str]]] = {
 }
 
 
-def check_claim(path: str | os.PathLike[str], found: Sniffed | None = None) -> Sniffed:
-    """``sniff(path)``, or a one-line error when the content is not what the suffix says."""
+def check_claim(
+    path: str | os.PathLike[str], found: Sniffed | None = None, *, role: str | None = None
+) -> Sniffed:
+    """``sniff(path)``, or a one-line error when the content is not what the suffix says.
+
+    ``role`` (``"--file"``...) is put in front of the path in the message.
+    """
     p = Path(path)
     found = sniff(p) if found is None else found
     claim = _CLAIMS.get(p.suffix.lower())
     if claim is not None and found.kind not in claim[1] and found.kind != "missing":
-        msg = f"{p} is named like {claim[0]} but is {found.what}"
+        who = f"{role} {p}" if role else str(p)
+        msg = f"{who} is named like {claim[0]} but is {found.what}"
         raise GeneptError(msg)
     return found
 
@@ -245,7 +251,7 @@ def require_table(
         msg = f"{role} not found: {p}"
         raise FileNotFoundError(msg)
     if s.kind in allowed:
-        check_claim(p, s)
+        check_claim(p, s, role=role)
         return s.kind
     msg = f"{role} {p} is {s.what}, not {expect}"
     raise GeneptError(msg)

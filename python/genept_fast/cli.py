@@ -8,8 +8,9 @@ A user never sees a Python traceback. What goes wrong is said in one line on std
 
 - 2: the input or the arguments (:class:`~genept_fast.GeneptError`, a missing or unreadable
   file, a usage error) — fix the call;
-- 1: the network or a service (:class:`~genept_fast._http.HttpError`, connection failures), or a
-  bug in genept-fast: then the line names a log file that holds the traceback, to report;
+- 1: the network or a service (:class:`~genept_fast._http.HttpError`, connection failures),
+  running out of memory, or a bug in genept-fast: then the line names a log file that holds the
+  traceback, to report;
 - 130: interrupted (Ctrl-C); work that can be resumed is kept and the line says where.
 """
 
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (GeneptError, OSError) as exc:
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        hint = " (try a smaller --chunk-size)" if args.command == "encode" else ""
+        print(f"{prog}: error: out of memory{hint}", file=sys.stderr)
+        return 1
     except Exception as exc:
         log = _crash_log(argv, exc)
         where = f"the traceback is in {log}" if log else "no log file could be written"

@@ -51,6 +51,7 @@ def run_demo(
     plots: bool = True,
     n_threads: int | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the offline demo; writes into ``out_dir`` and returns the metrics by embedding.
 
@@ -58,7 +59,7 @@ def run_demo(
     (the AnnData with ``obsm["X_genept_w"]`` and ``obsm["X_genept_s"]``), and the evaluation
     report (``report.md``, ``report.json``, one UMAP PNG per embedding). If any of them exists
     already, nothing is done unless ``overwrite=True``; other files in ``out_dir`` are never
-    touched.
+    touched. ``progress``: show progress bars while embedding.
     """
     import scanpy as sc
 
@@ -87,14 +88,14 @@ def run_demo(
         else get_embedder(embedder)
     )
     print(f"gene text: {used}; text model: {emb.model_id}")
-    table = GeneEmbeddings.from_texts(texts, emb, progress=True)
+    table = GeneEmbeddings.from_texts(texts, emb, progress=progress)
     table.write(out / "genes.parquet", overwrite=overwrite)
 
     t = time.perf_counter()
     tl.genept_w(adata, table, n_threads=n_threads)
     print(f"GenePT-w: {adata.n_obs} cells in {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
-    tl.genept_s(adata, emb, progress=True, n_threads=n_threads)
+    tl.genept_s(adata, emb, progress=progress, n_threads=n_threads)
     p = adata.uns["X_genept_s"]["params"]
     print(
         f"GenePT-s: {adata.n_obs} cell sentences ({p['genes_per_sentence_mean']:.0f} genes each on "

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from genept_fast.demo import run_demo
 
     run_demo(
@@ -43,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         n_threads=args.threads,
         overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),  # no bar frames in logs
     )
     return 0

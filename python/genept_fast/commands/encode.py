@@ -232,7 +232,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if not args.genes:
             msg = "--method w needs --genes TABLE (make one with `genept-fast embed-genes`)"
             raise GeneptError(msg)
-        if not Path(args.genes).is_file():
+        if not Path(args.genes).exists():
             msg = f"--genes table not found: {args.genes}"
             raise FileNotFoundError(msg)
         unused = [

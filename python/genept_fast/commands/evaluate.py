@@ -188,7 +188,7 @@ def run_genes(args: argparse.Namespace) -> int:
     from genept_fast.table import GeneEmbeddings
 
     path: Path = args.genes
-    if not path.is_file():
+    if not path.exists():
         msg = f"gene embedding file not found: {str(path)!r}"
         raise FileNotFoundError(msg)
     require_table(
