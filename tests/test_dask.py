@@ -17,6 +17,7 @@ import genept_fast as gf
 from genept_fast import GeneptError
 from genept_fast.preprocess import normalize_log1p
 
+dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 gdask = pytest.importorskip("genept_fast.dask")
@@ -71,9 +72,13 @@ def test_local_scheduler_without_client(data: dict) -> None:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[distributed.Client]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    # The Active Memory Manager's ReduceReplicas policy (on by default, every 2 s) drops the
+    # broadcast table's extra replica once no task waits for it; on a loaded machine that
+    # happens before the test looks. Switched off so the broadcast itself is what is tested.
+    with dask.config.set({"distributed.scheduler.active-memory-manager.start": False}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
     c = distributed.Client(cluster)
     c.wait_for_workers(2)
     try:
