@@ -19,11 +19,10 @@ matched and lists the others by name.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -73,10 +72,6 @@ def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
         msg = "refusing to unpickle _codecs.encode except latin-1 bytes"
         raise pickle.UnpicklingError(msg)
     return text.encode("latin-1")
-
-
-def _restricted_load(data: bytes) -> Any:
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def _infer_pickle_model(name: str) -> str:
@@ -271,43 +266,67 @@ class GeneEmbeddings:
 
     @classmethod
     def _read_pickle(cls, path: Path) -> GeneEmbeddings:
+        with path.open("rb") as fh:
+            return cls.from_genept_pickle(
+                fh,
+                where=str(path),
+                metadata={
+                    "model_id": _infer_pickle_model(path.name),
+                    "text_source": "genept-pickle",
+                    "source_file": path.name,
+                },
+            )
+
+    @classmethod
+    def from_genept_pickle(
+        cls, stream: IO[bytes], *, where: str, metadata: Mapping[str, Any]
+    ) -> GeneEmbeddings:
+        """A table from a GenePT pickle (a dict symbol → vector) read from ``stream``.
+
+        The pickle is read by the restricted unpickler (dicts, lists, strings, numbers and
+        numpy arrays only; anything else is refused without running code).
+
+        Parameters
+        ----------
+        stream
+            A binary file object positioned at the pickle (a file, or a member of a zip).
+        where
+            Names the source in error messages.
+        metadata
+            Provenance for the table (``model_id``, ``text_source``, ...).
+        """
         try:
-            obj = _restricted_load(path.read_bytes())
+            obj = _RestrictedUnpickler(stream).load()
         except pickle.UnpicklingError as exc:
-            msg = f"{path}: {exc}"
+            msg = f"{where}: {exc}"
             raise GeneptError(msg) from None
         except Exception as exc:
-            msg = f"{path} is not a readable pickle: {exc}"
+            msg = f"{where} is not a readable pickle: {exc}"
             raise GeneptError(msg) from None
         if not isinstance(obj, dict) or not obj:
-            msg = f"{path}: expected a non-empty dict gene symbol → vector"
+            msg = f"{where}: expected a non-empty dict gene symbol → vector"
             raise GeneptError(msg)
         genes: list[str] = []
         rows: list[np.ndarray] = []
         for k, v in obj.items():
             if not isinstance(k, str):
-                msg = f"{path}: key {k!r} is not a gene symbol string"
+                msg = f"{where}: key {k!r} is not a gene symbol string"
                 raise GeneptError(msg)
             try:
                 arr = np.asarray(v, dtype=np.float32)
             except (TypeError, ValueError):
-                msg = f"{path}: the vector of {k!r} is not numeric"
+                msg = f"{where}: the vector of {k!r} is not numeric"
                 raise GeneptError(msg) from None
             if arr.ndim != 1:
-                msg = f"{path}: the vector of {k!r} has shape {arr.shape}"
+                msg = f"{where}: the vector of {k!r} has shape {arr.shape}"
                 raise GeneptError(msg)
             genes.append(k)
             rows.append(arr)
         dims = {r.shape[0] for r in rows}
         if len(dims) != 1:
-            msg = f"{path}: vectors have different lengths {sorted(dims)[:5]}"
+            msg = f"{where}: vectors have different lengths {sorted(dims)[:5]}"
             raise GeneptError(msg)
-        meta = {
-            "model_id": _infer_pickle_model(path.name),
-            "text_source": "genept-pickle",
-            "source_file": path.name,
-        }
-        return cls(genes, np.stack(rows), meta)
+        return cls(genes, np.stack(rows), metadata)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod

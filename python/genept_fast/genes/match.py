@@ -161,8 +161,6 @@ class Coverage:
         indirect = [(m, n) for m, n in self.by_method.items() if m != "exact" and n]
         if indirect:
             s += "; matched by " + ", ".join(f"{m} {n:,}" for m, n in indirect)
-        if self.n_case_insensitive:
-            s += f" ({self.n_case_insensitive:,} matched ignoring case)"
         if self.n_zero:
             s += f"; {self.n_zero:,} in the table without text (zero vector)"
         if self.ambiguous:
