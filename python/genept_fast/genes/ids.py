@@ -11,7 +11,6 @@ Online, :func:`map_genes` asks MyGene.info (``POST /v3/query``, scopes
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +50,6 @@ STATUSES = (
 MYGENE_URL = "https://mygene.info/v3"
 MYGENE_BATCH = 1000
 SPECIES = ("human", "mouse")
-_ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{11}(?:\.\d+)?(?:_PAR_Y)?$")
 
 
 def looks_like_ensembl(ids: Iterable[object]) -> bool:
@@ -66,7 +64,7 @@ def looks_like_ensembl(ids: Iterable[object]) -> bool:
         if not text:
             continue
         n += 1
-        hits += bool(_ENSEMBL_RE.match(text))
+        hits += is_ensembl(text)
     return n > 0 and hits * 2 >= n
 
 
