@@ -226,8 +226,11 @@ def genept_w(
         The matrix to read: ``adata.layers[layer]``, ``adata.raw.X`` (``use_raw=True``; the
         default when ``adata.raw`` exists and no layer is given), else ``adata.X``.
     gene_key
-        A ``var`` column holding gene symbols (default: ``var_names``, or a symbol column /
-        offline mapping when they are Ensembl IDs).
+        A ``var`` column of gene identifiers to match first, ``var_names`` second. Default:
+        ``var_names`` first, then a symbol column of ``var`` (``gene_symbols``,
+        ``feature_name``, ...) if there is one. Any form matches a table keyed by any other
+        (symbols, previous/alias symbols, Ensembl IDs with or without version, Entrez IDs,
+        mouse genes): see :meth:`GeneEmbeddings.index_for`.
     preprocess
         ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (in
         a copy); ``"log1p"``: always; ``"none"``: use the values as they are.

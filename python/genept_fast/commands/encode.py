@@ -53,7 +53,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="read adata.raw.X (default: when the file has raw and no --layer is given)",
     )
-    p.add_argument("--gene-key", help="var column with gene symbols (default: var_names)")
+    p.add_argument(
+        "--gene-key",
+        help="var column of gene identifiers: -w matches it first, then var_names (default:"
+        " var_names, then a symbol column such as feature_name); -s writes it in sentences",
+    )
     p.add_argument(
         "--preprocess",
         choices=["auto", "log1p", "none"],
