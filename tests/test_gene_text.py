@@ -253,8 +253,33 @@ def test_ncbi_malformed_json(ncbi, cache):
 def test_ncbi_offline_fails_fast(cache):
     t0 = time.monotonic()
     with pytest.raises(ServiceUnavailableError, match="cannot reach"):
-        gene_texts(["TP53"], source="ncbi", ncbi_url=closed_url(), cache_dir=cache)
+        gene_texts(["TP53"], source="ncbi", ncbi_url=closed_url(), cache_dir=cache, fallback=None)
     assert time.monotonic() - t0 < 1.5
+
+
+def test_ncbi_offline_falls_back_to_hgnc_names(genes, cache):
+    # TP53 was fetched while NCBI answered (cached); then NCBI goes away: the rest get HGNC names
+    with NcbiServer(genes) as server:
+        url = server.url
+        gene_texts(["TP53"], source="ncbi", ncbi_url=url, cache_dir=cache, **FAST)
+    t0 = time.monotonic()
+    with pytest.warns(UserWarning, match=r"NCBI cannot be reached .* 2 genes .* HGNC name"):
+        df = gene_texts(
+            ["TP53", "CD3E", "ENSG00000010610", "NOT_A_GENE_X"],
+            source="ncbi",
+            ncbi_url=url,
+            cache_dir=cache,
+        )
+    assert time.monotonic() - t0 < 1.5
+    assert df["source"].to_list() == ["ncbi_summary", "hgnc_name", "hgnc_name", "missing"]
+    assert df["text"].to_list()[1:] == [
+        "CD3E: CD3 epsilon subunit of T-cell receptor complex",
+        "CD4: CD4 molecule",
+        None,
+    ]
+    assert df["text"][0] == expected_ncbi(genes, "TP53")
+    with pytest.raises(GeneptError, match="fallback must be"):
+        gene_texts(["TP53"], source="ncbi", fallback="symbol")
 
 
 def test_ncbi_kill_and_resume(ncbi, genes, cache):
@@ -461,20 +486,39 @@ def test_cli_gene_text(tmp_path, ncbi, capsys):
     assert read_texts(out)["text"].to_list() == ["TP53", "CD4", None]
 
 
-def test_cli_offline_error(tmp_path, capsys):
-    rc = main(
-        [
-            "gene-text",
-            "TP53",
-            "--ncbi-url",
-            closed_url(),
-            "--no-cache",
-            "-q",
-            "-o",
-            str(tmp_path / "t.parquet"),
-        ]
-    )
+def test_cli_offline_falls_back_or_fails(tmp_path, capsys):
+    args = ["gene-text", "TP53", "--ncbi-url", closed_url(), "--no-cache", "-q", "-o"]
+    assert main([*args, str(tmp_path / "t.parquet")]) == 0
+    assert "NCBI cannot be reached" in capsys.readouterr().err
+    df = read_texts(tmp_path / "t.parquet")
+    assert df["text"].to_list() == ["TP53: tumor protein p53"]
+    assert df["source"].to_list() == ["hgnc_name"]
+    rc = main([*args[:-1], "--no-fallback", "-o", str(tmp_path / "u.parquet")])
     assert rc == 1
     assert "cannot reach" in capsys.readouterr().err
-    assert not (tmp_path / "t.parquet").exists()
+    assert not (tmp_path / "u.parquet").exists()
+
+
+def test_hgnc_source_offline(tmp_path):
+    queries = ["CD3E", "ENSG00000010610.10", "FAM172A", "cd8a", "916", "Cd4", "NOTAGENE", ""]
+    df = gene_texts(queries, source="hgnc")
+    check_frame(df, queries)
+    assert df["text"].to_list() == [
+        "CD3E: CD3 epsilon subunit of T-cell receptor complex",
+        "CD4: CD4 molecule",
+        "ARB2A: ARB2 cotranscriptional regulator A",
+        "CD8A: CD8 subunit alpha",
+        "CD3E: CD3 epsilon subunit of T-cell receptor complex",  # Entrez ID
+        "CD4: CD4 molecule",  # species="human": another case of a human symbol
+        None,
+        None,
+    ]
+    assert df["source"].to_list()[:6] == ["hgnc_name"] * 6
+    assert df["source"][6] == "missing"
+    mouse = gene_texts(["Cd4", "Bex2", "Foo1"], source="hgnc", species="mouse", to_human=True)
+    assert mouse["text"].to_list()[:2] == ["CD4: CD4 molecule", "BEX2: brain expressed X-linked 2"]
+    assert mouse["text"][2] is None
+    out = tmp_path / "h.parquet"
+    assert main(["gene-text", "CD3E,TP53", "--source", "hgnc", "-q", "-o", str(out)]) == 0
+    assert read_texts(out)["source"].to_list() == ["hgnc_name", "hgnc_name"]
     assert main(["gene-text", "TP53", "--source", "file", "-o", str(tmp_path / "x.parquet")]) == 2

@@ -365,6 +365,8 @@ def _every_command(f: dict[str, Path], out: str) -> list[list[str]]:
         ["gene-text", str(f["gene_list"]), "--source", "symbol", "-q", "-o", out],
         ["embed-genes", str(f["texts"]), "-o", out],
         ["encode", str(f["h5ad"]), "--genes", str(f["genes"]), "-o", out],
+        # refused before any download: the URL is never contacted
+        ["fetch-genept", "--url", "http://127.0.0.1:9/GenePT.zip", "-q", "-o", out],
     ]
 
 
@@ -608,7 +610,13 @@ def test_evaluate_reports_missing_labels_and_zero_embeddings() -> None:
 
 
 def test_help_texts_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("gene-text", "embed-genes", "encode", "evaluate", "evaluate-genes", "demo"):
+    import argparse
+
+    from genept_fast.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"gene-text", "encode", "fetch-genept"} <= set(sub.choices)
+    for command in sub.choices:
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         for markup in ("``", ":mod:", ":func:", ":class:"):

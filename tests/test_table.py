@@ -149,28 +149,49 @@ def test_other_pickles_refused(tmp_path):
         GeneEmbeddings.read(p)
 
 
-def test_align_exact_then_case_insensitive():
+def test_align_exact_then_case_then_the_identity_layer():
     t = make_table(genes=("TP53", "tp53", "BRCA1", "Actb", "NOTEXT"))
-    query = ["TP53", "tp53", "Tp53", "brca1", "ACTB", "NOTEXT", "GAPDH", "TP53"]
+    query = ["TP53", "tp53", "Tp53", "brca1", "ACTB", "NOTEXT", "GAPDH", "TP53", "ENSG00000141510"]
     idx, cov = t.index_for(query)
     assert idx.dtype == np.int64
-    assert idx.tolist() == [0, 1, 0, 2, 3, -1, -1, 0]
-    assert (cov.n_query, cov.n_matched, cov.n_zero) == (8, 7, 1)
+    # Tp53 is TP53 in another case, but the dataset has TP53 itself: left out as a duplicate
+    assert idx.tolist() == [0, 1, -1, 2, 3, -1, -1, 0, 0]
+    assert (cov.n_query, cov.n_matched, cov.n_zero) == (9, 7, 1)
     assert cov.unmatched == ["GAPDH"]
-    assert cov.n_case_insensitive == 3
+    assert cov.shadowed == {"Tp53": "TP53"}
+    assert cov.duplicates == {"TP53": ["TP53", "Tp53", "TP53", "ENSG00000141510"]}
+    assert cov.n_case_insensitive == 2
+    assert cov.by_method == {"exact": 4, "ensembl": 1, "case": 2}
+    assert cov.methods == [
+        "exact",
+        "exact",
+        None,
+        "case",
+        "case",
+        "exact",
+        None,
+        "exact",
+        "ensembl",
+    ]
     assert cov.n_embedded == 6
-    assert cov.fraction == pytest.approx(6 / 8)
+    assert cov.fraction == pytest.approx(6 / 9)
     s = str(cov)
-    assert "6 of 8 genes embedded (75.0%)" in s and "GAPDH" in s and "zero vector" in s
+    assert "6 of 9 genes embedded (66.7%)" in s and "GAPDH" in s and "zero vector" in s
+    assert "matched by ensembl 1, case 2" in s
     m, cov2 = t.align(query)
-    assert m.shape == (8, t.dimension) and m.dtype == np.float32
+    assert m.shape == (9, t.dimension) and m.dtype == np.float32
     np.testing.assert_array_equal(m[0], t.matrix[0])
     np.testing.assert_array_equal(m[1], t.matrix[1])
     np.testing.assert_array_equal(m[3], t.matrix[2])
-    assert not m[5].any() and not m[6].any()
+    np.testing.assert_array_equal(m[8], t.matrix[0])
+    assert not m[2].any() and not m[5].any() and not m[6].any()
     assert cov2.as_dict()["n_unmatched"] == 1
     empty, cov3 = t.align([])
     assert empty.shape == (0, t.dimension) and cov3.fraction == 1.0
+    rows, index, cov4 = t.rows_for(query)
+    assert index.tolist() == [0, 1, -1, 2, 3, -1, -1, 4, 5]  # one row per embedded gene
+    np.testing.assert_array_equal(rows, t.matrix[[0, 1, 2, 3, 0, 0]])
+    assert cov4.n_embedded == 6
 
 
 def test_from_texts_with_openai_compatible_server(tmp_path):

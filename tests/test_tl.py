@@ -380,39 +380,46 @@ def test_w_ensembl_ids_with_a_symbol_column(
     ensembl: tuple[ad.AnnData, list[str]], symbol_table: GeneEmbeddings
 ) -> None:
     adata, _ = ensembl
-    symbols = [f"sym{i}" for i in range(adata.n_vars)]
-    symbols[:300] = [g for g in symbol_table.genes if g in set(symbol_table.genes[:400])][:300]
-    adata.var["gene_symbols"] = symbols
+    original = adata.var["original_symbol"].tolist()
+    # 50 IDs nobody knows: those genes are found through the symbol column
+    adata.var_names = [
+        f"ENSG{99_000_000_000 + i}" if i < 50 else v for i, v in enumerate(adata.var_names)
+    ]
+    adata.var["gene_symbols"] = original
     tl.genept_w(adata, symbol_table)
-    assert adata.uns["X_genept_w"]["params"]["gene_symbols"] == "var['gene_symbols']"
+    uns = adata.uns["X_genept_w"]
+    assert uns["params"]["gene_symbols"] == "var_names, then var['gene_symbols']"
+    assert uns["coverage"]["by_method"]["ensembl"] >= 500  # the IDs themselves, via HGNC
     assert np.array_equal(
-        adata.obsm["X_genept_w"], kernel_reference(adata.X, symbol_table, symbols)
+        adata.obsm["X_genept_w"], kernel_reference(adata.X, symbol_table, original)
     )
-    # gene_key= names another column explicitly
-    adata.var["mine"] = list(reversed(symbols))
+    # gene_key= names the column to use first; var_names are the fallback
+    mine = ["" if i < 100 else g for i, g in enumerate(original)]
+    adata.var["mine"] = mine
     tl.genept_w(adata, symbol_table, gene_key="mine", key_added="by_key")
-    assert adata.uns["by_key"]["params"]["gene_symbols"] == "var['mine']"
-    assert np.array_equal(
-        adata.obsm["by_key"], kernel_reference(adata.X, symbol_table, list(reversed(symbols)))
-    )
+    assert adata.uns["by_key"]["params"]["gene_symbols"] == "var['mine'], then var_names"
+    fallback = [adata.var_names[i] if i < 100 else g for i, g in enumerate(mine)]
+    assert np.array_equal(adata.obsm["by_key"], kernel_reference(adata.X, symbol_table, fallback))
+    assert not np.array_equal(adata.obsm["by_key"], adata.obsm["X_genept_w"])  # 50 IDs lost
     with pytest.raises(GeneptError, match="gene_key 'nope'"):
         tl.genept_w(adata, symbol_table, gene_key="nope")
 
 
-def test_w_ensembl_ids_mapped_offline(
+def test_w_ensembl_ids_match_a_symbol_table(
     ensembl: tuple[ad.AnnData, list[str]], symbol_table: GeneEmbeddings
 ) -> None:
-    adata, symbols = ensembl
+    adata, _ = ensembl
     tl.genept_w(adata, symbol_table)
-    params = adata.uns["X_genept_w"]["params"]
-    assert params["gene_symbols"] == "Ensembl IDs mapped offline"
-    assert np.array_equal(
-        adata.obsm["X_genept_w"], kernel_reference(adata.X, symbol_table, symbols)
-    )
-    # the IDs map back to the symbols they came from
+    uns = adata.uns["X_genept_w"]
+    assert uns["params"]["gene_symbols"] == "var_names"
+    # every ID finds the table row of the symbol it was made from (old symbols too)
     original = adata.var["original_symbol"].tolist()
-    same = sum(a == b for a, b in zip(symbols, original, strict=True))
-    assert same >= 0.95 * len(original)
+    assert np.array_equal(
+        adata.obsm["X_genept_w"], kernel_reference(adata.X, symbol_table, original)
+    )
+    in_table = sum(g in set(symbol_table.genes) for g in original)
+    assert uns["coverage"]["n_matched"] == in_table
+    assert set(uns["coverage"]["by_method"]) <= {"ensembl", "previous", "alias"}
 
 
 def test_w_table_keyed_by_ensembl_ids(

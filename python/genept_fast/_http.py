@@ -14,6 +14,9 @@ It does what the public gene services need and nothing more:
 
 Secrets (API keys) handed to the client in ``secrets`` are sent only in request bodies or
 headers and are masked in every error message, including echoed server bodies.
+
+:func:`download` fetches one large file the same way (fail fast when unreachable, retries with
+backoff), resuming a dropped transfer with an HTTP ``Range`` request instead of starting over.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "MalformedResponseError",
     "RateLimiter",
     "ServiceUnavailableError",
+    "download",
 ]
 
 log = logging.getLogger("genept_fast.http")
@@ -316,3 +322,136 @@ class JsonClient:
                 f"valid JSON ({exc}); it starts with {self.mask(snippet)!r}"
             )
             raise MalformedResponseError(msg, url=public, status=status) from None
+
+
+# -- file downloads ------------------------------------------------------------------------------
+
+_CHUNK = 1 << 20
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """The first byte of a ``Content-Range: bytes START-END/TOTAL`` header, or None."""
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        return int(value[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def download(
+    url: str,
+    part: str | os.PathLike[str],
+    *,
+    size: int | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 8,
+    backoff: float = 1.0,
+    progress: Any = None,
+    name: str | None = None,
+) -> int:
+    """Download ``url`` into the file ``part``, resuming from what it already holds.
+
+    Each try asks for the bytes after those already on disk (``Range: bytes=N-``) and appends
+    them; a server that answers 200 instead of 206 sends the whole file again, which then
+    replaces ``part``. A dropped connection, a timeout, 429 or a 5xx costs a retry (with
+    backoff), not the bytes received. A host that cannot be reached at all raises at once.
+
+    Parameters
+    ----------
+    url
+        What to fetch (redirects are followed).
+    part
+        The partial file (created if missing). Renaming it into place is the caller's job,
+        after checking it.
+    size
+        Expected length in bytes: stops when ``part`` has it; a longer ``part`` starts over.
+    timeout
+        Seconds for the connection and for each read.
+    max_retries
+        Further tries after the first.
+    backoff
+        First wait between tries in seconds; doubles each time (capped at 30 s).
+    progress
+        A tqdm-like object: ``update(n)`` per chunk received, ``n`` set at each (re)start.
+    name
+        Service name for messages (default: the host).
+
+    Returns
+    -------
+    int
+        Bytes in ``part`` when done.
+
+    Raises
+    ------
+    ServiceUnavailableError
+        The host cannot be reached.
+    HttpError
+        A refusal (4xx other than 429) or too many failed tries.
+    """
+    path = Path(part)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    public = url.split("?", 1)[0]
+    who = name or urllib.parse.urlsplit(url).netloc or url
+    problem = ""
+    status: int | None = None
+    for attempt in range(max_retries + 1):
+        have = path.stat().st_size if path.exists() else 0
+        if size is not None and have > size:
+            path.unlink()
+            have = 0
+        if size is not None and have == size:
+            return have
+        if progress is not None:
+            progress.n = have
+            progress.refresh()
+        headers = {"User-Agent": "genept-fast", "Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status = response.status
+                start = _content_range_start(response.headers.get("Content-Range"))
+                if status == 206 and start != have:
+                    msg = f"{who}: GET {public} answered bytes from {start}, asked from {have}"
+                    raise HttpError(msg, url=public, status=status)
+                mode = "ab" if status == 206 else "wb"  # 200: the whole file again
+                with path.open(mode) as fh:
+                    if mode == "wb" and progress is not None:
+                        progress.n = 0
+                        progress.refresh()
+                    while chunk := response.read(_CHUNK):
+                        fh.write(chunk)
+                        if progress is not None:
+                            progress.update(len(chunk))
+            got = path.stat().st_size
+            if size is None or got == size:
+                return got
+            problem = f"the connection closed after {got:,} of {size:,} bytes"
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            if exc.code == 416 and size is not None and have == size:
+                return have
+            if exc.code not in RETRY_STATUSES:
+                msg = f"{who}: GET {public} failed: HTTP {exc.code} {exc.reason}"
+                raise HttpError(msg, url=public, status=exc.code) from None
+            problem = f"HTTP {exc.code}"
+        except urllib.error.URLError as exc:
+            if _unreachable(exc.reason):
+                msg = f"{who}: cannot reach {public} ({exc.reason}); is the machine offline?"
+                raise ServiceUnavailableError(msg, url=public) from None
+            problem = f"connection error ({exc.reason})"
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            if isinstance(exc, ConnectionRefusedError):
+                msg = f"{who}: cannot reach {public} (connection refused)"
+                raise ServiceUnavailableError(msg, url=public) from None
+            problem = f"connection dropped ({type(exc).__name__}: {exc})"
+        if attempt < max_retries:
+            log.info(
+                "%s: GET %s: %s; resuming (%d/%d)", who, public, problem, attempt + 1, max_retries
+            )
+            time.sleep(min(backoff * (2**attempt), 30.0))
+    tries = max_retries + 1
+    msg = f"{who}: GET {public} failed after {tries} tries: {problem}"
+    raise HttpError(msg, url=public, status=status)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from genept_fast.preprocess import Preprocess
+    from genept_fast.table import GeneEmbeddings
 
 __all__ = ["encode_h5ad_dask", "read_csr", "weighted_embedding"]
 
@@ -270,7 +271,7 @@ def _preprocess_block(block: Any, how: str) -> Any:
 
 def encode_h5ad_dask(
     path: str | os.PathLike[str],
-    gene_embeddings: npt.ArrayLike,
+    gene_embeddings: npt.ArrayLike | GeneEmbeddings,
     *,
     gene_index: npt.ArrayLike | None = None,
     layer: str | None = None,
@@ -283,10 +284,23 @@ def encode_h5ad_dask(
     """GenePT-w of every cell of an ``.h5ad``/``.zarr`` file as a lazy Dask array.
 
     :func:`read_csr`, then the per-cell preprocessing (``"auto"`` decides once, from the first
-    cells, whether the values are raw counts), then :func:`weighted_embedding`. Call
+    cells, whether the values are raw counts), then :func:`weighted_embedding`.
+    ``gene_embeddings`` may be a :class:`~genept_fast.table.GeneEmbeddings` table: it is then
+    matched to the file's gene names through the gene identity layer (no ``gene_index``), and
+    only the rows in use travel to the workers. Call
     ``.compute()`` for a numpy array, or ``.to_zarr(...)`` / ``da.store`` to write it out
     without gathering it on the client.
     """
+    from genept_fast import table
+
+    if isinstance(gene_embeddings, table.GeneEmbeddings):
+        from genept_fast.stream import _match_table
+        from genept_fast.stream.sources import read_var_names
+
+        names = read_var_names(path, use_raw=use_raw)
+        gene_embeddings, gene_index, _ = _match_table(
+            gene_embeddings, gene_index, names, str(path), None
+        )
     x = read_csr(path, layer=layer, use_raw=use_raw, chunk_size=chunk_size)
 
     def sample() -> Any:

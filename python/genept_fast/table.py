@@ -1,6 +1,6 @@
 """Gene embedding tables: genes × float32 matrix + provenance, on disk as parquet.
 
-A :class:`GeneEmbeddings` holds one vector per gene symbol and metadata (``model_id``,
+A :class:`GeneEmbeddings` holds one vector per gene and metadata (``model_id``,
 ``dimension``, ``text_source``, ``created``, the genes that had no text). It is written as
 parquet through polars — columns ``gene: str`` and ``embedding: Array(Float32, D)``, the
 metadata as JSON under the ``genept_fast`` key of the file's key-value metadata — and it can
@@ -8,31 +8,32 @@ also read GenePT's published pickles (a dict symbol → vector) through a restri
 that loads nothing but dicts, lists, strings, numbers and numpy arrays, so a malicious pickle
 cannot run code.
 
-:meth:`GeneEmbeddings.align` lines the table up with a dataset's genes (``adata.var_names``):
-exact symbols first, then case-insensitive matches; a gene that is absent, or whose vector is
-all zeros (no text), counts as not embedded and gets a zero row. A :class:`Coverage` report
-says how many matched.
+:meth:`GeneEmbeddings.align` lines the table up with a dataset's genes (``adata.var_names``)
+through the gene identity layer (:mod:`genept_fast.genes.match`): the table may be keyed by
+symbols, Ensembl IDs (with or without version), Entrez IDs or mouse genes, and the dataset may
+use any of these. A gene that is absent, ambiguous, or whose vector is all zeros (no text)
+counts as not embedded and gets a zero row. A :class:`Coverage` report says how each gene
+matched and lists the others by name.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from genept_fast._atomic import atomic_path
 from genept_fast._outputs import check_output
+from genept_fast.genes.match import Coverage, KeyIndex, index_keys, match_genes
 from genept_fast.kernels import GeneptError
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     import polars as pl
 
@@ -42,64 +43,6 @@ __all__ = ["Coverage", "GeneEmbeddings"]
 
 _META_KEY = "genept_fast"
 _PICKLE_SUFFIXES = {".pkl", ".pickle"}
-
-
-@dataclass
-class Coverage:
-    """How many of a dataset's genes have an embedding.
-
-    Attributes
-    ----------
-    n_query
-        Genes asked for.
-    n_matched
-        Genes found in the table (by exact or case-insensitive symbol).
-    n_zero
-        Of those, genes whose vector is all zeros (no text): not embedded.
-    unmatched
-        Genes not in the table, in query order.
-    n_case_insensitive
-        Matches found only case-insensitively.
-    """
-
-    n_query: int
-    n_matched: int
-    n_zero: int
-    unmatched: list[str] = field(default_factory=list)
-    n_case_insensitive: int = 0
-
-    @property
-    def n_embedded(self) -> int:
-        """Genes with a non-zero embedding."""
-        return self.n_matched - self.n_zero
-
-    @property
-    def fraction(self) -> float:
-        """``n_embedded / n_query`` (1.0 for an empty query)."""
-        return self.n_embedded / self.n_query if self.n_query else 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-type summary, e.g. for ``adata.uns``."""
-        return {
-            "n_query": self.n_query,
-            "n_matched": self.n_matched,
-            "n_zero": self.n_zero,
-            "n_embedded": self.n_embedded,
-            "n_case_insensitive": self.n_case_insensitive,
-            "n_unmatched": len(self.unmatched),
-        }
-
-    def __str__(self) -> str:
-        s = f"{self.n_embedded:,} of {self.n_query:,} genes embedded ({100 * self.fraction:.1f}%)"
-        if self.n_case_insensitive:
-            s += f"; {self.n_case_insensitive:,} matched ignoring case"
-        if self.n_zero:
-            s += f"; {self.n_zero:,} in the table without text (zero vector)"
-        if self.unmatched:
-            head = ", ".join(self.unmatched[:5])
-            more = ", ..." if len(self.unmatched) > 5 else ""
-            s += f"; {len(self.unmatched):,} not in the table ({head}{more})"
-        return s
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -130,10 +73,6 @@ def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
         msg = "refusing to unpickle _codecs.encode except latin-1 bytes"
         raise pickle.UnpicklingError(msg)
     return text.encode("latin-1")
-
-
-def _restricted_load(data: bytes) -> Any:
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def _infer_pickle_model(name: str) -> str:
@@ -192,8 +131,7 @@ class GeneEmbeddings:
         meta.setdefault("model_id", "unknown")
         meta.setdefault("text_source", "unknown")
         self.metadata = meta
-        self._exact: dict[str, int] | None = None
-        self._folded: dict[str, int] | None = None
+        self._keys: KeyIndex | None = None
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -333,43 +271,67 @@ class GeneEmbeddings:
 
     @classmethod
     def _read_pickle(cls, path: Path) -> GeneEmbeddings:
+        with path.open("rb") as fh:
+            return cls.from_genept_pickle(
+                fh,
+                where=str(path),
+                metadata={
+                    "model_id": _infer_pickle_model(path.name),
+                    "text_source": "genept-pickle",
+                    "source_file": path.name,
+                },
+            )
+
+    @classmethod
+    def from_genept_pickle(
+        cls, stream: IO[bytes], *, where: str, metadata: Mapping[str, Any]
+    ) -> GeneEmbeddings:
+        """A table from a GenePT pickle (a dict symbol → vector) read from ``stream``.
+
+        The pickle is read by the restricted unpickler (dicts, lists, strings, numbers and
+        numpy arrays only; anything else is refused without running code).
+
+        Parameters
+        ----------
+        stream
+            A binary file object positioned at the pickle (a file, or a member of a zip).
+        where
+            Names the source in error messages.
+        metadata
+            Provenance for the table (``model_id``, ``text_source``, ...).
+        """
         try:
-            obj = _restricted_load(path.read_bytes())
+            obj = _RestrictedUnpickler(stream).load()
         except pickle.UnpicklingError as exc:
-            msg = f"{path}: {exc}"
+            msg = f"{where}: {exc}"
             raise GeneptError(msg) from None
         except Exception as exc:
-            msg = f"{path} is not a readable pickle: {exc}"
+            msg = f"{where} is not a readable pickle: {exc}"
             raise GeneptError(msg) from None
         if not isinstance(obj, dict) or not obj:
-            msg = f"{path}: expected a non-empty dict gene symbol → vector"
+            msg = f"{where}: expected a non-empty dict gene symbol → vector"
             raise GeneptError(msg)
         genes: list[str] = []
         rows: list[np.ndarray] = []
         for k, v in obj.items():
             if not isinstance(k, str):
-                msg = f"{path}: key {k!r} is not a gene symbol string"
+                msg = f"{where}: key {k!r} is not a gene symbol string"
                 raise GeneptError(msg)
             try:
                 arr = np.asarray(v, dtype=np.float32)
             except (TypeError, ValueError):
-                msg = f"{path}: the vector of {k!r} is not numeric"
+                msg = f"{where}: the vector of {k!r} is not numeric"
                 raise GeneptError(msg) from None
             if arr.ndim != 1:
-                msg = f"{path}: the vector of {k!r} has shape {arr.shape}"
+                msg = f"{where}: the vector of {k!r} has shape {arr.shape}"
                 raise GeneptError(msg)
             genes.append(k)
             rows.append(arr)
         dims = {r.shape[0] for r in rows}
         if len(dims) != 1:
-            msg = f"{path}: vectors have different lengths {sorted(dims)[:5]}"
+            msg = f"{where}: vectors have different lengths {sorted(dims)[:5]}"
             raise GeneptError(msg)
-        meta = {
-            "model_id": _infer_pickle_model(path.name),
-            "text_source": "genept-pickle",
-            "source_file": path.name,
-        }
-        return cls(genes, np.stack(rows), meta)
+        return cls(genes, np.stack(rows), metadata)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -430,51 +392,62 @@ class GeneEmbeddings:
         return cls(genes, matrix, meta)
 
     # -- alignment -----------------------------------------------------------------------------
-    def _lookups(self) -> tuple[dict[str, int], dict[str, int]]:
-        if self._exact is None or self._folded is None:
-            self._exact = {g: i for i, g in enumerate(self.genes)}
-            folded: dict[str, int] = {}
-            for i, g in enumerate(self.genes):
-                folded.setdefault(g.casefold(), i)
-            self._folded = folded
-        return self._exact, self._folded
+    @property
+    def key_index(self) -> KeyIndex:
+        """The table's genes resolved through the identity layer (built once, on first use)."""
+        if self._keys is None:
+            self._keys = index_keys(self.genes)
+        return self._keys
 
-    def index_for(self, var_names: Iterable[str]) -> tuple[np.ndarray, Coverage]:
-        """Row of this table for each query gene.
+    def index_for(
+        self,
+        var_names: Iterable[str],
+        *,
+        alternatives: Sequence[str | None] | None = None,
+        species: str = "auto",
+    ) -> tuple[np.ndarray, Coverage]:
+        """Row of this table for each query gene, matched through the identity layer.
+
+        A table keyed by any identifier form (symbols, Ensembl IDs with or without version,
+        Entrez IDs, mouse genes) matches a dataset that uses any other; see
+        :func:`genept_fast.genes.match.match_genes` for the order of preference and what
+        happens to ambiguous identifiers and duplicates.
+
+        Parameters
+        ----------
+        var_names
+            The dataset's gene identifiers.
+        alternatives
+            A second identifier per gene (e.g. a symbol column next to Ensembl IDs), tried
+            where the first finds nothing.
+        species
+            Species of the dataset's symbols: ``"auto"`` (from the names), ``"human"`` or
+            ``"mouse"``.
 
         Returns
         -------
         index : numpy.ndarray
-            int64, one per query gene: the table row, or -1 where the gene is absent or its
-            vector is all zeros (not embedded).
+            int64, one per query gene: the table row, or -1 where the gene is absent,
+            ambiguous, a shadowed duplicate, or its vector is all zeros (not embedded).
         coverage : Coverage
-            Counts and the unmatched genes.
+            Counts, how each gene matched, and the unmatched/ambiguous genes by name.
         """
         names = [str(v) for v in var_names]
-        exact, folded = self._lookups()
         nonzero = np.asarray(self.matrix.any(axis=1), dtype=bool)
-        idx = np.full(len(names), -1, dtype=np.int64)
-        unmatched: list[str] = []
-        n_matched = n_zero = n_ci = 0
-        for q, name in enumerate(names):
-            i = exact.get(name)
-            if i is None:
-                i = folded.get(name.casefold())
-                if i is not None:
-                    n_ci += 1
-            if i is None:
-                unmatched.append(name)
-                continue
-            n_matched += 1
-            if nonzero[i]:
-                idx[q] = i
-            else:
-                n_zero += 1
-        cov = Coverage(len(names), n_matched, n_zero, unmatched, n_case_insensitive=n_ci)
-        return idx, cov
+        return match_genes(
+            names, self.key_index, nonzero=nonzero, alternatives=alternatives, species=species
+        )
 
-    def align(self, var_names: Iterable[str]) -> tuple[np.ndarray, Coverage]:
+    def align(
+        self,
+        var_names: Iterable[str],
+        *,
+        alternatives: Sequence[str | None] | None = None,
+        species: str = "auto",
+    ) -> tuple[np.ndarray, Coverage]:
         """The embeddings of ``var_names``, zero rows where a gene is not embedded.
+
+        Matching as in :meth:`index_for`.
 
         Returns
         -------
@@ -482,8 +455,28 @@ class GeneEmbeddings:
             float32 ``(len(var_names), dimension)``.
         coverage : Coverage
         """
-        idx, cov = self.index_for(var_names)
+        idx, cov = self.index_for(var_names, alternatives=alternatives, species=species)
         out = np.zeros((idx.shape[0], self.dimension), dtype=np.float32)
         hit = idx >= 0
         out[hit] = self.matrix[idx[hit]]
         return out, cov
+
+    def rows_for(
+        self,
+        var_names: Iterable[str],
+        *,
+        alternatives: Sequence[str | None] | None = None,
+        species: str = "auto",
+    ) -> tuple[np.ndarray, np.ndarray, Coverage]:
+        """Only the rows a dataset uses, and the map from its genes to them.
+
+        Returns ``(rows, index, coverage)``: ``rows[k]`` is the embedding of the ``k``-th
+        embedded dataset gene (dataset order) and ``index`` maps each dataset gene to its row
+        of ``rows`` (``-1``: none), for :func:`genept_fast.weighted_embedding` with
+        ``gene_index=index``. Holds ``rows`` only, not the whole table.
+        """
+        idx, cov = self.index_for(var_names, alternatives=alternatives, species=species)
+        hit = idx >= 0
+        index = np.full(idx.shape, -1, dtype=np.int64)
+        index[hit] = np.arange(int(hit.sum()), dtype=np.int64)
+        return np.ascontiguousarray(self.matrix[idx[hit]], dtype=np.float32), index, cov

@@ -20,6 +20,12 @@ import scipy.sparse as sp
 
 from genept_fast import kernels
 from genept_fast._core import GeneptError
+from genept_fast.genes.match import (
+    SYMBOL_COLUMNS,
+    dataset_identifiers,
+    explain_no_match,
+    var_columns,
+)
 from genept_fast.preprocess import (
     AUTO_SAMPLE_CELLS,
     Preprocess,
@@ -50,16 +56,6 @@ log = logging.getLogger(__name__)
 
 #: Cells read, preprocessed and encoded at a time (bounds the temporary memory).
 CHUNK_CELLS = 10_000
-
-#: var columns that hold gene symbols when var_names are Ensembl IDs (scanpy, CELLxGENE, 10x).
-SYMBOL_COLUMNS = (
-    "gene_symbols",
-    "gene_symbol",
-    "feature_name",
-    "gene_name",
-    "gene_names",
-    "symbol",
-)
 
 
 @dataclass
@@ -130,8 +126,9 @@ def resolve_gene_symbols(
 
     ``gene_key`` names a ``var`` column of symbols. Otherwise, when ``var_names`` look like
     Ensembl IDs, a symbol column of ``var`` (``gene_symbols``, ``feature_name``, ...) is used,
-    or the IDs are mapped offline with :func:`genept_fast.genes.map_genes` (unmapped genes keep
-    an empty string, which matches no embedding). Otherwise ``var_names`` are the symbols.
+    or the IDs are resolved offline by the gene identity layer (:func:`genept_fast.genes.map_genes`;
+    unmapped genes keep an empty string). Otherwise ``var_names`` are the symbols. These are the
+    words of GenePT-s sentences; GenePT-w matches its table by :meth:`GeneEmbeddings.index_for`.
     """
     names = [str(v) for v in var_names]
     if gene_key is not None:
@@ -229,8 +226,11 @@ def genept_w(
         The matrix to read: ``adata.layers[layer]``, ``adata.raw.X`` (``use_raw=True``; the
         default when ``adata.raw`` exists and no layer is given), else ``adata.X``.
     gene_key
-        A ``var`` column holding gene symbols (default: ``var_names``, or a symbol column /
-        offline mapping when they are Ensembl IDs).
+        A ``var`` column of gene identifiers to match first, ``var_names`` second. Default:
+        ``var_names`` first, then a symbol column of ``var`` (``gene_symbols``,
+        ``feature_name``, ...) if there is one. Any form matches a table keyed by any other
+        (symbols, previous/alias symbols, Ensembl IDs with or without version, Entrez IDs,
+        mouse genes): see :meth:`GeneEmbeddings.index_for`.
     preprocess
         ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (in
         a copy); ``"log1p"``: always; ``"none"``: use the values as they are.
@@ -259,19 +259,15 @@ def genept_w(
     if m.X.shape[1] != len(m.var_names):
         msg = f"{m.description} has {m.X.shape[1]} columns but {len(m.var_names)} gene names"
         raise GeneptError(msg)
-    symbols, symbol_source = resolve_gene_symbols(m.var_names, m.var, gene_key=gene_key)
-    gene_index, coverage = table.index_for(symbols)
-    if symbol_source != "var_names" and gene_key is None:
-        # a table keyed by the dataset's own identifiers (e.g. Ensembl IDs) matches them as is
-        by_name, by_name_coverage = table.index_for(m.var_names)
-        if by_name_coverage.n_embedded > coverage.n_embedded:
-            gene_index, coverage, symbol_source = by_name, by_name_coverage, "var_names"
+    ids = dataset_identifiers(m.var_names, m.var, gene_key=gene_key)
+    gene_index, coverage = table.index_for(ids.primary, alternatives=ids.alternatives)
+    symbol_source = ids.description
     log.info("GenePT-w: %s", coverage)
     if coverage.n_embedded == 0:
-        msg = (
-            f"none of the {len(symbols)} genes of {m.description} has an embedding in the table "
-            f"(model {table.model_id}); check gene_key= or the table"
+        why = explain_no_match(
+            ids.primary, table.key_index, columns=var_columns(m.var), what=m.description
         )
+        msg = f"{why} (table model {table.model_id})"
         raise GeneptError(msg)
     how, lognorm = _decide_preprocess(m, adata.n_obs, preprocess)
     rows, compact_index = compact_table(table.matrix, gene_index)

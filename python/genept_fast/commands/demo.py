@@ -18,13 +18,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
         help="offline end-to-end demo: PBMCs → GenePT-w / GenePT-s → UMAPs and metrics vs PCA",
-        description="Gene text (NCBI if reachable, else symbols) → local text model → GenePT-w "
+        description="Gene text (NCBI if reachable, else HGNC names) → local text model → GenePT-w "
         "and GenePT-s on scanpy's pbmc68k_reduced → kNN accuracy, AMI/ARI next to PCA, UMAPs. "
         "Files already in the output folder from an earlier run are refused unless --overwrite.",
     )
     p.add_argument("-o", "--output", default="genept-demo", help="output folder")
     p.add_argument(
-        "--text", choices=["auto", "ncbi", "symbol"], default="auto", help="gene text source"
+        "--text",
+        choices=["auto", "ncbi", "hgnc", "symbol"],
+        default="auto",
+        help="gene text source (auto: NCBI, else the offline HGNC names)",
     )
     p.add_argument("--embedder", default="local", help="text model (default: local, offline)")
     p.add_argument("--no-plots", action="store_true", help="skip the UMAP PNGs")

@@ -70,7 +70,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="read adata.raw.X (default: when the file has raw and no --layer is given)",
     )
-    p.add_argument("--gene-key", help="var column with gene symbols (default: var_names)")
+    p.add_argument(
+        "--gene-key",
+        help="var column of gene identifiers: -w matches it first, then var_names (default:"
+        " var_names, then a symbol column such as feature_name); -s writes it in sentences",
+    )
     p.add_argument(
         "--preprocess",
         choices=["auto", "log1p", "none"],
@@ -289,22 +293,25 @@ def run(args: argparse.Namespace) -> int:
     symbols, symbol_source = _gene_symbols(args)
     _warn_negative(args, matrix)
     if args.method == "w":
+        from genept_fast.genes.match import dataset_identifiers, explain_no_match, var_columns
         from genept_fast.table import GeneEmbeddings
         from genept_fast.tl import compact_table
 
         table = GeneEmbeddings.read(args.genes)
-        gene_index, coverage = table.index_for(symbols)
-        if symbol_source != "var_names" and args.gene_key is None:
-            var_names = list(map(str, read_var(args.input, use_raw=args.use_raw).index))
-            by_name, by_name_coverage = table.index_for(var_names)
-            if by_name_coverage.n_embedded > coverage.n_embedded:
-                gene_index, coverage, symbol_source = by_name, by_name_coverage, "var_names"
+        var = read_var(args.input, use_raw=args.use_raw)
+        ids = dataset_identifiers(list(map(str, var.index)), var, gene_key=args.gene_key)
+        gene_index, coverage = table.index_for(ids.primary, alternatives=ids.alternatives)
+        symbol_source = ids.description
         print(f"{matrix}, genes by {symbol_source}: {coverage}", file=sys.stderr)
         if coverage.n_embedded == 0:
-            msg = (
-                f"no gene of {args.input} has an embedding in {args.genes} (model"
-                f" {table.model_id}); check --gene-key or the table"
+            why = explain_no_match(
+                ids.primary,
+                table.key_index,
+                columns=var_columns(var),
+                option="--gene-key ",
+                what=str(args.input),
             )
+            msg = f"{why} ({args.genes}, model {table.model_id})"
             raise GeneptError(msg)
         if args.dry_run:
             return 0

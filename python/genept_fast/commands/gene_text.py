@@ -12,7 +12,7 @@ import gzip
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genept_fast._core import GeneptError
 from genept_fast._inputs import check_claim, conversion_hint, require_table, sniff
@@ -129,7 +129,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("genes", metavar="GENES", help="comma-separated genes, a text file or an .h5ad")
     p.add_argument("-o", "--output", required=True, help="output parquet file")
     p.add_argument(
-        "--source", choices=("ncbi", "symbol", "llm", "file"), default="ncbi", help="text source"
+        "--source",
+        choices=("ncbi", "hgnc", "symbol", "llm", "file"),
+        default="ncbi",
+        help="text source (hgnc: 'SYMBOL: approved name', offline)",
     )
     p.add_argument("--species", choices=("human", "mouse"), default="human")
     p.add_argument("--to-human", action="store_true", help="look mouse genes up by human ortholog")
@@ -138,6 +141,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--ncbi-url", help="E-utilities base URL (default: NCBI)")
     g.add_argument("--mygene-url", help="MyGene.info base URL (default: mygene.info/v3)")
     g.add_argument("--batch-size", type=int_range(), default=200, help="genes per request batch")
+    g.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="fail when NCBI cannot be reached (default: use the HGNC names, and say so)",
+    )
     g = p.add_argument_group("llm")
     g.add_argument("--model", default="gpt-4o-mini", help="chat model")
     g.add_argument("--base-url", help="OpenAI-compatible base URL (default: OpenAI)")
@@ -181,6 +189,8 @@ def summarize(df: pl.DataFrame) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     import polars as pl
 
     from genept_fast._http import HttpError
@@ -206,32 +216,35 @@ def run(args: argparse.Namespace) -> int:
         inputs=[args.genes if Path(args.genes).exists() else None, args.file],
     )
     cache_dir: str | bool | None = False if args.no_cache else args.cache_dir
+    options: dict[str, Any] = {
+        "source": args.source,
+        "species": args.species,
+        "to_human": args.to_human,
+        "cache_dir": cache_dir,
+        "refresh": args.refresh,
+        "progress": not args.quiet and sys.stderr.isatty(),
+        "backend": "mygene" if args.mygene else "eutils",
+        "ncbi_url": args.ncbi_url,
+        "mygene_url": args.mygene_url,
+        "batch_size": args.batch_size,
+        "fallback": None if args.no_fallback else "hgnc",
+        "model": args.model,
+        "base_url": args.base_url,
+        "prompt": args.prompt,
+        "system": args.system,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "max_workers": args.workers,
+        "path": args.file,
+        "gene_column": args.gene_column,
+        "text_column": args.text_column,
+        "timeout": args.timeout,
+        "max_retries": args.retries,
+    }
     try:
-        df = gene_texts(
-            genes,
-            source=args.source,
-            species=args.species,
-            to_human=args.to_human,
-            cache_dir=cache_dir,
-            refresh=args.refresh,
-            progress=not args.quiet and sys.stderr.isatty(),
-            backend="mygene" if args.mygene else "eutils",
-            ncbi_url=args.ncbi_url,
-            mygene_url=args.mygene_url,
-            batch_size=args.batch_size,
-            model=args.model,
-            base_url=args.base_url,
-            prompt=args.prompt,
-            system=args.system,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            max_workers=args.workers,
-            path=args.file,
-            gene_column=args.gene_column,
-            text_column=args.text_column,
-            timeout=args.timeout,
-            max_retries=args.retries,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            df = gene_texts(genes, **options)
     except (HttpError, ConnectionError) as exc:
         print(f"genept-fast gene-text: error: {exc}", file=sys.stderr)
         return 1
@@ -240,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
             raise
         msg = f"--file {args.file}: cannot read it as a table ({' '.join(str(exc).split())})"
         raise GeneptError(msg) from exc
+    for w in caught:  # the NCBI fallback says so, on stderr, without a traceback
+        print(f"genept-fast gene-text: {w.message}", file=sys.stderr)
     meta = {"genept_fast.text_source": args.source}
     if args.source == "llm":
         meta["genept_fast.llm_model"] = args.model

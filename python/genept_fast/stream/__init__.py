@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
     from genept_fast.preprocess import Preprocess
+    from genept_fast.table import GeneEmbeddings
 
 __all__ = [
     "FORMATS",
@@ -634,10 +635,39 @@ def _run_pipeline(
         raise writer_error[0]
 
 
+def _match_table(
+    table: GeneEmbeddings,
+    gene_index: npt.ArrayLike | None,
+    var_names: list[str],
+    where: str,
+    uns: Mapping[str, Any] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The rows of a GeneEmbeddings table a file uses, matched by the file's gene names through
+    the identity layer, and the provenance to store (model, text source, coverage)."""
+    from genept_fast.genes.match import explain_no_match
+
+    if gene_index is not None:
+        msg = "gene_index= is for a plain matrix; a GeneEmbeddings table is matched by gene name"
+        raise GeneptError(msg)
+    rows, index, coverage = table.rows_for(var_names)
+    log.info("GenePT-w on %s: %s", where, coverage)
+    if coverage.n_embedded == 0:
+        raise GeneptError(explain_no_match(var_names, table.key_index, what=where))
+    extra = dict(uns or {})
+    params = {
+        "model": table.model_id,
+        "dimension": int(table.dimension),
+        "text_source": table.text_source,
+        "gene_symbols": "var_names",
+        **dict(extra.pop("params", None) or {}),
+    }
+    return rows, index, {"coverage": coverage.as_dict(), **extra, "params": params}
+
+
 def encode_weighted(
     input: str | os.PathLike[str] | ChunkSource,
     output: str | os.PathLike[str],
-    gene_embeddings: npt.ArrayLike,
+    gene_embeddings: npt.ArrayLike | GeneEmbeddings,
     *,
     gene_index: npt.ArrayLike | None = None,
     normalize: bool = True,
@@ -653,11 +683,13 @@ def encode_weighted(
     input, output
         As for :func:`encode_file`.
     gene_embeddings
-        Genes × D table (float32; float64 is cast once).
+        A :class:`~genept_fast.table.GeneEmbeddings` table, matched to the file's gene names
+        through the gene identity layer (only the rows in use are kept; the coverage goes into
+        the output's provenance), or a genes × D matrix (float32; float64 is cast once).
     gene_index
-        Length-``n_genes`` integer array mapping the file's gene columns to rows of
-        ``gene_embeddings`` (``-1``: no embedding). Default: row ``j`` embeds column ``j``, which
-        needs one row per gene of the file.
+        For a matrix: length-``n_genes`` integer array mapping the file's gene columns to rows
+        of ``gene_embeddings`` (``-1``: no embedding). Default: row ``j`` embeds column ``j``,
+        which needs one row per gene of the file.
     normalize
         L2-normalise each cell's embedding.
     n_threads
@@ -670,9 +702,6 @@ def encode_weighted(
     -------
     :class:`StreamReport`; the embeddings are in ``output``.
     """
-    enc = WeightedEncoder(
-        gene_embeddings, gene_index=gene_index, normalize=normalize, n_threads=n_threads
-    )
     if "encoder" in kw or "dim" in kw:
         msg = "encode_weighted builds the encoder itself; do not pass encoder= or dim="
         raise GeneptError(msg)
@@ -683,6 +712,18 @@ def encode_weighted(
     else:
         source = open_source(input, layer=kw.pop("layer", None), use_raw=kw.pop("use_raw", False))
     try:
+        from genept_fast import table
+
+        matrix: npt.ArrayLike
+        if isinstance(gene_embeddings, table.GeneEmbeddings):
+            matrix, gene_index, kw["uns"] = _match_table(
+                gene_embeddings, gene_index, source.var_names, source.name, kw.get("uns")
+            )
+        else:
+            matrix = gene_embeddings
+        enc = WeightedEncoder(
+            matrix, gene_index=gene_index, normalize=normalize, n_threads=n_threads
+        )
         expected = source.n_genes
         if enc.gene_index is not None and enc.gene_index.shape[0] != expected:
             msg = (

@@ -1,0 +1,213 @@
+"""``genept-fast fetch-genept`` against a loopback Zenodo serving a small zip of the release's
+layout: resumable download (a dropped connection resumes with Range), checksum, conversion
+through the restricted unpickler, provenance, the texts table, and outputs that are never
+clobbered."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import socket
+import zipfile
+
+import numpy as np
+import pytest
+
+from genept_fast.cli import main
+from genept_fast.commands.fetch_genept import RELEASE_FILE, fetch_genept
+from genept_fast.genes import read_texts
+from genept_fast.table import GeneEmbeddings
+from servers.zenodo import ZenodoServer
+
+GENES = ["CD3E", "TP53", "FAM172A", "CD4", "ACTB", "GAPDH", "NOTEXT"]
+FOLDER = "GenePT_emebdding_v2/"
+
+
+def release_zip(ada: object | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
+    """A zip laid out like GenePT_emebdding_v2.zip (a folder, two pickles, two JSON files,
+    and the macOS metadata such archives carry), with small vectors."""
+    rng = np.random.default_rng(7)
+    vectors = {g: rng.standard_normal(12).astype(np.float32) for g in GENES}
+    vectors["NOTEXT"][:] = 0
+    model3 = {g: rng.standard_normal(20).tolist() for g in GENES}  # lists of floats
+    ncbi = {g: f"Gene {g}: a summary.  [provided by RefSeq]" for g in GENES[:-1]}
+    uniprot = {g: f"{g} protein text" for g in GENES[:-2]}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(FOLDER, "")
+        pick = pickle.dumps(ada if ada is not None else vectors, protocol=4)
+        zf.writestr(FOLDER + "GenePT_gene_embedding_ada_text.pickle", pick)
+        zf.writestr(
+            FOLDER + "GenePT_gene_protein_embedding_model_3_text.pickle",
+            pickle.dumps(model3, protocol=4),
+        )
+        zf.writestr(FOLDER + "NCBI_summary_of_genes.json", json.dumps(ncbi))
+        zf.writestr(FOLDER + "NCBI_UniProt_summary_of_genes.json", json.dumps(uniprot))
+        zf.writestr("__MACOSX/" + FOLDER + "._GenePT_gene_embedding_ada_text.pickle", b"\0\5junk")
+        zf.writestr(FOLDER + "padding.bin", rng.bytes(300_000))  # enough bytes to drop mid-way
+    return buf.getvalue(), vectors
+
+
+@pytest.fixture
+def release():
+    data, vectors = release_zip()
+    with ZenodoServer({RELEASE_FILE: data}) as server:
+        yield server, data, vectors
+
+
+def args(server, tmp_path, *extra):
+    data = server.files[RELEASE_FILE]
+    return [
+        "fetch-genept",
+        "--url",
+        server.url(RELEASE_FILE),
+        "--size",
+        str(len(data)),
+        "--md5",
+        hashlib.md5(data).hexdigest(),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "-q",
+        *extra,
+    ]
+
+
+def fetch(server, tmp_path):
+    """The Python API, with short waits between resumes."""
+    data = server.files[RELEASE_FILE]
+    return fetch_genept(
+        tmp_path / "genes.parquet",
+        url=server.url(RELEASE_FILE),
+        size=len(data),
+        md5=hashlib.md5(data).hexdigest(),
+        cache_dir=tmp_path / "cache",
+        backoff=0.01,
+        progress=False,
+    )
+
+
+def test_fetch_converts_with_provenance_and_texts(release, tmp_path):
+    server, data, vectors = release
+    out, texts = tmp_path / "genes.parquet", tmp_path / "texts.parquet"
+    assert main(args(server, tmp_path, "-o", str(out), "--texts", str(texts))) == 0
+    table = GeneEmbeddings.read(out)
+    assert table.genes == GENES
+    np.testing.assert_array_equal(table.matrix, np.stack([vectors[g] for g in GENES]))
+    meta = table.metadata
+    assert meta["model_id"] == "openai:text-embedding-ada-002"
+    assert meta["text_source"] == "genept_ncbi"
+    assert meta["source_md5"] == hashlib.md5(data).hexdigest()
+    assert meta["source_file"] == FOLDER + "GenePT_gene_embedding_ada_text.pickle"
+    assert "10833191" in meta["source"] and meta["genept_variant"] == "ada"
+    assert meta["missing"] == ["NOTEXT"]
+    df = read_texts(texts)
+    assert df["gene"].to_list() == GENES[:-1]
+    assert df["text"][0] == "Gene CD3E: a summary. [provided by RefSeq]"
+    assert set(df["source"]) == {"genept_ncbi"}
+    # the zip stays in the cache, verified: the other table needs no second download
+    assert (tmp_path / "cache" / "genept" / RELEASE_FILE).read_bytes() == data
+    n = len(server.requests)
+    out3 = tmp_path / "model3.parquet"
+    assert main(args(server, tmp_path, "-o", str(out3), "--which", "model3")) == 0
+    assert len(server.requests) == n
+    t3 = GeneEmbeddings.read(out3)
+    assert t3.dimension == 20 and t3.model_id == "openai:text-embedding-3-large"
+    # Zenodo's download URL redirects to the file; both requests went through
+    assert [h.status for h in server.requests[:2]] == [302, 200]
+    # the table is usable at once, matched through the identity layer
+    idx, cov = table.index_for(["ARB2A", "ENSG00000198851.9"])
+    assert idx.tolist() == [2, 0] and cov.by_method == {"previous": 1, "ensembl": 1}
+
+
+def test_dropped_connection_resumes_with_range(release, tmp_path):
+    server, data, _ = release
+    server.drop_after = [len(data) // 3, 2 * len(data) // 3]  # dies twice mid-body
+    table = fetch(server, tmp_path)
+    assert table.genes == GENES
+    served = [h for h in server.requests if h.status in (200, 206)]
+    assert [h.range for h in served] == [
+        None,
+        f"bytes={len(data) // 3}-",
+        f"bytes={2 * len(data) // 3}-",
+    ]
+    assert [h.status for h in served] == [200, 206, 206]
+    assert not list((tmp_path / "cache" / "genept").glob("*.part"))
+
+
+def test_a_killed_download_resumes_in_the_next_run(release, tmp_path):
+    server, data, _ = release
+    server.drop_after = [len(data) // 2]
+    rc = main(args(server, tmp_path, "-o", str(tmp_path / "g.parquet"), "--retries", "0"))
+    assert rc == 1  # gave up: the bytes so far stay in the .part file
+    part = tmp_path / "cache" / "genept" / (RELEASE_FILE + ".part")
+    assert part.stat().st_size == len(data) // 2
+    assert not (tmp_path / "g.parquet").exists()
+    assert main(args(server, tmp_path, "-o", str(tmp_path / "g.parquet"))) == 0
+    assert server.requests[-1].range == f"bytes={len(data) // 2}-"
+    assert not part.exists()
+
+
+def test_a_server_without_range_support_sends_it_all_again(release, tmp_path):
+    server, data, _ = release
+    server.drop_after = [len(data) // 2]
+    server.ignore_range = True
+    table = fetch(server, tmp_path)
+    assert len(table) == len(GENES)
+    assert [h.status for h in server.requests if h.status != 302] == [200, 200]
+
+
+def test_wrong_checksum_installs_nothing(release, tmp_path, capsys):
+    server, _, _ = release
+    argv = args(server, tmp_path, "-o", str(tmp_path / "g.parquet"))
+    argv[argv.index("--md5") + 1] = "0" * 32
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "nothing was installed" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "g.parquet").exists()
+    assert list((tmp_path / "cache" / "genept").iterdir()) == []  # no zip, no .part
+
+
+def test_existing_outputs_are_refused_without_overwrite(release, tmp_path, capsys):
+    server, _, _ = release
+    out = tmp_path / "g.parquet"
+    out.write_bytes(b"mine")
+    assert main(args(server, tmp_path, "-o", str(out))) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"mine" and server.requests == []  # refused before downloading
+    texts = tmp_path / "t.parquet"
+    texts.write_bytes(b"mine too")
+    assert (
+        main(args(server, tmp_path, "-o", str(tmp_path / "new.parquet"), "--texts", str(texts)))
+        == 2
+    )
+    assert main(args(server, tmp_path, "-o", str(out), "--overwrite")) == 0
+    assert len(GeneEmbeddings.read(out)) == len(GENES)
+    assert main(args(server, tmp_path, "-o", str(out), "--texts", str(out), "--overwrite")) == 2
+    assert main(args(server, tmp_path, "-o", str(tmp_path / "x.pickle"))) == 2
+
+
+def test_a_malicious_pickle_in_the_release_is_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    data, _ = release_zip(ada={"CD3E": Evil()})
+    with ZenodoServer({RELEASE_FILE: data}) as server:
+        assert main(args(server, tmp_path, "-o", str(tmp_path / "g.parquet"))) == 2
+    captured = capsys.readouterr()
+    assert "refusing to unpickle builtins.print" in captured.err
+    assert "pwned" not in captured.out
+    assert not (tmp_path / "g.parquet").exists()
+
+
+def test_unreachable_server_fails_fast(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["fetch-genept", "-q", "-o", str(tmp_path / "g.parquet"), "--cache-dir", str(tmp_path)]
+    assert main([*argv, "--url", f"http://127.0.0.1:{port}/{RELEASE_FILE}"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+    assert not (tmp_path / "g.parquet").exists()
