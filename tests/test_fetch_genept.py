@@ -175,7 +175,8 @@ def test_existing_outputs_are_refused_without_overwrite(release, tmp_path, capsy
     out = tmp_path / "g.parquet"
     out.write_bytes(b"mine")
     assert main(args(server, tmp_path, "-o", str(out))) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "g.parquet already exists" in err and "--overwrite" in err
     assert out.read_bytes() == b"mine" and server.requests == []  # refused before downloading
     texts = tmp_path / "t.parquet"
     texts.write_bytes(b"mine too")
