@@ -182,3 +182,20 @@ def test_local_truncation_provenance_is_the_same_on_a_cached_rerun(tmp_path: Pat
             table = GeneEmbeddings.from_texts(df, emb)
         recorded.append(table.metadata["n_truncated"])
     assert recorded == [2, 2]
+
+
+def test_a_chunk_sends_each_sentence_once(pbmc: ad.AnnData) -> None:
+    """4,803 cells, 60 distinct sentences and 3 empty cells: 60 texts go out, once each."""
+    X = sp.vstack([sp.csr_array(pbmc.raw.X)] * 80 + [sp.csr_array((3, pbmc.raw.shape[1]))])
+    with OpenAIEmbeddingServer() as server:
+        emb = get_embedder(f"openai:{MODEL}", base_url=server.url, dimensions=8, use_cache=False)
+        enc = SentenceEncoder(emb, list(pbmc.raw.var_names), top_n=4, prefix="")
+        out = enc(sp.csr_array(X))
+        sent = server.sent_counts()
+    sentences = enc.builder.build(sp.csr_array(X))[0]
+    assert sorted(sent) == sorted(set(sentences) - {""})
+    assert set(sent.values()) == {1}
+    for i in (0, 59, 2055, X.shape[0] - 4):
+        assert np.array_equal(out[i], vector_for(sentences[i], MODEL, 8))
+    assert not out[-3:].any()
+    assert (enc.n_cells, enc.n_empty) == (X.shape[0], 3)
