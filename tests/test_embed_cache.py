@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -186,3 +187,37 @@ def test_kill_and_resume_loses_nothing_and_sends_nothing_twice(tmp_path):
     for f in cache_dir.rglob("*"):
         if f.is_file():
             assert KEY.encode() not in f.read_bytes()
+
+
+def test_cache_layout_new_and_first(tmp_path):
+    new = EmbeddingCache(tmp_path / "new")
+    keys = [text_key(t) for t in ("a", "b")]
+    new.put("ns", keys, np.ones((2, 4), dtype=np.float32))
+    with sqlite3.connect(new.path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+        (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'embeddings'").fetchone()
+    assert "UNIQUE" in ddl and "WITHOUT ROWID" not in ddl
+    new.put("ns", keys[:1], np.full((1, 4), 2.0, dtype=np.float32))  # replaced, not duplicated
+    assert new.count("ns") == 2
+    assert np.array_equal(new.get("ns", keys)[keys[0]], np.full(4, 2.0, dtype=np.float32))
+    new.close()
+
+    # a database made by the first layout keeps working as it is
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    with sqlite3.connect(old_dir / "embeddings.sqlite") as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE embeddings (ns TEXT NOT NULL, key BLOB NOT NULL, dim INTEGER NOT NULL,"
+            " vec BLOB NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO embeddings VALUES (?, ?, ?, ?)",
+            ("ns", keys[0], 4, np.arange(4, dtype="<f4").tobytes()),
+        )
+    old = EmbeddingCache(old_dir)
+    assert np.array_equal(old.get("ns", keys)[keys[0]], np.arange(4, dtype=np.float32))
+    old.put("ns", keys, np.zeros((2, 4), dtype=np.float32))
+    assert old.count("ns") == 2
+    assert not old.get("ns", keys)[keys[0]].any()
+    old.close()

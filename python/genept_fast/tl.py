@@ -308,10 +308,16 @@ class SentenceBuilder:
     A cell's expressed genes (strictly positive values, ranked by :func:`genept_fast.top_genes`:
     descending value, ties by gene order) are written after ``prefix`` and joined by ``sep``,
     up to ``top_n`` genes and as many as fit ``max_input_tokens`` as the embedder counts them.
-    Token counts are exact for tokenizers that split words at spaces (the local WordPiece
-    model, OpenAI's ``cl100k_base``): each gene costs the tokens of ``sep + name``, and the
-    first gene the tokens it adds to ``prefix``. A cell with no usable expressed gene gets the
-    empty sentence, which every embedder maps to a zero vector.
+
+    Token counts are exact. Where the embedder's tokenizer ends its tokens at ``sep`` after a
+    gene (:meth:`~genept_fast.embed.Embedder.splits_after`: OpenAI's ``cl100k_base`` for
+    whitespace-free symbols and a space, the local WordPiece model for any symbol and
+    whitespace), a sentence costs the tokens of ``prefix + first gene`` plus, for each further
+    gene, those of ``sep + name``: every symbol is tokenized once, never a sentence. A cell
+    whose sentence would hold another gene (a symbol with a space in it, another separator, a
+    tokenizer that claims nothing) is counted on whole sentences instead, searching for the
+    most genes that fit (assuming a longer sentence never has fewer tokens). A cell with no
+    usable expressed gene gets the empty sentence, which every embedder maps to a zero vector.
 
     Parameters
     ----------
@@ -374,10 +380,15 @@ class SentenceBuilder:
         counts = embedder.count_tokens([f"{sep}{g}" for g in names] + [prefix + g for g in names])
         n = len(names)
         #: tokens gene j adds after another gene, and as the first gene after the prefix
-        self.gene_tokens = np.maximum(np.asarray(counts[:n], dtype=np.int64) - base, 0)
-        self.first_tokens = np.maximum(
-            np.asarray(counts[n:], dtype=np.int64) - self.prefix_tokens, 0
-        )
+        self.gene_tokens = np.asarray(counts[:n], dtype=np.int64) - base
+        self.first_tokens = np.asarray(counts[n:], dtype=np.int64) - self.prefix_tokens
+        #: genes whose tokens end at the separator after them (counts add up over them)
+        self.splits = np.asarray(embedder.splits_after(names, sep), dtype=bool).reshape(n)
+        self.splits &= self.gene_tokens >= 0
+        # The same as tables indexed by ranked genes, with an entry for the padding (-1) last.
+        self._cost = np.append(self.gene_tokens, 0).astype(np.int32)
+        self._first_cost = np.append(self.first_tokens, 0).astype(np.int32)
+        self._breaks = np.append(~self.splits, False)
         budget = limit - self.prefix_tokens
         n_usable = int(self.usable.sum())
         cap = budget + 1  # every gene but possibly the first costs at least one token
@@ -399,35 +410,110 @@ class SentenceBuilder:
             bool, whether the token limit (not ``top_n`` or the cell's expressed genes) ended
             the sentence.
         """
+        sentences, kept, cut, _ = self.build_counted(X, row_offset=row_offset)
+        return sentences, kept, cut
+
+    def build_counted(
+        self, X: Any, *, row_offset: int = 0
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`build`, and the tokens of each sentence.
+
+        Returns
+        -------
+        sentences, n_genes, cut
+            As for :meth:`build`.
+        tokens : numpy.ndarray
+            int64, :meth:`~genept_fast.embed.Embedder.count_tokens` of each sentence (0 for
+            ``""``), to hand to :meth:`~genept_fast.embed.Embedder.embed` as ``token_counts``.
+        """
         csr = sp.csr_array(X)
         if not (self.usable.all() and csr.has_canonical_format):
             csr = csr.copy()  # never modify the caller's matrix
             csr.sum_duplicates()
             csr.data[~self.usable[csr.indices]] = 0  # never ranked: top_genes needs value > 0
-        n_cells = csr.shape[0]
-        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
-        positive = np.bincount(rows, weights=csr.data > 0, minlength=n_cells).astype(np.int64)
+        n_cells, n_genes = csr.shape
+        indptr = csr.indptr.astype(np.int64)
+        # rankable genes per cell: the stored values less those that are not positive (few)
+        unranked = np.flatnonzero(~(csr.data > 0))
+        positive = np.diff(indptr) - np.bincount(
+            np.searchsorted(indptr, unranked, side="right") - 1, minlength=n_cells
+        )
         kept = np.zeros(n_cells, dtype=np.int64)
+        tokens = np.zeros(n_cells, dtype=np.int64)
         sentences: list[str] = []
         block = max(1, _RANK_BLOCK // self.n_rank)
         for a in range(0, n_cells, block):
             b = min(a + block, n_cells)
+            s, e = int(indptr[a]), int(indptr[b])
+            rows = sp.csr_array(  # a view of the block's rows (csr[a:b] would copy them)
+                (csr.data[s:e], csr.indices[s:e], indptr[a : b + 1] - s), shape=(b - a, n_genes)
+            )
             top = kernels.top_genes(
-                csr[a:b], self.n_rank, n_threads=self.n_threads, row_offset=row_offset + a
-            ).astype(np.int64)
-            valid = top >= 0
-            safe = np.where(valid, top, 0)
-            cost = np.where(valid, self.gene_tokens[safe], 0)
-            if cost.shape[1]:
-                cost[:, 0] = np.where(valid[:, 0], self.first_tokens[safe[:, 0]], 0)
-            fits = (np.cumsum(cost, axis=1) <= self._budget) & valid
-            k = fits.sum(axis=1)  # fits is a prefix of each row: costs are non-negative
-            kept[a:b] = k
+                rows, self.n_rank, n_threads=self.n_threads, row_offset=row_offset + a
+            )
+            k, t = self._fit(top)
+            kept[a:b], tokens[a:b] = k, t
             sentences.extend(self._join(top, k))
-        wanted = (
-            positive if self.top_n is None else np.minimum(positive, min(self.top_n, csr.shape[1]))
-        )
-        return sentences, kept, kept < wanted
+        wanted = positive if self.top_n is None else np.minimum(positive, min(self.top_n, n_genes))
+        return sentences, kept, kept < wanted, tokens
+
+    def _fit(self, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Genes that fit in each cell's sentence, and the sentence's tokens.
+
+        ``top`` holds each cell's ranked genes, padded with -1 after them (``top_genes``).
+        """
+        n_valid = (top >= 0).sum(axis=1)
+        cost = self._cost[top]  # index -1 (padding) reads the 0 appended to the table
+        cost[:, 0] = self._first_cost[top[:, 0]]
+        total = np.cumsum(cost, axis=1, dtype=np.int32)  # int32: 5x faster than int64
+        over = total > self._budget
+        k = np.minimum(np.where(over.any(axis=1), over.argmax(axis=1), top.shape[1]), n_valid)
+        last = np.take_along_axis(total, np.maximum(k - 1, 0)[:, None], axis=1)[:, 0]
+        tokens = np.where(k > 0, self.prefix_tokens + last.astype(np.int64), 0)
+        # The counts of the sentences with k and k + 1 genes add up when each of the first k
+        # genes that another gene follows ends its tokens at the separator.
+        breaks = self._breaks[top]
+        first_break = np.where(breaks.any(axis=1), breaks.argmax(axis=1), top.shape[1])
+        whole = np.flatnonzero(first_break < np.minimum(k, n_valid - 1))
+        if whole.size:
+            top = top.astype(np.int64)
+            k[whole], tokens[whole] = self._fit_whole(top[whole], n_valid[whole], k[whole])
+        return k, tokens
+
+    def _fit_whole(
+        self, top: np.ndarray, n_valid: np.ndarray, guess: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Most genes of each row of ``top`` whose whole sentence fits, by exact counts.
+
+        A search per cell between a known fit (``lo``, at first no gene) and a known miss
+        (``hi``, at first one past the ranked genes), every round counting one or two
+        sentences of each unsettled cell in one :meth:`count_tokens` call; the first round
+        tries the additive guess and one gene more, which settles most cells.
+        """
+        n = top.shape[0]
+        lo = np.zeros(n, dtype=np.int64)
+        lo_tokens = np.zeros(n, dtype=np.int64)
+        hi = n_valid.astype(np.int64) + 1
+        guess = np.clip(guess, 1, np.maximum(n_valid, 1))
+        probes = [guess, guess + 1]
+        while True:
+            asks: list[tuple[int, int]] = []
+            for probe in probes:
+                asks.extend((int(i), int(j)) for i, j in enumerate(probe) if lo[i] < j < hi[i])
+            asks = list(dict.fromkeys(asks))
+            if not asks:
+                break
+            texts = [
+                self.prefix + self.sep.join(self.symbols[g] for g in top[i, :j]) for i, j in asks
+            ]
+            for (i, j), c in zip(asks, self.embedder.count_tokens(texts), strict=True):
+                if c <= self.max_input_tokens:
+                    if j > lo[i]:
+                        lo[i], lo_tokens[i] = j, c
+                elif j < hi[i]:
+                    hi[i] = j
+            probes = [(lo + hi) // 2]
+        return lo, lo_tokens
 
     def _join(self, top: np.ndarray, kept: np.ndarray) -> list[str]:
         """``prefix`` + the first ``kept[i]`` genes of ``top[i]``, by the Rust sentence kernel."""
@@ -557,15 +643,17 @@ def genept_s(
     sentences: list[str] = []
     kept_all = np.zeros(target.n_obs, dtype=np.int64)
     cut_all = np.zeros(target.n_obs, dtype=bool)
+    tokens = np.zeros(target.n_obs, dtype=np.int64)
     for a, b, chunk in _chunks(m.X, target.n_obs, max(int(chunk_size), 1)):
-        s, kept_all[a:b], cut_all[a:b] = builder.build(chunk, row_offset=a)
+        s, kept_all[a:b], cut_all[a:b], tokens[a:b] = builder.build_counted(chunk, row_offset=a)
         sentences.extend(s)
+    counts = tokens.tolist()
     if dry_run or emb.is_paid:
-        estimate = emb.estimate(sentences)
+        estimate = emb.estimate(sentences, token_counts=counts)
         log.warning("GenePT-s (%s): %s", emb.model_id, estimate)
         if dry_run:
             return estimate
-    vectors = emb.embed(sentences, progress=progress)
+    vectors = emb.embed(sentences, progress=progress, token_counts=counts)
     target.obsm[key_added] = np.ascontiguousarray(vectors, dtype=np.float32)
     target.obs[f"{key_added}_n_genes"] = kept_all
     target.uns[key_added] = {

@@ -158,9 +158,12 @@ class SentenceEncoder:
     """GenePT-s as a streaming encoder: a chunk's sentences, embedded by a text model.
 
     The sentences are those of :func:`genept_fast.tl.genept_s` (a
-    :class:`~genept_fast.tl.SentenceBuilder`); ``n_cells``, ``n_cut`` and ``n_empty`` count,
-    over the chunks encoded by this object, the cells, the sentences cut at the token limit and
-    the cells without a usable expressed gene (zero vectors).
+    :class:`~genept_fast.tl.SentenceBuilder`), counted gene by gene and handed to the embedder
+    with their token counts, so no sentence is tokenized again; ``n_cells``, ``n_cut`` and
+    ``n_empty`` count, over the chunks encoded by this object, the cells, the sentences cut at
+    the token limit and the cells without a usable expressed gene (zero vectors). With
+    ``progress``, a bar under the stream's shows each chunk's sentences as every request
+    (or, locally, every forward pass) finishes.
     """
 
     def __init__(
@@ -204,14 +207,44 @@ class SentenceEncoder:
         )
 
     def sentences(self, X: sp.csr_array) -> list[str]:
-        out, kept, cut = self.builder.build(X)
+        return self.counted_sentences(X)[0]
+
+    def counted_sentences(self, X: sp.csr_array) -> tuple[list[str], list[int]]:
+        """The chunk's sentences and their token counts (and the counters updated)."""
+        out, kept, cut, tokens = self.builder.build_counted(X)
         self.n_cells += len(out)
         self.n_cut += int(cut.sum())
         self.n_empty += int((kept == 0).sum())
-        return out
+        return out, tokens.tolist()
 
     def __call__(self, X: sp.csr_array) -> np.ndarray:
-        return np.asarray(self.embedder.embed(self.sentences(X)), dtype=np.float32)
+        sentences, tokens = self.counted_sentences(X)
+        if not self.progress:
+            vectors = self.embedder.embed(sentences, token_counts=tokens)
+            return np.asarray(vectors, dtype=np.float32)
+        from tqdm.auto import tqdm
+
+        bars: list[Any] = []
+
+        def advance(done: int, total: int) -> None:
+            if not bars:
+                bars.append(
+                    tqdm(
+                        total=total,
+                        desc="  sentences of this chunk",
+                        unit="sentence",
+                        leave=False,
+                        file=sys.stderr,
+                    )
+                )
+            bars[0].update(done - bars[0].n)
+
+        try:
+            vectors = self.embedder.embed(sentences, token_counts=tokens, on_progress=advance)
+        finally:
+            for bar in bars:
+                bar.close()
+        return np.asarray(vectors, dtype=np.float32)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -347,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
             prefix=DEFAULT_PREFIX if args.prefix is None else args.prefix,
             max_input_tokens=args.max_input_tokens,
             n_threads=args.threads,
+            progress=progress,
         )
         if not enc.builder.usable.any():
             msg = f"no gene of {args.input} has a symbol ({symbol_source}); check --gene-key"
@@ -424,8 +458,11 @@ def _estimate(args: argparse.Namespace, enc: SentenceEncoder) -> CostEstimate:
     from genept_fast.stream import open_source
 
     sentences: list[str] = []
+    tokens: list[int] = []
     with open_source(args.input, layer=args.layer, use_raw=args.use_raw) as src:
         for a in range(0, src.n_cells, args.chunk_size):
             b = min(a + args.chunk_size, src.n_cells)
-            sentences.extend(enc.builder.build(src.read(a, b))[0])
-    return enc.embedder.estimate(sentences)
+            s, _, _, t = enc.builder.build_counted(src.read(a, b))
+            sentences.extend(s)
+            tokens.extend(t.tolist())
+    return enc.embedder.estimate(sentences, token_counts=tokens)

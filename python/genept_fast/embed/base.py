@@ -10,7 +10,10 @@ handed back as soon as it is done); :meth:`Embedder.embed` does the rest:
 - texts already in the :class:`~genept_fast.embed.cache.EmbeddingCache` are read from it,
   and every finished batch is written to it at once, so an interrupted job resumes where it
   stopped and never sends a text twice;
-- inputs longer than the model's limit are truncated, counted and reported with a warning.
+- inputs longer than the model's limit are truncated, counted and reported with a warning
+  (cached ones too, so a rerun reports what the first run did);
+- each text is hashed once and counted once (or not at all, when the caller passes the counts
+  it already knows).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ class Embedder(abc.ABC):
     cache
         The content-addressed cache, or ``None`` when caching is off.
     n_truncated
-        Texts truncated so far by this embedder (cumulative over calls).
+        Distinct texts over the input limit in the calls of :meth:`embed` so far (cumulative
+        over calls; counted whether their vectors came from the model or the cache).
     """
 
     model_id: str
@@ -67,7 +71,6 @@ class Embedder(abc.ABC):
     def __init__(self, *, cache: EmbeddingCache | None = None) -> None:
         self.cache = cache
         self.n_truncated = 0
-        self._call_truncated = 0
 
     # -- to implement --------------------------------------------------------------------------
     @property
@@ -84,8 +87,14 @@ class Embedder(abc.ABC):
         self,
         texts: list[str],
         sink: Callable[[Sequence[int], np.ndarray], None],
+        *,
+        token_counts: Sequence[int],
     ) -> None:
-        """Embed distinct non-empty texts, calling ``sink(positions, vectors)`` per batch."""
+        """Embed distinct non-empty texts, calling ``sink(positions, vectors)`` per batch.
+
+        ``token_counts`` holds :meth:`_input_tokens` of each text (texts over
+        ``max_input_tokens`` must be truncated; the base class has counted them already).
+        """
 
     @abc.abstractmethod
     def _plan(self, token_counts: list[int]) -> tuple[int, float]:
@@ -100,34 +109,60 @@ class Embedder(abc.ABC):
         """Whether :meth:`count_tokens` uses the model's own tokenizer."""
         return True
 
-    # -- shared behaviour ----------------------------------------------------------------------
-    def _note_truncated(self, n: int) -> None:
-        self._call_truncated += n
-        self.n_truncated += n
+    def _input_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes as input: exact, or an upper bound where counts are estimates."""
+        return self.count_tokens(texts)
 
+    def splits_after(self, words: Sequence[str], sep: str) -> list[bool]:
+        """Whether each word, followed by ``sep`` and more text, ends its tokens there.
+
+        Where it does, :meth:`count_tokens` of ``head + word + sep + tail`` is that of
+        ``head + word`` plus that of ``sep + tail`` (less the tokens of ``""``, such as
+        ``[CLS]``/``[SEP]``), so GenePT-s sentences can be counted gene by gene
+        (:class:`~genept_fast.tl.SentenceBuilder`). The default claims it for no word: texts
+        are then counted whole. A subclass that claims it must hold to it exactly.
+        """
+        return [False] * len(words)
+
+    # -- shared behaviour ----------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, dimension={self.dimension})"
 
-    def _distinct(self, texts: Sequence[str]) -> list[str]:
+    def _distinct(
+        self, texts: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> tuple[list[str], list[int] | None]:
+        """Distinct non-empty texts, and their counts from ``token_counts`` when given."""
         if isinstance(texts, str):
             msg = "texts must be a sequence of strings, not one string"
             raise GeneptError(msg)
-        out: dict[str, None] = {}
+        if token_counts is not None and len(token_counts) != len(texts):
+            msg = f"token_counts has {len(token_counts)} entries for {len(texts)} texts"
+            raise GeneptError(msg)
+        out: dict[str, int] = {}
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 msg = f"texts[{i}] is {type(t).__name__}, expected str"
                 raise GeneptError(msg)
-            if t.strip():
-                out[t] = None
-        return list(out)
+            if t not in out and t.strip():
+                out[t] = -1 if token_counts is None else int(token_counts[i])
+        return list(out), None if token_counts is None else list(out.values())
 
-    def _uncached(self, distinct: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
-        if self.cache is None or not distinct:
-            return distinct, {}
-        keys = [text_key(t) for t in distinct]
+    def _uncached(
+        self, distinct: list[str], keys: list[bytes] | None
+    ) -> tuple[list[int], dict[str, np.ndarray]]:
+        """Positions in ``distinct`` of the texts not in the cache, and the cached vectors."""
+        if self.cache is None or keys is None or not distinct:
+            return list(range(len(distinct))), {}
         found = self.cache.get(self.cache_namespace, keys)
-        hits = {t: found[k] for t, k in zip(distinct, keys, strict=False) if k in found}
-        return [t for t in distinct if t not in hits], hits
+        hits: dict[str, np.ndarray] = {}
+        todo: list[int] = []
+        for i, (t, k) in enumerate(zip(distinct, keys, strict=True)):
+            v = found.get(k)
+            if v is None:
+                todo.append(i)
+            else:
+                hits[t] = v
+        return todo, hits
 
     def _check_dimension(self, d: int, where: str) -> None:
         if self.dimension is None:
@@ -136,7 +171,14 @@ class Embedder(abc.ABC):
             msg = f"{self.model_id}: {where} vectors of dimension {d}, expected {self.dimension}"
             raise GeneptError(msg)
 
-    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        progress: bool = False,
+        token_counts: Sequence[int] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """Embed ``texts``.
 
         Parameters
@@ -145,24 +187,52 @@ class Embedder(abc.ABC):
             The texts. Duplicates are embedded once; empty ones get a zero vector.
         progress
             Show a progress bar (on stderr) over the texts that must be computed.
+        token_counts
+            :meth:`count_tokens` of each text, when the caller knows them already (GenePT-s
+            sentences are counted gene by gene); then no text is tokenized again to check it
+            against the input limit or to pack requests. Used only where counts are exact
+            (:attr:`tokens_exact`).
+        on_progress
+            Called as ``on_progress(done, total)`` with the texts computed so far out of those
+            to compute: once before the first batch, then after every finished batch.
 
         Returns
         -------
         numpy.ndarray
             float32 array of shape ``(len(texts), dimension)``, row ``i`` for ``texts[i]``.
+
+        Notes
+        -----
+        Texts over :attr:`max_input_tokens` are counted in :attr:`n_truncated` and reported in
+        a :class:`TruncationWarning` whether their vectors come from the model or the cache,
+        so a rerun records the same provenance as the first run.
         """
         texts = list(texts) if not isinstance(texts, str) else texts
-        distinct = self._distinct(texts)
-        todo, vectors = self._uncached(distinct)
+        distinct, counts = self._distinct(texts, token_counts)
+        if counts is None or not self.tokens_exact:
+            counts = self._input_tokens(distinct) if distinct else []
+        limit = self.max_input_tokens
+        n_over = sum(c > limit for c in counts)
+        self.n_truncated += n_over
+        keys = [text_key(t) for t in distinct] if self.cache is not None else None
+        todo, vectors = self._uncached(distinct, keys)
         for v in vectors.values():
             self._check_dimension(int(v.shape[0]), "the cache holds")
-        self._call_truncated = 0
+        if on_progress is not None:
+            on_progress(0, len(todo))
         if todo:
-            self._run(todo, vectors, progress=progress)
-        if self._call_truncated:
+            self._run(
+                [distinct[i] for i in todo],
+                None if keys is None else [keys[i] for i in todo],
+                [counts[i] for i in todo],
+                vectors,
+                progress=progress,
+                on_progress=on_progress,
+            )
+        if n_over:
             msg = (
-                f"{self.model_id}: {self._call_truncated} of {len(todo)} texts exceeded the"
-                f" {self.max_input_tokens}-token input limit and were truncated"
+                f"{self.model_id}: {n_over} of {len(distinct)} texts exceeded the"
+                f" {limit}-token input limit and were truncated"
             )
             warnings.warn(msg, TruncationWarning, stacklevel=2)
         dim = self.dimension or 0
@@ -173,11 +243,21 @@ class Embedder(abc.ABC):
                 out[i] = row
         return out
 
-    def _run(self, todo: list[str], vectors: dict[str, np.ndarray], *, progress: bool) -> None:
+    def _run(
+        self,
+        todo: list[str],
+        keys: list[bytes] | None,
+        counts: list[int],
+        vectors: dict[str, np.ndarray],
+        *,
+        progress: bool,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
         from tqdm.auto import tqdm
 
         cache = self.cache
         namespace = self.cache_namespace if cache is not None else ""
+        done = [0]
         with tqdm(
             total=len(todo),
             disable=not progress,
@@ -192,22 +272,32 @@ class Embedder(abc.ABC):
                     msg = f"{self.model_id}: got {batch.shape} vectors for {len(positions)} texts"
                     raise GeneptError(msg)
                 self._check_dimension(int(batch.shape[1]), "got")
-                if cache is not None:
-                    cache.put(namespace, [text_key(todo[p]) for p in positions], batch)
+                if cache is not None and keys is not None:
+                    cache.put(namespace, [keys[p] for p in positions], batch)
                 for p, row in zip(positions, batch, strict=False):
                     vectors[todo[p]] = row
                 bar.update(len(positions))
+                done[0] += len(positions)
+                if on_progress is not None:
+                    on_progress(done[0], len(todo))
 
-            self._embed_uncached(todo, sink)
+            self._embed_uncached(todo, sink, token_counts=counts)
 
-    def estimate(self, texts: Sequence[str]) -> CostEstimate:
+    def estimate(
+        self, texts: Sequence[str], *, token_counts: Sequence[int] | None = None
+    ) -> CostEstimate:
         """What embedding ``texts`` would cost, counting only texts not in the cache.
 
-        Nothing is sent; the cache is only read.
+        Nothing is sent; the cache is only read. ``token_counts`` as for :meth:`embed`.
         """
-        distinct = self._distinct(texts)
-        todo, _ = self._uncached(distinct)
-        counts = self.count_tokens(todo)
+        distinct, known = self._distinct(texts, token_counts)
+        keys = [text_key(t) for t in distinct] if self.cache is not None else None
+        todo_pos, _ = self._uncached(distinct, keys)
+        todo = [distinct[i] for i in todo_pos]
+        if known is not None and self.tokens_exact:
+            counts = [known[i] for i in todo_pos]
+        else:
+            counts = self.count_tokens(todo)
         limit = self.max_input_tokens
         tokens = sum(min(c, limit) for c in counts)
         n_requests, seconds = self._plan([min(c, limit) for c in counts])

@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from genept_fast._atomic import atomic_write_bytes
 from genept_fast.embed.cache import text_key
 from genept_fast.kernels import GeneptError
@@ -224,6 +226,7 @@ class _Runner:
         sent: list[str],
         sink: Callable[[Sequence[int], np.ndarray], None],
         *,
+        bounds: list[int] | None,
         state_dir: Path,
         poll_interval: float,
         max_wait: float | None,
@@ -233,6 +236,7 @@ class _Runner:
         self.emb = embedder
         self.todo = todo
         self.sent = sent
+        self.bounds = bounds if bounds is not None else embedder._input_tokens(sent)
         self.sink = sink
         self.state_dir = state_dir
         self.poll_interval = poll_interval
@@ -317,7 +321,7 @@ class _Runner:
             namespace=self.namespace,
             created=time.time(),
         )
-        bounds = [self.emb._counter.bound(self.sent[p]) for p in positions]
+        bounds = [self.bounds[p] for p in positions]
         requests = [[positions[i] for i in req] for req in self.emb._pack(bounds)]
         cur: list[list[int]] = []
         cur_bytes = 0
@@ -463,7 +467,7 @@ class _Runner:
                 continue
             for raw in self._lines(str(file_id)):
                 try:
-                    line = json.loads(raw)
+                    line = orjson.loads(raw)
                     cid = line.get("custom_id")
                 except (ValueError, AttributeError):
                     messages.append("an unreadable line in a result file")
@@ -593,7 +597,7 @@ class _Runner:
             len(positions),
             " | ".join(self.retry_reasons),
         )
-        bounds = [self.emb._counter.bound(self.sent[p]) for p in positions]
+        bounds = [self.bounds[p] for p in positions]
         for req in self.emb._pack(bounds):
             chosen = [positions[i] for i in req]
             vectors = self.emb._request([self.sent[p] for p in chosen])
@@ -607,6 +611,7 @@ def run_batch_job(
     sent: list[str],
     sink: Callable[[Sequence[int], np.ndarray], None],
     *,
+    bounds: list[int] | None = None,
     state_dir: str | os.PathLike[str],
     poll_interval: float = 30.0,
     max_wait: float | None = None,
@@ -626,6 +631,9 @@ def run_batch_job(
     sink
         Called as ``sink(positions, vectors)`` for each request's results as they are parsed
         (the embedder's sink writes them to the cache).
+    bounds
+        Tokens of each text of ``sent`` (an upper bound), to pack requests; counted here when
+        ``None``.
     state_dir
         Directory of the job files (see the module docstring).
     poll_interval
@@ -656,6 +664,7 @@ def run_batch_job(
         todo,
         sent,
         sink,
+        bounds=bounds,
         state_dir=Path(state_dir),
         poll_interval=float(poll_interval),
         max_wait=max_wait,

@@ -190,10 +190,10 @@ class LocalEmbedder(Embedder):
         return f"local|{self.model_name}|max_length={self.max_input_tokens}|sha={tag}"
 
     # -- loading -------------------------------------------------------------------------------
-    def _load(self) -> tuple[Any, Any]:
+    def _load_tokenizers(self) -> tuple[Any, Any]:
+        """(truncating and padding tokenizer, counting tokenizer); no model is loaded."""
         with self._lock:
-            if self._session is None:
-                import onnxruntime as ort
+            if self._tokenizer is None:
                 from tokenizers import Tokenizer
 
                 tok = Tokenizer.from_file(str(self.tokenizer_path))
@@ -202,6 +202,15 @@ class LocalEmbedder(Embedder):
                 counting.no_padding()
                 tok.enable_truncation(max_length=self.max_input_tokens)
                 tok.enable_padding(pad_id=0, pad_token="[PAD]")
+                self._tokenizer, self._counting_tokenizer = tok, counting
+            return self._tokenizer, self._counting_tokenizer
+
+    def _load(self) -> tuple[Any, Any]:
+        tok, _ = self._load_tokenizers()
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
                 opts = ort.SessionOptions()
                 if self.n_threads:
                     opts.intra_op_num_threads = int(self.n_threads)
@@ -219,30 +228,37 @@ class LocalEmbedder(Embedder):
                     msg = f"{self.model_path} lacks input_ids/attention_mask inputs"
                     raise GeneptError(msg)
                 self._inputs = names
-                self._tokenizer, self._counting_tokenizer = tok, counting
                 self._session = session
-            return self._session, self._tokenizer
+            return self._session, tok
 
     # -- tokens --------------------------------------------------------------------------------
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, with [CLS] and [SEP], before truncation."""
-        self._load()
+        _, counting = self._load_tokenizers()
         texts = list(texts)
         out: list[int] = []
         for start in range(0, len(texts), 1024):
-            encs = self._counting_tokenizer.encode_batch(texts[start : start + 1024])
+            encs = counting.encode_batch(texts[start : start + 1024])
             out.extend(len(e.ids) for e in encs)
         return out
+
+    def splits_after(self, words: Sequence[str], sep: str) -> list[bool]:
+        """True for every word when ``sep`` is whitespace.
+
+        The tokenizer (BERT's normalizer, pre-tokenizer and WordPiece) works character by
+        character up to splitting the text into words at whitespace and punctuation, then
+        cuts each word into pieces alone; no token spans whitespace.
+        """
+        return [bool(sep) and sep.isspace()] * len(words)
 
     def _plan(self, token_counts: list[int]) -> tuple[int, float]:
         n_batches = -(-len(token_counts) // self.batch_size)
         return n_batches, sum(token_counts) / LOCAL_TOKENS_PER_SECOND
 
     # -- embedding -----------------------------------------------------------------------------
-    def _forward(self, texts: list[str]) -> tuple[np.ndarray, int]:
+    def _forward(self, texts: list[str]) -> np.ndarray:
         session, tok = self._load()
         encs = tok.encode_batch(texts)
-        truncated = sum(1 for e in encs if e.overflowing)
         ids = np.asarray([e.ids for e in encs], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask}
@@ -252,16 +268,18 @@ class LocalEmbedder(Embedder):
         m = mask[:, :, None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32), truncated
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def _embed_uncached(
-        self, texts: list[str], sink: Callable[[Sequence[int], np.ndarray], None]
+        self,
+        texts: list[str],
+        sink: Callable[[Sequence[int], np.ndarray], None],
+        *,
+        token_counts: Sequence[int],
     ) -> None:
+        # The tokenizer truncates at max_input_tokens; the base class counted the texts over.
         # Sort by length so each batch pads little; hand results back in input positions.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             positions = order[start : start + self.batch_size]
-            vectors, truncated = self._forward([texts[p] for p in positions])
-            if truncated:
-                self._note_truncated(truncated)
-            sink(positions, vectors)
+            sink(positions, self._forward([texts[p] for p in positions]))

@@ -80,10 +80,13 @@ class SentenceTransformerEmbedder(Embedder):
         return n, sum(token_counts) / LOCAL_TOKENS_PER_SECOND
 
     def _embed_uncached(
-        self, texts: list[str], sink: Callable[[Sequence[int], np.ndarray], None]
+        self,
+        texts: list[str],
+        sink: Callable[[Sequence[int], np.ndarray], None],
+        *,
+        token_counts: Sequence[int],
     ) -> None:
-        counts = self.count_tokens(texts)
-        self._note_truncated(sum(c > self.max_input_tokens for c in counts))
+        # The model truncates at max_seq_length; the base class counted the texts over.
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
             vecs = self._model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True)
