@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Subcommand modules under genept_fast.commands, in the order of the pipeline.
-COMMANDS = ("gene_text", "embed_genes", "encode", "evaluate", "demo")
+COMMANDS = (
+    "gene_text",
+    "embed_genes",
+    "encode",
+    "build_reference",
+    "annotate",
+    "evaluate",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

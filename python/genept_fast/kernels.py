@@ -41,6 +41,7 @@ __all__ = [
     "cell_sentences",
     "l2_normalize",
     "prepare_embeddings",
+    "resolved_threads",
     "table_fingerprint",
     "top_genes",
     "weighted_embedding",
@@ -321,3 +322,8 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
         raise GeneptError(msg)
     _core.l2_normalize(arr, n_threads=_check_threads(n_threads))
     return arr
+
+
+def resolved_threads(n_threads: int | None = None) -> int:
+    """The thread count a kernel call with ``n_threads`` uses (all cores, capped by the env)."""
+    return int(_core.resolved_threads(_check_threads(n_threads)))

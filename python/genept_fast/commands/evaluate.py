@@ -12,7 +12,7 @@ from genept_fast.eval._genes import GENE_MODELS
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["register", "run", "run_genes"]
+__all__ = ["register", "run", "run_genes", "run_transfer"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Score the embeddings in an .h5ad's obsm with the GenePT paper's protocols: k-means "
             "and Leiden clustering (AMI/ARI), kNN and logistic-regression annotation on a "
             "stratified 80/20 split, batch-effect ARI and silhouettes. Cells labelled 'Unknown' "
-            "are left out. Writes report.md, report.json and UMAP PNGs."
+            "are left out. Writes report.md, report.json and UMAP PNGs. With --reference, "
+            "scores label transfer instead: the labels of REF (an .h5ad / .zarr or a "
+            "build-reference index) are transferred to INPUT and compared with INPUT's own "
+            "(accuracy, macro-F1, a confusion-matrix PNG per embedding and method)."
         ),
     )
     p.add_argument("input", type=Path, help="input .h5ad")
@@ -46,13 +49,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="LABEL",
         help="label to leave out (repeatable; default: Unknown)",
     )
-    p.add_argument("--knn-k", type=int, default=10, help="neighbours of the kNN vote (10)")
+    p.add_argument(
+        "--knn-k",
+        type=int,
+        default=None,
+        help="neighbours of the kNN vote (10; 15 with --reference)",
+    )
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0.2)")
     p.add_argument("--n-neighbors", type=int, default=15, help="kNN graph size for Leiden (15)")
     p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution (1.0)")
     p.add_argument("--no-leiden", action="store_true", help="skip Leiden clustering")
     p.add_argument("--no-logreg", action="store_true", help="skip logistic-regression annotation")
     p.add_argument("--no-plots", action="store_true", help="skip the UMAP plots (faster)")
+    t = p.add_argument_group("reference → query mode")
+    t.add_argument(
+        "--reference", type=Path, default=None, help="labelled reference .h5ad / .zarr / .index"
+    )
+    t.add_argument(
+        "--query-label", default=None, help="INPUT's obs column with the true labels (--label)"
+    )
+    t.add_argument(
+        "--ensemble", action="store_true", help="also score all --obsm keys concatenated"
+    )
+    t.add_argument("--methods", nargs="+", choices=["knn", "logreg"], default=["knn", "logreg"])
+    t.add_argument("--weights", choices=["distance", "uniform"], default="distance")
+    t.add_argument("--min-confidence", type=float, default=None)
+    t.add_argument("--backend", choices=["auto", "exact", "hnsw"], default="auto")
     p.set_defaults(func=run)
 
     g = subparsers.add_parser(
@@ -95,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         msg = f"input file not found: {str(path)!r}"
         raise FileNotFoundError(msg)
+    if args.reference is not None:
+        return run_transfer(args)
     try:
         adata = ad.read_h5ad(path, backed="r")
     except OSError as exc:
@@ -108,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             obsm_keys=args.obsm,
             seed=args.seed,
             exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
-            knn_k=args.knn_k,
+            knn_k=10 if args.knn_k is None else args.knn_k,
             test_size=args.test_size,
             leiden=not args.no_leiden,
             leiden_resolution=args.resolution,
@@ -123,6 +147,60 @@ def run(args: argparse.Namespace) -> int:
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
     print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
     return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    """``genept-fast evaluate QUERY --reference REF``: score labels transferred from REF."""
+    import anndata as ad
+
+    from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate_transfer
+
+    if not args.reference.exists():
+        msg = f"reference not found: {args.reference}"
+        raise FileNotFoundError(msg)
+    if args.batch is not None:
+        msg = "--batch does not apply with --reference"
+        raise GeneptError(msg)
+    entries: list[str | list[str]] | None = None
+    if args.obsm:
+        entries = list(args.obsm)
+        if args.ensemble and len(args.obsm) > 1:
+            entries.append(list(args.obsm))
+    elif args.ensemble:
+        msg = "--ensemble needs two or more --obsm keys"
+        raise GeneptError(msg)
+    try:
+        query = ad.read_h5ad(args.input, backed="r")
+    except OSError as exc:
+        msg = f"cannot read {str(args.input)!r} as .h5ad: {exc}"
+        raise GeneptError(msg) from exc
+    try:
+        report = evaluate_transfer(
+            query,
+            args.reference,
+            label_key=None if _is_index(args.reference) else args.label,
+            query_label_key=args.query_label or args.label,
+            obsm_keys=entries,
+            methods=args.methods,
+            k=15 if args.knn_k is None else args.knn_k,
+            weights=args.weights,
+            min_confidence=args.min_confidence,
+            backend=args.backend,
+            exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
+        )
+    finally:
+        if query.isbacked:
+            query.file.close()
+    written = report.write(args.out)
+    print(report.to_markdown().split("\n## ", 1)[0].rstrip())
+    print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _is_index(path: Path) -> bool:
+    from genept_fast.annotate._transfer import is_index_file
+
+    return is_index_file(path)
 
 
 def run_genes(args: argparse.Namespace) -> int:
