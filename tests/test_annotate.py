@@ -168,8 +168,11 @@ def test_writes_obs_confidence_and_uns_like_scanpy(ref_query):
     assert u["params"]["k"] == 15 and u["params"]["weights"] == "distance"
     assert u["params"]["obsm_keys"] == ["X_genept_w"]
     assert u["reference"]["n_cells"] == ref.n_obs
-    assert u["reference"]["label_counts"] == ref.obs["cell_type"].value_counts().to_dict()
-    assert sum(u["prediction_counts"].values()) == q.n_obs
+    counts = u["reference"]["label_counts"]
+    assert dict(zip(counts["label"], counts["n_cells"], strict=True)) == (
+        ref.obs["cell_type"].value_counts().to_dict()
+    )
+    assert u["prediction_counts"]["n_cells"].sum() == q.n_obs
     assert "cell_type_pred" not in query.obs  # the fixture's copy was not touched
 
 

@@ -28,7 +28,7 @@ def clustered(n: int, seed: int, dim: int = 16, n_types: int = 4):
     t = rng.integers(0, n_types, n)
     X = (centres[t] + 0.8 * rng.standard_normal((n, dim))).astype(np.float32)
     obs = pd.DataFrame(
-        {"cell_type": pd.Categorical([f"t{i}" for i in t]), "donor": "d1"},
+        {"cell_type": pd.Categorical([f"T{i}+/CD25" for i in t]), "donor": "d1"},
         index=[f"{'rq'[seed % 2]}{i}" for i in range(n)],
     )
     a = ad.AnnData(obs=obs)
@@ -102,6 +102,8 @@ def test_build_reference_then_annotate_to_h5ad(files, tmp_path, capsys):
         got.obs["cell_type_pred_confidence"], want["cell_type_pred_confidence"], rtol=1e-6
     )
     assert got.uns["cell_type_pred"]["reference"]["fingerprint"] == loaded.fingerprint
+    counts = got.uns["cell_type_pred"]["reference"]["label_counts"]
+    assert dict(zip(counts["label"], counts["n_cells"], strict=True)) == loaded.label_counts()
     assert got.n_vars == 0 and not got.obsm
 
 
@@ -142,6 +144,7 @@ def test_annotate_from_an_h5ad_reference_to_parquet_with_logreg(files, tmp_path)
     meta = json.loads(table.schema.metadata[b"genept_fast"])
     assert meta["cell_type_pred"]["params"]["method"] == "logreg"
     assert meta["cell_type_pred"]["params"]["obsm_keys"] == ["X_genept_w", "X_pca"]
+    assert sum(meta["cell_type_pred"]["prediction_counts"].values()) == query.n_obs
 
 
 def test_annotate_reads_the_zarr_store_of_encode(files, tmp_path):

@@ -44,7 +44,15 @@ if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
 
-__all__ = ["UNKNOWN", "Predictions", "is_index_file", "predict", "transfer_labels", "vote"]
+__all__ = [
+    "UNKNOWN",
+    "Predictions",
+    "is_index_file",
+    "jsonable",
+    "predict",
+    "transfer_labels",
+    "vote",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +230,42 @@ def summary(
         "reference": {
             "n_cells": index.n_cells,
             "n_labels": len(index.classes),
-            "label_counts": index.label_counts(),
+            "label_counts": _count_frame(index.label_counts()),
             "fingerprint": index.fingerprint,
             "backend": index.backend,
             "path": str(index.path) if index.path is not None else "in memory",
         },
-        "prediction_counts": {str(c): int(n) for c, n in counts.items()},
+        "prediction_counts": _count_frame({str(c): int(n) for c, n in counts.items()}),
         "n_unknown": int((pred.codes < 0).sum()),
         "n_zero_embedding": int(pred.n_zero),
         "n_below_min_confidence": int(pred.n_below),
         "mean_confidence": float(pred.confidence.mean()) if len(pred.confidence) else 0.0,
     }
+
+
+def _count_frame(counts: dict[str, int]) -> pd.DataFrame:
+    """Counts by label as a DataFrame (``label``, ``n_cells``): a dict keyed by labels would be
+    split into nested groups by an ``.h5ad`` writer wherever a label holds a ``/``."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {"label": list(counts), "n_cells": np.array(list(counts.values()), dtype=np.int64)}
+    )
+
+
+def jsonable(obj: Any) -> Any:
+    """``uns`` content as JSON values (count tables become ``{label: n_cells}``)."""
+    import pandas as pd
+
+    if isinstance(obj, pd.DataFrame) and list(obj.columns) == ["label", "n_cells"]:
+        return {str(a): int(b) for a, b in zip(obj["label"], obj["n_cells"], strict=True)}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def as_index(
@@ -351,7 +384,8 @@ def transfer_labels(
       when a cell is left unannotated or ``min_confidence`` is given);
     - ``adata.obs[f"{key_added}_confidence"]``: float32 in [0, 1];
     - ``adata.uns[key_added]``: ``params``, ``reference`` (size, label counts, fingerprint),
-      ``prediction_counts`` and the counts of cells left "Unknown".
+      ``prediction_counts`` (count tables: DataFrames with ``label`` and ``n_cells``, which
+      survive ``write_h5ad`` whatever the labels) and the counts of cells left "Unknown".
     """
     _check_method(method, weights, k, min_confidence)
     chunk_size = positive_int(chunk_size, "chunk_size")

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         _check_method,
         as_index,
         check_compatible,
+        jsonable,
         predict,
         summary,
     )
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise GeneptError(msg)
     obs[key] = cats
     obs[f"{key}_confidence"] = pred.confidence
-    _write(args.output, obs, key, uns)
+    _write(args.output, obs, key, uns, jsonable(uns))
     n_unknown = uns["n_unknown"]
     print(
         f"annotated {len(obs):,} cells ({args.method}, mean confidence "
@@ -161,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(output: Path, obs: pd.DataFrame, key: str, uns: dict[str, Any]) -> None:
+def _write(
+    output: Path, obs: pd.DataFrame, key: str, uns: dict[str, Any], uns_json: dict[str, Any]
+) -> None:
     from genept_fast._atomic import atomic_path
 
     with atomic_path(output) as tmp:
@@ -177,5 +180,5 @@ def _write(output: Path, obs: pd.DataFrame, key: str, uns: dict[str, Any]) -> No
             frame.insert(0, "obs_name", frame.index.astype(str))
             table = pa.Table.from_pandas(frame, preserve_index=False)
             meta = dict(table.schema.metadata or {})
-            meta[b"genept_fast"] = json.dumps({key: uns}, default=str).encode()
+            meta[b"genept_fast"] = json.dumps({key: uns_json}).encode()
             pq.write_table(table.replace_schema_metadata(meta), tmp)
