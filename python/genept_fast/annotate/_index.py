@@ -236,7 +236,7 @@ class ReferenceIndex:
             if self._hnsw is not None and not exact:
                 return self._hnsw.search(queries, k, ef_search=ef_search)
             ref = self._vectors if self._vectors is not None else self.vectors
-            return exact_search(queries, ref, k, n_reference=self.n_cells)
+            return exact_search(queries, ref, k, n_reference=self.n_cells, n_threads=n_threads)
 
     def fit_logreg(self, *, C: float = 1.0, max_iter: int = 1000, seed: int = 0) -> LogregModel:
         """Fit (and keep) the logistic-regression model on the stored vectors."""

@@ -9,8 +9,9 @@ Every vector here is L2-normalised, so cosine similarity is the inner product.
   vectors) and inner-product metric; it is built once, streamed to and from disk through faiss's
   own serialisation (no pickle) and searched with ``efSearch`` ≥ ``k``.
 
-Neighbours come back sorted by decreasing similarity, ties by increasing reference row, so the
-exact search is deterministic.
+Neighbours come back sorted by decreasing similarity, ties by increasing reference row; the
+exact search is deterministic (which of several rows tied at the k-th similarity make the cut is
+the partition's choice, the same on every run).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ __all__ = ["HNSW_DEFAULTS", "HnswIndex", "exact_search", "faiss_version", "threa
 
 #: Most entries of one ``queries × reference block`` score matrix (64 MB of float32).
 SCORE_BLOCK = 16 * 1024 * 1024
+
+#: Queries scored together against a reference block by one thread of the exact search.
+QUERY_CHUNK = 1024
 
 #: faiss HNSW settings: graph degree M, build and search beam widths (chosen in
 #: benches/bench_annotate.py: recall@15 ≥ 0.95 on clustered data at D = 384 and 1536).
@@ -79,7 +83,7 @@ def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column positions and values of the ``k`` largest entries of each row, best first."""
     n_cols = scores.shape[1]
     if k < n_cols:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        part = np.argpartition(scores, n_cols - k, axis=1)[:, n_cols - k :]
     else:
         part = np.broadcast_to(np.arange(n_cols), scores.shape).copy()
     vals = np.take_along_axis(scores, part, axis=1)
@@ -95,8 +99,14 @@ def exact_search(
     *,
     n_reference: int | None = None,
     block_rows: int | None = None,
+    n_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar reference rows of each query row (inner product), exactly.
+
+    The reference is read one block of rows at a time (each block once); the queries are cut
+    into chunks of :data:`QUERY_CHUNK` that threads score against the block in parallel (BLAS
+    single-threaded inside each, numpy's ``argpartition`` releases the GIL), each keeping its
+    running top ``k``.
 
     Parameters
     ----------
@@ -109,13 +119,19 @@ def exact_search(
     k
         Neighbours per query (at most ``n_reference``).
     block_rows
-        Reference rows per block (default: so that one score matrix holds ≤ 16M entries).
+        Reference rows per block (default: one query chunk's scores hold ≤ 16M entries).
+    n_threads
+        Threads (default all cores, capped by ``GENEPT_FAST_NUM_THREADS``).
 
     Returns
     -------
     similarity : float32 ``(n_queries, k)``, decreasing along each row
     index : int64 ``(n_queries, k)``, reference rows
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     if callable(reference):
         if n_reference is None:
             msg = "exact_search with a block reader needs n_reference"
@@ -135,20 +151,37 @@ def exact_search(
         msg = f"k = {k} neighbours asked from a reference of {n_ref} cells"
         raise GeneptError(msg)
     q = np.ascontiguousarray(queries, dtype=np.float32)
+    bounds = [(a, min(a + QUERY_CHUNK, n_q)) for a in range(0, n_q, QUERY_CHUNK)]
     if block_rows is None:
-        block_rows = max(k, SCORE_BLOCK // max(n_q, 1))
-    best_idx = np.zeros((n_q, 0), dtype=np.int64)
-    best_sim = np.zeros((n_q, 0), dtype=np.float32)
-    for a in range(0, n_ref, block_rows):
-        b = min(a + block_rows, n_ref)
-        block = np.asarray(read(a, b), dtype=np.float32)
-        scores = q @ block.T
-        pos, vals = _topk_rows(scores, min(k, b - a))
-        cand_idx = np.concatenate([best_idx, pos.astype(np.int64) + a], axis=1)
-        cand_sim = np.concatenate([best_sim, vals], axis=1)
-        pos, best_sim = _topk_rows(cand_sim, min(k, cand_sim.shape[1]))
-        best_idx = np.take_along_axis(cand_idx, pos, axis=1)
-    return best_sim.astype(np.float32, copy=False), best_idx
+        block_rows = max(k, SCORE_BLOCK // min(max(n_q, 1), QUERY_CHUNK))
+    best: list[tuple[np.ndarray, np.ndarray]] = [
+        (np.zeros((b - a, 0), dtype=np.float32), np.zeros((b - a, 0), dtype=np.int64))
+        for a, b in bounds
+    ]
+
+    def step(c: int, block: np.ndarray, start: int) -> None:
+        a, b = bounds[c]
+        pos, vals = _topk_rows(q[a:b] @ block.T, min(k, block.shape[0]))
+        sim, idx = best[c]
+        cand_sim = np.concatenate([sim, vals], axis=1)
+        cand_idx = np.concatenate([idx, pos.astype(np.int64) + start], axis=1)
+        pos, sim = _topk_rows(cand_sim, min(k, cand_sim.shape[1]))
+        best[c] = (sim, np.take_along_axis(cand_idx, pos, axis=1))
+
+    workers = min(kernels.resolved_threads(n_threads), max(len(bounds), 1))
+    with ThreadPoolExecutor(workers) as pool, threadpool_limits(1 if workers > 1 else None):
+        for start in range(0, n_ref, block_rows):
+            block = np.asarray(read(start, min(start + block_rows, n_ref)), dtype=np.float32)
+            list(
+                pool.map(
+                    lambda c, block=block, start=start: step(c, block, start), range(len(bounds))
+                )
+            )
+    if not bounds:
+        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
+    sim = np.concatenate([s for s, _ in best])
+    idx = np.concatenate([i for _, i in best])
+    return sim.astype(np.float32, copy=False), idx
 
 
 class HnswIndex:
