@@ -25,10 +25,12 @@ import genept_fast as gf
 from genept_fast import GeneptError
 from genept_fast.annotate import (
     HnswIndex,
+    IvfIndex,
     ReferenceIndex,
     build_reference,
     combine,
     exact_search,
+    ivf_nlist,
     transfer_labels,
     vote,
 )
@@ -106,11 +108,17 @@ def test_exact_search_rejects_k_larger_than_the_reference():
         exact_search(np.ones((1, 2), np.float32), np.ones((3, 2), np.float32), 5)
 
 
-def test_hnsw_recall_against_exact():
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_ann_recall_against_exact(kind):
     X, _ = clustered(4000, 32, 10, seed=3)
     X = unit(X).astype(np.float32)
-    h = HnswIndex(32)
+    if kind == "hnsw":
+        h: HnswIndex | IvfIndex = HnswIndex(32)
+    else:
+        h = IvfIndex(32, nlist=ivf_nlist(len(X)))
+        h.train(X)
     h.add(X)
+    np.testing.assert_allclose(h.vectors(10, 20), X[10:20], atol=1e-3)  # float16 storage
     Q = unit(clustered(300, 32, 10, seed=4)[0]).astype(np.float32)
     approx = h.search(Q, 15)[1]
     exact = exact_search(Q, X.astype(np.float16), 15)[1]
@@ -256,13 +264,15 @@ def test_ensemble_normalises_each_embedding_then_concatenates(ref_query):
 def test_save_load_round_trip_and_fingerprint(ref_query, tmp_path):
     ref, query, _ = ref_query
     exact = build_reference(ref, label_key="cell_type", backend="exact", logreg=True)
+    ivf = build_reference(ref, label_key="cell_type", backend="ivf")
     hnsw = build_reference(ref, label_key="cell_type", backend="hnsw")
-    assert exact.backend == "exact" and hnsw.backend == "hnsw"
-    assert exact.fingerprint == hnsw.fingerprint  # content, not backend
+    assert (exact.backend, ivf.backend, hnsw.backend) == ("exact", "ivf", "hnsw")
+    assert exact.fingerprint == ivf.fingerprint == hnsw.fingerprint  # content, not backend
+    assert ivf.params() == {"nlist": ivf_nlist(ref.n_obs), "nprobe": 32}
     other = ref.copy()
     other.obs["cell_type"] = other.obs["cell_type"].cat.rename_categories(lambda c: c + "x")
     assert build_reference(other, label_key="cell_type").fingerprint != exact.fingerprint
-    for index, name in ((exact, "e.index"), (hnsw, "h.index")):
+    for index, name in ((exact, "e.index"), (ivf, "i.index"), (hnsw, "h.index")):
         path = index.save(tmp_path / name)
         loaded = ReferenceIndex.load(path)
         assert loaded.fingerprint == index.fingerprint
@@ -280,16 +290,17 @@ def test_save_load_round_trip_and_fingerprint(ref_query, tmp_path):
     assert loaded.provenance["versions"]["genept-fast"]
 
 
-def test_hnsw_and_exact_agree(ref_query):
+@pytest.mark.parametrize("backend", ["ivf", "hnsw"])
+def test_ann_and_exact_agree(ref_query, backend):
     ref, query, _ = ref_query
-    index = build_reference(ref, label_key="cell_type", backend="hnsw")
+    index = build_reference(ref, label_key="cell_type", backend=backend)
     a = transfer_labels(query, index, copy=True)
     b = transfer_labels(query, index, exact=True, copy=True)
     assert a is not None and b is not None
     agree = (a.obs["cell_type_pred"] == b.obs["cell_type_pred"]).mean()
     assert agree >= 0.99
     assert b.uns["cell_type_pred"]["params"]["search"] == "exact"
-    assert a.uns["cell_type_pred"]["params"]["search"] == "hnsw"
+    assert a.uns["cell_type_pred"]["params"]["search"] == backend
 
 
 def test_save_refuses_an_existing_file(ref_query, tmp_path):
@@ -303,7 +314,7 @@ def test_save_refuses_an_existing_file(ref_query, tmp_path):
     assert ReferenceIndex.load(path).fingerprint == index.fingerprint
 
 
-@pytest.mark.parametrize("backend", ["exact", "hnsw"])
+@pytest.mark.parametrize("backend", ["exact", "ivf", "hnsw"])
 def test_corrupted_index_is_refused(ref_query, tmp_path, backend):
     index = build_reference(ref_query[0], label_key="cell_type", backend=backend)
     path = index.save(tmp_path / "r.index")

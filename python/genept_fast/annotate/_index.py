@@ -2,7 +2,7 @@
 
 :func:`build_reference` turns the labelled cells of a reference (an AnnData, or an ``.h5ad`` /
 ``.zarr`` file streamed by chunks) into a :class:`ReferenceIndex`: the searched vectors (each
-embedding L2-normalised, concatenated), the labels, an exact or HNSW search structure and,
+embedding L2-normalised, concatenated), the labels, an exact, IVF or HNSW search structure and,
 optionally, a fitted logistic-regression model.
 
 The saved file is HDF5 (h5py), every dataset chunked with HDF5's Fletcher-32 checksum:
@@ -14,8 +14,8 @@ The saved file is HDF5 (h5py), every dataset chunked with HDF5's Fletcher-32 che
 ``classes``             the label names, sorted (codes index them)
 ``obs_names``           the reference cells' names
 ``vectors``             float16 ``(n_cells, D)`` (exact backend)
-``faiss``               uint8: faiss's serialisation of the HNSW index (hnsw backend; the
-                        float16 vectors live inside it, so they are not stored twice)
+``faiss``               uint8: faiss's serialisation of the IVF or HNSW index (the float16
+                        vectors live inside it, so they are not stored twice)
 ``logreg/*``            coefficients, intercepts, standardisation (when fitted)
 ======================  =====================================================================
 
@@ -49,7 +49,16 @@ from genept_fast.annotate._io import (
     obsm_keys_arg,
     positive_int,
 )
-from genept_fast.annotate._search import HNSW_DEFAULTS, HnswIndex, exact_search, threads
+from genept_fast.annotate._search import (
+    HNSW_DEFAULTS,
+    IVF_DEFAULTS,
+    FaissIndex,
+    HnswIndex,
+    IvfIndex,
+    exact_search,
+    ivf_nlist,
+    threads,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -71,17 +80,23 @@ FORMAT = "genept-fast reference index"
 #: Bumped whenever the file layout changes; a file of another version is refused.
 FORMAT_VERSION = 1
 
-#: ``backend="auto"`` searches exactly up to this many reference cells, with HNSW above
-#: (measured in benches/bench_annotate.py --mode threshold: below it exact search is as fast as
-#: HNSW on 2 cores and needs no build).
-EXACT_MAX_CELLS = 50_000
+#: ``backend="auto"`` searches exactly up to this many reference cells, with IVF above
+#: (benches/bench_annotate.py --mode threshold: at 10,000 cells exact search still answers
+#: ~2,000 queries/s on 2 busy cores and needs no build; at 25,000 it is 4× slower than an index).
+EXACT_MAX_CELLS = 10_000
 
 #: Cells read, normalised and added at a time.
 CHUNK_CELLS = 10_000
 
+#: IVF k-means trains on this many sampled cells per list (faiss asks for at least 39), read
+#: in blocks of SAMPLE_BLOCK cells from random places of the reference.
+TRAIN_PER_LIST = 40
+SAMPLE_BLOCK = 1_000
+
 _READ_BYTES = 1 << 22
 
-Backend = Literal["auto", "exact", "hnsw"]
+Backend = Literal["auto", "exact", "ivf", "hnsw"]
+BACKENDS = ("auto", "exact", "ivf", "hnsw")
 
 
 @dataclass
@@ -143,7 +158,7 @@ class ReferenceIndex:
     classes
         Label names, sorted; ``labels`` holds int32 codes into them.
     backend
-        ``"exact"`` (BLAS) or ``"hnsw"`` (faiss).
+        ``"exact"`` (BLAS), ``"ivf"`` or ``"hnsw"`` (faiss).
     fingerprint
         BLAKE2b-128 of the content (see the module docstring).
     provenance
@@ -164,7 +179,7 @@ class ReferenceIndex:
         fingerprint: str,
         provenance: dict[str, Any],
         vectors: np.ndarray | None = None,
-        hnsw: HnswIndex | None = None,
+        ann: FaissIndex | None = None,
         logreg: LogregModel | None = None,
     ) -> None:
         self.label_key = label_key
@@ -177,7 +192,7 @@ class ReferenceIndex:
         self.fingerprint = fingerprint
         self.provenance = provenance
         self._vectors = vectors
-        self._hnsw = hnsw
+        self._ann = ann
         self.logreg = logreg
         self.path: Path | None = None
 
@@ -201,16 +216,16 @@ class ReferenceIndex:
         return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
 
     def params(self) -> dict[str, Any]:
-        """Backend parameters (HNSW's M, ef_construction, ef_search)."""
-        return self._hnsw.params() if self._hnsw is not None else {}
+        """Backend parameters (IVF's nlist, nprobe; HNSW's M, ef_construction, ef_search)."""
+        return self._ann.params() if self._ann is not None else {}
 
     def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Stored vectors ``start:stop`` (float16 precision) as float32."""
         stop = self.n_cells if stop is None else stop
         if self._vectors is not None:
             return np.asarray(self._vectors[start:stop], dtype=np.float32)
-        assert self._hnsw is not None
-        return self._hnsw.vectors(start, stop)
+        assert self._ann is not None
+        return self._ann.vectors(start, stop)
 
     def search(
         self,
@@ -218,7 +233,6 @@ class ReferenceIndex:
         k: int,
         *,
         exact: bool = False,
-        ef_search: int | None = None,
         n_threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest reference cells of each query vector (combined like the reference).
@@ -233,8 +247,8 @@ class ReferenceIndex:
             msg = f"k = {k} neighbours asked from a reference of {self.n_cells} cells"
             raise GeneptError(msg)
         with threads(n_threads):
-            if self._hnsw is not None and not exact:
-                return self._hnsw.search(queries, k, ef_search=ef_search)
+            if self._ann is not None and not exact:
+                return self._ann.search(queries, k)
             ref = self._vectors if self._vectors is not None else self.vectors
             return exact_search(queries, ref, k, n_reference=self.n_cells, n_threads=n_threads)
 
@@ -292,7 +306,7 @@ class ReferenceIndex:
             if self._vectors is not None:
                 _dataset(f, "vectors", self._vectors.astype(np.float16, copy=False), check)
             else:
-                assert self._hnsw is not None
+                assert self._ann is not None
                 ds = f.create_dataset(
                     "faiss",
                     shape=(0,),
@@ -308,7 +322,7 @@ class ReferenceIndex:
                     ds[n:] = np.frombuffer(data, dtype=np.uint8)
                     check.update(data)
 
-                self._hnsw.write(append)
+                self._ann.write(append)
             if self.logreg is not None:
                 g = f.create_group("logreg")
                 for name in ("coef", "intercept", "mean", "scale"):
@@ -386,7 +400,7 @@ class ReferenceIndex:
                 f"{meta['checksum']} recorded when it was saved); rebuild it"
             )
             raise GeneptError(msg)
-        hnsw = None
+        ann: FaissIndex | None = None
         if blob is not None:
             pos = 0
 
@@ -396,9 +410,13 @@ class ReferenceIndex:
                 pos += len(data)
                 return data
 
-            hnsw = HnswIndex.read(read, meta["backend_params"])
+            kinds: dict[str, Any] = {"hnsw": HnswIndex, "ivf": IvfIndex}
+            if meta["backend"] not in kinds:
+                msg = f"{src}: unknown backend {meta['backend']!r} (corrupted?)"
+                raise GeneptError(msg)
+            ann = kinds[meta["backend"]].read(read, meta["backend_params"])
         n = int(meta["n_cells"])
-        if len(labels) != n or (hnsw is not None and hnsw.n_cells != n):
+        if len(labels) != n or (ann is not None and ann.n_cells != n):
             msg = f"{src}: reference index is corrupted (holds a different number of cells)"
             raise GeneptError(msg)
         index = cls(
@@ -412,7 +430,7 @@ class ReferenceIndex:
             fingerprint=meta["fingerprint"],
             provenance=meta["provenance"],
             vectors=vectors,
-            hnsw=hnsw,
+            ann=ann,
             logreg=logreg,
         )
         index.path = src
@@ -440,6 +458,31 @@ def _read_dataset(ds: Any, check: Any) -> np.ndarray:
 # -- building ------------------------------------------------------------------------------------
 
 
+def _training_sample(src: Any, n_sample: int, n_threads: int | None) -> np.ndarray:
+    """About ``n_sample`` rows from random places of the reference (whole blocks of
+    :data:`SAMPLE_BLOCK` rows, seed 0), so that a file sorted by cell type or batch is
+    sampled evenly."""
+    n = src.n_cells
+    if n_sample >= n:
+        starts = list(range(0, n, SAMPLE_BLOCK))
+    else:
+        n_blocks = -(-n // SAMPLE_BLOCK)
+        pick = -(-n_sample // SAMPLE_BLOCK)
+        rng = np.random.default_rng(0)
+        starts = sorted(int(b) * SAMPLE_BLOCK for b in rng.choice(n_blocks, pick, replace=False))
+    parts = [
+        combine(
+            src.read(a, min(a + SAMPLE_BLOCK, n)),
+            src.keys,
+            start=a,
+            where=src.where,
+            n_threads=n_threads,
+        )
+        for a in starts
+    ]
+    return np.concatenate(parts)
+
+
 def _iter_blocks(src: Any, chunk: int, n_threads: int | None) -> Iterator[tuple[int, np.ndarray]]:
     for a in range(0, src.n_cells, chunk):
         b = min(a + chunk, src.n_cells)
@@ -453,7 +496,7 @@ def build_reference(
     obsm_key: str | Sequence[str] = "X_genept_w",
     backend: Backend = "auto",
     logreg: bool = False,
-    hnsw_params: dict[str, int] | None = None,
+    ann_params: dict[str, int] | None = None,
     chunk_size: int = CHUNK_CELLS,
     n_threads: int | None = None,
 ) -> ReferenceIndex:
@@ -472,12 +515,16 @@ def build_reference(
     obsm_key
         The embedding, or several (the "ensemble": each L2-normalised, then concatenated).
     backend
-        ``"exact"`` (BLAS matrix products, no build step), ``"hnsw"`` (faiss HNSW over float16
-        vectors, for large references), or ``"auto"``: exact up to :data:`EXACT_MAX_CELLS` cells.
+        ``"exact"`` (BLAS matrix products, no build step), ``"ivf"`` (faiss inverted file over
+        float16 codes: k-means on a random sample of the reference, then one pass), ``"hnsw"``
+        (faiss HNSW graph over float16 vectors), or ``"auto"``: exact up to
+        :data:`EXACT_MAX_CELLS` cells, IVF above.
     logreg
         Also fit the logistic-regression model (saved with the index).
-    hnsw_params
-        ``M``, ``ef_construction``, ``ef_search`` (default :data:`HNSW_DEFAULTS`).
+    ann_params
+        IVF: ``nlist`` (default :func:`~genept_fast.annotate.ivf_nlist`), ``nprobe`` (default
+        :data:`IVF_DEFAULTS`); HNSW: ``M``, ``ef_construction``, ``ef_search`` (default
+        :data:`HNSW_DEFAULTS`).
     chunk_size
         Cells read and added at a time.
     n_threads
@@ -490,8 +537,8 @@ def build_reference(
     from genept_fast.eval._io import versions
 
     keys = obsm_keys_arg(obsm_key, ["X_genept_w"])
-    if backend not in ("auto", "exact", "hnsw"):
-        msg = f"backend must be 'auto', 'exact' or 'hnsw', got {backend!r}"
+    if backend not in BACKENDS:
+        msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
         raise GeneptError(msg)
     chunk_size = positive_int(chunk_size, "chunk_size")
     src: Any
@@ -514,25 +561,30 @@ def build_reference(
         if n == 0:
             msg = "the reference has no cells"
             raise GeneptError(msg)
-        chosen = backend if backend != "auto" else ("exact" if n <= EXACT_MAX_CELLS else "hnsw")
+        chosen = backend if backend != "auto" else ("exact" if n <= EXACT_MAX_CELLS else "ivf")
         fp = hashlib.blake2b(digest_size=16)
         fp.update(json.dumps([FORMAT_VERSION, keys, src.dims, label_key, classes]).encode())
         fp.update(codes.tobytes())
         vectors: np.ndarray | None = None
-        hnsw: HnswIndex | None = None
-        if chosen == "exact":
-            vectors = np.empty((n, dim), dtype=np.float16)
-        else:
-            hnsw = HnswIndex(dim, **{**HNSW_DEFAULTS, **(hnsw_params or {})})
+        ann: FaissIndex | None = None
         with threads(n_threads):
+            if chosen == "exact":
+                vectors = np.empty((n, dim), dtype=np.float16)
+            elif chosen == "hnsw":
+                ann = HnswIndex(dim, **{**HNSW_DEFAULTS, **(ann_params or {})})
+            else:
+                params = {"nlist": ivf_nlist(n), **IVF_DEFAULTS, **(ann_params or {})}
+                ivf = IvfIndex(dim, **params)
+                ivf.train(_training_sample(src, TRAIN_PER_LIST * ivf.nlist, n_threads))
+                ann = ivf
             for a, block in _iter_blocks(src, int(chunk_size), n_threads):
                 half = block.astype(np.float16)
                 fp.update(half.tobytes())
                 if vectors is not None:
                     vectors[a : a + len(block)] = half
                 else:
-                    assert hnsw is not None
-                    hnsw.add(block)
+                    assert ann is not None
+                    ann.add(block)
         provenance = {
             **source,
             "embeddings": src.params,
@@ -552,7 +604,7 @@ def build_reference(
         fingerprint=fp.hexdigest(),
         provenance=provenance,
         vectors=vectors,
-        hnsw=hnsw,
+        ann=ann,
     )
     if logreg:
         with threads(n_threads):

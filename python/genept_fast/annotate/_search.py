@@ -5,9 +5,10 @@ Every vector here is L2-normalised, so cosine similarity is the inner product.
 - :func:`exact_search` multiplies a chunk of queries with a block of the reference at a time
   (numpy's BLAS) and keeps the running top-k with ``argpartition``: memory stays at one
   ``queries × block`` score matrix whatever the reference size.
-- :class:`HnswIndex` wraps a faiss ``IndexHNSWSQ`` with float16 storage (half the memory of the
-  vectors) and inner-product metric; it is built once, streamed to and from disk through faiss's
-  own serialisation (no pickle) and searched with ``efSearch`` ≥ ``k``.
+- :class:`IvfIndex` wraps a faiss ``IndexIVFScalarQuantizer`` (k-means lists, float16 codes: half
+  the memory of the vectors), :class:`HnswIndex` a faiss ``IndexHNSWSQ`` (float16 storage), both
+  with the inner-product metric; built once, streamed to and from disk through faiss's own
+  serialisation (no pickle).
 
 Neighbours come back sorted by decreasing similarity, ties by increasing reference row; the
 exact search is deterministic (which of several rows tied at the k-th similarity make the cut is
@@ -17,6 +18,7 @@ the partition's choice, the same on every run).
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +30,17 @@ from genept_fast.annotate._io import positive_int
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["HNSW_DEFAULTS", "HnswIndex", "exact_search", "faiss_version", "threads"]
+__all__ = [
+    "HNSW_DEFAULTS",
+    "IVF_DEFAULTS",
+    "FaissIndex",
+    "HnswIndex",
+    "IvfIndex",
+    "exact_search",
+    "faiss_version",
+    "ivf_nlist",
+    "threads",
+]
 
 #: Most entries of one ``queries × reference block`` score matrix (64 MB of float32).
 SCORE_BLOCK = 16 * 1024 * 1024
@@ -39,6 +51,10 @@ QUERY_CHUNK = 1024
 #: faiss HNSW settings: graph degree M, build and search beam widths (chosen in
 #: benches/bench_annotate.py: recall@15 ≥ 0.95 on clustered data at D = 384 and 1536).
 HNSW_DEFAULTS: dict[str, int] = {"M": 32, "ef_construction": 80, "ef_search": 96}
+
+#: faiss IVF setting: lists scanned per query (recall@15 0.993 at 1M cells, D = 384, with
+#: ivf_nlist lists; benches/bench_annotate.py --mode libraries).
+IVF_DEFAULTS: dict[str, int] = {"nprobe": 32}
 
 
 @contextlib.contextmanager
@@ -184,8 +200,150 @@ def exact_search(
     return sim.astype(np.float32, copy=False), idx
 
 
-class HnswIndex:
+class FaissIndex:
+    """What the faiss indexes share: float16-stored unit vectors, inner product, streamed I/O.
+
+    Subclasses set ``_search_params(k)`` and ``params()``; rows the index cannot fill (fewer
+    than ``k`` found) are searched exactly.
+    """
+
+    kind = ""
+    _index: Any
+
+    @property
+    def n_cells(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def params(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _search_params(self, k: int) -> Any:
+        raise NotImplementedError
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Add rows (float32, L2-normalised)."""
+        self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k`` by inner product; same layout as :func:`exact_search`."""
+        n = self.n_cells
+        if not 1 <= k <= n:
+            msg = f"k = {k} neighbours asked from a reference of {n} cells"
+            raise GeneptError(msg)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        sim, idx = self._index.search(q, int(k), params=self._search_params(int(k)))
+        if (idx < 0).any():
+            rows = np.flatnonzero((idx < 0).any(axis=1))
+            s2, i2 = exact_search(q[rows], self.vectors, int(k), n_reference=n)
+            sim[rows], idx[rows] = s2, i2
+        return sim.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+
+    def vectors(self, start: int, stop: int) -> np.ndarray:
+        """Stored rows ``start:stop`` (float16 precision, as float32)."""
+        return np.asarray(self._index.reconstruct_n(int(start), int(stop - start)))
+
+    def write(self, write: Callable[[bytes], None]) -> None:
+        """Stream faiss's serialisation of the index to ``write`` (chunks of bytes)."""
+        faiss = _import_faiss()
+
+        def cb(buf: Any) -> int:
+            data = bytes(buf)
+            write(data)
+            return len(data)
+
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(cb))
+
+    @staticmethod
+    def _read(read: Callable[[int], bytes], expected: Any) -> Any:
+        faiss = _import_faiss()
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        except RuntimeError as exc:
+            msg = f"the faiss index cannot be read (corrupted?): {str(exc).splitlines()[0]}"
+            raise GeneptError(msg) from exc
+        if not isinstance(index, expected):
+            msg = (
+                f"the stored faiss index is a {type(index).__name__}, expected {expected.__name__}"
+            )
+            raise GeneptError(msg)
+        return index
+
+
+class IvfIndex(FaissIndex):
+    """A faiss inverted-file index (``IndexIVFScalarQuantizer``, float16 codes, inner product).
+
+    k-means (on a sample) puts ``nlist`` centroids on the reference; each vector is stored in
+    its nearest centroid's list; a query scans the ``nprobe`` lists nearest to it.
+
+    Parameters
+    ----------
+    dim
+        Vector dimension.
+    nlist
+        Number of lists (see :func:`ivf_nlist`).
+    nprobe
+        Lists scanned per query (default :data:`IVF_DEFAULTS`).
+    """
+
+    kind = "ivf"
+
+    def __init__(
+        self, dim: int, *, nlist: int, nprobe: int = IVF_DEFAULTS["nprobe"], _index: Any = None
+    ) -> None:
+        faiss = _import_faiss()
+        positive_int(nlist, "nlist")
+        positive_int(nprobe, "nprobe")
+        if _index is None:
+            # index_factory gives an index that owns its coarse quantizer (no dangling pointer)
+            _index = faiss.index_factory(
+                int(dim), f"IVF{int(nlist)},SQfp16", faiss.METRIC_INNER_PRODUCT
+            )
+        self._index = _index
+        self.nlist = int(nlist)
+        self.nprobe = int(nprobe)
+
+    def params(self) -> dict[str, int]:
+        return {"nlist": self.nlist, "nprobe": self.nprobe}
+
+    def _search_params(self, k: int) -> Any:
+        return _import_faiss().SearchParametersIVF(nprobe=min(self.nprobe, self.nlist))
+
+    def train(self, sample: np.ndarray) -> None:
+        """k-means on ``sample`` (float32 unit rows; at least ``nlist`` of them)."""
+        if len(sample) < self.nlist:
+            msg = f"{len(sample)} training vectors for {self.nlist} lists"
+            raise GeneptError(msg)
+        self._index.cp.seed = 0
+        self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+    def vectors(self, start: int, stop: int) -> np.ndarray:
+        if not self._index.direct_map.type:
+            self._index.make_direct_map()
+        return super().vectors(start, stop)
+
+    @classmethod
+    def read(cls, read: Callable[[int], bytes], params: dict[str, int]) -> IvfIndex:
+        """Rebuild from faiss's serialisation, pulled through ``read(n_bytes)``."""
+        index = cls._read(read, _import_faiss().IndexIVFScalarQuantizer)
+        return cls(int(index.d), nlist=int(index.nlist), nprobe=int(params["nprobe"]), _index=index)
+
+
+def ivf_nlist(n_cells: int) -> int:
+    """Lists of an IVF index over ``n_cells``: ``4 √n`` (faiss's guideline), at most ``n / 39``
+    (k-means wants ≥ 39 training points per centroid), at least 1."""
+    return max(1, min(round(4 * math.sqrt(n_cells)), n_cells // 39))
+
+
+class HnswIndex(FaissIndex):
     """A faiss HNSW graph over float16-stored, L2-normalised vectors (inner-product metric).
+
+    Build cost and search cost grow with log n (IVF's with √n), but on 1M clustered cells it
+    built 3× slower than IVF and needed more time per query for the same recall; offered as
+    ``backend="hnsw"``.
 
     Parameters
     ----------
@@ -194,6 +352,8 @@ class HnswIndex:
     M, ef_construction, ef_search
         Graph degree, build beam width, default search beam width (see :data:`HNSW_DEFAULTS`).
     """
+
+    kind = "hnsw"
 
     def __init__(
         self,
@@ -217,71 +377,20 @@ class HnswIndex:
             )
             _index.hnsw.efConstruction = int(ef_construction)
         self._index = _index
-        self.dim = int(dim)
         self.M = int(M)
         self.ef_construction = int(ef_construction)
         self.ef_search = int(ef_search)
 
-    @property
-    def n_cells(self) -> int:
-        return int(self._index.ntotal)
-
     def params(self) -> dict[str, int]:
         return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
 
-    def add(self, vectors: np.ndarray) -> None:
-        """Add rows (float32, L2-normalised) to the graph."""
-        self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-
-    def search(
-        self, queries: np.ndarray, k: int, *, ef_search: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top-``k`` by inner product; same layout as :func:`exact_search`."""
-        n = self.n_cells
-        if not 1 <= k <= n:
-            msg = f"k = {k} neighbours asked from a reference of {n} cells"
-            raise GeneptError(msg)
-        faiss = _import_faiss()
-        ef = max(int(ef_search or self.ef_search), int(k))
-        sim, idx = self._index.search(
-            np.ascontiguousarray(queries, dtype=np.float32),
-            int(k),
-            params=faiss.SearchParametersHNSW(efSearch=ef),
-        )
-        if (idx < 0).any():
-            # HNSW found fewer than k (tiny graphs); fall back on exact search for those rows
-            rows = np.flatnonzero((idx < 0).any(axis=1))
-            s2, i2 = exact_search(queries[rows], self.vectors, int(k), n_reference=n)
-            sim[rows], idx[rows] = s2, i2
-        return sim.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
-
-    def vectors(self, start: int, stop: int) -> np.ndarray:
-        """Stored rows ``start:stop`` (float16 precision, as float32)."""
-        return np.asarray(self._index.reconstruct_n(int(start), int(stop - start)))
-
-    def write(self, write: Callable[[bytes], None]) -> None:
-        """Stream faiss's serialisation of the index to ``write`` (chunks of bytes)."""
-        faiss = _import_faiss()
-
-        def cb(buf: Any) -> int:
-            data = bytes(buf)
-            write(data)
-            return len(data)
-
-        faiss.write_index(self._index, faiss.PyCallbackIOWriter(cb))
+    def _search_params(self, k: int) -> Any:
+        return _import_faiss().SearchParametersHNSW(efSearch=max(self.ef_search, k))
 
     @classmethod
     def read(cls, read: Callable[[int], bytes], params: dict[str, int]) -> HnswIndex:
         """Rebuild from faiss's serialisation, pulled through ``read(n_bytes)``."""
-        faiss = _import_faiss()
-        try:
-            index = faiss.read_index(faiss.PyCallbackIOReader(read))
-        except RuntimeError as exc:
-            msg = f"the faiss index cannot be read (corrupted?): {str(exc).splitlines()[0]}"
-            raise GeneptError(msg) from exc
-        if not isinstance(index, faiss.IndexHNSWSQ):
-            msg = f"the stored faiss index is a {type(index).__name__}, expected IndexHNSWSQ"
-            raise GeneptError(msg)
+        index = cls._read(read, _import_faiss().IndexHNSWSQ)
         return cls(
             int(index.d),
             M=int(params["M"]),

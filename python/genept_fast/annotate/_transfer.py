@@ -368,7 +368,7 @@ def transfer_labels(
     key_added
         Where the result goes (default ``f"{label_key}_pred"``).
     exact
-        Search exactly even when the index is approximate (HNSW).
+        Search exactly even when the index is approximate (IVF, HNSW).
     chunk_size
         Query cells searched at a time (bounds memory).
     n_threads

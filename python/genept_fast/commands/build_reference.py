@@ -1,8 +1,9 @@
 """``genept-fast build-reference``: index a labelled reference once, for ``annotate``.
 
 REF is an ``.h5ad`` / ``.zarr`` with the labels in ``obs`` and the embedding(s) in ``obsm``, read
-by chunks. The index (exact search up to 50,000 cells, faiss HNSW over float16 vectors above)
-is written atomically to one checksummed file; ``annotate --reference ref.index`` reuses it.
+by chunks. The index (exact search up to 10,000 cells, a faiss IVF index over float16 codes
+above; HNSW on request) is written atomically to one checksummed file; ``annotate --reference
+ref.index`` reuses it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __all__ = ["register", "run"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from genept_fast.annotate import HNSW_DEFAULTS
+    from genept_fast.annotate import HNSW_DEFAULTS, IVF_DEFAULTS
 
     p = sub.add_parser(
         "build-reference",
@@ -38,8 +39,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="embedding(s); several are concatenated (default X_genept_w)",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="index file (e.g. ref.index)")
-    p.add_argument("--backend", choices=["auto", "exact", "hnsw"], default="auto")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "exact", "ivf", "hnsw"],
+        default="auto",
+        help="auto: exact up to 10,000 cells, ivf above",
+    )
     p.add_argument("--logreg", action="store_true", help="also fit logistic regression")
+    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 √n)")
+    p.add_argument(
+        "--nprobe", type=int, default=IVF_DEFAULTS["nprobe"], help="IVF lists scanned per query"
+    )
     p.add_argument("--M", type=int, default=HNSW_DEFAULTS["M"], help="HNSW graph degree")
     p.add_argument("--ef-construction", type=int, default=HNSW_DEFAULTS["ef_construction"])
     p.add_argument("--ef-search", type=int, default=HNSW_DEFAULTS["ef_search"])
@@ -47,6 +57,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, help="threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
+
+
+def _ann_params(args: argparse.Namespace) -> dict[str, int]:
+    if args.backend == "hnsw":
+        return {"M": args.M, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    params = {"nprobe": args.nprobe}
+    if args.nlist is not None:
+        params["nlist"] = args.nlist
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,11 +86,7 @@ def run(args: argparse.Namespace) -> int:
         obsm_key=args.obsm,
         backend=args.backend,
         logreg=args.logreg,
-        hnsw_params={
-            "M": args.M,
-            "ef_construction": args.ef_construction,
-            "ef_search": args.ef_search,
-        },
+        ann_params=_ann_params(args),
         chunk_size=args.chunk_size,
         n_threads=args.threads,
     )

@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--methods", nargs="+", choices=["knn", "logreg"], default=["knn", "logreg"])
     t.add_argument("--weights", choices=["distance", "uniform"], default="distance")
     t.add_argument("--min-confidence", type=float, default=None)
-    t.add_argument("--backend", choices=["auto", "exact", "hnsw"], default="auto")
+    t.add_argument("--backend", choices=["auto", "exact", "ivf", "hnsw"], default="auto")
     p.set_defaults(func=run)
 
     g = subparsers.add_parser(

@@ -5,7 +5,8 @@ from the reference with :func:`genept_fast.annotate.transfer_labels`'s machinery
 the query's own labels: accuracy, macro precision / recall / F1 (scikit-learn, over the labels
 present in the truth or the predictions), the fraction left "Unknown", and a confusion matrix
 (rows: true label, columns: predicted; a PNG per embedding and method). With an approximate
-(HNSW) reference the kNN predictions are also made by exact search and their agreement reported.
+(IVF or HNSW) reference the kNN predictions are also made by exact search and their agreement
+reported.
 """
 
 from __future__ import annotations
@@ -236,11 +237,13 @@ def evaluate_transfer(
     k, weights, min_confidence
         As in :func:`~genept_fast.annotate.transfer_labels`.
     backend
-        Reference index backend when it is built here (``"auto"``, ``"exact"``, ``"hnsw"``).
+        Reference index backend when it is built here (``"auto"``, ``"exact"``, ``"ivf"``,
+        ``"hnsw"``).
     exclude_labels
         Query cells with these labels (case-insensitive) are not scored; missing labels never.
     compare_exact
-        With an HNSW reference, also predict by exact search and report the agreement.
+        With an approximate (IVF, HNSW) reference, also predict by exact search and report the
+        agreement.
     n_threads
         Threads (BLAS and faiss).
     """
@@ -259,8 +262,10 @@ def evaluate_transfer(
         raise GeneptError(msg)
     for m in methods:
         _check_method(m, weights, k, min_confidence)
-    if backend not in ("auto", "exact", "hnsw"):
-        msg = f"backend must be 'auto', 'exact' or 'hnsw', got {backend!r}"
+    from genept_fast.annotate._index import BACKENDS
+
+    if backend not in BACKENDS:
+        msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
         raise GeneptError(msg)
     given_index = None
     if isinstance(reference, ReferenceIndex):
@@ -330,7 +335,7 @@ def evaluate_transfer(
             res: dict[str, Any] = _scores(truth, y_pred)
             res["unknown_fraction"] = float((pred.codes < 0).mean())
             res["mean_confidence"] = float(pred.confidence.mean())
-            if method == "knn" and index.backend == "hnsw" and compare_exact:
+            if method == "knn" and index.backend != "exact" and compare_exact:
                 ex = predict(
                     index,
                     src,
