@@ -11,11 +11,11 @@ Modes (``--mode``):
   chunk by chunk so the data never sits in memory as float32: ``build_reference`` time, index
   size on disk, peak RSS, load time, query throughput for ``--queries`` cells, recall@k against
   exact search on ``--recall-sample`` queries.
-- ``libraries``: the ANN libraries side by side on the same synthetic data (faiss-cpu HNSW
-  float16, hnswlib, pynndescent; each only if installed): build time, recall@15, query
-  throughput, size.
-- ``threshold``: exact search vs HNSW query throughput by reference size (where exact stops
-  being cheaper).
+- ``libraries``: the ANN libraries side by side on the same synthetic data (faiss-cpu HNSW and
+  IVF with float16 storage, hnswlib and pynndescent when installed): build time, recall@15,
+  query throughput, size, with wall and CPU seconds; ``--ef-search`` / ``--nprobe`` sweep.
+- ``threshold``: exact search vs the IVF index by reference size (where exact stops being
+  cheaper).
 
 Every run prints ``uptime`` first (the machine's load). Examples::
 
@@ -346,32 +346,42 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_threshold(args: argparse.Namespace) -> dict[str, Any]:
-    from genept_fast.annotate import HnswIndex, exact_search
+    """Exact search vs the IVF index that ``backend="auto"`` would build, by reference size."""
+    from genept_fast.annotate import IvfIndex, exact_search, ivf_nlist
+    from genept_fast.annotate._index import TRAIN_PER_LIST
     from genept_fast.annotate._search import threads
 
     syn = Synthetic(args.dim)
     k = args.k
     out: dict[str, Any] = {}
     Q, _ = syn.rows(2_000_000, 2_000_000 + min(args.queries, 10_000))
-    for n in (5_000, 10_000, 25_000, 50_000, 100_000, 200_000):
+    for n in (2_000, 5_000, 10_000, 25_000, 50_000, 100_000):
         if n > args.cells:
             break
         X, _ = syn.rows(0, n)
-        half = X.astype(np.float16)
         with threads(args.threads):
-            t = time.perf_counter()
-            exact_search(Q, half, k)
-            ex = len(Q) / (time.perf_counter() - t)
-            t = time.perf_counter()
-            h = HnswIndex(args.dim)
-            h.add(X)
-            b = time.perf_counter() - t
-            t = time.perf_counter()
-            h.search(Q, k)
-            hq = len(Q) / (time.perf_counter() - t)
-        out[str(n)] = {"exact_q_per_s": ex, "hnsw_build_s": b, "hnsw_q_per_s": hq}
+            t, c = time.perf_counter(), cpu_s()
+            exact_search(Q, X.astype(np.float16), k, n_threads=args.threads)
+            ex, ex_cpu = len(Q) / (time.perf_counter() - t), len(Q) / (cpu_s() - c)
+            t, c = time.perf_counter(), cpu_s()
+            ivf = IvfIndex(args.dim, nlist=ivf_nlist(n))
+            ivf.train(X[: TRAIN_PER_LIST * ivf.nlist])
+            ivf.add(X)
+            b, b_cpu = time.perf_counter() - t, cpu_s() - c
+            t, c = time.perf_counter(), cpu_s()
+            ivf.search(Q, k)
+            iq, iq_cpu = len(Q) / (time.perf_counter() - t), len(Q) / (cpu_s() - c)
+        out[str(n)] = {
+            "exact_q_per_s": ex,
+            "exact_q_per_cpu_s": ex_cpu,
+            "ivf_build_s": b,
+            "ivf_build_cpu_s": b_cpu,
+            "ivf_q_per_s": iq,
+            "ivf_q_per_cpu_s": iq_cpu,
+        }
         print(
-            f"n = {n:>7,}: exact {ex:9,.0f} q/s | HNSW build {b:6.1f} s, {hq:9,.0f} q/s; "
+            f"n = {n:>7,}: exact {ex:8,.0f} q/s ({ex_cpu:7,.0f} per CPU s) | IVF build "
+            f"{b:5.1f} s ({b_cpu:5.1f} CPU s), {iq:8,.0f} q/s ({iq_cpu:7,.0f} per CPU s); "
             f"{uptime()}",
             flush=True,
         )
