@@ -191,10 +191,26 @@ def _commands(f: dict[str, Path], bad: Path) -> dict[str, list[str]]:
     return {
         "encode": ["encode", str(bad), "--genes", str(f["genes"]), "-o", "out.npy"],
         "evaluate": ["evaluate", str(bad), "--label", "ct", "-o", "report"],
+        "evaluate-ref": [
+            "evaluate",
+            str(f["h5ad"]),
+            "--reference",
+            str(bad),
+            "--label",
+            "ct",
+            "-o",
+            "report",
+        ],
+        "annotate": ["annotate", str(bad), "--reference", str(f["h5ad"]), "-o", "out.parquet"],
+        "annotate-ref": ["annotate", str(f["h5ad"]), "--reference", str(bad), "-o", "out.parquet"],
+        "build-reference": ["build-reference", str(bad), "--label", "ct", "-o", "ref.index"],
     }
 
 
-@pytest.mark.parametrize("command", ["encode", "evaluate"])
+@pytest.mark.parametrize(
+    "command",
+    ["encode", "evaluate", "evaluate-ref", "annotate", "annotate-ref", "build-reference"],
+)
 @pytest.mark.parametrize("kind", sorted(BAD_ANNDATA))
 def test_anndata_commands_refuse_what_is_not_anndata(
     files: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str], command: str, kind: str
@@ -203,7 +219,7 @@ def test_anndata_commands_refuse_what_is_not_anndata(
         _commands(files, files[kind])[command], files[kind].parent, capsys, BAD_ANNDATA[kind]
     )
     assert str(files[kind]) in line  # names the file
-    assert not (work / "out.npy").exists() and not (work / "report").exists()
+    assert not any(work.iterdir())  # no output, no partial state
 
 
 BAD_GENE_LIST = {
@@ -367,6 +383,8 @@ def _every_command(f: dict[str, Path], out: str) -> list[list[str]]:
         ["encode", str(f["h5ad"]), "--genes", str(f["genes"]), "-o", out],
         # refused before any download: the URL is never contacted
         ["fetch-genept", "--url", "http://127.0.0.1:9/GenePT.zip", "-q", "-o", out],
+        ["annotate", str(f["h5ad"]), "--reference", str(f["h5ad"]), "--label", "ct", "-o", out],
+        ["build-reference", str(f["h5ad"]), "--label", "ct", "-o", out],
     ]
 
 

@@ -4,8 +4,8 @@ The pipeline reads top to bottom: gene text → gene embeddings → cell embeddi
 
 - :func:`weighted_embedding`, :func:`top_genes`, :func:`cell_sentences`: the Rust kernels.
 - :mod:`genept_fast.tl`: scanpy-shaped tools (``genept_w``, ``genept_s``) on AnnData.
-- Heavier submodules (``tl``, ``genes``, ``embed``, ``table``, ``stream``, ``eval``, ``dask``)
-  load on first use, so ``import genept_fast`` stays fast.
+- Heavier submodules (``tl``, ``genes``, ``embed``, ``table``, ``stream``, ``annotate``, ``eval``,
+  ``dask``) load on first use, so ``import genept_fast`` stays fast.
 """
 
 from __future__ import annotations
@@ -40,7 +40,19 @@ __all__ = [
     "weighted_embedding",
 ]
 
-_LAZY = {"tl", "genes", "embed", "table", "preprocess", "stream", "eval", "dask", "cli", "demo"}
+_LAZY = {
+    "tl",
+    "genes",
+    "embed",
+    "table",
+    "preprocess",
+    "stream",
+    "annotate",
+    "eval",
+    "dask",
+    "cli",
+    "demo",
+}
 
 
 def __getattr__(name: str) -> ModuleType | Any:

@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Subcommand modules under genept_fast.commands, in the order of the pipeline.
-COMMANDS = ("gene_text", "embed_genes", "fetch_genept", "encode", "evaluate", "demo")
+COMMANDS = (
+    "gene_text",
+    "embed_genes",
+    "fetch_genept",
+    "encode",
+    "build_reference",
+    "annotate",
+    "evaluate",
+    "demo",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -54,6 +54,7 @@ __all__ = [
     "l2_normalize",
     "offset_cells",
     "prepare_embeddings",
+    "resolved_threads",
     "table_fingerprint",
     "thread_limit",
     "top_genes",
@@ -447,3 +448,8 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
         raise GeneptError(msg)
     _call(_core.l2_normalize, arr, n_threads=_check_threads(n_threads))
     return arr
+
+
+def resolved_threads(n_threads: int | None = None) -> int:
+    """The thread count a kernel call with ``n_threads`` uses (all cores, capped by the env)."""
+    return int(_core.resolved_threads(_check_threads(n_threads)))

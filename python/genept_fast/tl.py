@@ -5,6 +5,9 @@ Both tools take the AnnData first and keyword-only options, write the embedding 
 matrix used) to ``adata.uns[key_added]``, and return ``None`` — or a modified copy with
 ``copy=True``. The user's expression matrix is never modified: raw counts are log-normalised
 into a temporary copy, one chunk at a time.
+
+Also here: ``transfer_labels`` and ``build_reference`` (cell-type annotation from a labelled
+reference), defined in :mod:`genept_fast.annotate`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import scipy.sparse as sp
 
 from genept_fast import kernels
 from genept_fast._core import GeneptError
+from genept_fast.annotate import build_reference, transfer_labels
 from genept_fast.genes.match import (
     SYMBOL_COLUMNS,
     dataset_identifiers,
@@ -46,10 +50,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_CELLS",
     "SentenceBuilder",
+    "build_reference",
     "compact_table",
     "genept_s",
     "genept_w",
     "resolve_gene_symbols",
+    "transfer_labels",
 ]
 
 log = logging.getLogger(__name__)

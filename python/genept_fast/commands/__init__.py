@@ -46,3 +46,12 @@ def positive_float(text: str) -> float:
         msg = f"{text} must be a finite number > 0"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def probability(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1] (confidences, fractions)."""
+    value = _number(text, float, "a number")
+    if not 0.0 <= value <= 1.0:
+        msg = f"{text} is not a number in [0, 1]"
+        raise argparse.ArgumentTypeError(msg)
+    return value

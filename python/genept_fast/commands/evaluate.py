@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from genept_fast._core import GeneptError
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands import int_range
+from genept_fast.commands import int_range, probability
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-__all__ = ["register", "run", "run_genes"]
+__all__ = ["register", "run", "run_genes", "run_transfer"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "stratified 80/20 split, batch-effect ARI and silhouettes. Cells labelled 'Unknown' "
             "are left out, and so are cells without a label (empty, 'nan', 'None'). Writes "
             "report.md, report.json and UMAP PNGs; an existing report is refused unless "
-            "--overwrite."
+            "--overwrite. With --reference, scores label transfer instead: the labels of REF "
+            "(an .h5ad / .zarr or a build-reference index) are transferred to INPUT and compared "
+            "with INPUT's own (accuracy, macro-F1, a confusion-matrix PNG per embedding and "
+            "method)."
         ),
     )
     p.add_argument("input", type=Path, help="input AnnData (.h5ad or .zarr)")
@@ -56,7 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="LABEL",
         help="label to leave out (repeatable; default: Unknown)",
     )
-    p.add_argument("--knn-k", type=int_range(), default=10, help="neighbours of the kNN vote (10)")
+    p.add_argument(
+        "--knn-k",
+        type=int_range(1, 10_000),
+        default=None,
+        help="neighbours of the kNN vote (10; 15 with --reference)",
+    )
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0.2)")
     p.add_argument(
         "--n-neighbors", type=int_range(2), default=15, help="kNN graph size for Leiden (15)"
@@ -65,6 +73,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-leiden", action="store_true", help="skip Leiden clustering")
     p.add_argument("--no-logreg", action="store_true", help="skip logistic-regression annotation")
     p.add_argument("--no-plots", action="store_true", help="skip the UMAP plots (faster)")
+    t = p.add_argument_group("reference → query mode")
+    t.add_argument(
+        "--reference", type=Path, default=None, help="labelled reference .h5ad / .zarr / .index"
+    )
+    t.add_argument(
+        "--query-label", default=None, help="INPUT's obs column with the true labels (--label)"
+    )
+    t.add_argument(
+        "--ensemble", action="store_true", help="also score all --obsm keys concatenated"
+    )
+    t.add_argument("--methods", nargs="+", choices=["knn", "logreg"], default=["knn", "logreg"])
+    t.add_argument("--weights", choices=["distance", "uniform"], default="distance")
+    t.add_argument("--min-confidence", type=probability, default=None)
+    t.add_argument("--backend", choices=["auto", "exact", "ivf", "hnsw"], default="auto")
     add_overwrite_argument(p)
     p.set_defaults(func=run)
 
@@ -138,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         msg = f"input file not found: {str(path)!r}"
         raise FileNotFoundError(msg)
     require_anndata(path)
+    if args.reference is not None:
+        return run_transfer(args)
     figures = [] if args.no_plots else [f"umap_{safe_name(k)}.png" for k in args.obsm or ()]
     check_output(
         args.out,
@@ -166,13 +190,67 @@ def run(args: argparse.Namespace) -> int:
         obsm_keys=args.obsm,
         seed=args.seed,
         exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
-        knn_k=args.knn_k,
+        knn_k=10 if args.knn_k is None else args.knn_k,
         test_size=args.test_size,
         leiden=not args.no_leiden,
         leiden_resolution=args.resolution,
         n_neighbors=args.n_neighbors,
         logreg=not args.no_logreg,
         plots=not args.no_plots,
+    )
+    written = report.write(args.out, overwrite=args.overwrite)
+    print(report.to_markdown().split("\n## ", 1)[0].rstrip())
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    """``genept-fast evaluate QUERY --reference REF``: score labels transferred from REF."""
+    from genept_fast.annotate._transfer import is_index_file
+    from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate_transfer
+
+    ref: Path = args.reference
+    if not ref.exists():
+        msg = f"reference not found: {str(ref)!r}"
+        raise FileNotFoundError(msg)
+    index = is_index_file(ref)
+    if not index:
+        require_anndata(ref)
+    if args.batch is not None:
+        msg = "--batch does not apply with --reference"
+        raise GeneptError(msg)
+    entries: list[str | list[str]] | None = None
+    if args.obsm:
+        entries = list(args.obsm)
+        if args.ensemble and len(args.obsm) > 1:
+            entries.append(list(args.obsm))
+    elif args.ensemble:
+        msg = "--ensemble needs two or more --obsm keys"
+        raise GeneptError(msg)
+    # The figures' names depend on what is scored; the report files are checked now, and
+    # write_report_files checks every name again before it writes.
+    check_output(
+        args.out,
+        kind="folder",
+        overwrite=args.overwrite,
+        inputs=[args.input, ref],
+        names=list(REPORT_FILES),
+    )
+    query = _read_for_evaluation(args.input)
+    report = evaluate_transfer(
+        query,
+        ref,
+        label_key=None if index else args.label,
+        query_label_key=args.query_label or args.label,
+        obsm_keys=entries,
+        methods=args.methods,
+        k=15 if args.knn_k is None else args.knn_k,
+        weights=args.weights,
+        min_confidence=args.min_confidence,
+        backend=args.backend,
+        exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
     )
     written = report.write(args.out, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())

@@ -3,6 +3,9 @@
 - :func:`evaluate`: cell level, any number of embeddings in ``adata.obsm`` (zero-shot
   clustering, kNN and logistic-regression annotation, batch effect), one
   :class:`CellEvalReport`.
+- :func:`evaluate_transfer`: reference → query, labels transferred from one dataset to another
+  and scored against the query's own (accuracy, macro-F1, confusion matrices), one
+  :class:`TransferEvalReport`.
 - :func:`evaluate_genes`: gene level, binary gene classification from gene embeddings with
   cross-validated ROC AUC and a random-embedding control, one :class:`GeneEvalReport`.
 
@@ -24,6 +27,7 @@ from genept_fast.eval._genes import (
     evaluate_genes,
     read_gene_labels,
 )
+from genept_fast.eval._transfer import TransferEvalReport, evaluate_transfer
 
 __all__ = [
     "CELL_METRICS",
@@ -32,7 +36,9 @@ __all__ = [
     "CellEvalReport",
     "GeneEvalReport",
     "GeneLabels",
+    "TransferEvalReport",
     "evaluate",
     "evaluate_genes",
+    "evaluate_transfer",
     "read_gene_labels",
 ]

@@ -162,21 +162,7 @@ class AnnDataSource:
     # -- opening -----------------------------------------------------------------------------
 
     def _open(self) -> Any:
-        if self.kind == "h5ad":
-            import h5py
-
-            try:
-                return h5py.File(self.path, "r")
-            except OSError as e:
-                msg = f"{self.path}: cannot open as HDF5/.h5ad (truncated or corrupt file?): {e}"
-                raise GeneptError(msg) from e
-        import zarr
-
-        try:
-            return zarr.open_group(str(self.path), mode="r")
-        except Exception as e:
-            msg = f"{self.path}: cannot open as a zarr store: {e}"
-            raise GeneptError(msg) from e
+        return open_store(self.path, self.kind)
 
     def _get(self, key: str) -> Any:
         try:
@@ -466,6 +452,25 @@ class ArraySource:
 
     def close(self) -> None:
         pass
+
+
+def open_store(path: Path, kind: str) -> Any:
+    """The root group of an ``.h5ad`` (h5py, read-only) or ``.zarr`` store (``kind``)."""
+    if kind == "h5ad":
+        import h5py
+
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            msg = f"{path}: cannot open as HDF5/.h5ad (truncated or corrupt file?): {e}"
+            raise GeneptError(msg) from e
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as e:
+        msg = f"{path}: cannot open as a zarr store: {e}"
+        raise GeneptError(msg) from e
 
 
 def _store_kind(path: Path) -> str:
