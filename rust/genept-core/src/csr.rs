@@ -114,6 +114,8 @@ pub struct CsrView<'a, I: Index, V: Value> {
     data: &'a [V],
     n_rows: usize,
     n_cols: usize,
+    /// Checked to hold no negative value ([`CsrView::new_counts`]).
+    nonnegative: bool,
 }
 
 impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
@@ -122,6 +124,27 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
     /// different lengths, column indices outside `[0, n_cols)`, and NaN or infinite values.
     /// Unsorted and duplicate column indices are valid (duplicates are summed, as scipy does).
     pub fn new(indptr: &'a [I], indices: &'a [I], data: &'a [V], n_cols: usize) -> Result<Self> {
+        Self::checked(indptr, indices, data, n_cols, false)
+    }
+
+    /// [`CsrView::new`] for raw counts: also rejects negative values, naming the first cell and
+    /// gene that has one (in the same pass over the values).
+    pub fn new_counts(
+        indptr: &'a [I],
+        indices: &'a [I],
+        data: &'a [V],
+        n_cols: usize,
+    ) -> Result<Self> {
+        Self::checked(indptr, indices, data, n_cols, true)
+    }
+
+    fn checked(
+        indptr: &'a [I],
+        indices: &'a [I],
+        data: &'a [V],
+        n_cols: usize,
+        nonnegative: bool,
+    ) -> Result<Self> {
         if indptr.is_empty() {
             return Err(GeneptError::MalformedCsr(
                 "indptr is empty; it must have n_cells + 1 entries".into(),
@@ -165,14 +188,16 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
             data,
             n_rows,
             n_cols,
+            nonnegative,
         };
         view.check_entries()?;
         Ok(view)
     }
 
-    /// Finds the first cell (lowest index) with a column index out of range or a non-finite value.
+    /// Finds the first cell (lowest index) with a column index out of range, a non-finite
+    /// value, or (for counts) a negative value.
     fn check_entries(&self) -> Result<()> {
-        let n_cols = self.n_cols;
+        let (n_cols, counts) = (self.n_cols, self.nonnegative);
         let bad = (0..self.n_rows)
             .into_par_iter()
             .with_min_len(256)
@@ -196,6 +221,13 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
                             location: format!("cell {r}, gene {}", j.to_i64()),
                         });
                     }
+                    if counts && x < 0.0 {
+                        return Some(GeneptError::InvalidArgument(format!(
+                            "log1p preprocessing needs raw counts, but X has negative values \
+                             (the first: {x} at cell {r}, gene {})",
+                            j.to_i64()
+                        )));
+                    }
                 }
                 None
             })
@@ -215,6 +247,12 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
     #[inline]
     pub fn n_cols(&self) -> usize {
         self.n_cols
+    }
+
+    /// Whether the values were checked to be non-negative ([`CsrView::new_counts`]).
+    #[inline]
+    pub fn checked_nonnegative(&self) -> bool {
+        self.nonnegative
     }
 
     #[inline]
