@@ -4,7 +4,7 @@ Both tools take the AnnData first and keyword-only options, write the embedding 
 ``adata.obsm[key_added]`` and the parameters and provenance (model, text source, genes matched,
 matrix used) to ``adata.uns[key_added]``, and return ``None`` — or a modified copy with
 ``copy=True``. The user's expression matrix is never modified: raw counts are log-normalised
-into a temporary copy, one chunk at a time.
+by the kernel as it reads them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from genept_fast._core import GeneptError
 from genept_fast.preprocess import (
     AUTO_SAMPLE_CELLS,
     Preprocess,
-    apply_preprocess,
     has_negative,
     resolve_preprocess,
 )
@@ -232,8 +231,9 @@ def genept_w(
         A ``var`` column holding gene symbols (default: ``var_names``, or a symbol column /
         offline mapping when they are Ensembl IDs).
     preprocess
-        ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (in
-        a copy); ``"log1p"``: always; ``"none"``: use the values as they are.
+        ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (by
+        the kernel as it reads them, no copy); ``"log1p"``: always; ``"none"``: use the values
+        as they are.
     key_added
         Where the result goes.
     chunk_size
@@ -276,11 +276,20 @@ def genept_w(
     how, lognorm = _decide_preprocess(m, adata.n_obs, preprocess)
     rows, compact_index = compact_table(table.matrix, gene_index)
     prepared = kernels.prepare_embeddings(rows, n_threads=n_threads)
+    # One dense-gene set for every chunk (the summation order; see genept_fast.kernels).
+    dense = kernels.dense_genes(
+        _sample(m.X, adata.n_obs), prepared.n_genes, gene_index=compact_index, n_threads=n_threads
+    )
     out = np.zeros((adata.n_obs, table.dimension), dtype=np.float32)
     for a, b, chunk in _chunks(m.X, adata.n_obs, max(int(chunk_size), 1)):
-        X, _ = apply_preprocess(chunk, how)
         kernels.weighted_embedding(
-            X, prepared, gene_index=compact_index, n_threads=n_threads, out=out[a:b]
+            chunk,
+            prepared,
+            gene_index=compact_index,
+            n_threads=n_threads,
+            out=out[a:b],
+            preprocess=how,
+            dense_genes=dense,
         )
     adata.obsm[key_added] = out
     adata.uns[key_added] = {
