@@ -106,6 +106,18 @@ impl Value for f64 {
     }
 }
 
+/// Whether a row's column indices are strictly increasing (canonical: sorted, no duplicates).
+/// Counts the violations without branching, so that the loop vectorises.
+#[inline]
+pub(crate) fn strictly_increasing<I: Index>(idx: &[I]) -> bool {
+    let bad: usize = idx
+        .iter()
+        .zip(idx.iter().skip(1))
+        .map(|(a, b)| usize::from(a.to_i64() >= b.to_i64()))
+        .sum();
+    bad == 0
+}
+
 /// A borrowed CSR matrix whose structure and values have been checked.
 #[derive(Clone, Copy, Debug)]
 pub struct CsrView<'a, I: Index, V: Value> {
@@ -203,6 +215,22 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
             .with_min_len(256)
             .map(|r| {
                 let (idx, val) = self.row(r);
+                // Fast path: count bad entries without branching (the loops vectorise); only a
+                // row with one is walked again to name the first.
+                let bad_idx: usize = idx
+                    .iter()
+                    .map(|&j| usize::from(j.to_i64() as u64 >= n_cols as u64))
+                    .sum();
+                let bad_val: usize = val
+                    .iter()
+                    .map(|&v| {
+                        let x = v.to_f64();
+                        usize::from(!x.is_finite() | (counts & (x < 0.0)))
+                    })
+                    .sum();
+                if bad_idx + bad_val == 0 {
+                    return None;
+                }
                 for (&j, &v) in idx.iter().zip(val) {
                     match j.to_usize() {
                         Some(j) if j < n_cols => {}

@@ -8,6 +8,7 @@
 //! - [`topn::top_genes`]: per-cell top-N genes by expression.
 //! - [`sentences::cell_sentences`]: GenePT-s cell sentences from the top-N genes.
 
+pub mod alloc;
 pub mod csr;
 pub mod error;
 pub mod parallel;

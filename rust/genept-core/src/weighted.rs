@@ -28,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use crate::csr::{CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
+use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
 use crate::error::{GeneptError, Result};
 use crate::simd::{
     dense_gemm, pack_entry, scatter_genes, Entries, GemmShape, GeneGroups, Isa, TILE,
@@ -413,7 +413,7 @@ impl CountRows {
             let total: f64 = val.iter().map(|v| v.to_f64()).sum();
             self.scale
                 .push(if total > 0.0 { target / total } else { 0.0 });
-            if idx.windows(2).all(|w| col(w[0]) < col(w[1])) {
+            if strictly_increasing(idx) {
                 self.merged.push(None);
                 continue;
             }
@@ -650,7 +650,6 @@ fn encode_block<I: Index, V: Value>(
 /// Regroups cells `r0..r1`: the dense genes' values into `dense_v` (`rows_p` rows, the GEMM's
 /// layout), the other entries sorted by gene (a stable radix sort) into `keys`/`ents`, with
 /// the genes present and where their entries start.
-#[inline(never)]
 fn group_block<I: Index, V: Value>(
     x: &CsrView<'_, I, V>,
     plan: &Plan<'_>,
@@ -790,7 +789,6 @@ fn radix_sort(
 
 /// Checks each row for float32 overflow and, if asked, divides it by its L2 norm. Zeros are
 /// written as +0.0 (see the module notes).
-#[inline(never)]
 fn finish_rows(out: &mut [f32], d: usize, r0: usize, normalize: bool) -> Result<()> {
     for (r, row) in out.chunks_exact_mut(d).enumerate() {
         let ss: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();

@@ -317,7 +317,7 @@ fn weighted_embedding<'py>(
             Ok(out)
         }
         None => {
-            let mut buf = vec![0.0f32; n_cells * dim];
+            let mut buf = genept_core::alloc::zeroed::<f32>(n_cells * dim);
             run(&mut buf)?;
             into_2d(py, buf, n_cells, dim)
         }
@@ -389,7 +389,7 @@ fn top_genes<'py>(
     let total = n_cells
         .checked_mul(n)
         .ok_or_else(|| GeneptError::new_err("n_cells × n overflows"))?;
-    let mut buf = vec![0i32; total];
+    let mut buf = genept_core::alloc::zeroed::<i32>(total);
     with_csr!(indptr, indices, data, |p, i, d| detached(
         py,
         n_threads,
