@@ -1,12 +1,19 @@
-"""Kernel benchmark: genept-fast against the plain scipy/numpy reference, in one run.
+"""Kernel benchmark: genept-fast against the plain scipy/numpy references, in one run.
 
-Prints cells/s for ``weighted_embedding`` (GenePT-w) and ``top_genes`` (GenePT-s ranking), the
-ratio to scipy ``X @ E`` + numpy row normalisation and to a numpy per-row argpartition +
-lexsort top-N, the achieved GFLOP/s (2 · nnz · D) against this machine's measured float32 GEMM
-peak, and whether the results agree with the reference (max abs difference / exact match).
+For ``weighted_embedding`` (GenePT-w) and ``top_genes`` (GenePT-s ranking) it prints cells/s,
+the ratio to the reference (scipy ``X @ E`` + numpy row normalisation; numpy per-row
+argpartition + lexsort), the achieved GFLOP/s (2 · nnz · D) against this machine's float32 GEMM
+peak measured in the same run, and whether the results agree with the reference. GenePT-w also
+runs without the dense-gene GEMM (what it adds), and on the raw counts of the same cells with
+the fused ``preprocess="log1p"`` against the two-step path (``normalize_log1p``, then the
+kernel) and against log-normalised input.
 
-The reference paths are slow (~600 cells/s), so they run on the first ``--ref-cells`` cells of
-the same matrix and are reported per cell. Data is synthetic and atlas-like (see synthetic.py).
+Reference and kernel are measured interleaved, ``--repeat`` rounds: each line gives the best
+round, the spread over rounds, the load average during the runs, and CPU seconds as well as
+wall seconds. On a busy machine wall times are noisy; ``cpu ratio × threads`` (the ratio of
+cells per CPU-second, times the kernel's threads) estimates what a quiet machine would show.
+The references are slow, so they run on the first ``--ref-cells`` cells and are reported per
+cell. Data is synthetic and atlas-like (see synthetic.py).
 
     python benches/bench_kernels.py                      # 20k cells, 30k genes, D = 1536 and 3072
     python benches/bench_kernels.py --cells 5000 --dims 1536 --repeat 1
@@ -20,6 +27,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,19 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import genept_fast as gf
 import synthetic
 from genept_fast import _core
+from genept_fast.preprocess import normalize_log1p
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
-def best_time(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def load() -> float:
+    return os.getloadavg()[0]
 
 
 def gemm_peak(threads: int) -> float:
-    """Measured float32 GEMM GFLOP/s of numpy's BLAS on this machine."""
+    """Measured float32 GEMM GFLOP/s of numpy's BLAS on this machine (best of 5)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
@@ -52,11 +59,15 @@ def gemm_peak(threads: int) -> float:
     ctx = threadpool_limits(threads) if threadpool_limits else None
     try:
         a @ b
-        t, _ = best_time(lambda: a @ b, 5)
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
     finally:
         if ctx is not None:
             ctx.unregister()
-    return 2 * n**3 / t / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def reference_weighted(X, E):
@@ -74,7 +85,6 @@ def reference_top(X, n: int) -> np.ndarray:
         pos = vals > 0
         genes, vals = genes[pos], vals[pos]
         if len(vals) > n:
-            keep = np.argpartition(-vals, n - 1)[:n]
             # argpartition may cut through a tie: take every gene tied with the n-th value.
             cut = -np.partition(-vals, n - 1)[n - 1]
             keep = np.flatnonzero(vals >= cut)
@@ -82,6 +92,46 @@ def reference_top(X, n: int) -> np.ndarray:
         order = np.lexsort((genes, -vals))[:n]
         out[r, : len(order)] = genes[order]
     return out
+
+
+class Runs:
+    """Interleaved timings: ``add`` names a job and its cell count; ``run`` does the rounds."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, tuple[int, Callable[[], Any]]] = {}
+        self.samples: dict[str, list[tuple[float, float, float]]] = {}
+        self.last: dict[str, Any] = {}
+
+    def add(self, name: str, cells: int, fn: Callable[[], Any]) -> None:
+        self.jobs[name] = (cells, fn)
+        self.samples[name] = []
+
+    def run(self, repeat: int, keep: Callable[[str, Any], Any] = lambda _n, r: r) -> None:
+        for _ in range(repeat):
+            for name, (_cells, fn) in self.jobs.items():
+                w, c = time.perf_counter(), time.process_time()
+                result = fn()
+                w, c = time.perf_counter() - w, time.process_time() - c
+                self.samples[name].append((w, c, load()))
+                self.last[name] = keep(name, result)
+                del result
+
+    def rate(self, name: str) -> dict[str, float]:
+        cells = self.jobs[name][0]
+        walls = [cells / w for w, _, _ in self.samples[name]]
+        cpus = [cells / c for _, c, _ in self.samples[name] if c > 0]
+        loads = [ld for _, _, ld in self.samples[name]]
+        return {
+            "best": max(walls),
+            "worst": min(walls),
+            "cpu_best": max(cpus) if cpus else float("nan"),
+            "load_min": min(loads),
+            "load_max": max(loads),
+        }
+
+
+def fmt_rate(r: dict[str, float]) -> str:
+    return f"{r['best']:,.0f} cells/s (range {r['worst']:,.0f}-{r['best']:,.0f})"
 
 
 def main() -> None:
@@ -101,65 +151,114 @@ def main() -> None:
     threads = _core.resolved_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"kernel threads: {threads}; SIMD: {_core.simd_level()}"
+        f"kernel threads: {threads}; SIMD: {_core.simd_level()}; load at start {load():.2f}"
     )
     t = time.perf_counter()
     X = synthetic.make_csr(args.cells, args.genes, args.nnz, seed=0)
+    Xc = synthetic.make_csr(args.cells, args.genes, args.nnz, seed=0, values="counts")
     nnz_cell = X.nnz / max(X.shape[0], 1)
     print(
-        f"data: {X.shape[0]:,} cells × {X.shape[1]:,} genes, {nnz_cell:.0f} nonzeros/cell "
-        f"(generated in {time.perf_counter() - t:.1f} s)"
+        f"data: {X.shape[0]:,} cells × {X.shape[1]:,} genes, {nnz_cell:.0f} nonzeros/cell, "
+        f"log-normalised and the same cells as raw counts (generated in "
+        f"{time.perf_counter() - t:.1f} s)"
     )
     Xref = X[: args.ref_cells]
     peak = gemm_peak(threads)
-    print(f"float32 GEMM peak (numpy BLAS, {threads} threads): {peak:.0f} GFLOP/s\n")
+    dense = gf.kernels.dense_genes(X[:2000], args.genes)
+    share = float(np.isin(X.indices[: X.indptr[2000]], dense).mean())
+    print(
+        f"float32 GEMM peak (numpy BLAS, {threads} threads): {peak:.0f} GFLOP/s; dense genes "
+        f"(in ≥ 50% of the first 2,000 cells): {dense.size:,}, {share:.0%} of the nonzeros\n"
+    )
+    head = args.ref_cells
 
-    rows = []
+    table = []
     for d in args.dims:
         E = synthetic.make_embeddings(args.genes, d)
-        tk, out = best_time(
-            lambda E=E: gf.weighted_embedding(X, E, n_threads=args.threads), args.repeat
+        runs = Runs()
+        runs.add("scipy", Xref.shape[0], lambda E=E: reference_weighted(Xref, E))
+        runs.add("kernel", X.shape[0], lambda E=E: gf.weighted_embedding(X, E))
+        runs.add(
+            "kernel, no dense genes",
+            X.shape[0],
+            lambda E=E: gf.weighted_embedding(X, E, dense_genes=None),
         )
-        tr, ref = best_time(lambda E=E: reference_weighted(Xref, E), 1)
-        err = float(np.abs(out[: args.ref_cells] - ref).max())
-        cps, cps_ref = X.shape[0] / tk, Xref.shape[0] / tr
-        gflops = 2 * X.nnz * d / tk / 1e9
-        rows.append((f"weighted_embedding D={d}", cps, cps_ref, gflops, f"max |Δ| = {err:.1e}"))
+        runs.add(
+            "raw counts, fused log1p",
+            X.shape[0],
+            lambda E=E: gf.weighted_embedding(Xc, E, preprocess="log1p"),
+        )
+        runs.add(
+            "raw counts, two-step",
+            X.shape[0],
+            lambda E=E: gf.weighted_embedding(normalize_log1p(Xc), E),
+        )
+        runs.run(args.repeat, keep=lambda _n, r: np.array(r[:head]))
+        ref = runs.last["scipy"]
+        rs = runs.rate("scipy")
+        print(f"weighted_embedding D={d}: scipy {fmt_rate(rs)}, {rs['cpu_best']:,.0f}/cpu-s")
+        ceiling = peak * 1e9 / (2 * nnz_cell * d)
+        for name in list(runs.jobs)[1:]:
+            r = runs.rate(name)
+            err = float(np.abs(runs.last[name] - ref).max())
+            gflops = 2 * nnz_cell * d * r["best"] / 1e9
+            rounds = [
+                (X.shape[0] / k[0]) / (Xref.shape[0] / s[0])
+                for k, s in zip(runs.samples[name], runs.samples["scipy"], strict=True)
+            ]
+            cpu_ratio = r["cpu_best"] / rs["cpu_best"] * threads
+            print(
+                f"  {name}: {fmt_rate(r)}, {r['best'] / rs['best']:.1f}× scipy (rounds "
+                f"{min(rounds):.1f}-{max(rounds):.1f}×; cpu ratio × threads {cpu_ratio:.1f}×), "
+                f"{gflops:.0f} GFLOP/s = {100 * gflops / peak:.0f}% of GEMM peak, "
+                f"max |Δ| {err:.1e}, load {r['load_min']:.1f}-{r['load_max']:.1f}"
+            )
+            table.append((f"`weighted_embedding` D={d}, {name}", r, rs, gflops, f"{err:.1e}"))
+        fused, lognorm = runs.rate("raw counts, fused log1p"), runs.rate("kernel")
+        two = runs.rate("raw counts, two-step")
         print(
-            f"  weighted_embedding D={d}: {cps:,.0f} cells/s vs scipy {cps_ref:,.0f} "
-            f"({cps / cps_ref:.1f}×), {gflops:.0f} GFLOP/s = "
-            f"{100 * gflops / peak:.0f}% of GEMM peak"
+            f"  raw counts: fused {fused['best'] / lognorm['best']:.0%} of the speed on "
+            f"log-normalised input (two-step: {two['best'] / lognorm['best']:.0%}); compute "
+            f"ceiling (GEMM peak) {ceiling:,.0f} cells/s = {ceiling / rs['best']:.0f}× scipy\n"
         )
+        del runs, E, ref
 
     n = args.top_n
-    tk, top = best_time(lambda: gf.top_genes(X, n, n_threads=args.threads), args.repeat)
-    tr, ref = best_time(lambda: reference_top(Xref, n), 1)
-    same = bool(np.array_equal(top[: args.ref_cells], ref))
-    rows.append(
-        (
-            f"top_genes n={n}",
-            X.shape[0] / tk,
-            Xref.shape[0] / tr,
-            None,
-            "identical" if same else "DIFFERENT",
-        )
+    runs = Runs()
+    runs.add("numpy", Xref.shape[0], lambda: reference_top(Xref, n))
+    runs.add("kernel", X.shape[0], lambda: gf.top_genes(X, n, n_threads=args.threads))
+    runs.run(args.repeat, keep=lambda _n, r: np.array(r[:head]))
+    same = bool(np.array_equal(runs.last["kernel"], runs.last["numpy"]))
+    rk, rn = runs.rate("kernel"), runs.rate("numpy")
+    print(
+        f"top_genes n={n}: {fmt_rate(rk)} vs numpy {fmt_rate(rn)}: "
+        f"{rk['best'] / rn['best']:.1f}× (cpu ratio × threads "
+        f"{rk['cpu_best'] / rn['cpu_best'] * threads:.1f}×), "
+        f"{'identical' if same else 'DIFFERENT'}, load {rk['load_min']:.1f}-{rk['load_max']:.1f}"
     )
-    print(f"  top_genes n={n}: {X.shape[0] / tk:,.0f} cells/s vs numpy {Xref.shape[0] / tr:,.0f}")
+    table.append((f"`top_genes` n={n}", rk, rn, None, "identical" if same else "DIFFERENT"))
 
     names = [f"GENE{j}" for j in range(args.genes)]
-    ts, _ = best_time(lambda: gf.cell_sentences(X, names, n, n_threads=args.threads), 1)
-    rows.append((f"cell_sentences n={n}", X.shape[0] / ts, None, None, ""))
+    runs = Runs()
+    runs.add("kernel", X.shape[0], lambda: gf.cell_sentences(X, names, n, n_threads=args.threads))
+    runs.run(1, keep=lambda _n, _r: None)
+    rc = runs.rate("kernel")
+    print(f"cell_sentences n={n}: {fmt_rate(rc)}")
 
     print(
-        "\n| kernel | genept-fast cells/s | reference cells/s | speed-up "
+        "\n| kernel | genept-fast cells/s | reference cells/s | speed-up (cpu × threads) "
         "| GFLOP/s (% of GEMM peak) | agreement |"
     )
     print("|---|---:|---:|---:|---:|---|")
-    for name, cps, ref_cps, gfl, note in rows:
-        ref_s = f"{ref_cps:,.0f}" if ref_cps else "–"
-        speed = f"{cps / ref_cps:.1f}×" if ref_cps else "–"
+    for name, r, ref_r, gfl, note in table:
+        cpu_ratio = r["cpu_best"] / ref_r["cpu_best"] * threads
         gfl_s = f"{gfl:.0f} ({100 * gfl / peak:.0f}%)" if gfl else "–"
-        print(f"| {name} | {cps:,.0f} | {ref_s} | {speed} | {gfl_s} | {note} |")
+        print(
+            f"| {name} | {r['best']:,.0f} | {ref_r['best']:,.0f} | "
+            f"{r['best'] / ref_r['best']:.1f}× ({cpu_ratio:.1f}×) | {gfl_s} | {note} |"
+        )
+    print(f"| `cell_sentences` n={n} | {rc['best']:,.0f} | – | – | – | – |")
+    print(f"\nload average at the end: {load():.2f}")
 
 
 if __name__ == "__main__":

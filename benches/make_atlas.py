@@ -3,10 +3,11 @@
     python benches/make_atlas.py --cells 1000000 --out benches/data/atlas_1000000.h5ad
 
 The matrix comes from :func:`synthetic.iter_chunks` (30k genes, ~2,000 nonzeros per cell,
-log1p-normalised values) and is appended to resizable HDF5 datasets laid out the way anndata
-writes CSR (``X/data``, ``X/indices``, ``X/indptr`` + encoding attributes), with ``obs``/``var``
-name indices. 1M cells × 2,000 nonzeros is about 16 GB uncompressed. The file appears under its
-final name only when complete (temp file + ``os.replace``).
+log1p-normalised values, or with ``--values counts`` the same cells' raw counts) and is
+appended to resizable HDF5 datasets laid out the way anndata writes CSR (``X/data``,
+``X/indices``, ``X/indptr`` + encoding attributes), with ``obs``/``var`` name indices. 1M cells
+× 2,000 nonzeros is about 16 GB uncompressed. The file appears under its final name only when
+complete (temp file + ``os.replace``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def write_atlas(
     seed: int = 0,
     compression: str | None = None,
     progress: bool = True,
+    values: str = "log1p",
 ) -> Path:
     """Write ``n_cells`` synthetic cells to ``path`` (an .h5ad); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def write_atlas(
             nnz = 0
             done = 0
             chunks = synthetic.iter_chunks(
-                n_cells, n_genes, nnz_per_cell, seed=seed, chunk=GEN_CHUNK
+                n_cells, n_genes, nnz_per_cell, seed=seed, chunk=GEN_CHUNK, values=values
             )
             for block in chunks:
                 c, k = block.shape[0], block.nnz
@@ -112,10 +114,13 @@ def write_atlas(
     return path
 
 
-def default_path(n_cells: int, n_genes: int, nnz: int, seed: int = 0) -> Path:
+def default_path(
+    n_cells: int, n_genes: int, nnz: int, seed: int = 0, values: str = "log1p"
+) -> Path:
     """Where the benchmarks keep the atlas of these dimensions (``benches/data/``, gitignored)."""
     data = Path(__file__).resolve().parent / "data"
-    return data / f"atlas_{n_cells}x{n_genes}_nnz{nnz}_s{seed}.h5ad"
+    tag = "" if values == "log1p" else f"_{values}"
+    return data / f"atlas_{n_cells}x{n_genes}_nnz{nnz}_s{seed}{tag}.h5ad"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,11 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nnz", type=int, default=2_000, help="nonzeros per cell (about)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
+    p.add_argument("--values", choices=["log1p", "counts"], default="log1p")
     p.add_argument("--out", type=Path, default=None, help="default: benches/data/atlas_*.h5ad")
     args = p.parse_args(argv)
-    out = args.out or default_path(args.cells, args.genes, args.nnz, args.seed)
+    out = args.out or default_path(args.cells, args.genes, args.nnz, args.seed, args.values)
     t0 = time.perf_counter()
-    write_atlas(out, args.cells, args.genes, args.nnz, seed=args.seed, compression=args.compression)
+    write_atlas(
+        out,
+        args.cells,
+        args.genes,
+        args.nnz,
+        seed=args.seed,
+        compression=args.compression,
+        values=args.values,
+    )
     size = out.stat().st_size / 1e9
     print(f"wrote {out} ({size:.2f} GB) in {time.perf_counter() - t0:.1f} s")
     return 0

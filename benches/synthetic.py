@@ -4,7 +4,8 @@ Each cell expresses about ``nnz_per_cell`` of ``n_genes`` genes with the skew of
 single-cell data: a core of ~300 genes (ribosomal, housekeeping) is present in ~90% of cells,
 the rest follow a power law, so most genes are rare. Values are log1p-normalised counts
 (``log1p(1e4 * count / total)``): counts are small integers, so a cell has many tied values.
-Gene columns are shuffled so that common genes are not all at low indices.
+``values="counts"`` gives the same cells' raw counts instead (float32, as CELLxGENE stores
+them). Gene columns are shuffled so that common genes are not all at low indices.
 """
 
 from __future__ import annotations
@@ -51,8 +52,15 @@ def iter_chunks(
     seed: int = 0,
     chunk: int = 2_000,
     dtype: type = np.float32,
+    values: str = "log1p",
 ) -> Iterator[sp.csr_array]:
-    """Yield CSR chunks of at most ``chunk`` cells; together they form one matrix."""
+    """Yield CSR chunks of at most ``chunk`` cells; together they form one matrix.
+
+    ``values``: ``"log1p"`` (log-normalised) or ``"counts"`` (the raw counts of the same cells).
+    """
+    if values not in ("log1p", "counts"):
+        msg = f"values must be 'log1p' or 'counts', got {values!r}"
+        raise ValueError(msg)
     p = gene_probabilities(n_genes, nnz_per_cell, seed).astype(np.float32)
     rng = np.random.default_rng(seed + 1)
     for start in range(0, n_cells, chunk):
@@ -62,7 +70,10 @@ def iter_chunks(
         # Counts: geometric, heavier for common genes (mean ~ 1 + 3p).
         counts = rng.geometric(1.0 / (1.0 + 3.0 * p[cols])).astype(np.float64)
         totals = np.bincount(rows, weights=counts, minlength=c)
-        vals = np.log1p(1e4 * counts / totals[rows]).astype(dtype)
+        if values == "counts":
+            vals = counts.astype(dtype)
+        else:
+            vals = np.log1p(1e4 * counts / totals[rows]).astype(dtype)
         indptr = np.zeros(c + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=c), out=indptr[1:])
         yield sp.csr_array((vals, cols.astype(np.int32), indptr), shape=(c, n_genes))
@@ -75,9 +86,10 @@ def make_csr(
     *,
     seed: int = 0,
     dtype: type = np.float32,
+    values: str = "log1p",
 ) -> sp.csr_array:
     """One CSR matrix of ``n_cells`` synthetic cells (int32 indices where they fit)."""
-    parts = list(iter_chunks(n_cells, n_genes, nnz_per_cell, seed=seed, dtype=dtype))
+    parts = list(iter_chunks(n_cells, n_genes, nnz_per_cell, seed=seed, dtype=dtype, values=values))
     if not parts:
         return sp.csr_array((0, n_genes), dtype=dtype)
     X = sp.vstack(parts, format="csr")

@@ -2,45 +2,60 @@
 
 Inputs cover empty matrices, empty rows, int32 and int64 indices, unsorted indices, duplicate
 entries (summed, as scipy does), ties, negative and zero values, float32 and float64, all sparse
-formats and dense arrays.
+formats and dense arrays. GenePT-w is also checked with a dense-gene set (the GEMM path) and
+with the fused raw-count preprocessing, and for bitwise equality across chunks and threads.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import genept_fast as gf
+from genept_fast import GeneptError
+from genept_fast.preprocess import normalize_log1p
 
 settings.register_profile("ci", max_examples=120, deadline=None)
 settings.load_profile("ci")
 
 
 @st.composite
-def coo_parts(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    """Raw (rows, cols, vals, shape): possibly duplicated, in random order, with ties."""
-    n = draw(st.integers(0, 12))
+def coo_parts(
+    draw: st.DrawFn, counts: bool = False, max_cells: int = 12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """Raw (rows, cols, vals, shape): possibly duplicated, in random order, with ties.
+
+    ``counts``: non-negative integers (raw counts, many zeros and ties), else half-integers
+    from a small range (ties, zeros and negatives).
+    """
+    n = draw(st.integers(0, max_cells))
     g = draw(st.integers(0, 15))
-    k = draw(st.integers(0, 60)) if n and g else 0
+    k = draw(st.integers(0, 5 * max_cells)) if n and g else 0
     rows = np.array(
         draw(st.lists(st.integers(0, max(n - 1, 0)), min_size=k, max_size=k)), dtype=np.int64
     )
     cols = np.array(
         draw(st.lists(st.integers(0, max(g - 1, 0)), min_size=k, max_size=k)), dtype=np.int64
     )
-    # Half-integers from a small range: many exact ties, zeros, negatives.
+    lo, hi, scale = (0, 30, 1) if counts else (-4, 12, 2)
     vals = (
-        np.array(draw(st.lists(st.integers(-4, 12), min_size=k, max_size=k)), dtype=np.float64) / 2
+        np.array(draw(st.lists(st.integers(lo, hi), min_size=k, max_size=k)), dtype=np.float64)
+        / scale
     )
     return rows, cols, vals, (n, g)
 
 
 @st.composite
-def matrices(draw: st.DrawFn) -> tuple[object, np.ndarray]:
+def matrices(
+    draw: st.DrawFn, counts: bool = False, max_cells: int = 12
+) -> tuple[object, np.ndarray]:
     """A matrix in some input form, and its dense float64 value (duplicates summed)."""
-    rows, cols, vals, shape = draw(coo_parts())
+    rows, cols, vals, shape = draw(coo_parts(counts, max_cells))
     dense = np.zeros(shape)
     np.add.at(dense, (rows, cols), vals)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
@@ -178,3 +193,122 @@ def test_results_independent_of_threads_and_blocks():
             X.indptr, X.indices, X.data, 500, E, n_threads=2, block_rows=block
         )
         np.testing.assert_array_equal(got, base)
+
+
+def reference_log1p(dense: np.ndarray) -> np.ndarray:
+    """normalize_total(1e4) + log1p of a dense count matrix, in float64."""
+    totals = dense.sum(axis=1, keepdims=True)
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(dense * scale)
+
+
+def _bound(dense: np.ndarray, E: np.ndarray, normalize: bool) -> np.ndarray:
+    """float32 accumulation error bound per row: relative to |X| @ |E| (before cancellation)."""
+    raw_norm = np.linalg.norm(dense @ E.astype(np.float64), axis=1, keepdims=True)
+    scale = np.linalg.norm(np.abs(dense) @ np.abs(E.astype(np.float64)), axis=1, keepdims=True)
+    if normalize:
+        scale = np.divide(scale, raw_norm, out=np.zeros_like(scale), where=raw_norm > 0)
+    return 1e-5 * scale + 1e-12
+
+
+def _chunks(X: object, n: int, cuts: list[int]) -> list[object]:
+    Xc = sp.csr_array(X) if sp.issparse(X) else np.asarray(X)
+    edges = [0, *sorted({min(c, n) for c in cuts}), n]
+    return [Xc[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@given(
+    m=matrices(max_cells=30),
+    d=st.integers(1, 110),
+    normalize=st.booleans(),
+    seed=st.integers(0, 2**31),
+    dense_draw=st.lists(st.booleans(), min_size=15, max_size=15),
+    cuts=st.lists(st.integers(0, 30), max_size=3),
+    threads=st.integers(1, 3),
+)
+def test_dense_gene_path_matches_reference_and_is_bitwise_stable(
+    m, d, normalize, seed, dense_draw, cuts, threads
+):
+    """With a dense-gene set (the GEMM path): the reference to float32 rounding, the scatter-
+    only path likewise, and the same bits for any chunking and thread count."""
+    X, dense = m
+    n, g = dense.shape
+    E = np.random.default_rng(seed).standard_normal((g, d)).astype(np.float32)
+    rows = np.flatnonzero(dense_draw[:g]).astype(np.int64)
+    got = gf.weighted_embedding(X, E, normalize=normalize, dense_genes=rows, n_threads=threads)
+    want = reference_weighted(dense, E, normalize)
+    bound = _bound(dense, E, normalize)
+    assert np.all(np.abs(got - want) <= bound)
+    plain = gf.weighted_embedding(X, E, normalize=normalize, dense_genes=None)
+    assert np.all(np.abs(got - plain) <= 2 * bound)
+    parts = [
+        gf.weighted_embedding(c, E, normalize=normalize, dense_genes=rows, n_threads=1)
+        for c in _chunks(X, n, cuts)
+    ]
+    stacked = np.concatenate(parts) if parts else got[:0]
+    assert stacked.tobytes() == got.tobytes()  # bitwise, +0.0 and -0.0 told apart
+    assert not np.signbit(got[got == 0]).any()
+
+
+@given(
+    m=matrices(counts=True, max_cells=30),
+    d=st.integers(1, 100),
+    seed=st.integers(0, 2**31),
+    use_dense=st.booleans(),
+    cuts=st.lists(st.integers(0, 30), max_size=3),
+    threads=st.integers(1, 3),
+)
+def test_fused_log1p_matches_two_step_path_and_reference(m, d, seed, use_dense, cuts, threads):
+    """preprocess='log1p' on raw counts (duplicates, unsorted, int64, float32/64, empty rows):
+    the float64 reference and the two-step path (normalize_log1p, then the kernel) to float32
+    rounding, and the same bits for any chunking and thread count."""
+    X, dense = m
+    n, g = dense.shape
+    E = np.random.default_rng(seed).standard_normal((g, d)).astype(np.float32)
+    rows = np.arange(0, g, 2, dtype=np.int64) if use_dense else None
+    got = gf.weighted_embedding(X, E, preprocess="log1p", dense_genes=rows, n_threads=threads)
+    lognorm = reference_log1p(dense)
+    bound = _bound(lognorm, E, True)
+    assert np.all(np.abs(got - reference_weighted(lognorm, E, True)) <= bound)
+    two_step = gf.weighted_embedding(normalize_log1p(X), E, dense_genes=rows)
+    assert np.all(np.abs(got - two_step) <= 2 * bound)
+    assert np.all(got[dense.sum(axis=1) == 0] == 0)  # zero total: zero embedding
+    parts = [
+        gf.weighted_embedding(c, E, preprocess="log1p", dense_genes=rows, n_threads=1)
+        for c in _chunks(X, n, cuts)
+    ]
+    stacked = np.concatenate(parts) if parts else got[:0]
+    assert stacked.tobytes() == got.tobytes()
+
+
+def test_fused_log1p_rejects_negative_counts_and_bad_options():
+    X = sp.csr_array(np.array([[1.0, 2.0], [0.0, -3.0]], dtype=np.float32))
+    E = np.eye(2, dtype=np.float32)
+    with pytest.raises(GeneptError, match=r"negative values .*cell 1, gene 1"):
+        gf.weighted_embedding(X, E, preprocess="log1p")
+    with pytest.raises(GeneptError, match="preprocess must be"):
+        gf.weighted_embedding(X, E, preprocess="auto")
+    with pytest.raises(GeneptError, match=r"dense_genes\[0\] = 5 is outside"):
+        gf.weighted_embedding(X, E, dense_genes=[5])
+    with pytest.raises(GeneptError, match="strictly ascending"):
+        gf.weighted_embedding(X, E, dense_genes=[1, 0])
+
+
+def test_auto_dense_genes_chosen_by_frequency():
+    """'auto' takes the genes expressed in at least half of the first 2,000 cells."""
+    rng = np.random.default_rng(4)
+    X = sp.random(3000, 40, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    X = X.tolil()
+    X[:, 7] = 1.0  # in every cell
+    X[::2, 30] = 2.0  # in half of them
+    X[2000:, 12] = 3.0  # common only after the first 2,000 cells
+    X = X.tocsr()
+    assert gf.kernels.dense_genes(X[:2000], 40).tolist() == [7, 30]
+    E = rng.standard_normal((40, 8)).astype(np.float32)
+    auto = gf.weighted_embedding(X, E)
+    np.testing.assert_array_equal(auto, gf.weighted_embedding(X, E, dense_genes=[7, 30]))
+    np.testing.assert_allclose(auto, gf.weighted_embedding(X, E, dense_genes=None), atol=1e-6)
+    # through gene_index: table rows, not X's columns
+    gi = np.arange(40)[::-1].copy()
+    assert gf.kernels.dense_genes(X[:2000], 40, gene_index=gi).tolist() == [9, 32]
+    assert gf.kernels.dense_genes(X[:63], 40).size == 0  # too few cells to tell

@@ -77,7 +77,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "obs": obs,
         "E": E,
         "E_raw": E_raw,
-        "ref": gf.weighted_embedding(lognorm, E),
+        # Raw counts are log-normalised by the kernel as it reads them (the fused path) ...
+        "ref": gf.weighted_embedding(counts, E, preprocess="log1p"),
+        # ... which equals the two-step path to float32 rounding (see test_fused_log1p_...).
+        "ref_ln": gf.weighted_embedding(lognorm, E),
     }
 
 
@@ -138,6 +141,11 @@ def test_float16_output(data: dict, tmp_path: Path, fmt: str) -> None:
         assert out16.stat().st_size < 0.55 * out32.stat().st_size
 
 
+def test_fused_log1p_equals_the_two_step_path(data: dict) -> None:
+    np.testing.assert_allclose(data["ref"], data["ref_ln"], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(data["ref"] == 0, data["ref_ln"] == 0)
+
+
 def test_preprocess_modes(data: dict, tmp_path: Path) -> None:
     E = data["E"]
     r = stream.encode_weighted(
@@ -161,11 +169,11 @@ def test_layer_and_raw(data: dict, tmp_path: Path) -> None:
         data["h5ad"], tmp_path / "layer.npy", data["E"], layer="lognorm", progress=False
     )
     assert not rep.log1p  # already log-normalised: auto leaves it
-    np.testing.assert_array_equal(np.load(tmp_path / "layer.npy"), data["ref"])
+    np.testing.assert_array_equal(np.load(tmp_path / "layer.npy"), data["ref_ln"])
     stream.encode_weighted(
         data["h5ad"], tmp_path / "raw.npy", data["E_raw"], use_raw=True, progress=False
     )
-    expected = gf.weighted_embedding(normalize_log1p(data["raw_counts"]), data["E_raw"])
+    expected = gf.weighted_embedding(data["raw_counts"], data["E_raw"], preprocess="log1p")
     np.testing.assert_array_equal(np.load(tmp_path / "raw.npy"), expected)
     assert stream.read_var_names(data["h5ad"], use_raw=True)[:2] == ["R0", "R1"]
     assert stream.read_var_names(data["zarr"]) == [f"G{j}" for j in range(N_GENES)]
@@ -188,7 +196,7 @@ def test_zarr_input_and_gene_index(data: dict, tmp_path: Path) -> None:
     stream.encode_weighted(
         data["zarr"], out, big, gene_index=gene_index, chunk_size=100, progress=False
     )
-    expected = gf.weighted_embedding(data["lognorm"], big, gene_index=gene_index)
+    expected = gf.weighted_embedding(data["counts"], big, gene_index=gene_index, preprocess="log1p")
     np.testing.assert_array_equal(_load(out)[0], expected)
     with pytest.raises(GeneptError, match="gene_index has 3 entries"):
         stream.encode_weighted(data["zarr"], tmp_path / "y.npy", big, gene_index=[0, 1, 2])
@@ -201,7 +209,7 @@ def test_dense_x_and_csc(data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyP
     ad.AnnData(X=data["lognorm"].toarray(), obs=data["obs"]).write_h5ad(dense)
     monkeypatch.setattr(sources_mod, "DENSE_BLOCK_VALUES", 7 * N_GENES)  # several reads per chunk
     stream.encode_weighted(dense, tmp_path / "d.npy", data["E"], chunk_size=CHUNK, progress=False)
-    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), data["ref"])
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), data["ref_ln"])
     csc = tmp_path / "csc.h5ad"
     ad.AnnData(X=sp.csc_matrix(data["lognorm"]), obs=data["obs"]).write_h5ad(csc)
     with pytest.raises(GeneptError, match=r"csc\.h5ad: X is stored as CSC"):
@@ -243,7 +251,7 @@ def test_h5ad_output_from_zarr_and_array_sources(data: dict, tmp_path: Path) -> 
     stream.encode_weighted(src, out, data["E"], key="X_w", output_dtype="float16", progress=False)
     a = ad.read_h5ad(out)
     assert list(a.obs_names) == list(data["obs"].index)
-    np.testing.assert_array_equal(a.obsm["X_w"], data["ref"].astype(np.float16))
+    np.testing.assert_array_equal(a.obsm["X_w"], data["ref_ln"].astype(np.float16))
     assert a.uns["X_w"]["params"]["output_dtype"] == "float16"
 
 
@@ -260,6 +268,9 @@ class _FailAfter:
     def __init__(self, inner: stream.WeightedEncoder, n: int) -> None:
         self.inner, self.n, self.calls = inner, n, 0
         self.fingerprint = inner.fingerprint
+
+    def begin(self, sample: sp.csr_array, preprocess: str) -> dict:
+        return self.inner.begin(sample, preprocess)
 
     def __call__(self, chunk: sp.csr_array) -> np.ndarray:
         self.calls += 1
@@ -370,6 +381,8 @@ KILL_SCRIPT = textwrap.dedent(
     class Slow:
         def __init__(self, inner):
             self.inner, self.fingerprint = inner, inner.fingerprint
+        def begin(self, sample, preprocess):
+            return self.inner.begin(sample, preprocess)
         def __call__(self, chunk):
             time.sleep(0.15)
             return self.inner(chunk)

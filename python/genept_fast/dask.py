@@ -7,7 +7,8 @@
   distributed client is active, otherwise shared in memory by the local scheduler.
 - :func:`read_csr` is a Dask array of CSR row blocks of an ``.h5ad``/``.zarr`` file (``X``, a
   layer or ``raw/X``), read by :class:`genept_fast.stream.AnnDataSource` in each task.
-- :func:`encode_h5ad_dask` chains the two with the per-cell preprocessing.
+- :func:`encode_h5ad_dask` chains the two with the per-cell preprocessing (done by the kernel
+  as it reads each block).
 
 Threads: each task runs the kernel with ``n_threads`` threads (default 1); keep Dask worker
 threads × ``n_threads`` ≤ cores. Requires the ``dask`` extra (``dask[array]``, ``distributed``).
@@ -31,8 +32,9 @@ from genept_fast.kernels import (
     prepare_embeddings,
     table_fingerprint,
 )
+from genept_fast.kernels import dense_genes as _dense_genes
 from genept_fast.kernels import weighted_embedding as _weighted_embedding
-from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
+from genept_fast.preprocess import AUTO_SAMPLE_CELLS, resolve_preprocess
 
 if TYPE_CHECKING:
     import os
@@ -109,7 +111,12 @@ def _share(table: _Table) -> Any:
 
 
 def _encode_block(
-    block: Any, table: _Table, n_threads: int, block_info: dict[Any, Any] | None = None
+    block: Any,
+    table: _Table,
+    n_threads: int,
+    preprocess: str,
+    dense: np.ndarray | None,
+    block_info: dict[Any, Any] | None = None,
 ) -> np.ndarray:
     # block_info (filled in by map_blocks) gives the block's first row in the whole array, so
     # that an error names the cell's global position.
@@ -120,6 +127,8 @@ def _encode_block(
         gene_index=table.gene_index,
         normalize=table.normalize,
         n_threads=n_threads,
+        preprocess=preprocess,
+        dense_genes=dense,
         row_offset=offset,
     )
 
@@ -131,6 +140,8 @@ def weighted_embedding(
     gene_index: npt.ArrayLike | None = None,
     normalize: bool = True,
     n_threads: int = 1,
+    preprocess: str = "none",
+    dense_genes: npt.ArrayLike | str | None = "auto",
 ) -> da.Array:
     """GenePT-w embeddings of a Dask array of cells × genes, one task per row block.
 
@@ -149,11 +160,20 @@ def weighted_embedding(
         L2-normalise each cell's embedding.
     n_threads
         Kernel threads per task; keep Dask worker threads × ``n_threads`` ≤ cores.
+    preprocess
+        ``"log1p"``: ``x`` holds raw counts, normalised and ``log1p``-transformed by the kernel
+        (see :func:`genept_fast.weighted_embedding`); ``"none"``: the values as they are.
+    dense_genes
+        The dense genes of every task (one set, so that results do not depend on the row
+        chunks): ``"auto"`` computes the first 2,000 rows of ``x`` now and chooses them
+        (:func:`genept_fast.kernels.dense_genes`); ``None`` or an array as for
+        :func:`genept_fast.weighted_embedding`.
 
     Returns
     -------
     A lazy float32 Dask array ``(n_cells, D)`` with the row chunks of ``x``; ``.compute()``
-    gives a numpy array equal to :func:`genept_fast.weighted_embedding` on the whole matrix.
+    gives a numpy array equal to :func:`genept_fast.weighted_embedding` on the whole matrix
+    with the same ``dense_genes``.
     """
     if not isinstance(x, da.Array):
         msg = f"x must be a dask.array.Array, got {type(x).__name__}"
@@ -177,12 +197,20 @@ def weighted_embedding(
         raise GeneptError(msg)
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
+    dense: np.ndarray | None
+    if isinstance(dense_genes, str) and dense_genes == "auto":
+        sample = x[: min(int(x.shape[0]), AUTO_SAMPLE_CELLS)].compute()
+        dense = _dense_genes(sample, int(table.E.shape[0]), gene_index=table.gene_index)
+    else:
+        dense = None if dense_genes is None else np.asarray(dense_genes, dtype=np.int64)
     dim = int(table.E.shape[1])
     return da.map_blocks(
         _encode_block,
         x,
         _share(table),
         n_threads=int(n_threads),
+        preprocess=str(preprocess),
+        dense=dense,
         chunks=(x.chunks[0], (dim,)),
         dtype=np.float32,
         meta=np.empty((0, 0), dtype=np.float32),
@@ -265,10 +293,6 @@ def read_csr(
     )
 
 
-def _preprocess_block(block: Any, how: str) -> Any:
-    return apply_preprocess(block, how)[0]  # type: ignore[arg-type]
-
-
 def encode_h5ad_dask(
     path: str | os.PathLike[str],
     gene_embeddings: npt.ArrayLike | GeneEmbeddings,
@@ -283,11 +307,12 @@ def encode_h5ad_dask(
 ) -> da.Array:
     """GenePT-w of every cell of an ``.h5ad``/``.zarr`` file as a lazy Dask array.
 
-    :func:`read_csr`, then the per-cell preprocessing (``"auto"`` decides once, from the first
-    cells, whether the values are raw counts), then :func:`weighted_embedding`.
-    ``gene_embeddings`` may be a :class:`~genept_fast.table.GeneEmbeddings` table: it is then
-    matched to the file's gene names through the gene identity layer (no ``gene_index``), and
-    only the rows in use travel to the workers. Call
+    :func:`read_csr`, then :func:`weighted_embedding` with the per-cell preprocessing done by the
+    kernel (``"auto"`` decides once, from the first cells, whether the values are raw counts;
+    the dense genes are chosen from the same cells). ``gene_embeddings`` may be a
+    :class:`~genept_fast.table.GeneEmbeddings` table: it is then matched to the file's gene
+    names through the gene identity layer (no ``gene_index``), and only the rows in use travel
+    to the workers. Call
     ``.compute()`` for a numpy array, or ``.to_zarr(...)`` / ``da.store`` to write it out
     without gathering it on the client.
     """
@@ -309,11 +334,22 @@ def encode_h5ad_dask(
         with AnnDataSource(path, layer=layer, use_raw=use_raw) as src:
             return src.read(0, min(src.n_cells, AUTO_SAMPLE_CELLS))
 
-    how = resolve_preprocess(preprocess, sample)
-    if how != "none":
-        x = da.map_blocks(
-            _preprocess_block, x, how, dtype=np.float32, meta=x._meta.astype(np.float32)
-        )
+    first: list[Any] = []
+
+    def first_cells() -> Any:
+        if not first:
+            first.append(sample())
+        return first[0]
+
+    how = resolve_preprocess(preprocess, first_cells)
+    E = as_embeddings(gene_embeddings)
+    dense = _dense_genes(first_cells(), int(E.shape[0]), gene_index=gene_index)
     return weighted_embedding(
-        x, gene_embeddings, gene_index=gene_index, normalize=normalize, n_threads=n_threads
+        x,
+        E,
+        gene_index=gene_index,
+        normalize=normalize,
+        n_threads=n_threads,
+        preprocess=how,
+        dense_genes=dense,
     )

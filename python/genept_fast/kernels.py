@@ -19,6 +19,13 @@ result's size is computed before it is allocated, and one larger than this machi
 a :class:`GeneptError` that says how much it would need. Kernel errors name cells by row; the
 ``row_offset`` of a call (a chunk's first row) is added, so messages give positions in the whole
 matrix (:func:`offset_cells` does the same for a caught error).
+
+GenePT-w sums the genes expressed in most cells (the *dense genes*) with a small dense GEMM and
+the rest by a scatter; each cell's sum runs in a fixed order (its dense genes, then its other
+genes, each in ascending table row), so results are bitwise identical for any thread count and
+for any chunking that uses the same dense genes. A job that encodes a matrix in pieces chooses
+them once (:func:`dense_genes` on its first cells) and passes them with every piece; ``tl``,
+``stream``, ``dask`` and ``genept-fast encode`` do.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import scipy.sparse as sp
 
 from genept_fast import _core
 from genept_fast._core import GeneptError, PreparedEmbeddings
+from genept_fast.preprocess import AUTO_SAMPLE_CELLS, TARGET_SUM
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -50,6 +58,7 @@ __all__ = [
     "as_embeddings",
     "as_gene_index",
     "cell_sentences",
+    "dense_genes",
     "is_kernel_error",
     "l2_normalize",
     "offset_cells",
@@ -63,6 +72,10 @@ __all__ = [
 
 #: The sentence prefix of GenePT-s.
 DEFAULT_PREFIX = "A cell with genes ranked by expression: "
+
+#: A gene is dense when expressed in at least this fraction of the sampled cells (measured
+#: best of 0.3-0.6 on atlas-like data; see README "Kernels and their speed").
+DENSE_MIN_FRACTION = 0.5
 
 _SMALL_INTS = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16)
 
@@ -297,6 +310,75 @@ def _call(fn: Any, *args: Any, row_offset: int = 0, **kwargs: Any) -> Any:
         raise
 
 
+def _head(csr: CsrParts, rows: int) -> CsrParts:
+    """The first ``rows`` cells of ``csr`` as views (no copy)."""
+    m = min(rows, csr.n_cells)
+    nnz = int(csr.indptr[m])
+    return CsrParts(csr.indptr[: m + 1], csr.indices[:nnz], csr.data[:nnz], (m, csr.n_genes))
+
+
+def dense_genes(
+    X: Any,
+    n_table_rows: int,
+    *,
+    gene_index: npt.ArrayLike | None = None,
+    min_fraction: float = DENSE_MIN_FRACTION,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """The table rows that :func:`weighted_embedding` should sum by its dense GEMM.
+
+    The rows (of a gene-embedding table with ``n_table_rows`` rows) whose genes have a nonzero
+    value in at least ``min_fraction`` of the cells of ``X``, at most 2,048 (the most frequent),
+    ascending int64. None when ``X`` has fewer than 64 cells. Pass a job's first cells (about
+    2,000), then the result as ``dense_genes=`` with every chunk: the summation order, and so
+    the last bit of the results, depends on this set.
+    """
+    gi = as_gene_index(gene_index)
+    return _choose_dense(as_csr(X), int(n_table_rows), gi, float(min_fraction), n_threads)
+
+
+def _choose_dense(
+    csr: CsrParts, n_rows: int, gi: np.ndarray | None, min_fraction: float, n_threads: int | None
+) -> np.ndarray:
+    return _call(
+        _core.choose_dense_genes,
+        csr.indptr,
+        csr.indices,
+        csr.data,
+        csr.n_genes,
+        n_rows,
+        gene_index=gi,
+        min_fraction=min_fraction,
+        n_threads=_check_threads(n_threads),
+    )
+
+
+def _dense_arg(
+    dense: Any, csr: CsrParts, n_rows: int, gi: np.ndarray | None, n_threads: int | None
+) -> np.ndarray | None:
+    if dense is None:
+        return None
+    if isinstance(dense, str):
+        if dense != "auto":
+            msg = f"dense_genes must be 'auto', None or an array of table rows, got {dense!r}"
+            raise GeneptError(msg)
+        return _choose_dense(
+            _head(csr, AUTO_SAMPLE_CELLS), n_rows, gi, DENSE_MIN_FRACTION, n_threads
+        )
+    rows = np.asarray(dense)
+    if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+        msg = f"dense_genes must be a 1-D integer array, got shape {rows.shape} dtype {rows.dtype}"
+        raise GeneptError(msg)
+    return _aligned(rows, np.int64)
+
+
+def _preprocess_arg(preprocess: str) -> str:
+    if preprocess not in ("none", "log1p"):
+        msg = f"preprocess must be 'none' or 'log1p', got {preprocess!r}"
+        raise GeneptError(msg)
+    return preprocess
+
+
 def weighted_embedding(
     X: Any,
     gene_embeddings: npt.ArrayLike | PreparedEmbeddings,
@@ -306,6 +388,8 @@ def weighted_embedding(
     n_threads: int | None = None,
     out: np.ndarray | None = None,
     row_offset: int = 0,
+    preprocess: str = "none",
+    dense_genes: npt.ArrayLike | str | None = "auto",
 ) -> np.ndarray:
     """GenePT-w cell embeddings: ``X @ gene_embeddings``, each row L2-normalised.
 
@@ -329,6 +413,16 @@ def weighted_embedding(
         memory map); it is returned.
     row_offset
         Position of ``X``'s first row in a larger matrix: error messages name cells there.
+    preprocess
+        ``"none"``: use the values as they are; ``"log1p"``: ``X`` holds raw counts, and each
+        cell is normalised to 10,000 total counts and ``log1p``-transformed as the kernel reads
+        it (``sc.pp.normalize_total(target_sum=1e4)`` + ``sc.pp.log1p``, duplicates summed
+        first), without a copy of ``X``. Negative values are then an error.
+    dense_genes
+        Table rows to sum by the dense GEMM: ``"auto"`` chooses them from the first 2,000
+        cells of ``X`` (:func:`dense_genes`), ``None`` uses none, or give the rows. Results
+        are the same to float32 rounding whatever the choice; they are bitwise identical
+        across calls (chunks) that pass the same rows.
 
     Returns
     -------
@@ -353,11 +447,18 @@ def weighted_embedding(
         msg = "out must be a C-contiguous float32 numpy array"
         raise GeneptError(msg)
     offset = _check_offset(row_offset)
+    threads = _check_threads(n_threads)
+    pre = _preprocess_arg(preprocess)
+    n_rows = E.n_genes if isinstance(E, PreparedEmbeddings) else int(E.shape[0])
     if out is None:
         dim = E.dim if isinstance(E, PreparedEmbeddings) else int(E.shape[1])
         _check_result_size(
             csr.n_cells, dim, 4, "the GenePT-w result", "encode the cells in chunks (out=)"
         )
+    try:
+        dense = _dense_arg(dense_genes, csr, n_rows, gi, threads)
+    except GeneptError as exc:
+        raise offset_cells(exc, offset) from None
     return _call(
         _core.weighted_embedding,
         csr.indptr,
@@ -367,8 +468,11 @@ def weighted_embedding(
         E,
         gene_index=gi,
         normalize=bool(normalize),
-        n_threads=_check_threads(n_threads),
+        n_threads=threads,
         out=out,
+        dense_genes=dense,
+        preprocess=pre,
+        target_sum=TARGET_SUM,
         row_offset=offset,
     )
 

@@ -4,7 +4,7 @@ Both tools take the AnnData first and keyword-only options, write the embedding 
 ``adata.obsm[key_added]`` and the parameters and provenance (model, text source, genes matched,
 matrix used) to ``adata.uns[key_added]``, and return ``None`` — or a modified copy with
 ``copy=True``. The user's expression matrix is never modified: raw counts are log-normalised
-into a temporary copy, one chunk at a time.
+by the kernel as it reads them.
 
 Also here: ``transfer_labels`` and ``build_reference`` (cell-type annotation from a labelled
 reference), defined in :mod:`genept_fast.annotate`.
@@ -33,7 +33,6 @@ from genept_fast.genes.match import (
 from genept_fast.preprocess import (
     AUTO_SAMPLE_CELLS,
     Preprocess,
-    apply_preprocess,
     has_negative,
     resolve_preprocess,
 )
@@ -238,8 +237,9 @@ def genept_w(
         (symbols, previous/alias symbols, Ensembl IDs with or without version, Entrez IDs,
         mouse genes): see :meth:`GeneEmbeddings.index_for`.
     preprocess
-        ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (in
-        a copy); ``"log1p"``: always; ``"none"``: use the values as they are.
+        ``"auto"``: raw counts are normalised to 10,000 per cell and ``log1p``-transformed (by
+        the kernel as it reads them, no copy); ``"log1p"``: always; ``"none"``: use the values
+        as they are.
     key_added
         Where the result goes.
     chunk_size
@@ -278,11 +278,21 @@ def genept_w(
     how, lognorm = _decide_preprocess(m, adata.n_obs, preprocess)
     rows, compact_index = compact_table(table.matrix, gene_index)
     prepared = kernels.prepare_embeddings(rows, n_threads=n_threads)
+    # One dense-gene set for every chunk (the summation order; see genept_fast.kernels).
+    dense = kernels.dense_genes(
+        _sample(m.X, adata.n_obs), prepared.n_genes, gene_index=compact_index, n_threads=n_threads
+    )
     out = np.zeros((adata.n_obs, table.dimension), dtype=np.float32)
     for a, b, chunk in _chunks(m.X, adata.n_obs, max(int(chunk_size), 1)):
-        X, _ = apply_preprocess(chunk, how)
         kernels.weighted_embedding(
-            X, prepared, gene_index=compact_index, n_threads=n_threads, out=out[a:b], row_offset=a
+            chunk,
+            prepared,
+            gene_index=compact_index,
+            n_threads=n_threads,
+            out=out[a:b],
+            preprocess=how,
+            dense_genes=dense,
+            row_offset=a,
         )
     adata.obsm[key_added] = out
     adata.uns[key_added] = {

@@ -1,7 +1,8 @@
 """Out-of-core, resumable cell encoding of AnnData files larger than memory.
 
 :func:`encode_file` reads an ``.h5ad`` / ``.zarr`` AnnData (or any :class:`ChunkSource`) one
-chunk of cells at a time, preprocesses each chunk, hands it to an ``encoder`` and writes the
+chunk of cells at a time, preprocesses each chunk (or lets the encoder do it as it reads the
+chunk, as GenePT-w does), hands it to an ``encoder`` and writes the
 result to ``.npy``, ``.zarr``, ``.parquet`` or ``.h5ad`` as it goes. Memory stays bounded by
 about two chunks plus the encoder's own tables, whatever the number of cells. A reader thread
 reads (and preprocesses) the next chunk while the encoder runs on the current one, and a writer
@@ -111,7 +112,9 @@ class WeightedEncoder:
     Calling it on a CSR chunk returns :func:`genept_fast.weighted_embedding` of the chunk. The
     table is checked and laid out for the kernel once (:func:`genept_fast.prepare_embeddings`),
     not per chunk, and only that copy is kept. The ``fingerprint`` (a hash of the table,
-    ``gene_index`` and ``normalize``) identifies it in resume manifests.
+    ``gene_index`` and ``normalize``) identifies it in resume manifests. :meth:`begin` fixes
+    the job's preprocessing (then applied by the kernel as it reads each raw chunk) and dense
+    genes once, from the file's first cells.
     """
 
     def __init__(
@@ -136,10 +139,25 @@ class WeightedEncoder:
         self.n_threads = n_threads
         self.fingerprint = f"genept-w:{table_fingerprint(E, self.gene_index, self.normalize)}"
         self.table = prepare_embeddings(E, n_threads=n_threads)
+        self.preprocess = "none"
+        self.dense: np.ndarray | str = "auto"
 
     @property
     def dim(self) -> int:
         return self.shape[1]
+
+    def begin(self, sample: Any, preprocess: str) -> dict[str, Any]:
+        """Fix the job-level choices from the first cells of the file (``sample``): the
+        resolved ``preprocess`` (``"log1p"`` or ``"none"``), which the kernel then applies to
+        each raw chunk itself, and the dense genes (:func:`genept_fast.kernels.dense_genes`),
+        which fix the summation order. Returns what the resume manifest records."""
+        from genept_fast.kernels import dense_genes
+
+        self.preprocess = preprocess
+        self.dense = dense_genes(
+            sample, self.shape[0], gene_index=self.gene_index, n_threads=self.n_threads
+        )
+        return {"dense_genes": self.dense.tolist()}
 
     def __call__(self, X: sp.csr_array) -> np.ndarray:
         from genept_fast.kernels import weighted_embedding
@@ -150,6 +168,8 @@ class WeightedEncoder:
             gene_index=self.gene_index,
             normalize=self.normalize,
             n_threads=self.n_threads,
+            preprocess=self.preprocess,
+            dense_genes=self.dense,
         )
 
 
@@ -200,8 +220,27 @@ def _encoder_id(encoder: Callable[..., Any], fingerprint: str | None) -> str:
     return f"{mod}.{name}"
 
 
-def _resolve_preprocess(source: ChunkSource, how: str) -> str:
-    return resolve_preprocess(how, lambda: source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS)))
+def _resolve_preprocess(source: ChunkSource, how: str, encoder: Any) -> tuple[str, dict[str, Any]]:
+    """The preprocessing decided once for the file, and the encoder's job record: an encoder
+    with ``begin(sample, preprocess)`` gets the first cells and does the preprocessing itself."""
+    sample: list[Any] = []
+
+    def first_cells() -> Any:
+        if not sample:
+            sample.append(source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS)))
+        return sample[0]
+
+    resolved = resolve_preprocess(how, first_cells)
+    begin = getattr(encoder, "begin", None)
+    if not callable(begin):
+        return resolved, {}
+    try:
+        record = dict(begin(first_cells(), resolved) or {})
+    except GeneptError as exc:  # the first cells are rows 0.. of the file: name the file
+        from genept_fast.kernels import offset_cells
+
+        raise offset_cells(exc, 0, where=source.name) from None
+    return resolved, record | {"fused_preprocess": True}
 
 
 def work_dir(output: str | os.PathLike[str]) -> Path:
@@ -294,7 +333,10 @@ def encode_file(
     encoder
         Called with each chunk (a CSR array, cells × the file's genes, already preprocessed) and
         returns a ``(cells, dim)`` float array. It must be deterministic for resumed results to
-        equal uninterrupted ones.
+        equal uninterrupted ones. An encoder with a ``begin(sample, preprocess)`` method (like
+        :class:`WeightedEncoder`) is first called with the file's first cells and the resolved
+        preprocessing, then gets the chunks as stored and preprocesses them itself; what
+        ``begin`` returns is recorded in the resume manifest.
     dim
         Width of the encoder's output.
     layer, use_raw
@@ -415,7 +457,7 @@ def _encode(
     extra_uns: dict[str, Any],
 ) -> StreamReport:
     n_cells, n_genes = int(source.n_cells), int(source.n_genes)
-    how = _resolve_preprocess(source, preprocess)
+    how, job = _resolve_preprocess(source, preprocess, encoder)
     n_chunks = math.ceil(n_cells / chunk_size)
     params = {
         "encoder": encoder_id,
@@ -429,12 +471,15 @@ def _encode(
         "format": fmt,
         "key": key if fmt == ".zarr" else None,
     }
+    if "dense_genes" in job:
+        params["dense_genes"] = len(job["dense_genes"])
     header = {
         "input": source.fingerprint(),
         "params": params,
         "n_cells": n_cells,
         "n_genes": n_genes,
         "n_chunks": n_chunks,
+        "job": job,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     state = PartialState(work_dir(out), header, resume=resume)
@@ -456,7 +501,7 @@ def _encode(
             source,
             todo,
             encoder=encoder,
-            how=how,
+            how="none" if job.get("fused_preprocess") else how,
             chunk_size=chunk_size,
             dim=dim,
             dtype=dtype,

@@ -1,12 +1,35 @@
-//! Result buffers sized from user arguments: checked arithmetic and fallible allocation, so that
-//! an impossible size is a [`GeneptError`] saying how much memory it would need, never an abort
-//! ("memory allocation of N bytes failed") that takes the Python interpreter down with it.
+//! Result buffers sized from user arguments, cheap to touch for the first time.
+//!
+//! **Never an abort.** A size comes from user arguments (`n_cells × n`), so it is computed
+//! with checked arithmetic and allocated fallibly: an impossible size is a [`GeneptError`]
+//! saying how much memory it would need, never "memory allocation of N bytes failed", which
+//! takes the Python interpreter down with it.
+//!
+//! **Cheap first touch.** A kernel's result is a fresh allocation handed to Python, so every
+//! 4 KB page of it is faulted in and zeroed by the OS as the kernel first writes it. In a
+//! virtual machine a fault costs microseconds: measured 25% of `top_genes` (n = 1000, one 4 KB
+//! page per cell). The buffer is therefore allocated zeroed (large ones come straight from
+//! `mmap`, untouched) and, on Linux, advised to use transparent huge pages (2 MB: 512 times
+//! fewer faults) where the system allows it (`madvise` mode, the common default).
+
+use std::alloc::{alloc_zeroed, Layout};
 
 use crate::error::{GeneptError, Result};
 
-/// A zeroed `rows × cols` buffer, or an error saying how much memory it would have needed
-/// (checked arithmetic, fallible allocation: never an abort).
-pub fn try_zeroed<T: Copy + Default>(rows: usize, cols: usize, what: &str) -> Result<Vec<T>> {
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for i32 {}
+}
+
+/// Element types whose all-zero bit pattern is the value zero (the only ones [`try_zeroed`]
+/// hands out without writing them).
+pub trait Zeroable: Copy + sealed::Sealed {}
+impl Zeroable for f32 {}
+impl Zeroable for i32 {}
+
+/// A zeroed `rows × cols` buffer, or an error saying how much memory it would have needed.
+pub fn try_zeroed<T: Zeroable>(rows: usize, cols: usize, what: &str) -> Result<Vec<T>> {
     let too_big = |bytes: String| {
         GeneptError::InvalidArgument(format!(
             "{what} would need {bytes} of memory ({rows} × {cols} values)"
@@ -16,12 +39,51 @@ pub fn try_zeroed<T: Copy + Default>(rows: usize, cols: usize, what: &str) -> Re
         .checked_mul(cols)
         .ok_or_else(|| too_big("more than the address space".into()))?;
     let bytes = len.saturating_mul(std::mem::size_of::<T>());
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| too_big(format!("{:.1} GB", bytes as f64 / 1e9)))?;
-    v.resize(len, T::default());
+    let layout =
+        Layout::array::<T>(len).map_err(|_| too_big("more than the address space".into()))?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: `layout` has a non-zero size (checked above).
+    let ptr = unsafe { alloc_zeroed(layout) } as *mut T;
+    if ptr.is_null() {
+        return Err(too_big(format!("{:.1} GB", bytes as f64 / 1e9)));
+    }
+    // SAFETY: `ptr` is non-null and was allocated by the global allocator with the layout of
+    // `[T; len]` (size `len * size_of::<T>()`, align of `T`), which is what `Vec<T>` with
+    // capacity `len` frees; its `len` elements are initialised, because every `Zeroable` type
+    // (sealed: f32, i32) has zero as its all-zero bit pattern.
+    let v = unsafe { Vec::from_raw_parts(ptr, len, len) };
+    advise_huge(&v);
     Ok(v)
 }
+
+/// Below this size the advice is not worth a system call.
+const HUGE_MIN_BYTES: usize = 4 << 20;
+
+#[cfg(target_os = "linux")]
+fn advise_huge<T>(v: &[T]) {
+    let bytes = std::mem::size_of_val(v);
+    if bytes < HUGE_MIN_BYTES {
+        return;
+    }
+    // madvise wants a page-aligned start: advise the whole pages inside the buffer.
+    let page = 4096usize;
+    let start = v.as_ptr() as usize;
+    let aligned = start.next_multiple_of(page);
+    let len = (start + bytes).saturating_sub(aligned) / page * page;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: the range lies inside the live allocation `v`; MADV_HUGEPAGE only changes how
+    // the kernel backs those pages (the contents stay zero), and a failure is harmless.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge<T>(_v: &[T]) {}
 
 #[cfg(test)]
 mod tests {
@@ -32,7 +94,18 @@ mod tests {
         let e = try_zeroed::<i32>(usize::MAX / 2, 4, "x").unwrap_err();
         assert!(e.to_string().contains("address space"), "{e}");
         let e = try_zeroed::<i32>(1 << 40, 1 << 21, "x").unwrap_err();
-        assert!(e.to_string().contains("GB"), "{e}");
+        assert!(
+            e.to_string().contains("GB") || e.to_string().contains("address space"),
+            "{e}"
+        );
         assert_eq!(try_zeroed::<f32>(3, 2, "x").unwrap(), vec![0.0; 6]);
+        assert!(try_zeroed::<f32>(0, 7, "x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn large_buffers_are_zero() {
+        let v: Vec<i32> = try_zeroed(3 << 20, 1, "x").unwrap();
+        assert!(v.iter().all(|&x| x == 0));
+        assert_eq!(v.len(), 3 << 20);
     }
 }

@@ -106,6 +106,18 @@ impl Value for f64 {
     }
 }
 
+/// Whether a row's column indices are strictly increasing (canonical: sorted, no duplicates).
+/// Counts the violations without branching, so that the loop vectorises.
+#[inline]
+pub(crate) fn strictly_increasing<I: Index>(idx: &[I]) -> bool {
+    let bad: usize = idx
+        .iter()
+        .zip(idx.iter().skip(1))
+        .map(|(a, b)| usize::from(a.to_i64() >= b.to_i64()))
+        .sum();
+    bad == 0
+}
+
 /// A borrowed CSR matrix whose structure and values have been checked.
 #[derive(Clone, Copy, Debug)]
 pub struct CsrView<'a, I: Index, V: Value> {
@@ -114,6 +126,8 @@ pub struct CsrView<'a, I: Index, V: Value> {
     data: &'a [V],
     n_rows: usize,
     n_cols: usize,
+    /// Checked to hold no negative value ([`CsrView::new_counts`]).
+    nonnegative: bool,
 }
 
 impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
@@ -122,6 +136,27 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
     /// different lengths, column indices outside `[0, n_cols)`, and NaN or infinite values.
     /// Unsorted and duplicate column indices are valid (duplicates are summed, as scipy does).
     pub fn new(indptr: &'a [I], indices: &'a [I], data: &'a [V], n_cols: usize) -> Result<Self> {
+        Self::checked(indptr, indices, data, n_cols, false)
+    }
+
+    /// [`CsrView::new`] for raw counts: also rejects negative values, naming the first cell and
+    /// gene that has one (in the same pass over the values).
+    pub fn new_counts(
+        indptr: &'a [I],
+        indices: &'a [I],
+        data: &'a [V],
+        n_cols: usize,
+    ) -> Result<Self> {
+        Self::checked(indptr, indices, data, n_cols, true)
+    }
+
+    fn checked(
+        indptr: &'a [I],
+        indices: &'a [I],
+        data: &'a [V],
+        n_cols: usize,
+        nonnegative: bool,
+    ) -> Result<Self> {
         if indptr.is_empty() {
             return Err(GeneptError::MalformedCsr(
                 "indptr is empty; it must have n_cells + 1 entries".into(),
@@ -165,19 +200,37 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
             data,
             n_rows,
             n_cols,
+            nonnegative,
         };
         view.check_entries()?;
         Ok(view)
     }
 
-    /// Finds the first cell (lowest index) with a column index out of range or a non-finite value.
+    /// Finds the first cell (lowest index) with a column index out of range, a non-finite
+    /// value, or (for counts) a negative value.
     fn check_entries(&self) -> Result<()> {
-        let n_cols = self.n_cols;
+        let (n_cols, counts) = (self.n_cols, self.nonnegative);
         let bad = (0..self.n_rows)
             .into_par_iter()
             .with_min_len(256)
             .map(|r| {
                 let (idx, val) = self.row(r);
+                // Fast path: count bad entries without branching (the loops vectorise); only a
+                // row with one is walked again to name the first.
+                let bad_idx: usize = idx
+                    .iter()
+                    .map(|&j| usize::from(j.to_i64() as u64 >= n_cols as u64))
+                    .sum();
+                let bad_val: usize = val
+                    .iter()
+                    .map(|&v| {
+                        let x = v.to_f64();
+                        usize::from(!x.is_finite() | (counts & (x < 0.0)))
+                    })
+                    .sum();
+                if bad_idx + bad_val == 0 {
+                    return None;
+                }
                 for (&j, &v) in idx.iter().zip(val) {
                     match j.to_usize() {
                         Some(j) if j < n_cols => {}
@@ -195,6 +248,13 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
                             kind: non_finite_kind(x),
                             location: format!("cell {r}, gene {}", j.to_i64()),
                         });
+                    }
+                    if counts && x < 0.0 {
+                        return Some(GeneptError::InvalidArgument(format!(
+                            "log1p preprocessing needs raw counts, but X has negative values \
+                             (the first: {x} at cell {r}, gene {})",
+                            j.to_i64()
+                        )));
                     }
                 }
                 None
@@ -215,6 +275,12 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
     #[inline]
     pub fn n_cols(&self) -> usize {
         self.n_cols
+    }
+
+    /// Whether the values were checked to be non-negative ([`CsrView::new_counts`]).
+    #[inline]
+    pub fn checked_nonnegative(&self) -> bool {
+        self.nonnegative
     }
 
     #[inline]

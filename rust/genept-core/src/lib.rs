@@ -19,4 +19,4 @@ pub mod weighted;
 
 pub use csr::{CsrView, EmbeddingView, Index, Value};
 pub use error::{GeneptError, Result};
-pub use weighted::{GeneMap, WeightedOptions};
+pub use weighted::{DenseGenes, GeneMap, Preprocess, WeightedOptions};

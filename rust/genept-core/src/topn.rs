@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use crate::csr::{CsrView, Index, Value};
+use crate::csr::{strictly_increasing, CsrView, Index, Value};
 use crate::error::{GeneptError, Result};
 
 struct Scratch<V: Value> {
@@ -79,14 +79,17 @@ pub fn top_genes<I: Index, V: Value>(
 /// Distinct values a row may have for the counting-sort path (then it falls back to sorting).
 const MAX_DISTINCT: usize = 256;
 const SLOTS: usize = 1024; // open addressing, load ≤ 1/4
+/// The slot of entries that are not ranked (values ≤ 0); its positions are all past `n`.
+const SKIP: usize = SLOTS;
 const EMPTY: u64 = u64::MAX; // no positive float has these bits
 
-/// A small hash table from a value's bits to its count, then to its output position.
+/// A small hash table from a value's bits to its counts, then to its output positions.
 struct Buckets {
     key: Vec<u64>,
+    /// Per slot (and [`SKIP`]): a count, then the cursor of its next output position.
     count: Vec<u32>,
     used: Vec<u32>,
-    /// The slot of each positive entry of the row, in row order.
+    /// The slot of each entry of the row ([`SKIP`] for values ≤ 0), in row order.
     entry_slot: Vec<u16>,
     /// The ranking being built, with one spare slot for genes past `n`.
     placed: Vec<i32>,
@@ -96,7 +99,7 @@ impl Buckets {
     fn new() -> Self {
         Buckets {
             key: vec![EMPTY; SLOTS],
-            count: vec![0; SLOTS],
+            count: vec![0; SLOTS + 1],
             used: Vec::with_capacity(MAX_DISTINCT + 1),
             entry_slot: Vec::new(),
             placed: Vec::new(),
@@ -108,29 +111,30 @@ impl Buckets {
             self.key[s as usize] = EMPTY;
             self.count[s as usize] = 0;
         }
+        self.count[SKIP] = 0;
         self.used.clear();
-        self.entry_slot.clear();
     }
+}
 
-    /// The slot of `bits`, inserting it; `None` once the row has too many distinct values.
-    #[inline]
-    fn slot(&mut self, bits: u64) -> Option<usize> {
-        let mut s = (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize; // 10 bits
-        loop {
-            let k = self.key[s];
-            if k == bits {
-                return Some(s);
-            }
-            if k == EMPTY {
-                if self.used.len() == MAX_DISTINCT {
-                    return None;
-                }
-                self.key[s] = bits;
-                self.used.push(s as u32);
-                return Some(s);
-            }
-            s = (s + 1) & (SLOTS - 1);
+/// The slot of `bits` in `key`, inserting it (and recording it in `used`); `None` once the row
+/// has too many distinct values. Works on slices, so that the hot loops keep them in registers.
+#[inline(always)]
+fn slot_of(key: &mut [u64], used: &mut Vec<u32>, bits: u64) -> Option<usize> {
+    let mut s = (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize; // 10 bits
+    loop {
+        let k = key[s & (SLOTS - 1)];
+        if k == bits {
+            return Some(s & (SLOTS - 1));
         }
+        if k == EMPTY {
+            if used.len() == MAX_DISTINCT {
+                return None;
+            }
+            key[s & (SLOTS - 1)] = bits;
+            used.push((s & (SLOTS - 1)) as u32);
+            return Some(s & (SLOTS - 1));
+        }
+        s += 1;
     }
 }
 
@@ -144,49 +148,46 @@ fn rank_by_buckets<I: Index, V: Value>(
 ) -> bool {
     let (idx, val) = x.row(r);
     let col = |j: I| j.to_usize().unwrap_or(0);
+    if !strictly_increasing(idx) {
+        return false; // not canonical: duplicates or unsorted indices
+    }
     let b = &mut s.buckets;
     b.clear();
-    let mut prev: Option<usize> = None;
-    for (&j, &v) in idx.iter().zip(val) {
-        let j = col(j);
-        if prev.is_some_and(|p| p >= j) {
-            return false; // not canonical: duplicates or unsorted indices
-        }
-        prev = Some(j);
-        if v > V::ZERO {
-            match b.slot(v.value_bits()) {
-                Some(slot) => {
-                    b.count[slot] += 1;
-                    b.entry_slot.push(slot as u16);
-                }
-                None => return false,
-            }
-        }
-    }
-    // Distinct values, largest first; each slot's count becomes its first output position.
-    b.used
-        .sort_unstable_by_key(|&slot| std::cmp::Reverse(b.key[slot as usize]));
-    let mut pos = 0u32;
-    for &slot in &b.used {
-        let c = b.count[slot as usize];
-        b.count[slot as usize] = pos;
-        pos += c;
-    }
-    // Place genes branch-free: positions past `n` all land in one spare slot at the end.
+    b.entry_slot.clear();
+    b.entry_slot.resize(idx.len(), SKIP as u16);
     let n = dst.len();
     b.placed.clear();
     b.placed.resize(n + 1, -1);
-    let mut e = 0;
-    for (&j, &v) in idx.iter().zip(val) {
+    // Slices, not the Vecs, so that the loops keep their pointers in registers.
+    let (key, used) = (&mut b.key[..], &mut b.used);
+    let (count, entry_slot, placed) = (&mut b.count[..], &mut b.entry_slot[..], &mut b.placed[..]);
+    // Pass 1: each entry's slot, counted.
+    for (es, &v) in entry_slot.iter_mut().zip(val) {
         if v > V::ZERO {
-            let slot = b.entry_slot[e] as usize;
-            e += 1;
-            let p = b.count[slot] as usize;
-            b.placed[p.min(n)] = col(j) as i32;
-            b.count[slot] = (p + 1) as u32;
+            let Some(slot) = slot_of(key, used, v.value_bits()) else {
+                return false;
+            };
+            *es = slot as u16;
+            count[slot] += 1;
         }
     }
-    dst.copy_from_slice(&b.placed[..n]);
+    // Distinct values, largest first; each slot's count becomes its first output position.
+    used.sort_unstable_by_key(|&slot| std::cmp::Reverse(key[slot as usize]));
+    let mut pos = 0u32;
+    for &slot in used.iter() {
+        let c = count[slot as usize];
+        count[slot as usize] = pos;
+        pos += c;
+    }
+    count[SKIP] = n as u32;
+    // Pass 2, branch-free: positions past `n` (and unranked entries) land in one spare slot.
+    for (&es, &j) in entry_slot.iter().zip(idx) {
+        let slot = es as usize;
+        let p = count[slot] as usize;
+        placed[p.min(n)] = col(j) as i32;
+        count[slot] = (p + 1) as u32;
+    }
+    dst.copy_from_slice(&placed[..n]);
     let filled = (pos as usize).min(n);
     dst[filled..].fill(-1);
     true
@@ -203,7 +204,7 @@ fn row_keys<I: Index, V: Value>(
     s.keys.clear();
     // Validated: every index is in [0, n_cols).
     let col = |j: I| j.to_usize().unwrap_or(0);
-    let canonical = idx.windows(2).all(|w| col(w[0]) < col(w[1]));
+    let canonical = strictly_increasing(idx);
     if canonical {
         s.keys.extend(
             idx.iter()

@@ -8,20 +8,49 @@
 //! every output row of the block that expresses the gene; the block × tile output lives in L2.
 //! Each embedding tile is thus read once per block instead of once per nonzero.
 //!
-//! Every output element is accumulated over the cell's genes in ascending gene order (stored
-//! duplicates in stored order), so results do not depend on the block size or the thread count.
+//! That scatter does one load and one store of the output per multiply-add, which caps it near
+//! half the machine's peak. Genes expressed in most cells ([`DenseGenes`], chosen once per job
+//! from gene frequencies) are instead summed by a small dense GEMM per block (values of absent
+//! genes are zeros), whose register tiles do one load per several multiply-adds.
+//!
+//! Summation order, and why results do not depend on blocks or threads: each output element
+//! is accumulated over the cell's dense genes in ascending table row, then over its other genes
+//! in ascending table row (stored duplicates in stored order). Which cells share a block only
+//! decides how the work is grouped, never that order. A zero value (a dense gene the cell does
+//! not express) adds an exact zero, which can change nothing but the sign of a zero sum; every
+//! output zero is written as +0.0, so the bits are the same whatever is grouped with what.
+//! The dense set itself does change the order, so a job fixes it once ([`DenseGenes::choose`]
+//! on its first cells) and passes the same set with every chunk.
+//!
+//! With [`Preprocess::Log1p`] the kernel reads raw counts and applies scanpy's
+//! `normalize_total(target_sum)` + `log1p` per cell while regrouping the block (duplicates are
+//! summed first, as scipy's `sum_duplicates` does); there is no separate pass or copy.
 
 use rayon::prelude::*;
 
-use crate::csr::{CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
+use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
 use crate::error::{GeneptError, Result};
-use crate::simd::{prefetch, scatter_axpy, Isa, TILE};
+use crate::simd::{
+    dense_gemm, pack_entry, scatter_genes, Entries, GemmShape, GeneGroups, Isa, TILE,
+};
 
 /// How many genes ahead the next embedding tile is prefetched (measured best of 1, 4, 8, 16).
 const PREFETCH_GENES: usize = 4;
 
 /// Cells per block: block × tile of output (512 × 96 floats = 192 KB) stays in L2.
 pub const DEFAULT_BLOCK_ROWS: usize = 512;
+
+/// scanpy's `normalize_total` default target in GenePT: 10,000 counts per cell.
+pub const TARGET_SUM: f64 = 1e4;
+
+/// Fraction of sampled cells a gene must be expressed in to be summed by the dense GEMM.
+pub const DENSE_MIN_FRACTION: f64 = 0.5;
+
+/// At most this many dense genes (the most frequent; bounds per-thread memory).
+pub const DENSE_MAX_GENES: usize = 2048;
+
+/// Fewer sampled cells than this choose no dense genes (frequencies would mean little).
+pub const DENSE_MIN_CELLS: usize = 64;
 
 /// How X's columns map to rows of the embedding table.
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +130,17 @@ impl<'a> Table<'a> {
     }
 }
 
+/// Expression preprocessing applied by the kernel as it reads X.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Preprocess {
+    /// Use the stored values as they are.
+    None,
+    /// Raw counts: each cell scaled to `target_sum` total counts, then `log1p`
+    /// (`sc.pp.normalize_total(target_sum=...)` + `sc.pp.log1p`). Cells with zero total stay
+    /// zero; negative values are rejected before any work.
+    Log1p { target_sum: f64 },
+}
+
 /// Options of [`weighted_embedding`].
 #[derive(Clone, Copy, Debug)]
 pub struct WeightedOptions {
@@ -110,6 +150,8 @@ pub struct WeightedOptions {
     pub block_rows: usize,
     /// The instruction set to run with.
     pub isa: Isa,
+    /// What to do to the values first.
+    pub preprocess: Preprocess,
 }
 
 impl Default for WeightedOptions {
@@ -118,44 +160,371 @@ impl Default for WeightedOptions {
             normalize: true,
             block_rows: DEFAULT_BLOCK_ROWS,
             isa: Isa::detect(),
+            preprocess: Preprocess::None,
+        }
+    }
+}
+
+/// The embedding-table rows whose genes are summed by the dense GEMM, ascending.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DenseGenes {
+    rows: Vec<u32>,
+}
+
+impl DenseGenes {
+    /// No dense genes: every gene goes through the scatter.
+    pub fn none() -> Self {
+        DenseGenes::default()
+    }
+
+    /// A given set of table rows (strictly ascending, each in `[0, n_emb)`).
+    pub fn new(rows: &[i64], n_emb: usize) -> Result<Self> {
+        if let Some(i) = rows.iter().position(|&g| g < 0 || g >= n_emb as i64) {
+            return Err(GeneptError::InvalidArgument(format!(
+                "dense_genes[{i}] = {} is outside [0, {n_emb})",
+                rows[i]
+            )));
+        }
+        if let Some(i) = rows.windows(2).position(|w| w[1] <= w[0]) {
+            return Err(GeneptError::InvalidArgument(format!(
+                "dense_genes must be strictly ascending; dense_genes[{}] = {} follows {}",
+                i + 1,
+                rows[i + 1],
+                rows[i]
+            )));
+        }
+        if n_emb > (DENSE - 1) as usize {
+            return Err(GeneptError::InvalidArgument(format!(
+                "{n_emb} table rows are more than the kernel addresses"
+            )));
+        }
+        Ok(DenseGenes {
+            rows: rows.iter().map(|&g| g as u32).collect(),
+        })
+    }
+
+    /// The table rows expressed (a nonzero value) in at least `min_fraction` of the cells of
+    /// `x`, at most `max_genes` of them (the most frequent, ties to the lower row); none when
+    /// `x` has fewer than [`DENSE_MIN_CELLS`] cells. Pass the first cells of a job (for
+    /// example 2,000), then the same set with every chunk.
+    pub fn choose<I: Index, V: Value>(
+        x: &CsrView<'_, I, V>,
+        map: GeneMap<'_>,
+        n_emb: usize,
+        min_fraction: f64,
+        max_genes: usize,
+    ) -> Result<Self> {
+        map.check(x.n_cols(), n_emb)?;
+        if !(0.0..=1.0).contains(&min_fraction) || min_fraction.is_nan() {
+            return Err(GeneptError::InvalidArgument(format!(
+                "min_fraction must be in [0, 1], got {min_fraction}"
+            )));
+        }
+        let n = x.n_rows();
+        if n < DENSE_MIN_CELLS || max_genes == 0 {
+            return Ok(DenseGenes::none());
+        }
+        let counts = (0..n)
+            .into_par_iter()
+            .with_min_len(256)
+            .fold(
+                || (vec![0u32; n_emb], vec![u32::MAX; n_emb]),
+                |(mut count, mut seen), r| {
+                    let (idx, val) = x.row(r);
+                    for (&j, &v) in idx.iter().zip(val) {
+                        if v.to_f64() == 0.0 {
+                            continue;
+                        }
+                        if let Some(g) = map.row_of(j.to_usize().unwrap_or(0)) {
+                            if seen[g] != r as u32 {
+                                seen[g] = r as u32;
+                                count[g] += 1;
+                            }
+                        }
+                    }
+                    (count, seen)
+                },
+            )
+            .map(|(c, _)| c)
+            .reduce(
+                || vec![0u32; n_emb],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        let need = ((min_fraction * n as f64).ceil() as u32).max(1);
+        let mut rows: Vec<u32> = (0..n_emb as u32)
+            .filter(|&g| counts[g as usize] >= need)
+            .collect();
+        if rows.len() > max_genes {
+            rows.sort_by_key(|&g| (std::cmp::Reverse(counts[g as usize]), g));
+            rows.truncate(max_genes);
+            rows.sort_unstable();
+        }
+        let rows: Vec<i64> = rows.into_iter().map(i64::from).collect();
+        DenseGenes::new(&rows, n_emb)
+    }
+
+    pub fn rows(&self) -> &[u32] {
+        &self.rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Column codes: skipped, dense (slot in the low bits) or sparse (the table row).
+const SKIP: u32 = u32::MAX;
+const DENSE: u32 = 1 << 31;
+
+/// One tile of embedding dimensions: where it starts, its width, the packed panel's strips,
+/// the output tile's row stride and where its panel lies in [`Plan::panels`].
+#[derive(Clone, Copy, Debug)]
+struct TileInfo {
+    t0: usize,
+    w: usize,
+    strips: usize,
+    stride: usize,
+    panel: usize,
+}
+
+/// Everything a call shares between threads: column codes and the dense genes' packed panels.
+struct Plan<'a> {
+    emb: Table<'a>,
+    code: Vec<u32>,
+    k: usize,
+    panels: Vec<f32>,
+    tiles: Vec<TileInfo>,
+    isa: Isa,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        emb: Table<'a>,
+        map: GeneMap<'_>,
+        dense: &DenseGenes,
+        isa: Isa,
+        n_cols: usize,
+    ) -> Result<Self> {
+        let n_emb = emb.n_rows();
+        if dense.rows.last().is_some_and(|&g| g as usize >= n_emb) {
+            return Err(GeneptError::InvalidArgument(format!(
+                "dense_genes has table row {} but gene_embeddings has {n_emb} rows",
+                dense.rows[dense.len() - 1]
+            )));
+        }
+        if n_emb > (DENSE - 1) as usize {
+            return Err(GeneptError::InvalidArgument(format!(
+                "{n_emb} table rows are more than the kernel addresses"
+            )));
+        }
+        let mut slot = vec![SKIP; n_emb];
+        for (s, &g) in dense.rows.iter().enumerate() {
+            slot[g as usize] = DENSE | s as u32;
+        }
+        let code: Vec<u32> = (0..n_cols)
+            .map(|j| match map.row_of(j) {
+                None => SKIP,
+                Some(g) if slot[g] != SKIP => slot[g],
+                Some(g) => g as u32,
+            })
+            .collect();
+        let (d, k, nr) = (emb.dim(), dense.len(), isa.nr());
+        let mut tiles = Vec::new();
+        let (mut t0, mut panel) = (0, 0);
+        while t0 < d {
+            let w = TILE.min(d - t0);
+            let strips = w.div_ceil(nr);
+            tiles.push(TileInfo {
+                t0,
+                w,
+                strips,
+                stride: strips * nr,
+                panel,
+            });
+            panel += if k > 0 { strips * nr * k } else { 0 };
+            t0 += w;
+        }
+        let mut panels = vec![0.0f32; panel];
+        if k > 0 {
+            // Pack each tile's panel: strips of nr dimensions, gene-major within a strip.
+            let mut parts: Vec<&mut [f32]> = Vec::with_capacity(tiles.len());
+            let mut rest = panels.as_mut_slice();
+            for t in &tiles {
+                let (a, b) = rest.split_at_mut(t.strips * nr * k);
+                parts.push(a);
+                rest = b;
+            }
+            parts.into_par_iter().zip(&tiles).for_each(|(dst, t)| {
+                let (base, stride) = emb.tile(t.t0);
+                for (kk, &g) in dense.rows.iter().enumerate() {
+                    let src = &base[g as usize * stride..g as usize * stride + t.w];
+                    for (s, chunk) in src.chunks(nr).enumerate() {
+                        let o = (s * k + kk) * nr;
+                        dst[o..o + chunk.len()].copy_from_slice(chunk);
+                    }
+                }
+            });
+        }
+        Ok(Plan {
+            emb,
+            code,
+            k,
+            panels,
+            tiles,
+            isa,
+        })
+    }
+}
+
+/// Raw-count rows prepared for `normalize_total` + `log1p`: each row's scale, and a merged
+/// copy of the rows that are not in canonical order (duplicates summed).
+#[derive(Default)]
+struct CountRows {
+    scale: Vec<f64>,
+    /// Per row of the block: a range into `cols`/`vals`, or `None` to read X in place.
+    merged: Vec<Option<(usize, usize)>>,
+    cols: Vec<usize>,
+    vals: Vec<f64>,
+    pairs: Vec<(usize, f64)>,
+}
+
+impl CountRows {
+    fn prepare<I: Index, V: Value>(
+        &mut self,
+        x: &CsrView<'_, I, V>,
+        r0: usize,
+        r1: usize,
+        target: f64,
+    ) {
+        self.scale.clear();
+        self.merged.clear();
+        self.cols.clear();
+        self.vals.clear();
+        let col = |j: I| j.to_usize().unwrap_or(0);
+        for r in r0..r1 {
+            let (idx, val) = x.row(r);
+            let total: f64 = val.iter().map(|v| v.to_f64()).sum();
+            self.scale
+                .push(if total > 0.0 { target / total } else { 0.0 });
+            if strictly_increasing(idx) {
+                self.merged.push(None);
+                continue;
+            }
+            // Sorted by gene (stably: duplicates keep their stored order), then summed.
+            self.pairs.clear();
+            self.pairs
+                .extend(idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f64())));
+            self.pairs.sort_by_key(|p| p.0);
+            let a = self.cols.len();
+            for &(j, v) in &self.pairs {
+                if self.cols.len() > a && self.cols[self.cols.len() - 1] == j {
+                    *self.vals.last_mut().unwrap_or(&mut 0.0) += v;
+                } else {
+                    self.cols.push(j);
+                    self.vals.push(v);
+                }
+            }
+            self.merged.push(Some((a, self.cols.len())));
+        }
+    }
+}
+
+/// `log1p(x * scale)` rounded to float32, remembered per row for small integer counts (the
+/// same value either way: the memo only saves recomputing it).
+struct Log1pMemo {
+    val: [f32; 256],
+    tag: [u32; 256],
+    row: u32,
+}
+
+impl Log1pMemo {
+    fn new() -> Self {
+        Log1pMemo {
+            val: [0.0; 256],
+            tag: [u32::MAX; 256],
+            row: 0,
+        }
+    }
+
+    #[inline]
+    fn next_row(&mut self) {
+        self.row = self.row.wrapping_add(1);
+        if self.row == u32::MAX {
+            self.tag = [u32::MAX; 256];
+            self.row = 0;
+        }
+    }
+
+    #[inline(always)]
+    fn get(&mut self, x: f64, scale: f64) -> f32 {
+        let k = x as u32; // saturating; exact only for integers
+        if k < 256 && f64::from(k) == x {
+            let k = k as usize;
+            if self.tag[k] != self.row {
+                self.tag[k] = self.row;
+                self.val[k] = (x * scale).ln_1p() as f32;
+            }
+            self.val[k]
+        } else {
+            (x * scale).ln_1p() as f32
         }
     }
 }
 
 /// Per-thread buffers, reused from block to block.
 struct Scratch {
-    /// Per embedding row: entry count, then fill cursor; all zero between blocks.
-    count: Vec<u32>,
-    /// Embedding rows present in the block, ascending.
+    /// Sparse embedding rows present in the block, ascending.
     genes: Vec<u32>,
-    /// Start of each present gene's entries; `starts[genes.len()]` = total.
+    /// Start of each present gene's entries, then the block's total.
     starts: Vec<u32>,
-    /// The block's entries grouped by gene: local cell number and value.
-    ent_row: Vec<u32>,
-    ent_val: Vec<f32>,
-    /// Output of one tile: block rows × tile width.
+    /// The sparse entries, sorted by gene (stably: rows ascending, duplicates in stored order):
+    /// the gene (table row) and the packed row-and-value.
+    keys: Vec<u32>,
+    ents: Vec<u64>,
+    /// The other half of the radix sort's ping-pong.
+    keys2: Vec<u32>,
+    ents2: Vec<u64>,
+    /// Dense values of the block (zeros for absent genes), in the GEMM's layout.
+    dense_v: Vec<f32>,
+    /// Output of one tile of the block.
     tile: Vec<f32>,
+    counts: CountRows,
+    memo: Log1pMemo,
 }
 
 impl Scratch {
-    fn new(n_emb: usize) -> Self {
+    fn new() -> Self {
         Scratch {
-            count: vec![0; n_emb],
             genes: Vec::new(),
             starts: Vec::new(),
-            ent_row: Vec::new(),
-            ent_val: Vec::new(),
+            keys: Vec::new(),
+            ents: Vec::new(),
+            keys2: Vec::new(),
+            ents2: Vec::new(),
+            dense_v: Vec::new(),
             tile: Vec::new(),
+            counts: CountRows::default(),
+            memo: Log1pMemo::new(),
         }
     }
 }
 
 /// Computes `out = X @ E` (then row L2 normalisation if asked) into `out`, row-major
-/// `n_cells × dim`. Runs on the current rayon pool.
+/// `n_cells × dim`, summing the genes of `dense` by the dense GEMM. Runs on the current rayon
+/// pool. With [`Preprocess::Log1p`], `x` must have been checked for negative values
+/// ([`CsrView::new_counts`]).
 pub fn weighted_embedding<I: Index, V: Value>(
     x: &CsrView<'_, I, V>,
     emb: Table<'_>,
     map: GeneMap<'_>,
+    dense: &DenseGenes,
     opts: WeightedOptions,
     out: &mut [f32],
 ) -> Result<()> {
@@ -172,113 +541,254 @@ pub fn weighted_embedding<I: Index, V: Value>(
             "block_rows must be ≥ 1".into(),
         ));
     }
+    if let Preprocess::Log1p { target_sum } = opts.preprocess {
+        if !(target_sum.is_finite() && target_sum > 0.0) {
+            return Err(GeneptError::InvalidArgument(format!(
+                "target_sum must be a positive number, got {target_sum}"
+            )));
+        }
+        if !x.checked_nonnegative() {
+            return Err(GeneptError::InvalidArgument(
+                "log1p preprocessing needs X checked for negative values (CsrView::new_counts)"
+                    .into(),
+            ));
+        }
+    }
+    let plan = Plan::new(emb, map, dense, opts.isa, x.n_cols())?;
     if n == 0 || d == 0 {
         return Ok(());
     }
     // Enough blocks to keep every thread busy on small inputs.
     let threads = rayon::current_num_threads().max(1);
     let block = opts.block_rows.min(n.div_ceil(threads)).max(1);
-    out.par_chunks_mut(block * d).enumerate().try_for_each_init(
-        || Scratch::new(emb.n_rows()),
-        |s, (b, out_block)| {
+    out.par_chunks_mut(block * d)
+        .enumerate()
+        .try_for_each(|(b, out_block)| {
             let r0 = b * block;
             let r1 = (r0 + block).min(n);
-            encode_block(x, emb, map, opts, r0, r1, s, out_block)
-        },
-    )
+            with_scratch(|s| encode_block(x, &plan, opts, r0, r1, s, out_block))
+        })
 }
 
-#[allow(clippy::too_many_arguments)]
+thread_local! {
+    /// Each pool thread keeps its buffers between blocks and calls: fresh ones cost a page
+    /// fault per 4 KB (measured 15% of the run time when they were made per call).
+    static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with this thread's scratch. A panic inside `f` drops the scratch instead of
+/// returning it half-used.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH.take().unwrap_or_else(|| Box::new(Scratch::new()));
+    let r = f(&mut s);
+    SCRATCH.set(Some(s));
+    r
+}
+
 fn encode_block<I: Index, V: Value>(
     x: &CsrView<'_, I, V>,
-    emb: Table<'_>,
-    map: GeneMap<'_>,
+    plan: &Plan<'_>,
     opts: WeightedOptions,
     r0: usize,
     r1: usize,
     s: &mut Scratch,
     out: &mut [f32],
 ) -> Result<()> {
-    let d = emb.dim();
+    let d = plan.emb.dim();
+    let (isa, k) = (plan.isa, plan.k);
     let rows = r1 - r0;
-    group_by_gene(x, map, r0, r1, s);
-
-    let mut t0 = 0;
-    while t0 < d {
-        let w = TILE.min(d - t0);
-        let (table, stride) = emb.tile(t0);
-        // The tile, 64-byte aligned so that no vector load or store splits a cache line.
-        s.tile.clear();
-        s.tile.resize(rows * w + 16, 0.0);
-        let skip = s.tile.as_ptr().align_offset(64).min(16);
-        let tile = &mut s.tile[skip..skip + rows * w];
-        for (gi, &g) in s.genes.iter().enumerate() {
-            if let Some(&next) = s.genes.get(gi + PREFETCH_GENES) {
-                prefetch(table[next as usize * stride..].as_ptr(), w * 4);
-            }
-            let (a, b) = (s.starts[gi] as usize, s.starts[gi + 1] as usize);
-            let e = &table[g as usize * stride..g as usize * stride + w];
-            scatter_axpy(opts.isa, e, &s.ent_row[a..b], &s.ent_val[a..b], tile, w);
+    let rows_p = rows.div_ceil(isa.mr()) * isa.mr();
+    group_block(x, plan, opts.preprocess, r0, r1, rows_p, s);
+    let Scratch {
+        genes,
+        starts,
+        ents,
+        dense_v,
+        tile,
+        ..
+    } = s;
+    // Every entry's row and every gene's range checked once, for all tiles.
+    let groups = GeneGroups::new(genes, starts, 0, Entries::new(ents, rows_p));
+    let max_stride = plan.tiles.iter().map(|t| t.stride).max().unwrap_or(0);
+    tile.clear();
+    tile.resize(rows_p * max_stride + 16, 0.0);
+    // 64-byte aligned, so that no vector load or store splits a cache line.
+    let skip = tile.as_ptr().align_offset(64).min(16);
+    let tile = &mut tile[skip..skip + rows_p * max_stride];
+    for t in &plan.tiles {
+        let (table, tstride) = plan.emb.tile(t.t0);
+        let buf = &mut tile[..rows_p * t.stride];
+        if k > 0 {
+            let panel = &plan.panels[t.panel..t.panel + t.strips * isa.nr() * k];
+            let sh = GemmShape {
+                rows: rows_p,
+                k,
+                strips: t.strips,
+                stride: t.stride,
+            };
+            dense_gemm(isa, sh, dense_v, panel, buf);
+        } else {
+            buf.fill(0.0);
         }
-        for (r, src) in tile.chunks_exact(w).enumerate() {
-            out[r * d + t0..r * d + t0 + w].copy_from_slice(src);
+        scatter_genes(
+            isa,
+            &groups,
+            table,
+            tstride,
+            t.w,
+            buf,
+            t.stride,
+            PREFETCH_GENES,
+        );
+        for (src, dst) in buf.chunks_exact(t.stride).zip(out.chunks_exact_mut(d)) {
+            dst[t.t0..t.t0 + t.w].copy_from_slice(&src[..t.w]);
         }
-        t0 += w;
     }
     finish_rows(out, d, r0, opts.normalize)
 }
 
-/// Counting sort of the block's entries by embedding row; rows without an embedding skipped.
-fn group_by_gene<I: Index, V: Value>(
+/// Regroups cells `r0..r1`: the dense genes' values into `dense_v` (`rows_p` rows, the GEMM's
+/// layout), the other entries sorted by gene (a stable radix sort) into `keys`/`ents`, with
+/// the genes present and where their entries start.
+fn group_block<I: Index, V: Value>(
     x: &CsrView<'_, I, V>,
-    map: GeneMap<'_>,
+    plan: &Plan<'_>,
+    pre: Preprocess,
     r0: usize,
     r1: usize,
+    rows_p: usize,
     s: &mut Scratch,
 ) {
-    s.genes.clear();
-    let mut total = 0usize;
-    for r in r0..r1 {
-        for &j in x.row(r).0 {
-            // Validated: 0 <= j < n_cols.
-            if let Some(g) = map.row_of(j.to_usize().unwrap_or(0)) {
-                if s.count[g] == 0 {
-                    s.genes.push(g as u32);
+    let (k, mr) = (plan.k, plan.isa.mr());
+    let code = &plan.code[..];
+    let log1p = match pre {
+        Preprocess::Log1p { target_sum } => {
+            s.counts.prepare(x, r0, r1, target_sum);
+            true
+        }
+        Preprocess::None => false,
+    };
+    let col = |j: I| j.to_usize().unwrap_or(0);
+    s.keys.clear();
+    s.ents.clear();
+    s.dense_v.clear();
+    s.dense_v.resize(rows_p * k, 0.0);
+    let mut hist = [[0u32; 256]; 4];
+    {
+        let Scratch {
+            keys,
+            ents,
+            dense_v,
+            counts,
+            memo,
+            ..
+        } = s;
+        for r in r0..r1 {
+            let lr = r - r0;
+            let base = (lr / mr) * k * mr + lr % mr;
+            let mut place = |j: usize, v: f32| {
+                let c = code[j];
+                if c == SKIP {
+                } else if c & DENSE != 0 {
+                    dense_v[base + (c & !DENSE) as usize * mr] += v;
+                } else {
+                    keys.push(c);
+                    ents.push(pack_entry(lr as u32, v));
+                    for (h, shift) in hist.iter_mut().zip([0, 8, 16, 24]) {
+                        h[((c >> shift) & 255) as usize] += 1;
+                    }
                 }
-                s.count[g] += 1;
-                total += 1;
+            };
+            if log1p {
+                memo.next_row();
+                let scale = counts.scale[lr];
+                match counts.merged[lr] {
+                    Some((m0, m1)) => {
+                        for (&j, &v) in counts.cols[m0..m1].iter().zip(&counts.vals[m0..m1]) {
+                            place(j, memo.get(v, scale));
+                        }
+                    }
+                    None => {
+                        let (idx, val) = x.row(r);
+                        for (&j, &v) in idx.iter().zip(val) {
+                            place(col(j), memo.get(v.to_f64(), scale));
+                        }
+                    }
+                }
+            } else {
+                let (idx, val) = x.row(r);
+                for (&j, &v) in idx.iter().zip(val) {
+                    place(col(j), v.to_f32());
+                }
             }
         }
     }
-    s.genes.sort_unstable();
+    radix_sort(&mut s.keys, &mut s.ents, &mut s.keys2, &mut s.ents2, &hist);
+    // Gene boundaries.
+    s.genes.clear();
     s.starts.clear();
-    let mut acc = 0u32;
-    for &g in &s.genes {
-        s.starts.push(acc);
-        let c = s.count[g as usize];
-        s.count[g as usize] = acc; // becomes the fill cursor
-        acc += c;
-    }
-    s.starts.push(acc);
-    s.ent_row.resize(total, 0);
-    s.ent_val.resize(total, 0.0);
-    for r in r0..r1 {
-        let (idx, val) = x.row(r);
-        for (&j, &v) in idx.iter().zip(val) {
-            if let Some(g) = map.row_of(j.to_usize().unwrap_or(0)) {
-                let p = s.count[g] as usize;
-                s.ent_row[p] = (r - r0) as u32;
-                s.ent_val[p] = v.to_f32();
-                s.count[g] += 1;
-            }
+    let mut prev = None;
+    for (i, &g) in s.keys.iter().enumerate() {
+        if prev != Some(g) {
+            s.genes.push(g);
+            s.starts.push(i as u32);
+            prev = Some(g);
         }
     }
-    for &g in &s.genes {
-        s.count[g as usize] = 0;
+    s.starts.push(s.keys.len() as u32);
+}
+
+/// Sorts `keys` (and `ents` along) ascending and stably, 8 bits a pass (least significant
+/// first), using `keys2`/`ents2` as the other buffer; `hist` holds each pass's digit counts.
+/// A pass whose digit is the same for every key is skipped. Each pass writes to 256 places
+/// at a time, which stay in L1, where a one-pass counting sort by gene would write to as many
+/// places as there are genes.
+fn radix_sort(
+    keys: &mut [u32],
+    ents: &mut [u64],
+    keys2: &mut Vec<u32>,
+    ents2: &mut Vec<u64>,
+    hist: &[[u32; 256]; 4],
+) {
+    let n = keys.len();
+    keys2.clear();
+    keys2.resize(n, 0);
+    ents2.clear();
+    ents2.resize(n, 0);
+    let mut in_first = true;
+    for (pass, h) in hist.iter().enumerate() {
+        if h.iter().any(|&c| c as usize == n) {
+            continue; // every key has the same digit (also true for n == 0)
+        }
+        let mut off = [0u32; 256];
+        let mut acc = 0;
+        for (o, &c) in off.iter_mut().zip(h) {
+            *o = acc;
+            acc += c;
+        }
+        let shift = 8 * pass;
+        let (ks, es, kd, ed) = if in_first {
+            (&*keys, &*ents, &mut keys2[..], &mut ents2[..])
+        } else {
+            (&keys2[..], &ents2[..], &mut *keys, &mut *ents)
+        };
+        for (&key, &e) in ks.iter().zip(es) {
+            let dgt = ((key >> shift) & 255) as usize;
+            let p = off[dgt] as usize;
+            off[dgt] += 1;
+            kd[p] = key;
+            ed[p] = e;
+        }
+        in_first = !in_first;
+    }
+    if !in_first {
+        keys.copy_from_slice(keys2);
+        ents.copy_from_slice(ents2);
     }
 }
 
-/// Checks each row for float32 overflow and, if asked, divides it by its L2 norm.
+/// Checks each row for float32 overflow and, if asked, divides it by its L2 norm. Zeros are
+/// written as +0.0 (see the module notes).
 fn finish_rows(out: &mut [f32], d: usize, r0: usize, normalize: bool) -> Result<()> {
     for (r, row) in out.chunks_exact_mut(d).enumerate() {
         let ss: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
@@ -291,7 +801,11 @@ fn finish_rows(out: &mut [f32], d: usize, r0: usize, normalize: bool) -> Result<
         if normalize && ss > 0.0 {
             let inv = (1.0 / ss.sqrt()) as f32;
             for v in row.iter_mut() {
-                *v *= inv;
+                *v = *v * inv + 0.0;
+            }
+        } else {
+            for v in row.iter_mut() {
+                *v += 0.0;
             }
         }
     }
@@ -303,7 +817,7 @@ pub fn l2_normalize_rows(data: &mut [f32], d: usize) -> Result<()> {
     if d == 0 {
         return Ok(());
     }
-    if data.len() % d != 0 {
+    if !data.len().is_multiple_of(d) {
         return Err(GeneptError::Shape(format!(
             "buffer of {} values is not a whole number of rows of {d}",
             data.len()
@@ -330,7 +844,9 @@ pub fn l2_normalize_rows(data: &mut [f32], d: usize) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Dense float64 reference of X @ E with optional normalisation.
+    /// Dense float64 reference of X @ E (values optionally log-normalised per cell first) with
+    /// optional row normalisation.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         indptr: &[i64],
         idx: &[i64],
@@ -339,20 +855,42 @@ mod tests {
         d: usize,
         map: Option<&[i64]>,
         normalize: bool,
-    ) -> Vec<f64> {
+        log1p: bool,
+    ) -> (Vec<f64>, Vec<f64>) {
         let n = indptr.len() - 1;
+        let mut bound = vec![0.0f64; n];
+        let g = idx.iter().copied().max().map_or(0, |m| m as usize + 1);
         let mut out = vec![0.0f64; n * d];
         for r in 0..n {
-            for k in indptr[r] as usize..indptr[r + 1] as usize {
-                let g = match map {
-                    Some(m) if m[idx[k] as usize] < 0 => continue,
-                    Some(m) => m[idx[k] as usize] as usize,
-                    None => idx[k] as usize,
-                };
-                for t in 0..d {
-                    out[r * d + t] += val[k] * f64::from(e[g * d + t]);
+            let (a, b) = (indptr[r] as usize, indptr[r + 1] as usize);
+            let mut dense = vec![0.0f64; g];
+            for k in a..b {
+                dense[idx[k] as usize] += val[k];
+            }
+            if log1p {
+                let total: f64 = dense.iter().sum();
+                for v in dense.iter_mut() {
+                    *v = if total > 0.0 {
+                        (*v * TARGET_SUM / total).ln_1p()
+                    } else {
+                        0.0
+                    };
                 }
             }
+            let mut abs = vec![0.0f64; d];
+            for (j, &v) in dense.iter().enumerate() {
+                let row = match map {
+                    Some(m) if m[j] < 0 => continue,
+                    Some(m) => m[j] as usize,
+                    None => j,
+                };
+                for t in 0..d {
+                    out[r * d + t] += v * f64::from(e[row * d + t]);
+                    abs[t] += (v * f64::from(e[row * d + t])).abs();
+                }
+            }
+            // float32 accumulation error is bounded relative to |X| @ |E| (before cancellation).
+            bound[r] = abs.iter().map(|v| v * v).sum::<f64>().sqrt();
             if normalize {
                 let nn: f64 = out[r * d..(r + 1) * d]
                     .iter()
@@ -361,10 +899,11 @@ mod tests {
                     .sqrt();
                 if nn > 0.0 {
                     out[r * d..(r + 1) * d].iter_mut().for_each(|v| *v /= nn);
+                    bound[r] /= nn;
                 }
             }
         }
-        out
+        (out, bound)
     }
 
     /// A small deterministic generator (no dependency needed for the unit tests).
@@ -382,84 +921,144 @@ mod tests {
         }
     }
 
+    /// Rows with a few frequent genes (dense candidates) and rare ones, unsorted, duplicated,
+    /// with many ties and zeros; every fifth row empty. Values are counts (integers) or halves.
     fn random_csr(
         rng: &mut Lcg,
         n: usize,
         g: usize,
         per_row: usize,
+        counts: bool,
     ) -> (Vec<i64>, Vec<i64>, Vec<f64>) {
         let (mut ip, mut ix, mut v) = (vec![0i64], vec![], vec![]);
         for r in 0..n {
-            let k = if r % 5 == 3 {
-                0
-            } else {
-                rng.next() as usize % (per_row + 1)
-            };
-            for _ in 0..k {
-                ix.push((rng.next() as usize % g) as i64); // unsorted, with duplicates
-                v.push((rng.unit() * 4.0).round() / 2.0); // many ties and zeros
+            if r % 5 != 3 {
+                for j in 0..g.min(6) {
+                    if rng.next() % 10 < 8 {
+                        ix.push(j as i64);
+                        v.push((rng.next() % 5) as f64);
+                    }
+                }
+                for _ in 0..rng.next() as usize % (per_row + 1) {
+                    ix.push((rng.next() as usize % g) as i64);
+                    let x = (rng.next() % 9) as f64;
+                    v.push(if counts { x } else { x / 2.0 });
+                }
             }
             ip.push(ix.len() as i64);
         }
         (ip, ix, v)
     }
 
-    fn run(
-        isa: Isa,
-        block_rows: usize,
-        map: Option<&[i64]>,
-        n_emb: usize,
-        d: usize,
-        normalize: bool,
-    ) {
-        let mut rng = Lcg(42 + d as u64);
-        let g = map.map_or(n_emb, |m| m.len());
-        let (ip, ix, v) = random_csr(&mut rng, 37, g, 30);
-        let e: Vec<f32> = (0..n_emb * d)
-            .map(|_| (rng.unit() * 2.0 - 1.0) as f32)
-            .collect();
-        let x = CsrView::new(&ip, &ix, &v, g).unwrap();
-        let ev = tiled(&e, n_emb, d);
-        let gm = map.map_or(GeneMap::Identity, GeneMap::Table);
-        let mut out = vec![f32::NAN; 37 * d];
-        let opts = WeightedOptions {
-            normalize,
-            block_rows,
-            isa,
-        };
-        weighted_embedding(&x, Table::Tiled(&ev), gm, opts, &mut out).unwrap();
-        let mut rows_out = vec![f32::NAN; 37 * d];
-        let rows = Table::Rows(EmbeddingView::new(&e, n_emb, d).unwrap());
-        weighted_embedding(&x, rows, gm, opts, &mut rows_out).unwrap();
-        assert_eq!(out, rows_out, "the two table layouts must agree bitwise");
-        let want = reference(&ip, &ix, &v, &e, d, map, normalize);
-        for r in 0..37 {
-            let row = &want[r * d..(r + 1) * d];
-            let scale = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
-            for t in 0..d {
-                let err = (f64::from(out[r * d + t]) - row[t]).abs();
-                assert!(
-                    err <= 1e-5 * scale,
-                    "isa={isa:?} d={d} r={r} t={t}: {} vs {}",
-                    out[r * d + t],
-                    row[t]
-                );
-            }
-        }
-    }
-
     fn tiled(e: &[f32], n: usize, d: usize) -> TiledEmbeddings {
         TiledEmbeddings::new(&EmbeddingView::new(e, n, d).unwrap())
     }
 
+    struct Case {
+        n_emb: usize,
+        d: usize,
+        normalize: bool,
+        log1p: bool,
+        dense: bool,
+    }
+
+    /// Runs every instruction set, block shape and both table layouts on one input; checks
+    /// them against the reference and, within the FMA paths, against each other bitwise.
+    fn run(c: Case, map: Option<&[i64]>) {
+        let mut rng = Lcg(42 + c.d as u64);
+        let g = map.map_or(c.n_emb, |m| m.len());
+        let n = 97;
+        let (ip, ix, v) = random_csr(&mut rng, n, g, 30, c.log1p);
+        let e: Vec<f32> = (0..c.n_emb * c.d)
+            .map(|_| (rng.unit() * 2.0 - 1.0) as f32)
+            .collect();
+        let x = if c.log1p {
+            CsrView::new_counts(&ip, &ix, &v, g).unwrap()
+        } else {
+            CsrView::new(&ip, &ix, &v, g).unwrap()
+        };
+        let ev = tiled(&e, c.n_emb, c.d);
+        let gm = map.map_or(GeneMap::Identity, GeneMap::Table);
+        let dense = if c.dense {
+            DenseGenes::choose(&x, gm, c.n_emb, 0.5, 4).unwrap()
+        } else {
+            DenseGenes::none()
+        };
+        assert_eq!(dense.is_empty(), !c.dense || c.n_emb == 0);
+        let (want, bound) = reference(&ip, &ix, &v, &e, c.d, map, c.normalize, c.log1p);
+        let mut fma_result: Option<Vec<f32>> = None;
+        for isa in Isa::available() {
+            let mut first: Option<Vec<f32>> = None;
+            for block_rows in [512, 40, 1, 7] {
+                let opts = WeightedOptions {
+                    normalize: c.normalize,
+                    block_rows,
+                    isa,
+                    preprocess: if c.log1p {
+                        Preprocess::Log1p {
+                            target_sum: TARGET_SUM,
+                        }
+                    } else {
+                        Preprocess::None
+                    },
+                };
+                for table in [
+                    Table::Tiled(&ev),
+                    Table::Rows(EmbeddingView::new(&e, c.n_emb, c.d).unwrap()),
+                ] {
+                    let mut out = vec![f32::NAN; n * c.d];
+                    weighted_embedding(&x, table, gm, &dense, opts, &mut out).unwrap();
+                    match &first {
+                        None => first = Some(out),
+                        Some(f) => assert_eq!(
+                            f.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "{isa:?} blocks of {block_rows}: not bitwise equal"
+                        ),
+                    }
+                }
+            }
+            let out = first.unwrap();
+            for r in 0..n {
+                let row = &want[r * c.d..(r + 1) * c.d];
+                for t in 0..c.d {
+                    let err = (f64::from(out[r * c.d + t]) - row[t]).abs();
+                    assert!(
+                        err <= 1e-5 * bound[r] + 1e-30,
+                        "isa={isa:?} d={} r={r} t={t}: {} vs {}",
+                        c.d,
+                        out[r * c.d + t],
+                        row[t]
+                    );
+                }
+            }
+            if isa != Isa::portable() {
+                match &fma_result {
+                    None => fma_result = Some(out),
+                    Some(f) => assert_eq!(f, &out, "{isa:?} differs from the other FMA path"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_reference_all_paths() {
-        for isa in [Isa::Portable, Isa::detect()] {
-            for d in [1, 5, 64, 100, 200] {
-                for block in [1, 4, 512] {
-                    run(isa, block, None, 50, d, true);
-                    run(isa, block, None, 50, d, false);
-                }
+        for d in [1, 5, 64, 100, 200] {
+            for (normalize, log1p, dense) in [
+                (true, false, false),
+                (false, false, false),
+                (true, false, true),
+                (false, true, true),
+                (true, true, false),
+            ] {
+                let c = Case {
+                    n_emb: 50,
+                    d,
+                    normalize,
+                    log1p,
+                    dense,
+                };
+                run(c, None);
             }
         }
     }
@@ -469,41 +1068,138 @@ mod tests {
         let map: Vec<i64> = (0..60)
             .map(|j| if j % 7 == 0 { -1 } else { (j * 13) % 40 })
             .collect();
-        for isa in [Isa::Portable, Isa::detect()] {
-            run(isa, 8, Some(&map), 40, 70, true);
+        for (log1p, dense) in [(false, false), (true, true), (false, true)] {
+            let c = Case {
+                n_emb: 40,
+                d: 70,
+                normalize: true,
+                log1p,
+                dense,
+            };
+            run(c, Some(&map));
         }
     }
 
     #[test]
-    fn independent_of_block_size() {
+    fn dense_genes_are_chosen_by_frequency_and_checked() {
+        // Gene 0 in every cell, gene 1 in half of them, gene 2 in one.
+        let n = 100;
+        let mut ip = vec![0i64];
+        let mut ix = vec![];
+        for r in 0..n {
+            ix.push(0);
+            if r % 2 == 0 {
+                ix.push(1);
+            }
+            if r == 7 {
+                ix.push(2);
+            }
+            ip.push(ix.len() as i64);
+        }
+        let v = vec![1.0f32; ix.len()];
+        let x = CsrView::new(&ip, &ix, &v, 3).unwrap();
+        let pick = |f: f64, max: usize| {
+            DenseGenes::choose(&x, GeneMap::Identity, 3, f, max)
+                .unwrap()
+                .rows()
+                .to_vec()
+        };
+        assert_eq!(pick(0.5, 10), vec![0, 1]);
+        assert_eq!(pick(0.51, 10), vec![0]);
+        assert_eq!(pick(0.0, 10), vec![0, 1, 2]);
+        assert_eq!(pick(0.0, 1), vec![0]);
+        let few =
+            CsrView::new(&ip[..11], &ix[..ip[10] as usize], &v[..ip[10] as usize], 3).unwrap();
+        assert!(DenseGenes::choose(&few, GeneMap::Identity, 3, 0.5, 10)
+            .unwrap()
+            .is_empty());
+        assert!(DenseGenes::choose(&x, GeneMap::Identity, 3, 1.5, 10).is_err());
+        assert!(DenseGenes::new(&[0, 2, 1], 3).is_err());
+        assert!(DenseGenes::new(&[0, 3], 3).is_err());
+        assert!(DenseGenes::new(&[-1], 3).is_err());
+        let d = DenseGenes::new(&[0, 2], 3).unwrap();
+        let e = [1.0f32; 4];
+        let mut out = vec![0.0; 2 * n];
+        let err = weighted_embedding(
+            &x,
+            Table::Rows(EmbeddingView::new(&e, 2, 2).unwrap()),
+            GeneMap::Table(&[0, 1, -1]),
+            &d,
+            WeightedOptions::default(),
+            &mut out,
+        );
+        assert!(err.unwrap_err().to_string().contains("dense_genes"));
+    }
+
+    #[test]
+    fn independent_of_block_size_and_threads() {
         let mut rng = Lcg(7);
-        let (ip, ix, v) = random_csr(&mut rng, 100, 300, 80);
+        let (ip, ix, v) = random_csr(&mut rng, 300, 300, 80, false);
         let e: Vec<f32> = (0..300 * 130).map(|_| rng.unit() as f32 - 0.5).collect();
         let x = CsrView::new(&ip, &ix, &v, 300).unwrap();
         let ev = tiled(&e, 300, 130);
-        let mut a = vec![0.0; 100 * 130];
-        let mut b = vec![0.0; 100 * 130];
+        let dense = DenseGenes::choose(&x, GeneMap::Identity, 300, 0.5, 100).unwrap();
+        assert!(!dense.is_empty());
         let o = WeightedOptions::default();
+        let mut results = Vec::new();
+        for (threads, block_rows) in [(1, 3), (2, 1000), (3, 64)] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut a = vec![0.0; 300 * 130];
+            pool.install(|| {
+                weighted_embedding(
+                    &x,
+                    Table::Tiled(&ev),
+                    GeneMap::Identity,
+                    &dense,
+                    WeightedOptions { block_rows, ..o },
+                    &mut a,
+                )
+            })
+            .unwrap();
+            results.push(a);
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn log1p_rejects_negatives_and_zero_totals_stay_zero() {
+        let ip = [0i64, 2, 4];
+        let ix = [0i64, 1, 0, 1];
+        let err = CsrView::new_counts(&ip, &ix, &[1.0f32, 2.0, 0.0, -1.0], 2).unwrap_err();
+        assert!(err.to_string().contains("cell 1, gene 1"), "{err}");
+        let x = CsrView::new_counts(&ip, &ix, &[1.0f32, 3.0, 0.0, 0.0], 2).unwrap();
+        let e = [1.0f32, 0.0, 0.0, 1.0];
+        let mut out = vec![7.0; 4];
+        let opts = WeightedOptions {
+            normalize: false,
+            preprocess: Preprocess::Log1p { target_sum: 4.0 },
+            ..WeightedOptions::default()
+        };
+        let table = Table::Rows(EmbeddingView::new(&e, 2, 2).unwrap());
         weighted_embedding(
             &x,
-            Table::Tiled(&ev),
+            table,
             GeneMap::Identity,
-            WeightedOptions { block_rows: 3, ..o },
-            &mut a,
+            &DenseGenes::none(),
+            opts,
+            &mut out,
         )
         .unwrap();
-        weighted_embedding(
-            &x,
-            Table::Rows(EmbeddingView::new(&e, 300, 130).unwrap()),
+        assert_eq!(out, vec![2f64.ln() as f32, 4f64.ln() as f32, 0.0, 0.0]);
+        // A view not checked for negatives is refused.
+        let unchecked = CsrView::new(&ip, &ix, &[1.0f32, 3.0, 0.0, 0.0], 2).unwrap();
+        let r = weighted_embedding(
+            &unchecked,
+            table,
             GeneMap::Identity,
-            WeightedOptions {
-                block_rows: 1000,
-                ..o
-            },
-            &mut b,
-        )
-        .unwrap();
-        assert_eq!(a, b);
+            &DenseGenes::none(),
+            opts,
+            &mut out,
+        );
+        assert!(r.is_err());
     }
 
     #[test]
@@ -512,21 +1208,18 @@ mod tests {
         let e = vec![1.0f32; 4];
         let ev = tiled(&e, 2, 2);
         let mut out = vec![7.0; 4];
-        weighted_embedding(
-            &x,
-            Table::Tiled(&ev),
-            GeneMap::Identity,
-            WeightedOptions::default(),
-            &mut out,
-        )
-        .unwrap();
+        let none = DenseGenes::none();
+        let o = WeightedOptions::default();
+        weighted_embedding(&x, Table::Tiled(&ev), GeneMap::Identity, &none, o, &mut out).unwrap();
         assert_eq!(out, vec![0.0; 4]);
+        assert!(out.iter().all(|v| v.to_bits() == 0), "zeros are +0.0");
         let ev3 = tiled(&[1.0f32; 6], 3, 2);
         let err = weighted_embedding(
             &x,
             Table::Tiled(&ev3),
             GeneMap::Identity,
-            WeightedOptions::default(),
+            &none,
+            o,
             &mut out,
         );
         assert!(err.unwrap_err().to_string().contains("2 genes"));
@@ -541,6 +1234,7 @@ mod tests {
             &x,
             Table::Tiled(&ev),
             GeneMap::Identity,
+            &DenseGenes::none(),
             WeightedOptions::default(),
             &mut out,
         );

@@ -14,7 +14,10 @@ use genept_core::csr::TiledEmbeddings;
 use genept_core::parallel::{resolve_threads, thread_limit as core_thread_limit, with_pool};
 use genept_core::simd::Isa;
 use genept_core::weighted::Table;
-use genept_core::{sentences, topn, weighted, CsrView, EmbeddingView, GeneMap, WeightedOptions};
+use genept_core::{
+    sentences, topn, weighted, CsrView, DenseGenes, EmbeddingView, GeneMap, Preprocess,
+    WeightedOptions,
+};
 use numpy::ndarray::Array2;
 use numpy::{
     Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
@@ -60,6 +63,13 @@ fn detached<T: Send>(
 fn slice<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| GeneptError::new_err(format!("{what} must be C-contiguous")))
+}
+
+fn opt_slice<'a, T: Element>(
+    a: &'a Option<PyReadonlyArray1<'_, T>>,
+    what: &str,
+) -> PyResult<Option<&'a [T]>> {
+    a.as_ref().map(|a| slice(a, what)).transpose()
 }
 
 fn dtype_error(
@@ -186,9 +196,20 @@ enum TableArg<'a, 'py> {
     Array(PyReadonlyArray2<'py, f32>),
 }
 
+/// The kernel's preprocessing option from its Python name.
+fn preprocess_arg(preprocess: &str, target_sum: f64) -> PyResult<Preprocess> {
+    match preprocess {
+        "none" => Ok(Preprocess::None),
+        "log1p" => Ok(Preprocess::Log1p { target_sum }),
+        other => Err(GeneptError::new_err(format!(
+            "preprocess must be 'none' or 'log1p', got {other:?}"
+        ))),
+    }
+}
+
 /// GenePT-w: `X @ E`, rows L2-normalised when `normalize`. Returns float32 (n_cells, dim).
 #[pyfunction]
-#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512))]
+#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512, dense_genes=None, preprocess="none", target_sum=1e4))]
 #[allow(clippy::too_many_arguments)]
 fn weighted_embedding<'py>(
     py: Python<'py>,
@@ -202,7 +223,11 @@ fn weighted_embedding<'py>(
     n_threads: Option<usize>,
     out: Option<Bound<'py, PyArray2<f32>>>,
     block_rows: usize,
+    dense_genes: Option<PyReadonlyArray1<'py, i64>>,
+    preprocess: &str,
+    target_sum: f64,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let pre = preprocess_arg(preprocess, target_sum)?;
     let prepared = embeddings.cast::<PreparedEmbeddings>().ok();
     let table = match &prepared {
         Some(p) => TableArg::Prepared(&p.get().table),
@@ -228,14 +253,13 @@ fn weighted_embedding<'py>(
         TableArg::Prepared(t) => Some(*t),
         TableArg::Array(_) => None,
     };
-    let map_arr = gene_index
-        .as_ref()
-        .map(|m| slice(m, "gene_index"))
-        .transpose()?;
+    let map_arr = opt_slice(&gene_index, "gene_index")?;
+    let dense_arr = opt_slice(&dense_genes, "dense_genes")?;
     let n_cells = indptr.len()?.saturating_sub(1);
     let opts = WeightedOptions {
         normalize,
         block_rows,
+        preprocess: pre,
         ..WeightedOptions::default()
     };
     let run = |buf: &mut [f32]| -> PyResult<()> {
@@ -243,19 +267,27 @@ fn weighted_embedding<'py>(
             py,
             n_threads,
             || {
-                let x = CsrView::new(p, i, d, n_cols)?;
+                let x = match pre {
+                    Preprocess::None => CsrView::new(p, i, d, n_cols)?,
+                    Preprocess::Log1p { .. } => CsrView::new_counts(p, i, d, n_cols)?,
+                };
                 let map = map_arr.map_or(GeneMap::Identity, GeneMap::Table);
+                let n_emb = prepared_table.map_or(raw.map_or(0, |r| r.1), |t| t.n_rows());
+                let dense = match dense_arr {
+                    Some(rows) => DenseGenes::new(rows, n_emb)?,
+                    None => DenseGenes::none(),
+                };
+                let run = |table: Table<'_>, buf: &mut [f32]| {
+                    weighted::weighted_embedding(&x, table, map, &dense, opts, buf)
+                };
                 match (prepared_table, raw) {
-                    (Some(t), _) => {
-                        weighted::weighted_embedding(&x, Table::Tiled(t), map, opts, buf)
-                    }
+                    (Some(t), _) => run(Table::Tiled(t), buf),
                     (None, Some((e, n_emb))) => {
                         let rows = EmbeddingView::new(e, n_emb, dim)?;
                         if x.n_rows() < TILE_MIN_CELLS {
-                            weighted::weighted_embedding(&x, Table::Rows(rows), map, opts, buf)
+                            run(Table::Rows(rows), buf)
                         } else {
-                            let t = TiledEmbeddings::new(&rows);
-                            weighted::weighted_embedding(&x, Table::Tiled(&t), map, opts, buf)
+                            run(Table::Tiled(&TiledEmbeddings::new(&rows)), buf)
                         }
                     }
                     (None, None) => Err(genept_core::GeneptError::InvalidArgument(
@@ -302,6 +334,39 @@ fn into_2d<T: Element>(
     let a = Array2::from_shape_vec((rows, cols), v)
         .map_err(|e| GeneptError::new_err(format!("internal shape error: {e}")))?;
     Ok(a.into_pyarray(py))
+}
+
+/// The table rows expressed in at least `min_fraction` of the cells of X (at most `max_genes`,
+/// the most frequent), ascending int64: the dense genes of a GenePT-w job.
+#[pyfunction]
+// The defaults are weighted::DENSE_MIN_FRACTION and DENSE_MAX_GENES (literals, so that Python
+// shows them).
+#[pyo3(signature = (indptr, indices, data, n_cols, n_emb, gene_index=None, min_fraction=0.5, max_genes=2048, n_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn choose_dense_genes<'py>(
+    py: Python<'py>,
+    indptr: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    n_cols: usize,
+    n_emb: usize,
+    gene_index: Option<PyReadonlyArray1<'py, i64>>,
+    min_fraction: f64,
+    max_genes: usize,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let map_arr = opt_slice(&gene_index, "gene_index")?;
+    let rows = with_csr!(indptr, indices, data, |p, i, d| detached(
+        py,
+        n_threads,
+        || {
+            let x = CsrView::new(p, i, d, n_cols)?;
+            let map = map_arr.map_or(GeneMap::Identity, GeneMap::Table);
+            DenseGenes::choose(&x, map, n_emb, min_fraction, max_genes)
+        }
+    ))?;
+    let v: Vec<i64> = rows.rows().iter().map(|&g| i64::from(g)).collect();
+    Ok(v.into_pyarray(py))
 }
 
 /// Per cell, the indices of the `n` genes with the largest positive values (int32, -1 padded).
@@ -384,7 +449,7 @@ fn l2_normalize(
     detached(py, n_threads, || weighted::l2_normalize_rows(buf, dim))
 }
 
-/// The SIMD instruction set the kernels use on this CPU ("avx2+fma" or "portable").
+/// The SIMD instruction set the kernels use on this CPU ("avx512", "avx2+fma" or "portable").
 #[pyfunction]
 fn simd_level() -> &'static str {
     Isa::detect().name()
@@ -410,6 +475,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PreparedEmbeddings>()?;
     m.add_function(wrap_pyfunction!(weighted_embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(choose_dense_genes, m)?)?;
     m.add_function(wrap_pyfunction!(top_genes, m)?)?;
     m.add_function(wrap_pyfunction!(cell_sentences, m)?)?;
     m.add_function(wrap_pyfunction!(l2_normalize, m)?)?;
