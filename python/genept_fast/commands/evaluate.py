@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast.commands import int_range
+from genept_fast.errors import InputError
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name
 
@@ -125,7 +125,7 @@ def _read_for_evaluation(path: Path) -> AnnData:
                 root.close()
     except (OSError, KeyError, ValueError) as exc:
         msg = f"cannot read obs/obsm of {path} (truncated or corrupt?): {exc}"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
     return ad.AnnData(obs=obs, obsm=obsm)
 
 
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     adata = _read_for_evaluation(path)
     if adata.n_obs == 0:
         msg = f"{path} has no cells to evaluate"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if not args.no_plots and args.obsm is None:  # now the default keys (and figures) are known
         from genept_fast.eval._cells import _default_obsm_keys
 
