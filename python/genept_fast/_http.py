@@ -42,8 +42,6 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx2 as httpx
-
 from genept_fast.errors import (
     InvalidArgumentError,
     MalformedResponseError,
@@ -54,6 +52,8 @@ from genept_fast.errors import (
 if TYPE_CHECKING:
     import os
     from collections.abc import Callable, Iterable, Mapping
+
+    import httpx2 as httpx
 
 __all__ = ["JsonClient", "RateLimiter", "download", "is_openai_error", "openai_error"]
 
@@ -131,21 +131,29 @@ class _Retry(Exception):
         self.wait = wait
 
 
+def _httpx() -> Any:
+    """The ``httpx2`` module, imported on first use (it costs ~25 ms; offline work needs none)."""
+    import httpx2
+
+    return httpx2
+
+
 def _transport_problem(
     exc: httpx.HTTPError, *, who: str, public: str, timeout: float, mask: Callable[[str], str]
 ) -> _Retry:
     """The retry for a transport failure, or raise at once when retrying cannot help."""
-    if isinstance(exc, httpx.TimeoutException):
+    hx = _httpx()
+    if isinstance(exc, hx.TimeoutException):
         return _Retry(f"no answer within {timeout:g} s")
-    if isinstance(exc, httpx.ConnectError) and _unreachable(exc):
+    if isinstance(exc, hx.ConnectError) and _unreachable(exc):
         msg = f"{who}: cannot reach {public} ({mask(str(exc))}); is the machine offline?"
         raise ServiceUnavailableError(msg, service=who, url=public) from None
-    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+    if isinstance(exc, (hx.InvalidURL, hx.UnsupportedProtocol)):
         msg = f"{who}: {public} is not an http(s) address httpx can call ({mask(str(exc))})"
         raise InvalidArgumentError(msg) from None
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, hx.ConnectError):
         return _Retry(f"connection error ({mask(str(exc))})")
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, hx.TransportError):
         return _Retry(f"connection dropped ({type(exc).__name__}: {mask(str(exc))})")
     msg = f"{who}: {public} failed: {type(exc).__name__}: {mask(str(exc))}"
     raise ServiceError(msg, service=who, url=public) from None
@@ -243,7 +251,9 @@ class JsonClient:
         #: Number of HTTP requests sent (tries included), for reports and tests.
         self.n_requests = 0
         self._count_lock = threading.Lock()
-        self._http = httpx.Client(headers=self.headers, timeout=self.timeout, follow_redirects=True)
+        self._http = _httpx().Client(
+            headers=self.headers, timeout=self.timeout, follow_redirects=True
+        )
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -301,7 +311,7 @@ class JsonClient:
                 self.n_requests += 1
             try:
                 response = self._http.request(method, url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
+            except _httpx().HTTPError as exc:
                 raise _transport_problem(
                     exc, who=self.name, public=public, timeout=self.timeout, mask=self.mask
                 ) from None
@@ -420,6 +430,7 @@ def download(
     ServiceError
         A refusal (4xx other than 429) or too many failed tries.
     """
+    hx = _httpx()
     path = Path(part)
     path.parent.mkdir(parents=True, exist_ok=True)
     public = url.split("?", 1)[0]
@@ -464,7 +475,7 @@ def download(
                         fh.write(chunk)
                         if progress is not None:
                             progress.update(len(chunk))
-        except httpx.HTTPError as exc:
+        except hx.HTTPError as exc:
             raise _transport_problem(
                 exc, who=who, public=public, timeout=timeout, mask=lambda t: t
             ) from None
@@ -474,7 +485,7 @@ def download(
         problem = f"the connection closed after {got:,} of {size:,} bytes"
         raise _Retry(problem)
 
-    with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
+    with hx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
         return int(
             _with_retries(
                 lambda: try_once(client),
