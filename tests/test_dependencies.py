@@ -7,12 +7,14 @@ import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import pytest
 
 import genept_fast
 from genept_fast._extras import EXTRAS
 
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
 PACKAGE = Path(genept_fast.__file__).parent
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 #: Imported only to say it is missing (it pulls torch): not a dependency of any kind.

@@ -761,22 +761,23 @@ def _run_ncbi(
             url, timeout=timeout, max_retries=max_retries, backoff=backoff, name="MyGene.info"
         )
         batch_size = min(batch_size, 1000)
-    for start in range(0, len(todo), max(1, batch_size)):
-        batch = todo[start : start + max(1, batch_size)]
-        try:
-            if backend == "eutils":
-                results = _fetch_eutils(
-                    client, batch, species=species, api_key=api_key, template=template
-                )
-            else:
-                results = _fetch_mygene(client, batch, species=species, template=template)
-        except ServiceUnavailableError as exc:
-            if not catch_offline:
-                raise
-            return exc
-        cache.add(results)
-        if progress is not None:
-            progress.update(len(batch))
+    with client:  # closes its pooled connections
+        for start in range(0, len(todo), max(1, batch_size)):
+            batch = todo[start : start + max(1, batch_size)]
+            try:
+                if backend == "eutils":
+                    results = _fetch_eutils(
+                        client, batch, species=species, api_key=api_key, template=template
+                    )
+                else:
+                    results = _fetch_mygene(client, batch, species=species, template=template)
+            except ServiceUnavailableError as exc:
+                if not catch_offline:
+                    raise
+                return exc
+            cache.add(results)
+            if progress is not None:
+                progress.update(len(batch))
     return None
 
 
