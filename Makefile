@@ -21,8 +21,9 @@ $(PY):
 venv: $(PY)
 
 # Editable install: maturin builds the Rust extension (release profile) into python/genept_fast.
+# The test extra pulls the eval, dask and annotate extras (everything the tests exercise).
 install: $(PY)
-	$(PIP) install -q -e ".[test,dask]"
+	$(PIP) install -q -e ".[test]"
 
 dev: $(PY)
 	$(PIP) install -q "maturin>=1.9,<2"
@@ -58,7 +59,8 @@ wheel: $(PY)
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --out dist
 
-# Install the wheel where no compiler or Rust toolchain is reachable and import it.
+# Install the wheel (the core alone, no extras) where no compiler or Rust toolchain is reachable,
+# and run the core path on it: kernels, gene identity, the local model, GenePT-w/-s, streaming.
 wheel-smoke: wheel
 	rm -rf .wheel-venv
 	python3 -m venv .wheel-venv
@@ -70,8 +72,9 @@ bench:
 	$(PY) benches/bench_kernels.py
 
 # --overwrite: a second `make demo` replaces the demo's own files in genept-demo/ (nothing else).
+# The demo extra is the core plus evaluation and plots (scanpy, scikit-learn, matplotlib, igraph).
 demo: $(PY)
-	$(PIP) install -q .
+	$(PIP) install -q ".[demo]"
 	$(VENV)/bin/genept-fast demo --overwrite
 
 clean:

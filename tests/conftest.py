@@ -1,14 +1,34 @@
-"""Shared fixtures. Test modules keep their own helpers; this file only locates shared data."""
+"""Shared fixtures. Test modules keep their own helpers; this file locates shared data and
+keeps the tests' caches out of the user's own."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests that use the default cache folder get one of their own (subprocesses inherit it),
+    never ``~/.cache/genept-fast``; tests of the folder rule set or clear the variable."""
+    if not os.environ.get("GENEPT_FAST_CACHE_DIR"):
+        folder = tempfile.mkdtemp(prefix="genept-fast-test-cache-")
+        os.environ["GENEPT_FAST_CACHE_DIR"] = config.stash[_CACHE] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_CACHE = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")

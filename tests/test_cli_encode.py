@@ -273,7 +273,7 @@ def test_output_is_atomic_and_a_failed_job_resumes(
     with OpenAIEmbeddingServer(api_key="test") as srv:
         srv.add_fault("delay", times=2, delay=0.0)  # the first chunk (2 requests of 32) passes
         srv.add_fault("error", times=1, status=400, message="injected failure")
-        assert main([*args, *s_args(srv)]) == 2
+        assert main([*args, *s_args(srv)]) == 3  # the server refused a request
         err = capsys.readouterr().err
         assert "injected failure" in err
         assert "Traceback" not in err

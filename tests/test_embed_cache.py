@@ -70,7 +70,9 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "env"
     assert default_cache_dir(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("GENEPT_FAST_CACHE_DIR")
-    assert default_cache_dir() == Path("~/.cache/genept-fast/embeddings").expanduser()
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    # one folder for texts and embeddings now (it was .../genept-fast/embeddings here)
+    assert default_cache_dir() == Path("~/.cache/genept-fast").expanduser()
     monkeypatch.setenv("GENEPT_FAST_CACHE_DIR", str(tmp_path / "env2"))
     emb = get_embedder("local")
     assert emb.cache is not None
@@ -81,7 +83,7 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
 def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(GeneptError, match="cannot create the embedding cache"):
+    with pytest.raises(GeneptError, match="cannot create the cache directory"):
         EmbeddingCache(blocker / "sub")
 
 

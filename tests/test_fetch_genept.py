@@ -140,7 +140,7 @@ def test_a_killed_download_resumes_in_the_next_run(release, tmp_path):
     server, data, _ = release
     server.drop_after = [len(data) // 2]
     rc = main(args(server, tmp_path, "-o", str(tmp_path / "g.parquet"), "--retries", "0"))
-    assert rc == 1  # gave up: the bytes so far stay in the .part file
+    assert rc == 3  # gave up: the bytes so far stay in the .part file
     part = tmp_path / "cache" / "genept" / (RELEASE_FILE + ".part")
     assert part.stat().st_size == len(data) // 2
     assert not (tmp_path / "g.parquet").exists()
@@ -209,6 +209,6 @@ def test_unreachable_server_fails_fast(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = ["fetch-genept", "-q", "-o", str(tmp_path / "g.parquet"), "--cache-dir", str(tmp_path)]
-    assert main([*argv, "--url", f"http://127.0.0.1:{port}/{RELEASE_FILE}"]) == 1
+    assert main([*argv, "--url", f"http://127.0.0.1:{port}/{RELEASE_FILE}"]) == 3
     assert "cannot reach" in capsys.readouterr().err
     assert not (tmp_path / "g.parquet").exists()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from genept_fast._http import ServiceUnavailableError
+from genept_fast.errors import ServiceUnavailableError
 from genept_fast.genes import STATUSES, looks_like_ensembl, map_genes
 from genept_fast.genes.ids import strip_version
 from genept_fast.kernels import GeneptError

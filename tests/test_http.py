@@ -8,15 +8,8 @@ import time
 
 import pytest
 
-from genept_fast._http import (
-    HttpError,
-    JsonClient,
-    MalformedResponseError,
-    RateLimiter,
-    ServiceUnavailableError,
-    _unreachable,
-    parse_retry_after,
-)
+from genept_fast._http import JsonClient, RateLimiter, _unreachable, parse_retry_after
+from genept_fast.errors import MalformedResponseError, ServiceError, ServiceUnavailableError
 from servers.ncbi import Fault, JsonServer, Request
 
 
@@ -77,7 +70,7 @@ def test_5xx_retried_with_backoff_then_success(echo):
 
 def test_5xx_gives_up_with_clear_error(echo):
     echo.inject(*[Fault("status", 502, body=b"bad gateway")] * 3)
-    with pytest.raises(HttpError, match=r"failed after 3 tries: HTTP 502: bad gateway") as err:
+    with pytest.raises(ServiceError, match=r"failed after 3 tries: HTTP 502: bad gateway") as err:
         client(echo.root, max_retries=2).get_json("x")
     assert err.value.status == 502
     assert len(echo.requests) == 3
@@ -92,7 +85,7 @@ def test_timeout_is_retried(echo):
 
 def test_timeout_exhausted(echo):
     echo.inject(Fault("delay", delay=0.8), Fault("delay", delay=0.8))
-    with pytest.raises(HttpError, match=r"after 2 tries: no answer within 0.2 s"):
+    with pytest.raises(ServiceError, match=r"after 2 tries: no answer within 0.2 s"):
         client(echo.root, timeout=0.2, max_retries=1).get_json("slow")
 
 
@@ -105,7 +98,7 @@ def test_malformed_json_is_a_clear_error_not_retried(echo):
 
 
 def test_client_error_not_retried_and_message_shown(echo):
-    with pytest.raises(HttpError, match=r"HTTP 404: no such thing") as err:
+    with pytest.raises(ServiceError, match=r"HTTP 404: no such thing") as err:
         client(echo.root).get_json("missing")
     assert err.value.status == 404
     assert len(echo.requests) == 1
@@ -133,7 +126,7 @@ def test_secrets_are_masked_everywhere(echo):
     body = {"error": "API rate limit exceeded", "api-key": key, "count": "4", "limit": "3"}
     echo.inject(*[Fault("status", 429, headers={"Retry-After": "0"}, body=body)] * 2)
     c = client(echo.root, max_retries=1, secrets=[key])
-    with pytest.raises(HttpError) as err:
+    with pytest.raises(ServiceError) as err:
         c.post_form("esummary.fcgi", {"id": "7157", "api_key": key})
     assert key not in str(err.value)
     assert "API rate limit exceeded" in str(err.value)

@@ -23,9 +23,13 @@ def small():
     return X, E
 
 
-def test_error_is_a_value_error():
-    assert issubclass(GeneptError, ValueError)
-    assert GeneptError is _core.GeneptError
+def test_kernel_errors_are_value_errors(small):
+    # GeneptError was a ValueError; now the input branch is (service errors are not)
+    assert issubclass(gf.InputError, ValueError) and issubclass(gf.InputError, GeneptError)
+    assert not hasattr(_core, "GeneptError")  # the classes live in genept_fast.errors
+    X, E = small
+    with pytest.raises(ValueError, match="shape mismatch"):
+        gf.weighted_embedding(X, E[:5])
 
 
 def test_weighted_basic_and_zero_rows(small):

@@ -4,6 +4,8 @@ The pipeline reads top to bottom: gene text → gene embeddings → cell embeddi
 
 - :func:`weighted_embedding`, :func:`top_genes`, :func:`cell_sentences`: the Rust kernels.
 - :mod:`genept_fast.tl`: scanpy-shaped tools (``genept_w``, ``genept_s``) on AnnData.
+- :class:`GeneptError` and its branches :class:`InputError` (a ``ValueError``) and
+  :class:`ServiceError` (a ``ConnectionError``): the whole family is in :mod:`genept_fast.errors`.
 - Heavier submodules (``tl``, ``genes``, ``embed``, ``table``, ``stream``, ``annotate``, ``eval``,
   ``dask``) load on first use, so ``import genept_fast`` stays fast.
 """
@@ -13,8 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
 from genept_fast._core import __version__ as __version__
+from genept_fast.errors import GeneptError, InputError, ServiceError
 from genept_fast.kernels import (
     DEFAULT_PREFIX,
     PreparedEmbeddings,
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PREFIX",
     "GeneptError",
+    "InputError",
     "PreparedEmbeddings",
+    "ServiceError",
     "__version__",
     "cell_sentences",
     "l2_normalize",

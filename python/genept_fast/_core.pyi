@@ -3,6 +3,14 @@
 Call these through :mod:`genept_fast.kernels`, which normalises inputs first; the functions here
 accept exactly one layout: CSR arrays whose ``indptr`` and ``indices`` are both int32 or both
 int64, ``data`` float32 or float64, everything C-contiguous.
+
+Errors are raised as the classes of :mod:`genept_fast.errors` (imported from there, not defined
+here): the core's ``Shape``, ``MalformedCsr``, ``NonFinite``, ``InvalidArgument``, ``Overflow``
+and ``ThreadPool`` variants become :class:`~genept_fast.errors.ShapeError`,
+:class:`~genept_fast.errors.MalformedMatrixError`, :class:`~genept_fast.errors.NonFiniteError`,
+:class:`~genept_fast.errors.InvalidArgumentError`,
+:class:`~genept_fast.errors.NumericOverflowError` and :class:`~genept_fast.errors.ResourceError`;
+a panic becomes :class:`~genept_fast.errors.InternalError`.
 """
 
 from typing import final
@@ -11,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "GeneptError",
     "PreparedEmbeddings",
     "__version__",
     "cell_sentences",
@@ -25,9 +32,6 @@ __all__ = [
 ]
 
 __version__: str
-
-class GeneptError(ValueError):
-    """Bad input to a genept-fast kernel; the message names the argument, cell or gene at fault."""
 
 @final
 class PreparedEmbeddings:

@@ -1,6 +1,9 @@
-"""A small JSON-over-HTTP client on the standard library, for the gene text sources.
+"""Every remote call's plumbing: JSON requests and file downloads on ``httpx``, and the one
+translation of ``httpx`` and ``openai`` exceptions into :class:`~genept_fast.errors.ServiceError`.
 
-It does what the public gene services need and nothing more:
+The HTTP library is ``httpx2``, the maintained continuation of ``httpx`` (same API) that the
+``openai`` client itself is built on, so no second HTTP stack is installed. On top of it this
+module adds what the public gene services need:
 
 - a per-request timeout, and retries with exponential backoff (plus jitter) on HTTP 429, on
   5xx answers, on timeouts and on dropped connections; a ``Retry-After`` header (seconds or
@@ -8,68 +11,57 @@ It does what the public gene services need and nothing more:
 - a client-side rate limit in requests per second, shared by all threads using the client
   (NCBI allows 3 requests/s without an API key and 10 with one);
 - fail fast when the host cannot be reached at all (connection refused, DNS failure, no
-  route): :class:`ServiceUnavailableError`, a :class:`ConnectionError`, so an offline run
-  can fall back at once instead of hanging;
-- clear errors for malformed JSON (:class:`MalformedResponseError`).
+  route): :class:`~genept_fast.errors.ServiceUnavailableError`, so an offline run can fall
+  back at once instead of hanging;
+- clear errors for malformed JSON (:class:`~genept_fast.errors.MalformedResponseError`).
+
+The retry loop is written here (about 30 lines, shared by JSON requests and downloads) rather
+than taken from a retry library: what it must do — tell an unreachable host (no retry) from a
+dropped connection (retry), wait what the server's ``Retry-After`` says, count tries for the
+message — is the part a library leaves to callbacks, and ``httpx``'s own transport retries only
+failed connects. The ``openai`` client retries its own calls (with ``Retry-After``).
 
 Secrets (API keys) handed to the client in ``secrets`` are sent only in request bodies or
 headers and are masked in every error message, including echoed server bodies.
 
-:func:`download` fetches one large file the same way (fail fast when unreachable, retries with
-backoff), resuming a dropped transfer with an HTTP ``Range`` request instead of starting over.
+:func:`download` fetches one large file the same way, resuming a dropped transfer with an
+HTTP ``Range`` request instead of starting over.
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.client
 import json
 import logging
 import random
 import socket
+import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from genept_fast.errors import (
+    InvalidArgumentError,
+    MalformedResponseError,
+    ServiceError,
+    ServiceUnavailableError,
+)
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
-__all__ = [
-    "HttpError",
-    "JsonClient",
-    "MalformedResponseError",
-    "RateLimiter",
-    "ServiceUnavailableError",
-    "download",
-]
+    import httpx2 as httpx
+
+__all__ = ["JsonClient", "RateLimiter", "download", "is_openai_error", "openai_error"]
 
 log = logging.getLogger("genept_fast.http")
 
 #: HTTP statuses that are worth another try.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _BODY_SNIPPET = 300
-
-
-class HttpError(RuntimeError):
-    """A request failed for good (after any retries). ``status`` is None when no answer came."""
-
-    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
-
-
-class ServiceUnavailableError(HttpError, ConnectionError):
-    """The host cannot be reached at all (offline, DNS failure, connection refused)."""
-
-
-class MalformedResponseError(HttpError):
-    """The server answered 2xx but the body is not the JSON that was expected."""
 
 
 class RateLimiter:
@@ -116,13 +108,87 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _unreachable(reason: object) -> bool:
-    """True when a URLError reason means the host cannot be reached at all."""
-    if isinstance(reason, socket.gaierror):
-        return True
-    if isinstance(reason, ConnectionRefusedError):
-        return True
-    return isinstance(reason, OSError) and reason.errno in {101, 113}  # ENETUNREACH, EHOSTUNREACH
+def _unreachable(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it wraps) means the host cannot be reached at all."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (socket.gaierror, ConnectionRefusedError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in {101, 113}:  # ENETUNREACH, EHOSTUNREACH
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class _Retry(Exception):
+    """One failed try that is worth another (internal to the retry loop)."""
+
+    def __init__(self, problem: str, status: int | None = None, wait: float | None = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.status = status
+        self.wait = wait
+
+
+def _httpx() -> Any:
+    """The ``httpx2`` module, imported on first use (it costs ~25 ms; offline work needs none)."""
+    import httpx2
+
+    return httpx2
+
+
+def _transport_problem(
+    exc: httpx.HTTPError, *, who: str, public: str, timeout: float, mask: Callable[[str], str]
+) -> _Retry:
+    """The retry for a transport failure, or raise at once when retrying cannot help."""
+    hx = _httpx()
+    if isinstance(exc, hx.TimeoutException):
+        return _Retry(f"no answer within {timeout:g} s")
+    if isinstance(exc, hx.ConnectError) and _unreachable(exc):
+        msg = f"{who}: cannot reach {public} ({mask(str(exc))}); is the machine offline?"
+        raise ServiceUnavailableError(msg, service=who, url=public) from None
+    if isinstance(exc, (hx.InvalidURL, hx.UnsupportedProtocol)):
+        msg = f"{who}: {public} is not an http(s) address httpx can call ({mask(str(exc))})"
+        raise InvalidArgumentError(msg) from None
+    if isinstance(exc, hx.ConnectError):
+        return _Retry(f"connection error ({mask(str(exc))})")
+    if isinstance(exc, hx.TransportError):
+        return _Retry(f"connection dropped ({type(exc).__name__}: {mask(str(exc))})")
+    msg = f"{who}: {public} failed: {type(exc).__name__}: {mask(str(exc))}"
+    raise ServiceError(msg, service=who, url=public) from None
+
+
+def _with_retries(
+    try_once: Callable[[], Any],
+    *,
+    who: str,
+    what: str,
+    public: str,
+    max_retries: int,
+    backoff: float,
+    max_backoff: float,
+) -> Any:
+    """``try_once()`` until it returns, raises anything but :class:`_Retry`, or tries run out.
+
+    Waits ``backoff · 2^attempt`` (plus up to 25% jitter) between tries, or what the server's
+    ``Retry-After`` said, never more than ``max_backoff``.
+    """
+    last = _Retry("no try was made")
+    for attempt in range(max_retries + 1):
+        try:
+            return try_once()
+        except _Retry as retry:
+            last = retry
+        if attempt < max_retries:
+            log.info("%s: %s: %s; retry %d/%d", who, what, last.problem, attempt + 1, max_retries)
+            delay = last.wait
+            if delay is None:
+                delay = backoff * (2**attempt) * (1.0 + 0.25 * random.random())
+            time.sleep(min(delay, max_backoff))
+    tries = max_retries + 1
+    msg = f"{who}: {what} failed after {tries} {'try' if tries == 1 else 'tries'}: {last.problem}"
+    raise ServiceError(msg, service=who, url=public, status=last.status)
 
 
 class JsonClient:
@@ -148,6 +214,15 @@ class JsonClient:
         Extra headers sent with every request.
     name
         A service name used in error messages (defaults to the host).
+
+    Raises (from every request)
+    ---------------------------
+    ServiceUnavailableError
+        The host cannot be reached (no retries).
+    MalformedResponseError
+        A 2xx answer whose body is not JSON (no retries).
+    ServiceError
+        A refusal (4xx other than 429), or every try failed.
     """
 
     def __init__(
@@ -176,6 +251,19 @@ class JsonClient:
         #: Number of HTTP requests sent (tries included), for reports and tests.
         self.n_requests = 0
         self._count_lock = threading.Lock()
+        self._http = _httpx().Client(
+            headers=self.headers, timeout=self.timeout, follow_redirects=True
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def __enter__(self) -> JsonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -200,11 +288,6 @@ class JsonClient:
         body = json.dumps(payload).encode()
         return self._request("POST", self._url(path), body, {"Content-Type": "application/json"})
 
-    # -- internals --------------------------------------------------------------------------
-
-    def _url(self, path: str) -> str:
-        return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
-
     def mask(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``."""
         for secret in self._secrets:
@@ -214,92 +297,50 @@ class JsonClient:
                 text = text.replace(quoted, "***")
         return text
 
-    def _public_url(self, url: str) -> str:
-        return self.mask(url.split("?", 1)[0])
+    # -- internals --------------------------------------------------------------------------
 
-    def _sleep_before_retry(self, attempt: int, retry_after: float | None) -> None:
-        if retry_after is not None:
-            delay = retry_after
-        else:
-            delay = self.backoff * (2**attempt)
-            delay *= 1.0 + 0.25 * random.random()
-        time.sleep(min(delay, self.max_backoff))
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
 
     def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Any:
-        public = self._public_url(url)
-        last_problem = ""
-        last_status: int | None = None
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            request = urllib.request.Request(
-                url, data=body, method=method, headers={**self.headers, **headers}
-            )
+        public = self.mask(url.split("?", 1)[0])
+
+        def try_once() -> Any:
             self.limiter.wait()
             with self._count_lock:
                 self.n_requests += 1
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                    status = response.status
-            except urllib.error.HTTPError as exc:
-                last_status = exc.code
-                detail = self._error_detail(exc)
-                last_problem = f"HTTP {exc.code}{detail}"
-                if exc.code not in RETRY_STATUSES:
-                    msg = f"{self.name}: {method} {public} failed: {last_problem}"
-                    raise HttpError(msg, url=public, status=exc.code) from None
-                if exc.code in (429, 503):
-                    retry_after = parse_retry_after(exc.headers.get("Retry-After"))
-            except urllib.error.URLError as exc:
-                reason = exc.reason
-                if _unreachable(reason):
-                    msg = (
-                        f"{self.name}: cannot reach {public} ({self.mask(str(reason))}); "
-                        "is the machine offline?"
-                    )
-                    raise ServiceUnavailableError(msg, url=public) from None
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    last_problem = f"no answer within {self.timeout:g} s"
-                else:
-                    last_problem = f"connection error ({self.mask(str(reason))})"
-                last_status = None
-            except TimeoutError:
-                last_problem = f"no answer within {self.timeout:g} s"
-                last_status = None
-            except (ConnectionError, http.client.HTTPException) as exc:
-                if isinstance(exc, ConnectionRefusedError):
-                    msg = f"{self.name}: cannot reach {public} (connection refused)"
-                    raise ServiceUnavailableError(msg, url=public) from None
-                last_problem = f"connection dropped ({type(exc).__name__})"
-                last_status = None
-            else:
-                return self._decode(raw, status, method, public)
-            if attempt < self.max_retries:
-                log.info(
-                    "%s: %s %s: %s; retry %d/%d",
-                    self.name,
-                    method,
-                    public,
-                    last_problem,
-                    attempt + 1,
-                    self.max_retries,
-                )
-                self._sleep_before_retry(attempt, retry_after)
-        tries = self.max_retries + 1
-        msg = (
-            f"{self.name}: {method} {public} failed after {tries} "
-            f"{'try' if tries == 1 else 'tries'}: {last_problem}"
-        )
-        raise HttpError(msg, url=public, status=last_status)
+                response = self._http.request(method, url, content=body, headers=headers)
+            except _httpx().HTTPError as exc:
+                raise _transport_problem(
+                    exc, who=self.name, public=public, timeout=self.timeout, mask=self.mask
+                ) from None
+            status = response.status_code
+            if status >= 400:
+                problem = f"HTTP {status}{self._error_detail(response)}"
+                if status not in RETRY_STATUSES:
+                    msg = f"{self.name}: {method} {public} failed: {problem}"
+                    raise ServiceError(msg, service=self.name, url=public, status=status)
+                wait = None
+                if status in (429, 503):
+                    wait = parse_retry_after(response.headers.get("Retry-After"))
+                raise _Retry(problem, status, wait)
+            return self._decode(response.content, status, method, public)
 
-    def _error_detail(self, exc: urllib.error.HTTPError) -> str:
-        try:
-            raw = exc.read()
-        except OSError:
-            raw = b""
-        text = raw.decode("utf-8", "replace").strip()
+        return _with_retries(
+            try_once,
+            who=self.name,
+            what=f"{method} {public}",
+            public=public,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+        )
+
+    def _error_detail(self, response: httpx.Response) -> str:
+        text = response.content.decode("utf-8", "replace").strip()
         if not text:
-            return f" {exc.reason}" if exc.reason else ""
+            return f" {response.reason_phrase}" if response.reason_phrase else ""
         try:
             parsed = json.loads(text)
         except ValueError:
@@ -321,12 +362,12 @@ class JsonClient:
                 f"{self.name}: {method} {public} answered HTTP {status} with a body that is not "
                 f"valid JSON ({exc}); it starts with {self.mask(snippet)!r}"
             )
-            raise MalformedResponseError(msg, url=public, status=status) from None
+            raise MalformedResponseError(
+                msg, service=self.name, url=public, status=status
+            ) from None
 
 
 # -- file downloads ------------------------------------------------------------------------------
-
-_CHUNK = 1 << 20
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -386,16 +427,20 @@ def download(
     ------
     ServiceUnavailableError
         The host cannot be reached.
-    HttpError
+    ServiceError
         A refusal (4xx other than 429) or too many failed tries.
     """
+    hx = _httpx()
     path = Path(part)
     path.parent.mkdir(parents=True, exist_ok=True)
     public = url.split("?", 1)[0]
     who = name or urllib.parse.urlsplit(url).netloc or url
-    problem = ""
-    status: int | None = None
-    for attempt in range(max_retries + 1):
+    headers = {"User-Agent": "genept-fast", "Accept-Encoding": "identity"}
+
+    def refuse(msg: str, status: int) -> NoReturn:
+        raise ServiceError(msg, service=who, url=public, status=status)
+
+    def try_once(client: httpx.Client) -> int:
         have = path.stat().st_size if path.exists() else 0
         if size is not None and have > size:
             path.unlink()
@@ -405,53 +450,126 @@ def download(
         if progress is not None:
             progress.n = have
             progress.refresh()
-        headers = {"User-Agent": "genept-fast", "Accept-Encoding": "identity"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        request = urllib.request.Request(url, headers=headers)
+        extra = {"Range": f"bytes={have}-"} if have else {}
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status = response.status
+            with client.stream("GET", url, headers=extra) as response:
+                status = response.status_code
+                if status == 416 and size is not None and have == size:
+                    return have
+                if status >= 400:
+                    problem = f"HTTP {status} {response.reason_phrase}".rstrip()
+                    if status not in RETRY_STATUSES:
+                        refuse(f"{who}: GET {public} failed: {problem}", status)
+                    raise _Retry(problem, status)
                 start = _content_range_start(response.headers.get("Content-Range"))
                 if status == 206 and start != have:
-                    msg = f"{who}: GET {public} answered bytes from {start}, asked from {have}"
-                    raise HttpError(msg, url=public, status=status)
+                    refuse(
+                        f"{who}: GET {public} answered bytes from {start}, asked from {have}", 206
+                    )
                 mode = "ab" if status == 206 else "wb"  # 200: the whole file again
                 with path.open(mode) as fh:
                     if mode == "wb" and progress is not None:
                         progress.n = 0
                         progress.refresh()
-                    while chunk := response.read(_CHUNK):
+                    for chunk in response.iter_raw():  # as received: a drop keeps it all
                         fh.write(chunk)
                         if progress is not None:
                             progress.update(len(chunk))
-            got = path.stat().st_size
-            if size is None or got == size:
-                return got
-            problem = f"the connection closed after {got:,} of {size:,} bytes"
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            if exc.code == 416 and size is not None and have == size:
-                return have
-            if exc.code not in RETRY_STATUSES:
-                msg = f"{who}: GET {public} failed: HTTP {exc.code} {exc.reason}"
-                raise HttpError(msg, url=public, status=exc.code) from None
-            problem = f"HTTP {exc.code}"
-        except urllib.error.URLError as exc:
-            if _unreachable(exc.reason):
-                msg = f"{who}: cannot reach {public} ({exc.reason}); is the machine offline?"
-                raise ServiceUnavailableError(msg, url=public) from None
-            problem = f"connection error ({exc.reason})"
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-            if isinstance(exc, ConnectionRefusedError):
-                msg = f"{who}: cannot reach {public} (connection refused)"
-                raise ServiceUnavailableError(msg, url=public) from None
-            problem = f"connection dropped ({type(exc).__name__}: {exc})"
-        if attempt < max_retries:
-            log.info(
-                "%s: GET %s: %s; resuming (%d/%d)", who, public, problem, attempt + 1, max_retries
+        except hx.HTTPError as exc:
+            raise _transport_problem(
+                exc, who=who, public=public, timeout=timeout, mask=lambda t: t
+            ) from None
+        got = path.stat().st_size
+        if size is None or got == size:
+            return got
+        problem = f"the connection closed after {got:,} of {size:,} bytes"
+        raise _Retry(problem)
+
+    with hx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
+        return int(
+            _with_retries(
+                lambda: try_once(client),
+                who=who,
+                what=f"GET {public}",
+                public=public,
+                max_retries=max_retries,
+                backoff=backoff,
+                max_backoff=30.0,
             )
-            time.sleep(min(backoff * (2**attempt), 30.0))
-    tries = max_retries + 1
-    msg = f"{who}: GET {public} failed after {tries} tries: {problem}"
-    raise HttpError(msg, url=public, status=status)
+        )
+
+
+# -- the openai client's exceptions --------------------------------------------------------------
+
+
+def is_openai_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an exception of the ``openai`` client (without importing it)."""
+    openai = sys.modules.get("openai")
+    return openai is not None and isinstance(exc, openai.OpenAIError)
+
+
+def _status_message(exc: Any) -> str:
+    message = ""
+    try:
+        payload = exc.response.json()
+        err = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+        elif isinstance(err, str):
+            message = err
+    except Exception:  # a body that is not JSON: the reason phrase says enough
+        message = ""
+    return message or exc.response.reason_phrase or "error"
+
+
+def openai_error(
+    exc: BaseException,
+    *,
+    where: str,
+    action: str | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    secrets: Iterable[str | None] = (),
+) -> ServiceError:
+    """The :class:`~genept_fast.errors.ServiceError` for an exception of the ``openai`` client.
+
+    The one place where ``openai`` exceptions are translated (the embedders, the Batch API
+    runner and the ``llm`` gene text source all come here). ``where`` names the server
+    (``"OpenAI"``, ``"LLM at http://host/v1"``), ``action`` what was being done (``"Batch API,
+    creating the batch"``), ``timeout`` and ``retries`` the client's settings, for the message;
+    every string in ``secrets`` is masked.
+    """
+    import openai
+
+    keys = [s for s in secrets if s]
+
+    def scrub(text: str) -> str:
+        for key in keys:
+            text = text.replace(key, "***")
+        return text
+
+    head = f"{action}: " if action else ""
+    tried = f" ({retries} retries)" if retries is not None else ""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        hint = ""
+        if status == 401:
+            hint = " (check OPENAI_API_KEY)"
+        elif (status == 429 or status >= 500) and retries is not None:
+            hint = f" after {retries} retries"
+        msg = f"{head}{where} answered {status}{hint}: {scrub(_status_message(exc))}"
+        return ServiceError(msg, service=where, status=status)
+    if isinstance(exc, openai.APITimeoutError):
+        within = f"within {timeout:g} s" if timeout is not None else "in time"
+        return ServiceError(f"{head}{where} did not answer {within}{tried}", service=where)
+    if isinstance(exc, openai.APIConnectionError):
+        reason = scrub(str(exc.__cause__ or exc))
+        if _unreachable(exc):
+            msg = f"{head}cannot reach {where}: {reason}"
+            return ServiceUnavailableError(msg, service=where)
+        return ServiceError(
+            f"{head}the connection to {where} failed{tried}: {reason}", service=where
+        )
+    detail = scrub(str(getattr(exc, "message", None) or exc))
+    msg = f"{head}{where} sent a malformed response: {type(exc).__name__}: {detail}"
+    return MalformedResponseError(msg, service=where)

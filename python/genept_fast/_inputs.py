@@ -4,7 +4,7 @@
 (``h5py.is_hdf5``) and then the groups inside (AnnData ``.h5ad``, 10x Genomics ``.h5``,
 ``.loom``), a zarr group's metadata (AnnData ``.zarr`` or another store), a 10x Matrix Market
 folder, the Matrix Market header, the parquet, zip, gzip and pickle magic bytes, else text or
-binary. The ``require_*`` functions turn a mismatch into one :class:`~genept_fast.GeneptError`
+binary. The ``require_*`` functions turn a mismatch into one :class:`~genept_fast.errors.InputError`
 line naming the file and what it is; formats that scanpy or anndata can read (10x ``.h5``,
 10x folders and ``.mtx``, ``.loom``) get the one command that converts them to ``.h5ad``.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import os
@@ -170,7 +170,7 @@ def check_claim(
     if claim is not None and found.kind not in claim[1] and found.kind != "missing":
         who = f"{role} {p}" if role else str(p)
         msg = f"{who} is named like {claim[0]} but is {found.what}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return found
 
 
@@ -216,7 +216,7 @@ def conversion_hint(path: Path, kind: str) -> str | None:
 
 
 def require_anndata(path: str | os.PathLike[str], *, role: str = "input") -> str:
-    """``"h5ad"`` or ``"zarr"`` for an AnnData ``path``; else a :class:`GeneptError` line.
+    """``"h5ad"`` or ``"zarr"`` for an AnnData ``path``; else a one-line ``InputError``.
 
     ``role`` names the argument in the message (``"input"``, ``"--genes"``...).
     """
@@ -234,7 +234,7 @@ def require_anndata(path: str | os.PathLike[str], *, role: str = "input") -> str
         msg = f"cannot read {p} as AnnData: it is {s.what}; {hint}"
     else:
         msg = f"cannot read {p} as AnnData (.h5ad or .zarr): it is {s.what}"
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 def require_table(
@@ -254,4 +254,4 @@ def require_table(
         check_claim(p, s, role=role)
         return s.kind
     msg = f"{role} {p} is {s.what}, not {expect}"
-    raise GeneptError(msg)
+    raise InputError(msg)

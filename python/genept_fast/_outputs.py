@@ -27,7 +27,7 @@ API
 ``check_output(path, *, kind="file", overwrite=False, inputs=(), names=()) -> Path``
     ``kind="file"``: one file, replaced atomically. ``kind="store"``: a directory store written
     whole (``.zarr``). ``kind="folder"``: a folder receiving the files ``names`` (reports).
-    Raises :class:`~genept_fast.GeneptError`; returns ``Path(path)``.
+    Raises :class:`~genept_fast.errors.InputError`; returns ``Path(path)``.
 ``is_own_store(path) -> bool``, ``store_attrs() -> dict``, ``STORE_MARKER``
     Recognise / mark a store genept-fast wrote.
 ``install(src, dst) -> None``
@@ -53,7 +53,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import argparse
@@ -137,16 +137,16 @@ def _check_apart(output: Path, inputs: Iterable[Any], *, replaces_dir: bool) -> 
         in_real = Path(os.path.realpath(inp))
         if out_real == in_real or _same_file(output, inp):
             msg = f"the output {output} is the input {inp}; choose another output"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if in_real in out_real.parents:
             msg = f"the output {output} is inside the input {inp}; choose another output"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if replaces_dir and out_real in in_real.parents:
             msg = (
                 f"the input {inp} is inside the output {output}, which would replace it; "
                 "choose another output"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
 
 
 def _is_real_dir(p: Path) -> bool:
@@ -188,7 +188,7 @@ def check_output(
 
     Raises
     ------
-    GeneptError
+    InputError
         The output exists (and ``overwrite`` is false), is a directory that may not be
         replaced, or is, contains or lies inside an input.
     """
@@ -197,40 +197,40 @@ def check_output(
     if kind == "folder":
         if _exists(out) and not out.is_dir():
             msg = f"the output folder {out} exists and is not a folder"
-            raise GeneptError(msg)
+            raise InputError(msg)
         for name in names:
             target = out / name
             _check_apart(target, inputs, replaces_dir=False)
             if target.is_dir():
                 msg = f"{target} is a directory; a report file never replaces a directory"
-                raise GeneptError(msg)
+                raise InputError(msg)
             if _exists(target) and not overwrite:
                 msg = f"{target} already exists; {OVERWRITE_HINT}"
-                raise GeneptError(msg)
+                raise InputError(msg)
         return out
     if kind not in ("file", "store"):
         msg = f"kind must be 'file', 'store' or 'folder', got {kind!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     _check_apart(out, inputs, replaces_dir=kind == "store")
     if not _exists(out):
         return out
     if _is_real_dir(out):
         if kind == "file":
             msg = f"{out} is a directory; an output file never replaces a directory"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not overwrite:
             msg = f"{out} already exists; {OVERWRITE_HINT}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not is_own_store(out):
             msg = (
                 f"{out} is a directory that genept-fast did not write; it is never removed:"
                 " choose another output or move it away yourself"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         return out
     if not overwrite:
         msg = f"{out} already exists; {OVERWRITE_HINT}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return out
 
 
@@ -254,7 +254,7 @@ def install(src: Path, dst: Path) -> None:
             f"{dst} is a directory that genept-fast did not write (it appeared while the job"
             f" ran?); it is never removed: the finished result stays in {src}"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     if _is_real_dir(dst) or (src.is_dir() and _exists(dst)):
         aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         remove_path(aside)

@@ -4,14 +4,20 @@ Each subcommand lives in :mod:`genept_fast.commands` as a module with ``register
 which adds its parser and sets ``func`` to the function that runs it.
 
 A user never sees a Python traceback. What goes wrong is said in one line on stderr,
-``genept-fast COMMAND: error: ...``, with the exit status saying whose it is:
+``genept-fast COMMAND: error: ...``, and the exit status says whose it is (:data:`EXIT_CODES`):
 
-- 2: the input or the arguments (:class:`~genept_fast.GeneptError`, a missing or unreadable
-  file, a usage error) — fix the call;
-- 1: the network or a service (:class:`~genept_fast._http.HttpError`, connection failures),
-  running out of memory, or a bug in genept-fast: then the line names a log file that holds the
-  traceback, to report;
+- 0: done;
+- 2: the input or the call (:class:`~genept_fast.errors.InputError`, a missing or unreadable
+  file, a usage error, a missing optional extra) — fix the call;
+- 3: a remote service failed or cannot be reached (:class:`~genept_fast.errors.ServiceError`:
+  NCBI, MyGene, an LLM, OpenAI or a compatible server, the Batch API, Zenodo) — try again
+  later, or check the key, the URL or the network; work done so far is cached or kept;
+- 1: genept-fast failed: out of memory or threads (one line), or a bug — then the line names a
+  log file that holds the traceback, to report;
 - 130: interrupted (Ctrl-C); work that can be resumed is kept and the line says where.
+
+Python warnings raised while a command runs are printed the same way, one line each:
+``genept-fast COMMAND: warning: ...``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,19 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from typing import TYPE_CHECKING, NoReturn
 
 from genept_fast import __version__
-from genept_fast._core import GeneptError
+from genept_fast.errors import (
+    InputError,
+    MissingDependencyError,
+    ResourceError,
+    ServiceError,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 #: Subcommand modules under genept_fast.commands, in the order of the pipeline.
 COMMANDS = (
@@ -42,6 +54,16 @@ COMMANDS = (
     "evaluate",
     "demo",
 )
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: The exit statuses of ``genept-fast`` and what each means (the README prints this table).
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "genept-fast failed: out of memory or threads, or a bug (a log file is named)",
+    EXIT_INPUT: "bad input or call: arguments, a missing or unreadable file, a missing extra",
+    EXIT_SERVICE: "a remote service failed or cannot be reached (NCBI, OpenAI, Zenodo, ...)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); resumable work is kept",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +113,34 @@ def _crash_log(argv: Sequence[str], exc: BaseException) -> str | None:
     return path
 
 
+def _one_line_warnings(prog: str) -> Callable[..., str]:
+    """A ``warnings.formatwarning`` that writes ``PROG: warning: message`` (one line, not
+    Python's two lines with the source). Warnings are still warnings: filters and recorders
+    (``pytest.warns``, ``catch_warnings(record=True)``) see them as before."""
+
+    def formatwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        return f"{prog}: warning: {' '.join(str(message).split())}\n"
+
+    return formatwarning
+
+
+def _exit_status(exc: Exception) -> int:
+    """The exit status of an exception that ended a command (see :data:`EXIT_CODES`)."""
+    if isinstance(exc, ServiceError):
+        return EXIT_SERVICE
+    if isinstance(exc, (ConnectionError, TimeoutError)) and not isinstance(exc, BrokenPipeError):
+        return EXIT_SERVICE  # a network failure that no client translated
+    if isinstance(exc, (InputError, MissingDependencyError, OSError)):
+        return EXIT_INPUT  # OSError: a missing, unreadable or unwritable file
+    return EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -100,27 +150,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if getattr(args, "func", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_INPUT
     prog = f"genept-fast {args.command}"
-    from genept_fast._http import HttpError
-
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warnings(prog)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
         notes = "; ".join(str(n) for n in getattr(exc, "__notes__", ()))
         print(f"{prog}: interrupted" + (f"; {notes}" if notes else ""), file=sys.stderr)
-        return 130
-    except (HttpError, ConnectionError, TimeoutError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except (GeneptError, OSError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
     except MemoryError:
         hint = " (try a smaller --chunk-size)" if args.command == "encode" else ""
         print(f"{prog}: error: out of memory{hint}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except Exception as exc:
+        status = _exit_status(exc)
+        if status != EXIT_FAILED or isinstance(exc, ResourceError):
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return status
         log = _crash_log(argv, exc)
         where = f"the traceback is in {log}" if log else "no log file could be written"
         print(
@@ -128,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" in genept-fast {__version__}, please report it: {where}",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILED
+    finally:
+        warnings.formatwarning = formatwarning  # for whoever called main()
 
 
 if __name__ == "__main__":

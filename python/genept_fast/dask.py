@@ -20,11 +20,11 @@ import hashlib
 import threading
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
-from genept_fast._core import GeneptError
+from genept_fast._extras import missing_extra
+from genept_fast.errors import InputError
 from genept_fast.kernels import (
     PreparedEmbeddings,
     as_embeddings,
@@ -35,6 +35,12 @@ from genept_fast.kernels import (
 from genept_fast.kernels import dense_genes as _dense_genes
 from genept_fast.kernels import weighted_embedding as _weighted_embedding
 from genept_fast.preprocess import AUTO_SAMPLE_CELLS, resolve_preprocess
+
+try:
+    import dask.array as da
+except ImportError:
+    _EXTRA = "dask"
+    raise missing_extra(_EXTRA, "genept_fast.dask") from None
 
 if TYPE_CHECKING:
     import os
@@ -177,24 +183,24 @@ def weighted_embedding(
     """
     if not isinstance(x, da.Array):
         msg = f"x must be a dask.array.Array, got {type(x).__name__}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if x.ndim != 2:
         msg = f"x must be 2-D (cells × genes), got {x.ndim}-D"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
         msg = f"n_threads must be a positive integer, got {n_threads!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     table = _make_table(gene_embeddings, gene_index, normalize)
     n_genes = x.shape[1]
     if table.gene_index is not None and table.gene_index.shape[0] != n_genes:
         msg = f"gene_index has {table.gene_index.shape[0]} entries but x has {n_genes} genes"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if table.gene_index is None and table.E.shape[0] != n_genes:
         msg = (
             f"gene_embeddings has {table.E.shape[0]} rows but x has {n_genes} genes; "
             "pass gene_index= to map genes to rows"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
     dense: np.ndarray | None
@@ -270,17 +276,17 @@ def read_csr(
 
     Each task opens the file by path (once per worker process) and reads its rows with
     :class:`genept_fast.stream.AnnDataSource` (validated; corrupt data raises
-    :class:`GeneptError` naming the file). On a multi-machine cluster the path must be visible
-    to every worker (shared filesystem).
+    ``InputError`` naming the file). On a multi-machine cluster the path must be visible to every
+    worker (shared filesystem).
     """
     from pathlib import Path
 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
         msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if chunk_size < 1:
         msg = f"chunk_size must be at least 1, got {chunk_size}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     reader = _RowReader(str(Path(path).resolve()), layer, bool(use_raw))
     h = hashlib.blake2b(repr((reader.fingerprint, int(chunk_size))).encode(), digest_size=16)
     return da.from_array(

@@ -31,14 +31,14 @@ log = logging.getLogger("genept_fast.demo")
 def gene_texts_offline_first(genes: list[str], source: str = "auto") -> tuple[pl.DataFrame, str]:
     """Gene texts from NCBI when it answers, else the HGNC names ("SYMBOL: approved name",
     offline); returns (texts, what was used). ``source`` ``"hgnc"`` or ``"symbol"`` skips NCBI."""
-    from genept_fast._http import HttpError
+    from genept_fast.errors import ServiceError
     from genept_fast.genes import gene_texts
 
     if source in ("auto", "ncbi"):
         try:
             texts = gene_texts(genes, source="ncbi", timeout=10.0, max_retries=1, fallback=None)
             return texts, "NCBI gene summaries"
-        except (ConnectionError, HttpError, OSError) as exc:
+        except (ServiceError, OSError) as exc:  # ServiceError: a ConnectionError, an OSError
             if source == "ncbi":
                 raise
             reason = str(exc).splitlines()[0][:160]
@@ -70,6 +70,9 @@ def run_demo(
     already, nothing is done unless ``overwrite=True``; other files in ``out_dir`` are never
     touched. ``progress``: show progress bars while embedding.
     """
+    from genept_fast._extras import require_extra
+
+    require_extra("eval", "the demo")  # scanpy's dataset, the evaluation and its plots
     import scanpy as sc
 
     from genept_fast import eval as gfe

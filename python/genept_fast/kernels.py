@@ -16,7 +16,8 @@ cannot run faster, and a pool of thousands takes most of a minute to start.
 
 No argument makes a kernel abort, panic or hang: ``n`` is clamped to the number of genes, every
 result's size is computed before it is allocated, and one larger than this machine's memory is
-a :class:`GeneptError` that says how much it would need. Kernel errors name cells by row; the
+an :class:`~genept_fast.errors.InvalidArgumentError` saying how much it would need. Kernel errors
+(all :class:`~genept_fast.errors.InputError`, see :mod:`genept_fast.errors`) name cells by row; the
 ``row_offset`` of a call (a chunk's first row) is added, so messages give positions in the whole
 matrix (:func:`offset_cells` does the same for a caught error).
 
@@ -41,7 +42,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast import _core
-from genept_fast._core import GeneptError, PreparedEmbeddings
+from genept_fast._core import PreparedEmbeddings
+from genept_fast.errors import (
+    GeneptError,
+    InputError,
+    InvalidArgumentError,
+    MalformedMatrixError,
+    ShapeError,
+)
 from genept_fast.preprocess import AUTO_SAMPLE_CELLS, TARGET_SUM
 
 if TYPE_CHECKING:
@@ -110,21 +118,22 @@ def _value_dtype(dtype: np.dtype[Any], name: str) -> np.dtype[Any]:
     msg = (
         f"{name} has unsupported dtype {dtype}; expected a real numeric type (float32/float64/int)"
     )
-    raise GeneptError(msg)
+    raise InvalidArgumentError(msg)
 
 
 def as_csr(X: Any, *, name: str = "X") -> CsrParts:
     """Return ``X`` (cells × genes) as :class:`CsrParts`, copying only what must change.
 
     Accepts any ``scipy.sparse`` matrix or array, a dense ``numpy`` array (or anything
-    ``np.asarray`` takes). Raises :class:`GeneptError` on a wrong ndim or an unsupported dtype.
+    ``np.asarray`` takes). Raises :class:`~genept_fast.errors.ShapeError` on a wrong ndim and
+    :class:`~genept_fast.errors.InvalidArgumentError` on an unsupported dtype.
     """
     csr: Any
     if sp.issparse(X):
         sparse: Any = X  # scipy's stubs type issparse's guard as the bare base class
         if sparse.ndim != 2:
             msg = f"{name} must be 2-D (cells × genes), got a {sparse.ndim}-D sparse array"
-            raise GeneptError(msg)
+            raise ShapeError(msg)
         csr = sparse if sparse.format == "csr" else sparse.tocsr()
         indptr, indices, data = csr.indptr, csr.indices, csr.data
         shape = (int(csr.shape[0]), int(csr.shape[1]))
@@ -132,7 +141,7 @@ def as_csr(X: Any, *, name: str = "X") -> CsrParts:
         arr = np.asarray(X)
         if arr.ndim != 2:
             msg = f"{name} must be 2-D (cells × genes), got shape {arr.shape}"
-            raise GeneptError(msg)
+            raise ShapeError(msg)
         _value_dtype(arr.dtype, name)
         csr = sp.csr_array(arr)
         indptr, indices, data = csr.indptr, csr.indices, csr.data
@@ -152,7 +161,7 @@ def as_csr(X: Any, *, name: str = "X") -> CsrParts:
     indices = _aligned(indices, indices.dtype)
     if indptr.shape != (shape[0] + 1,):
         msg = f"{name}: indptr has {indptr.shape[0]} entries, expected n_cells + 1 = {shape[0] + 1}"
-        raise GeneptError(msg)
+        raise MalformedMatrixError(msg)
     return CsrParts(indptr, indices, data, shape)
 
 
@@ -187,7 +196,7 @@ def as_embeddings(E: Any) -> np.ndarray:
     arr = np.asarray(E)
     if arr.ndim != 2:
         msg = f"gene_embeddings must be 2-D (genes × dimensions), got shape {arr.shape}"
-        raise GeneptError(msg)
+        raise ShapeError(msg)
     if arr.dtype != np.float32:
         _value_dtype(arr.dtype, "gene_embeddings")
     return _aligned(arr, np.float32)
@@ -200,7 +209,7 @@ def as_gene_index(gene_index: npt.ArrayLike | None) -> np.ndarray | None:
     gi = np.asarray(gene_index)
     if gi.ndim != 1 or not np.issubdtype(gi.dtype, np.integer):
         msg = f"gene_index must be a 1-D integer array, got shape {gi.shape} dtype {gi.dtype}"
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
     return _aligned(gi, np.int64)
 
 
@@ -221,13 +230,13 @@ def thread_limit() -> int:
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int if it is an integer (not a bool) ≥ ``minimum``; else a GeneptError."""
+    """``value`` as an int if it is an integer (not a bool) ≥ ``minimum``, else an error."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         msg = f"{name} must be an integer ≥ {minimum}, got {value!r}"
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
     if value < minimum:
         msg = f"{name} must be at least {minimum}, got {value}"
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
     return int(value)
 
 
@@ -270,7 +279,7 @@ def _check_result_size(n_cells: int, width: int, itemsize: int, what: str, hint:
             f"{what} would need {nbytes / 1e9:,.1f} GB of memory ({n_cells:,} cells × {width:,}"
             f" × {itemsize} bytes), more than this machine's {total / 1e9:,.1f} GB; {hint}"
         )
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
 
 
 #: Marks an exception raised by the Rust core's checks (its cell numbers are rows of the call).
@@ -294,7 +303,7 @@ def offset_cells(exc: GeneptError, offset: int, *, where: str | None = None) -> 
     if not is_kernel_error(exc) or not (offset or where):
         return exc
     text = _CELL.sub(lambda m: f"cell {int(m.group(1)) + offset}", str(exc))
-    moved = GeneptError(f"{where}: {text}" if where else text)
+    moved = type(exc)(f"{where}: {text}" if where else text)  # the same class
     setattr(moved, _KERNEL_ERROR, True)
     return moved
 
@@ -303,7 +312,7 @@ def _call(fn: Any, *args: Any, row_offset: int = 0, **kwargs: Any) -> Any:
     """Call a ``_core`` function; its errors are marked and their cells moved by ``row_offset``."""
     try:
         return fn(*args, **kwargs)
-    except GeneptError as exc:
+    except InputError as exc:
         setattr(exc, _KERNEL_ERROR, True)
         if row_offset:
             raise offset_cells(exc, row_offset) from None
@@ -361,21 +370,21 @@ def _dense_arg(
     if isinstance(dense, str):
         if dense != "auto":
             msg = f"dense_genes must be 'auto', None or an array of table rows, got {dense!r}"
-            raise GeneptError(msg)
+            raise InvalidArgumentError(msg)
         return _choose_dense(
             _head(csr, AUTO_SAMPLE_CELLS), n_rows, gi, DENSE_MIN_FRACTION, n_threads
         )
     rows = np.asarray(dense)
     if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
         msg = f"dense_genes must be a 1-D integer array, got shape {rows.shape} dtype {rows.dtype}"
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
     return _aligned(rows, np.int64)
 
 
 def _preprocess_arg(preprocess: str) -> str:
     if preprocess not in ("none", "log1p"):
         msg = f"preprocess must be 'none' or 'log1p', got {preprocess!r}"
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
     return preprocess
 
 
@@ -430,9 +439,12 @@ def weighted_embedding(
 
     Raises
     ------
-    GeneptError
-        Bad input (shape, dtype, NaN/inf with its cell and gene, malformed CSR), or a result
-        larger than this machine's memory.
+    InputError
+        Bad input: :class:`~genept_fast.errors.ShapeError`,
+        :class:`~genept_fast.errors.NonFiniteError` (NaN/inf with its cell and gene),
+        :class:`~genept_fast.errors.MalformedMatrixError`, or
+        :class:`~genept_fast.errors.InvalidArgumentError` (a dtype, an option, a result larger
+        than this machine's memory).
     """
     csr = as_csr(X)
     E = (
@@ -445,7 +457,7 @@ def weighted_embedding(
         not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous
     ):
         msg = "out must be a C-contiguous float32 numpy array"
-        raise GeneptError(msg)
+        raise InvalidArgumentError(msg)
     offset = _check_offset(row_offset)
     threads = _check_threads(n_threads)
     pre = _preprocess_arg(preprocess)
@@ -486,8 +498,8 @@ def top_genes(X: Any, n: int, *, n_threads: int | None = None, row_offset: int =
 
     ``n`` is clamped to the number of genes: ``top_genes(X, 10**9)`` ranks every gene. A
     result larger than this machine's memory (cells × ``n`` × 4 bytes) is refused with a
-    :class:`GeneptError` saying how much it would need. ``row_offset``: as for
-    :func:`weighted_embedding`.
+    :class:`~genept_fast.errors.InvalidArgumentError` saying how much it would need.
+    ``row_offset``: as for :func:`weighted_embedding`.
 
     Returns
     -------
@@ -549,7 +561,7 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
     arr = np.array(matrix, dtype=np.float32, order="C", copy=True)
     if arr.ndim != 2:
         msg = f"matrix must be 2-D, got shape {arr.shape}"
-        raise GeneptError(msg)
+        raise ShapeError(msg)
     _call(_core.l2_normalize, arr, n_threads=_check_threads(n_threads))
     return arr
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,7 +78,7 @@ def normalize_log1p(X: Any, *, target_sum: float = TARGET_SUM) -> sp.csr_array:
     csr.sum_duplicates()
     if csr.data.size and csr.data.min() < 0:
         msg = "cannot log-normalise: the matrix has negative values, so it does not hold counts"
-        raise GeneptError(msg)
+        raise InputError(msg)
     totals = np.asarray(csr.sum(axis=1)).ravel().astype(np.float64)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     counts_per_row = np.diff(csr.indptr)
@@ -99,7 +99,7 @@ def resolve_preprocess(how: str, sample: Callable[[], Any]) -> Literal["log1p", 
     """
     if how not in ("auto", "log1p", "none"):
         msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if how == "auto":
         return "log1p" if looks_like_counts(sample()) else "none"
     return "log1p" if how == "log1p" else "none"
@@ -113,5 +113,5 @@ def apply_preprocess(X: Any, how: Preprocess = "auto") -> tuple[Any, bool]:
         return normalize_log1p(X), True
     if how != "auto":
         msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return X, False

@@ -28,8 +28,8 @@ import numpy as np
 
 from genept_fast._atomic import atomic_path
 from genept_fast._outputs import check_output
+from genept_fast.errors import InputError
 from genept_fast.genes.match import Coverage, KeyIndex, index_keys, match_genes
-from genept_fast.kernels import GeneptError
 
 if TYPE_CHECKING:
     import os
@@ -107,23 +107,23 @@ class GeneEmbeddings:
         m = np.asarray(matrix)
         if m.ndim != 2:
             msg = f"matrix must be 2-D (genes × dimension), got shape {m.shape}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if m.shape[0] != len(genes):
             msg = f"{len(genes)} genes but the matrix has {m.shape[0]} rows"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not np.issubdtype(m.dtype, np.number):
             msg = f"matrix must be numeric, got dtype {m.dtype}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         m = np.ascontiguousarray(m, dtype=np.float32)
         if not np.isfinite(m).all():
             bad = genes[int(np.where(~np.isfinite(m).all(axis=1))[0][0])]
             msg = f"the embedding of {bad!r} contains NaN or infinity"
-            raise GeneptError(msg)
+            raise InputError(msg)
         seen: set[str] = set()
         dups = [g for g in genes if g in seen or seen.add(g)]  # type: ignore[func-returns-value]
         if dups:
             msg = f"duplicate genes in the table: {', '.join(sorted(set(dups))[:5])}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.genes = genes
         self.matrix = m
         meta = dict(metadata or {})
@@ -191,10 +191,10 @@ class GeneEmbeddings:
         path = Path(path)
         if path.suffix.lower() in _PICKLE_SUFFIXES:
             msg = f"{path}: tables are written as parquet, not pickle"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if self.dimension == 0:
             msg = "cannot write a table with dimension 0"
-            raise GeneptError(msg)
+            raise InputError(msg)
         check_output(path, overwrite=overwrite)
         df = self.to_frame()
         meta = json.dumps(self.metadata, sort_keys=True, default=str)
@@ -242,23 +242,23 @@ class GeneEmbeddings:
             kv = pl.read_parquet_metadata(path)
         except Exception as exc:
             msg = f"{path} is not a readable parquet file: {exc}"
-            raise GeneptError(msg) from exc
+            raise InputError(msg) from exc
         if "gene" not in df.columns or "embedding" not in df.columns:
             msg = f"{path} needs columns 'gene' and 'embedding', has {df.columns}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         emb = df["embedding"]
         if isinstance(emb.dtype, pl.List):
             lengths = emb.list.len().unique().to_list()
             if len(lengths) != 1:
                 msg = f"{path}: embeddings have different lengths {sorted(lengths)[:5]}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             emb = emb.cast(pl.Array(pl.Float32, int(lengths[0])))
         elif not isinstance(emb.dtype, pl.Array):
             msg = f"{path}: column 'embedding' must be Array or List of floats, got {emb.dtype}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if emb.null_count() or df["gene"].null_count():
             msg = f"{path} has null genes or embeddings"
-            raise GeneptError(msg)
+            raise InputError(msg)
         matrix = np.asarray(emb.to_numpy(), dtype=np.float32)
         meta: dict[str, Any] = {}
         raw = kv.get(_META_KEY)
@@ -304,33 +304,33 @@ class GeneEmbeddings:
             obj = _RestrictedUnpickler(stream).load()
         except pickle.UnpicklingError as exc:
             msg = f"{where}: {exc}"
-            raise GeneptError(msg) from None
+            raise InputError(msg) from None
         except Exception as exc:
             msg = f"{where} is not a readable pickle: {exc}"
-            raise GeneptError(msg) from None
+            raise InputError(msg) from None
         if not isinstance(obj, dict) or not obj:
             msg = f"{where}: expected a non-empty dict gene symbol → vector"
-            raise GeneptError(msg)
+            raise InputError(msg)
         genes: list[str] = []
         rows: list[np.ndarray] = []
         for k, v in obj.items():
             if not isinstance(k, str):
                 msg = f"{where}: key {k!r} is not a gene symbol string"
-                raise GeneptError(msg)
+                raise InputError(msg)
             try:
                 arr = np.asarray(v, dtype=np.float32)
             except (TypeError, ValueError):
                 msg = f"{where}: the vector of {k!r} is not numeric"
-                raise GeneptError(msg) from None
+                raise InputError(msg) from None
             if arr.ndim != 1:
                 msg = f"{where}: the vector of {k!r} has shape {arr.shape}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             genes.append(k)
             rows.append(arr)
         dims = {r.shape[0] for r in rows}
         if len(dims) != 1:
             msg = f"{where}: vectors have different lengths {sorted(dims)[:5]}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return cls(genes, np.stack(rows), metadata)
 
     # -- building ------------------------------------------------------------------------------
@@ -360,14 +360,14 @@ class GeneEmbeddings:
 
         if not isinstance(texts_df, pl.DataFrame):
             msg = f"texts_df must be a polars DataFrame, got {type(texts_df).__name__}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         for col in ("gene", "text"):
             if col not in texts_df.columns:
                 msg = f"the texts table needs columns 'gene' and 'text', has {texts_df.columns}"
-                raise GeneptError(msg)
+                raise InputError(msg)
         if texts_df["gene"].null_count():
             msg = "the texts table has null genes"
-            raise GeneptError(msg)
+            raise InputError(msg)
         genes = texts_df["gene"].cast(pl.String).to_list()
         texts = [t if isinstance(t, str) else "" for t in texts_df["text"].to_list()]
         before = embedder.n_truncated
@@ -388,7 +388,7 @@ class GeneEmbeddings:
         }
         if matrix.shape[1] == 0:
             msg = "no gene has a text: nothing to embed"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return cls(genes, matrix, meta)
 
     # -- alignment -----------------------------------------------------------------------------

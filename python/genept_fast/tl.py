@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast import kernels
-from genept_fast._core import GeneptError
 from genept_fast.annotate import build_reference, transfer_labels
+from genept_fast.errors import InputError
 from genept_fast.genes.match import (
     SYMBOL_COLUMNS,
     dataset_identifiers,
@@ -77,25 +77,25 @@ class _Matrix:
 def _select_matrix(adata: ad.AnnData, layer: str | None, use_raw: bool | None) -> _Matrix:
     if layer is not None and use_raw:
         msg = "give either layer= or use_raw=True, not both"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if use_raw is None:
         use_raw = layer is None and adata.raw is not None
     if use_raw:
         if adata.raw is None:
             msg = "use_raw=True but adata.raw is None"
-            raise GeneptError(msg)
+            raise InputError(msg)
         raw = adata.raw
         return _Matrix(raw.X, list(map(str, raw.var_names)), raw.var, "adata.raw.X", adata.isbacked)
     if layer is not None:
         if layer not in adata.layers:
             msg = f"layer {layer!r} not found; adata.layers has {list(adata.layers.keys())}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         X, desc = adata.layers[layer], f"adata.layers[{layer!r}]"
     else:
         X, desc = adata.X, "adata.X"
     if X is None:
         msg = f"{desc} is empty (None)"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return _Matrix(X, list(map(str, adata.var_names)), adata.var, desc, adata.isbacked)
 
 
@@ -139,7 +139,7 @@ def resolve_gene_symbols(
     if gene_key is not None:
         if var is None or gene_key not in var.columns:
             msg = f"gene_key {gene_key!r} is not a column of var"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return [str(s) for s in var[gene_key].astype(str)], f"var[{gene_key!r}]"
     from genept_fast.genes import looks_like_ensembl, map_genes
 
@@ -165,7 +165,7 @@ def _load_table(gene_embeddings: GeneEmbeddings | str | Path) -> GeneEmbeddings:
         "gene_embeddings must be a GeneEmbeddings table or a path to one (parquet or GenePT "
         f"pickle), got {type(gene_embeddings).__name__}"
     )
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 def compact_table(matrix: np.ndarray, gene_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +189,7 @@ def _start(adata: ad.AnnData, copy: bool) -> ad.AnnData:
     if copy:
         if adata.isbacked:
             msg = "copy=True is not supported for backed AnnData; use adata.to_memory() first"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return adata.copy()
     return adata
 
@@ -264,7 +264,7 @@ def genept_w(
     m = _select_matrix(adata, layer, use_raw)
     if m.X.shape[1] != len(m.var_names):
         msg = f"{m.description} has {m.X.shape[1]} columns but {len(m.var_names)} gene names"
-        raise GeneptError(msg)
+        raise InputError(msg)
     ids = dataset_identifiers(m.var_names, m.var, gene_key=gene_key)
     gene_index, coverage = table.index_for(ids.primary, alternatives=ids.alternatives)
     symbol_source = ids.description
@@ -274,7 +274,7 @@ def genept_w(
             ids.primary, table.key_index, columns=var_columns(m.var), what=m.description
         )
         msg = f"{why} (table model {table.model_id})"
-        raise GeneptError(msg)
+        raise InputError(msg)
     how, lognorm = _decide_preprocess(m, adata.n_obs, preprocess)
     rows, compact_index = compact_table(table.matrix, gene_index)
     prepared = kernels.prepare_embeddings(rows, n_threads=n_threads)
@@ -366,19 +366,19 @@ class SentenceBuilder:
             isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1
         ):
             msg = f"top_n must be a positive integer or None, got {top_n!r}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         limit = int(embedder.max_input_tokens)
         if max_input_tokens is not None:
             if isinstance(max_input_tokens, bool) or int(max_input_tokens) < 1:
                 msg = f"max_input_tokens must be a positive integer, got {max_input_tokens!r}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             limit = min(limit, int(max_input_tokens))
         if not isinstance(prefix, str) or not isinstance(sep, str):
             msg = "prefix and sep must be strings"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not sep:
             msg = "sep must not be empty (gene names would run together)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.embedder = embedder
         self.symbols = [str(g) for g in symbols]
         self.usable = np.array([bool(g.strip()) for g in self.symbols], dtype=bool)
@@ -391,7 +391,7 @@ class SentenceBuilder:
                 f"the prefix alone takes {self.prefix_tokens} of the {limit} tokens allowed;"
                 " shorten it or raise max_input_tokens"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         names = [g if u else "" for g, u in zip(self.symbols, self.usable, strict=True)]
         counts = embedder.count_tokens([f"{sep}{g}" for g in names] + [prefix + g for g in names])
         n = len(names)
@@ -635,12 +635,12 @@ def genept_s(
     emb = get_embedder(embedder) if isinstance(embedder, str) else embedder
     if not isinstance(emb, Embedder):
         msg = f"embedder must be an Embedder or a spec string, got {type(embedder).__name__}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     target = adata if dry_run else (_start(adata, copy) if copy else adata)
     m = _select_matrix(target, layer, use_raw)
     if m.X.shape[1] != len(m.var_names):
         msg = f"{m.description} has {m.X.shape[1]} columns but {len(m.var_names)} gene names"
-        raise GeneptError(msg)
+        raise InputError(msg)
     symbols, symbol_source = resolve_gene_symbols(m.var_names, m.var, gene_key=gene_key)
     builder = SentenceBuilder(
         emb,
@@ -653,7 +653,7 @@ def genept_s(
     )
     if not builder.usable.any():
         msg = f"no gene of {m.description} has a symbol ({symbol_source}); check gene_key="
-        raise GeneptError(msg)
+        raise InputError(msg)
     _warn_negative(m, target.n_obs)
 
     sentences: list[str] = []

@@ -22,7 +22,7 @@ The saved file is HDF5 (h5py), every dataset chunked with HDF5's Fletcher-32 che
 Two hashes (BLAKE2b-128): the **fingerprint** identifies the content (obsm keys, dimensions,
 label key, labels, float16 vectors), so the same reference gives the same fingerprint whatever
 the backend; the **checksum** covers the stored bytes and is verified on load, before faiss reads
-anything, so a corrupted file is refused with a :class:`~genept_fast.GeneptError`.
+anything, so a corrupted file is refused with a :class:`~genept_fast.InputError`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from genept_fast._atomic import atomic_path
-from genept_fast._core import GeneptError
 from genept_fast._core import __version__ as _version
+from genept_fast._extras import missing_extra
 from genept_fast._outputs import check_output
 from genept_fast.annotate._io import (
     AnnDataEmbeddings,
@@ -60,6 +60,7 @@ from genept_fast.annotate._search import (
     ivf_nlist,
     threads,
 )
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -118,15 +119,19 @@ class LogregModel:
     def fit(
         cls, X: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1000, seed: int = 0
     ) -> LogregModel:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
+        try:
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.preprocessing import StandardScaler
+        except ImportError as exc:
+            err = missing_extra("annotate", "annotation by logistic regression", ("sklearn",))
+            raise err from exc
 
         scaler = StandardScaler().fit(X)
         model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
         model.fit(scaler.transform(X), y)
         if list(model.classes_) != list(range(int(y.max()) + 1)):
             msg = "logistic regression needs every label code present in the reference"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return cls(
             coef=np.asarray(model.coef_, dtype=np.float64),
             intercept=np.asarray(model.intercept_, dtype=np.float64),
@@ -243,10 +248,10 @@ class ReferenceIndex:
         """
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             msg = f"queries have shape {queries.shape}; this reference has D = {self.dim}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not 1 <= k <= self.n_cells:
             msg = f"k = {k} neighbours asked from a reference of {self.n_cells} cells"
-            raise GeneptError(msg)
+            raise InputError(msg)
         with threads(n_threads):
             if self._ann is not None and not exact:
                 return self._ann.search(queries, k)
@@ -332,7 +337,7 @@ class ReferenceIndex:
 
         Raises
         ------
-        GeneptError
+        InputError
             Not an index file, another format version, or corrupted (checksum mismatch,
             unreadable data).
         """
@@ -346,14 +351,14 @@ class ReferenceIndex:
             f = h5py.File(src, "r")
         except OSError as exc:
             msg = f"{src}: not a readable reference index (corrupted, or not an HDF5 file): {exc}"
-            raise GeneptError(msg) from exc
+            raise InputError(msg) from exc
         try:
             return cls._read(f, src)
         except (OSError, KeyError, ValueError, TypeError) as exc:
-            if isinstance(exc, GeneptError):
+            if isinstance(exc, InputError):
                 raise
             msg = f"{src}: reference index is corrupted ({type(exc).__name__}: {exc})"
-            raise GeneptError(msg) from exc
+            raise InputError(msg) from exc
         finally:
             f.close()
 
@@ -362,7 +367,7 @@ class ReferenceIndex:
         fmt = f.attrs.get("format")
         if fmt != FORMAT:
             msg = f"{src}: not a genept-fast reference index (format {fmt!r})"
-            raise GeneptError(msg)
+            raise InputError(msg)
         version = int(f.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             msg = (
@@ -370,7 +375,7 @@ class ReferenceIndex:
                 f"({_version}) reads version {FORMAT_VERSION}. Rebuild it with "
                 "`genept-fast build-reference`"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         meta = json.loads(f.attrs["meta"])
         check = hashlib.blake2b(digest_size=16)
         labels = _read_dataset(f["labels"], check).astype(np.int32)
@@ -394,7 +399,7 @@ class ReferenceIndex:
                 f"{src}: reference index is corrupted (checksum {check.hexdigest()} != "
                 f"{meta['checksum']} recorded when it was saved); rebuild it"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         ann: FaissIndex | None = None
         if blob is not None:
             pos = 0
@@ -408,12 +413,12 @@ class ReferenceIndex:
             kinds: dict[str, Any] = {"hnsw": HnswIndex, "ivf": IvfIndex}
             if meta["backend"] not in kinds:
                 msg = f"{src}: unknown backend {meta['backend']!r} (corrupted?)"
-                raise GeneptError(msg)
+                raise InputError(msg)
             ann = kinds[meta["backend"]].read(read, meta["backend_params"])
         n = int(meta["n_cells"])
         if len(labels) != n or (ann is not None and ann.n_cells != n):
             msg = f"{src}: reference index is corrupted (holds a different number of cells)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         index = cls(
             label_key=meta["label_key"],
             obsm_keys=list(meta["obsm_keys"]),
@@ -534,7 +539,7 @@ def build_reference(
     keys = obsm_keys_arg(obsm_key, ["X_genept_w"])
     if backend not in BACKENDS:
         msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     chunk_size = positive_int(chunk_size, "chunk_size")
     src: Any
     if isinstance(reference, (str, os.PathLike)):
@@ -548,14 +553,14 @@ def build_reference(
         source = {"source": str(getattr(src, "where", "") or type(src).__name__).strip(": ")}
         if list(src.keys) != keys:
             msg = f"the embedding source holds {list(src.keys)}, not {keys}"
-            raise GeneptError(msg)
+            raise InputError(msg)
     try:
         names = src.obs_names()
         codes, classes = label_codes(src.obs_column(label_key), label_key, names)
         n, dim = src.n_cells, int(sum(src.dims))
         if n == 0:
             msg = "the reference has no cells"
-            raise GeneptError(msg)
+            raise InputError(msg)
         chosen = backend if backend != "auto" else ("exact" if n <= EXACT_MAX_CELLS else "ivf")
         fp = hashlib.blake2b(digest_size=16)
         fp.update(json.dumps([FORMAT_VERSION, keys, src.dims, label_key, classes]).encode())

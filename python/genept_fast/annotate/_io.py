@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast import kernels
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 from genept_fast.stream.sources import (
     _attr,
     _is_group,
@@ -46,10 +46,10 @@ __all__ = [
 
 
 def positive_int(value: Any, name: str) -> int:
-    """``value`` as an int, or a GeneptError naming ``name`` unless it is a positive integer."""
+    """``value`` as an int, or a InputError naming ``name`` unless it is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         msg = f"{name} must be a positive integer, got {value!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return int(value)
 
 
@@ -63,10 +63,10 @@ def obsm_keys_arg(obsm_key: str | Sequence[str] | None, default: Sequence[str]) 
         keys = [str(k) for k in obsm_key]
     if not keys:
         msg = "obsm_key names no embedding"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if len(set(keys)) != len(keys):
         msg = f"obsm_key lists a key twice: {keys}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return keys
 
 
@@ -88,7 +88,7 @@ def combine(
         arr = np.asarray(part)
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             msg = f"{where}obsm[{key!r}] has non-numeric dtype {arr.dtype}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         bad = ~np.isfinite(arr)
         if bad.any():
             r, c = (int(v[0]) for v in np.nonzero(bad))
@@ -96,7 +96,7 @@ def combine(
                 f"{where}obsm[{key!r}] has {int(bad.sum())} NaN or infinite values in rows "
                 f"{start}:{start + arr.shape[0]}, the first at cell {start + r}, dimension {c}"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         out.append(kernels.l2_normalize(arr, n_threads=n_threads))
     if len(out) == 1:
         return out[0]
@@ -118,7 +118,7 @@ def label_codes(
             f"empty), the first at cell {first} ({cell_names[first]!r}); drop those cells "
             "or label them"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     text = series.astype(str).to_numpy()
     classes, codes = np.unique(text, return_inverse=True)
     if len(classes) < 2:
@@ -127,7 +127,7 @@ def label_codes(
             f"reference obs[{label_key!r}] has {len(classes)} label{only}; transferring labels "
             "needs at least 2"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     return codes.astype(np.int32), [str(c) for c in classes]
 
 
@@ -163,13 +163,13 @@ class AnnDataEmbeddings:
         for key in self.keys:
             if key not in adata.obsm:
                 msg = f"{what}obsm has no key {key!r}; available: {sorted(adata.obsm)}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             M: Any = adata.obsm[key]
             if hasattr(M, "to_numpy"):
                 M = M.to_numpy()
             if len(getattr(M, "shape", ())) != 2:
                 msg = f"{what}obsm[{key!r}] must be 2-D (cells × dimensions), got {M!r:.60}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             self._mats.append(M)
         self.n_cells = int(adata.n_obs)
         self.dims = [int(M.shape[1]) for M in self._mats]
@@ -180,7 +180,7 @@ class AnnDataEmbeddings:
     def obs_column(self, name: str) -> np.ndarray:
         if name not in self._obs:
             msg = f"{self.where}obs has no column {name!r}; available: {list(self._obs.columns)}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return np.asarray(self._obs[name].to_numpy(), dtype=object)
 
     def obs_names(self) -> list[str]:
@@ -230,7 +230,7 @@ class EmbeddingSource:
         self.flat = "obsm" not in root and "obs_names" in root
         if not self.flat and "obs" not in root:
             msg = f"{self.path}: has no obs group; is it an AnnData file?"
-            raise GeneptError(msg)
+            raise InputError(msg)
         group = root if self.flat else root.get("obsm")
         have = sorted(k for k in (group.keys() if group is not None else []) if k != "obs_names")
         self._arrays = []
@@ -238,17 +238,17 @@ class EmbeddingSource:
             if group is None or key not in group:
                 where = "arrays" if self.flat else "obsm keys"
                 msg = f"{self.path}: has no embedding {key!r}; {where}: {have or 'none'}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             arr = group[key]
             if _is_group(arr) or len(arr.shape) != 2:
                 enc = _attr(arr, "encoding-type") if _is_group(arr) else arr.shape
                 msg = f"{self.path}: obsm[{key!r}] is not a dense 2-D array ({enc})"
-                raise GeneptError(msg)
+                raise InputError(msg)
             self._arrays.append(arr)
         n = {int(a.shape[0]) for a in self._arrays}
         if len(n) != 1:
             msg = f"{self.path}: embeddings {self.keys} have different numbers of rows {sorted(n)}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.n_cells = n.pop()
         self.dims = [int(a.shape[1]) for a in self._arrays]
         self.params = {k: self._params(k) for k in self.keys}
@@ -286,7 +286,7 @@ class EmbeddingSource:
             return read_elem(self._root["obs"])
         except Exception as e:
             msg = f"{self.path}: cannot read obs (truncated or corrupt?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
 
     def obs_column(self, name: str) -> np.ndarray:
         """One ``obs`` column, read on its own."""
@@ -298,12 +298,12 @@ class EmbeddingSource:
                 [] if obs is None else [c for c in obs if c != (_attr(obs, "_index") or "_index")]
             )
             msg = f"{self.path}: obs has no column {name!r}; available: {have}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         try:
             values = read_elem(obs[name])
         except Exception as e:
             msg = f"{self.path}: cannot read obs[{name!r}] (truncated or corrupt?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
         return np.asarray(values, dtype=object)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -316,7 +316,7 @@ class EmbeddingSource:
             msg = (
                 f"{self.path}: cannot read rows {a}:{b} of {self.keys} (truncated or corrupt?): {e}"
             )
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
 
     def close(self) -> None:
         root, self._root = getattr(self, "_root", None), None

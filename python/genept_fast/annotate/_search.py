@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast import kernels
-from genept_fast._core import GeneptError
+from genept_fast._extras import missing_extra
 from genept_fast.annotate._io import positive_int
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -60,8 +61,7 @@ IVF_DEFAULTS: dict[str, int] = {"nprobe": 32}
 @contextlib.contextmanager
 def threads(n_threads: int | None) -> Iterator[int]:
     """Cap numpy's BLAS (and faiss's OpenMP, when loaded) at ``n_threads`` for a block of work."""
-    from threadpoolctl import threadpool_limits
-
+    threadpool_limits = _threadpool_limits()
     n = kernels.resolved_threads(n_threads)
     faiss = _faiss_if_loaded()
     before = faiss.omp_get_max_threads() if faiss is not None else None
@@ -84,10 +84,19 @@ def _faiss_if_loaded() -> Any:
 def _import_faiss() -> Any:
     try:
         import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        msg = "approximate search needs the faiss-cpu package (pip install faiss-cpu)"
-        raise GeneptError(msg) from exc
+    except ImportError as exc:
+        err = missing_extra("annotate", "approximate search", ("faiss",))
+        raise err from exc
     return faiss
+
+
+def _threadpool_limits() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        err = missing_extra("annotate", "cell-type annotation", ("threadpoolctl",))
+        raise err from exc
+    return threadpool_limits
 
 
 def faiss_version() -> str:
@@ -146,12 +155,12 @@ def exact_search(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
+    threadpool_limits = _threadpool_limits()
 
     if callable(reference):
         if n_reference is None:
             msg = "exact_search with a block reader needs n_reference"
-            raise GeneptError(msg)
+            raise InputError(msg)
         read = reference
         n_ref = int(n_reference)
     else:
@@ -165,7 +174,7 @@ def exact_search(
     k = int(k)
     if not 1 <= k <= max(n_ref, 1) or n_ref == 0:
         msg = f"k = {k} neighbours asked from a reference of {n_ref} cells"
-        raise GeneptError(msg)
+        raise InputError(msg)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     bounds = [(a, min(a + QUERY_CHUNK, n_q)) for a in range(0, n_q, QUERY_CHUNK)]
     if block_rows is None:
@@ -233,7 +242,7 @@ class FaissIndex:
         n = self.n_cells
         if not 1 <= k <= n:
             msg = f"k = {k} neighbours asked from a reference of {n} cells"
-            raise GeneptError(msg)
+            raise InputError(msg)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         sim, idx = self._index.search(q, int(k), params=self._search_params(int(k)))
         if (idx < 0).any():
@@ -264,12 +273,12 @@ class FaissIndex:
             index = faiss.read_index(faiss.PyCallbackIOReader(read))
         except RuntimeError as exc:
             msg = f"the faiss index cannot be read (corrupted?): {str(exc).splitlines()[0]}"
-            raise GeneptError(msg) from exc
+            raise InputError(msg) from exc
         if not isinstance(index, expected):
             msg = (
                 f"the stored faiss index is a {type(index).__name__}, expected {expected.__name__}"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         return index
 
 
@@ -316,7 +325,7 @@ class IvfIndex(FaissIndex):
         """k-means on ``sample`` (float32 unit rows; at least ``nlist`` of them)."""
         if len(sample) < self.nlist:
             msg = f"{len(sample)} training vectors for {self.nlist} lists"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self._index.cp.seed = 0
         self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from genept_fast._core import GeneptError
 from genept_fast.annotate._index import CHUNK_CELLS, FORMAT, ReferenceIndex, build_reference
 from genept_fast.annotate._io import (
     AnnDataEmbeddings,
@@ -37,6 +36,7 @@ from genept_fast.annotate._io import (
     positive_int,
 )
 from genept_fast.annotate._search import threads
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -112,14 +112,14 @@ class Predictions:
 def _check_method(method: str, weights: str, k: int, min_confidence: float | None) -> None:
     if method not in ("knn", "logreg"):
         msg = f"method must be 'knn' or 'logreg', got {method!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if weights not in ("distance", "uniform"):
         msg = f"weights must be 'distance' or 'uniform', got {weights!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     positive_int(k, "k")
     if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
         msg = f"min_confidence must be between 0 and 1, got {min_confidence!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
 
 
 def check_compatible(
@@ -130,14 +130,14 @@ def check_compatible(
     """The query holds the reference's embeddings, with the same dimensions and models."""
     if list(keys) != index.obsm_keys:
         msg = f"the reference holds obsm {index.obsm_keys}, the query {list(keys)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     for key, dq, dr in zip(keys, src.dims, index.dims, strict=True):
         if dq != dr:
             msg = (
                 f"{src.where}obsm[{key!r}] has {dq} dimensions but the reference's has {dr}: "
                 "query and reference must be embedded by the same model"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
     ref_params = index.provenance.get("embeddings", {})
     for key in keys:
         q, r = src.params.get(key, {}), ref_params.get(key, {})
@@ -147,7 +147,7 @@ def check_compatible(
                     f"obsm[{key!r}]: the query's {field} is {q[field]!r} but the reference's is "
                     f"{r[field]!r}; embed both the same way"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
 
 
 def predict(
@@ -166,7 +166,7 @@ def predict(
     out = Predictions(src.n_cells)
     if method == "knn" and k > index.n_cells:
         msg = f"k = {k} but the reference has only {index.n_cells} cells"
-        raise GeneptError(msg)
+        raise InputError(msg)
     model = index.logreg
     if method == "logreg" and model is None:
         with threads(n_threads):
@@ -285,18 +285,18 @@ def as_index(
                 f"the reference index holds labels from obs[{reference.label_key!r}], not "
                 f"{label_key!r}"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         keys = obsm_keys_arg(obsm_key, reference.obsm_keys)
         if keys != reference.obsm_keys:
             msg = (
                 f"the reference index was built on obsm {reference.obsm_keys}; the query asks "
                 f"for {keys} (give the same keys, in the same order)"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         return reference, keys
     if label_key is None:
         msg = "label_key is required when the reference is an AnnData or an .h5ad/.zarr file"
-        raise GeneptError(msg)
+        raise InputError(msg)
     keys = obsm_keys_arg(obsm_key, ["X_genept_w"])
     index = build_reference(
         reference,

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
 from genept_fast._inputs import require_anndata
 from genept_fast._outputs import add_overwrite_argument, check_output, is_own_store
 from genept_fast.commands import int_range, probability
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import argparse
@@ -95,7 +95,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_output(args.output, overwrite=args.overwrite, inputs=[args.query, args.reference])
     if args.output.suffix.lower() not in OUTPUT_FORMATS:
         msg = f"output {args.output}: use one of {', '.join(OUTPUT_FORMATS)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     clash = [c for c in (key, f"{key}_confidence") if c in obs.columns]
     if clash:
         msg = f"the query's obs already has {clash}; choose another --key-added"
-        raise GeneptError(msg)
+        raise InputError(msg)
     obs[key] = cats
     obs[f"{key}_confidence"] = pred.confidence
     _write(args.output, obs, key, uns, jsonable(uns))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from genept_fast._inputs import require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast.commands import int_range, positive_float
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import argparse
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dry_run and args.output is None:
         msg = "give an output file with -o/--output (or use --dry-run)"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if not args.texts.is_file() and not args.texts.is_dir():
         msg = f"no such file: {args.texts}"
         raise FileNotFoundError(msg)
@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         texts_df = pl.read_parquet(args.texts)
     except Exception as exc:
         msg = f"{args.texts} is not a readable parquet file: {exc}"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
     if "text" not in texts_df.columns or "gene" not in texts_df.columns:
         msg = f"{args.texts} needs columns 'gene' and 'text', has {texts_df.columns}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     embedder = get_embedder(
         args.embedder,
         base_url=args.base_url,

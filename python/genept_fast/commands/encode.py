@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._core import GeneptError
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument
 from genept_fast.commands import int_range
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,10 +123,10 @@ def read_var(path: str | Path, *, use_raw: bool = False) -> pd.DataFrame:
             return ad.io.read_elem(f[key])
     except KeyError as exc:
         msg = f"{p}: no {key} group (is it an AnnData file?)"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
     except OSError as exc:
         msg = f"{p}: cannot read ({exc})"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
 
 
 def has_raw(path: str | Path) -> bool:
@@ -144,7 +144,7 @@ def has_raw(path: str | Path) -> bool:
             return "raw/X" in f
     except (OSError, KeyError) as exc:
         msg = f"{p}: cannot read ({exc})"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
 
 
 def _gene_symbols(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -255,20 +255,20 @@ def _check_args(args: argparse.Namespace) -> None:
         raise FileNotFoundError(msg)
     if args.chunk_size < 1:
         msg = f"--chunk-size must be at least 1, got {args.chunk_size}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.top_n is not None and args.top_n < 1:
         msg = f"--top-n must be at least 1, got {args.top_n}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.max_input_tokens is not None and args.max_input_tokens < 1:
         msg = f"--max-input-tokens must be at least 1, got {args.max_input_tokens}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.layer is not None and args.use_raw:
         msg = "give either --layer or --use-raw, not both"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.method == "w":
         if not args.genes:
             msg = "--method w needs --genes TABLE (make one with `genept-fast embed-genes`)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not Path(args.genes).exists():
             msg = f"--genes table not found: {args.genes}"
             raise FileNotFoundError(msg)
@@ -290,7 +290,7 @@ def _check_args(args: argparse.Namespace) -> None:
             unused.append("--preprocess")
     if unused:
         msg = f"{', '.join(unused)} do(es) not apply to --method {args.method}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.key is not None:
         check_key(args.key)
     require_anndata(args.input)
@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
                 what=str(args.input),
             )
             msg = f"{why} ({args.genes}, model {table.model_id})"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if args.dry_run:
             return 0
         rows, compact_index = compact_table(table.matrix, gene_index)
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not enc.builder.usable.any():
             msg = f"no gene of {args.input} has a symbol ({symbol_source}); check --gene-key"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if args.dry_run or emb.is_paid:
             est = _estimate(args, enc)
             print(f"GenePT-s with {emb.model_id} on {matrix}: {est}", file=sys.stderr)

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast.commands import int_range, probability
+from genept_fast.errors import InputError
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name
 
@@ -147,7 +147,7 @@ def _read_for_evaluation(path: Path) -> AnnData:
                 root.close()
     except (OSError, KeyError, ValueError) as exc:
         msg = f"cannot read obs/obsm of {path} (truncated or corrupt?): {exc}"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
     return ad.AnnData(obs=obs, obsm=obsm)
 
 
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     adata = _read_for_evaluation(path)
     if adata.n_obs == 0:
         msg = f"{path} has no cells to evaluate"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if not args.no_plots and args.obsm is None:  # now the default keys (and figures) are known
         from genept_fast.eval._cells import _default_obsm_keys
 
@@ -220,7 +220,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         require_anndata(ref)
     if args.batch is not None:
         msg = "--batch does not apply with --reference"
-        raise GeneptError(msg)
+        raise InputError(msg)
     entries: list[str | list[str]] | None = None
     if args.obsm:
         entries = list(args.obsm)
@@ -228,7 +228,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             entries.append(list(args.obsm))
     elif args.ensemble:
         msg = "--ensemble needs two or more --obsm keys"
-        raise GeneptError(msg)
+        raise InputError(msg)
     # The figures' names depend on what is scored; the report files are checked now, and
     # write_report_files checks every name again before it writes.
     check_output(

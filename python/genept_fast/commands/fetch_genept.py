@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast.commands import int_range, positive_float
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import argparse
@@ -133,7 +133,7 @@ def download_release(
     if size is not None and got != size:
         part.unlink(missing_ok=True)
         msg = f"{url}: got {got:,} bytes, expected {size:,}; nothing was installed"
-        raise GeneptError(msg)
+        raise InputError(msg)
     digest = _md5(part)
     if md5 is not None and digest != md5.lower():
         part.unlink(missing_ok=True)
@@ -142,7 +142,7 @@ def download_release(
             "and nothing was installed. A mirror (--url) must serve the same release, or give "
             "its checksum with --md5"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     part.replace(final)
     return final
 
@@ -153,7 +153,7 @@ def _member(zf: zipfile.ZipFile, name: str, where: Path) -> str:
         listing = ", ".join(m for m in zf.namelist() if not m.endswith("/"))[:400]
         how = "no" if not found else "more than one"
         msg = f"{where} has {how} {name} (it holds: {listing})"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return found[0]
 
 
@@ -166,10 +166,10 @@ def _texts(zf: zipfile.ZipFile, member: str, variant: Variant, where: Path) -> p
         data = json.loads(zf.read(member).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         msg = f"{where}:{member} is not JSON: {exc}"
-        raise GeneptError(msg) from None
+        raise InputError(msg) from None
     if not isinstance(data, dict):
         msg = f"{where}:{member}: expected a JSON object gene → text"
-        raise GeneptError(msg)
+        raise InputError(msg)
     now = dt.datetime.now(dt.timezone.utc)
     genes, texts, sources = [], [], []
     for gene, text in data.items():
@@ -232,17 +232,17 @@ def fetch_genept(
 
     if which not in VARIANTS:
         msg = f"which must be one of {sorted(VARIANTS)}, got {which!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     out = Path(output)
     texts_out = Path(texts) if texts is not None else None
     check_output(out, overwrite=overwrite)
     if out.suffix.lower() != ".parquet":
         msg = f"{out}: the table is written as .parquet"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if texts_out is not None:
         if texts_out.resolve() == out.resolve():
             msg = "--texts and -o name the same file"
-            raise GeneptError(msg)
+            raise InputError(msg)
         check_output(texts_out, overwrite=overwrite)
     folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "genept"
     zip_path = download_release(
@@ -260,7 +260,7 @@ def fetch_genept(
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
         msg = f"{zip_path} is not a zip file: {exc}"
-        raise GeneptError(msg) from None
+        raise InputError(msg) from None
     with zf:
         member = _member(zf, variant.pickle, zip_path)
         meta = {
@@ -325,25 +325,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from genept_fast._http import HttpError
-
-    try:
-        table = fetch_genept(
-            args.output,
-            which=args.which,
-            texts=args.texts,
-            url=args.url,
-            size=args.size if args.size and args.size > 0 else None,
-            md5=args.md5 or None,
-            cache_dir=args.cache_dir,
-            overwrite=args.overwrite,
-            timeout=args.timeout,
-            max_retries=args.retries,
-            progress=not args.quiet and sys.stderr.isatty(),
-        )
-    except (HttpError, ConnectionError) as exc:
-        print(f"genept-fast fetch-genept: error: {exc}", file=sys.stderr)
-        return 1
+    table = fetch_genept(
+        args.output,
+        which=args.which,
+        texts=args.texts,
+        url=args.url,
+        size=args.size if args.size and args.size > 0 else None,
+        md5=args.md5 or None,
+        cache_dir=args.cache_dir,
+        overwrite=args.overwrite,
+        timeout=args.timeout,
+        max_retries=args.retries,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
     if not args.quiet:
         print(f"wrote {args.output}: {table}")
         if args.texts is not None:

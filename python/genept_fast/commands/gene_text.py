@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import GeneptError
 from genept_fast._inputs import check_claim, conversion_hint, require_table, sniff
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast.commands import int_range, positive_float
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -58,7 +58,7 @@ def _genes_from_text(path: Path, compressed: bool) -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         msg = f"{path} is not UTF-8 text (byte {exc.start}); a gene list has one gene per line"
-        raise GeneptError(msg) from None
+        raise InputError(msg) from None
     genes: list[str] = []
     for number, line in enumerate(lines, start=1):
         gene = line.split("\t")[0].split(",")[0].strip().strip("\"'")
@@ -72,7 +72,7 @@ def _genes_from_text(path: Path, compressed: bool) -> list[str]:
                 f"{path}, line {number}: {shown!r} is not a gene identifier; a gene list has"
                 " one gene per line (the first tab- or comma-separated field)"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         genes.append(gene)
     return genes
 
@@ -83,7 +83,7 @@ def read_gene_list(spec: str) -> list[str]:
     A file is checked for what it is first: an ``.h5ad`` / ``.zarr`` gives its ``var_names``; a
     text file (gzip-compressed too) one gene per line, each of which must look like a gene
     identifier; anything else (a 10x ``.h5``, a ``.loom``, a ``.mtx``, a folder, a binary
-    file) is refused with a one-line :class:`GeneptError` naming it.
+    file) is refused with a one-line :class:`~genept_fast.errors.InputError` naming it.
     """
     path = Path(spec)
     if path.exists():
@@ -101,7 +101,7 @@ def read_gene_list(spec: str) -> list[str]:
             f"{path} is {found.what}, not a gene list (a text file, one gene per line) nor"
             " AnnData (.h5ad/.zarr)" + (f"; {hint}" if hint else "")
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     if path.suffix.lower() in (".h5ad", ".zarr"):
         msg = f"no such file: {path}"
         raise FileNotFoundError(msg)
@@ -115,7 +115,7 @@ def read_gene_list(spec: str) -> list[str]:
             f"{bad[0]!r} is not a gene identifier nor an existing file; GENES is comma-separated"
             " genes, a text file or an .h5ad"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     return genes
 
 
@@ -193,16 +193,15 @@ def run(args: argparse.Namespace) -> int:
 
     import polars as pl
 
-    from genept_fast._http import HttpError
     from genept_fast.genes.text import gene_texts, write_texts
 
     genes = read_gene_list(args.genes)
     if not genes:
         msg = f"no genes in {args.genes!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.source == "file" and not args.file:
         msg = "--source file needs --file TABLE"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if args.file:
         require_table(
             args.file,
@@ -241,20 +240,19 @@ def run(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
         "max_retries": args.retries,
     }
-    try:
+    try:  # a service failure goes up to the CLI (exit 3)
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
+            warnings.simplefilter("always", UserWarning)  # said on every run, not once
             df = gene_texts(genes, **options)
-    except (HttpError, ConnectionError) as exc:
-        print(f"genept-fast gene-text: error: {exc}", file=sys.stderr)
-        return 1
     except (pl.exceptions.PolarsError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         if not args.file:
             raise
         msg = f"--file {args.file}: cannot read it as a table ({' '.join(str(exc).split())})"
-        raise GeneptError(msg) from exc
-    for w in caught:  # the NCBI fallback says so, on stderr, without a traceback
-        print(f"genept-fast gene-text: {w.message}", file=sys.stderr)
+        raise InputError(msg) from exc
+    for w in caught:  # the NCBI fallback says so, on stderr, in one line
+        print(
+            f"genept-fast gene-text: warning: {' '.join(str(w.message).split())}", file=sys.stderr
+        )
     meta = {"genept_fast.text_source": args.source}
     if args.source == "llm":
         meta["genept_fast.llm_model"] = args.model

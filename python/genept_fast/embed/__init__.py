@@ -18,10 +18,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from genept_fast.embed.base import Embedder, TruncationWarning
-from genept_fast.embed.batch import BatchJobError
 from genept_fast.embed.cache import EmbeddingCache, default_cache_dir
 from genept_fast.embed.cost import PRICE_PER_MILLION_TOKENS, CostEstimate
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import BatchJobError, InputError
 
 if TYPE_CHECKING:
     import os
@@ -68,8 +67,8 @@ def get_embedder(
     dimensions
         Output dimension for models that support shortening (text-embedding-3-*).
     cache_dir
-        Cache directory (default ``$GENEPT_FAST_CACHE_DIR`` or
-        ``~/.cache/genept-fast/embeddings``).
+        Cache folder (default: :func:`genept_fast.cache.default_cache_dir`,
+        ``$GENEPT_FAST_CACHE_DIR`` or ``~/.cache/genept-fast``).
     use_cache
         Read and write the on-disk cache.
     batch_size
@@ -94,29 +93,29 @@ def get_embedder(
     """
     if not isinstance(spec, str) or not spec.strip():
         msg = "embedder spec must be 'local', 'openai:<model>' or 'sentence-transformers:<model>'"
-        raise GeneptError(msg)
+        raise InputError(msg)
     provider, _, name = spec.strip().partition(":")
     provider = provider.lower()
     cache = EmbeddingCache(cache_dir) if use_cache else None
     if provider != "openai" and (base_url is not None or dimensions is not None):
         msg = f"base_url and dimensions apply to 'openai:' embedders, not {spec!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if provider != "openai" and use_batch:
         msg = f"the Batch API (use_batch) applies to 'openai:' embedders, not {spec!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if provider == "local":
         from genept_fast.embed.local import LOCAL_MODEL_NAME, LocalEmbedder
 
         if name and name != LOCAL_MODEL_NAME:
             msg = f"unknown local model {name!r}; the local embedder is {LOCAL_MODEL_NAME!r}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return LocalEmbedder(cache=cache, batch_size=batch_size, n_threads=n_threads)
     if provider == "openai":
         from genept_fast.embed.openai_api import OpenAIEmbedder
 
         if not name:
             msg = "name the model: 'openai:text-embedding-3-small' (or -3-large, ada-002)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return OpenAIEmbedder(
             name,
             base_url=base_url,
@@ -140,4 +139,4 @@ def get_embedder(
         f"unknown embedder {spec!r}: use 'local', 'openai:<model>' or"
         " 'sentence-transformers:<name-or-path>'"
     )
-    raise GeneptError(msg)
+    raise InputError(msg)

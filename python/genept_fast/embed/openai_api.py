@@ -41,7 +41,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
+from genept_fast._http import is_openai_error, openai_error
+from genept_fast.cache import default_cache_dir
 from genept_fast.embed.base import Embedder
+from genept_fast.embed.batch import run_batch_job
 from genept_fast.embed.cost import (
     BATCH_COMPLETION_WINDOW_S,
     BATCH_PRICE_FACTOR,
@@ -50,7 +53,7 @@ from genept_fast.embed.cost import (
     price_per_million,
 )
 from genept_fast.embed.tokens import get_token_counter
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import InputError, MalformedResponseError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -151,7 +154,7 @@ class OpenAIEmbedder(Embedder):
         super().__init__(cache=cache)
         if not model:
             msg = "an OpenAI embedding model name is required, e.g. 'openai:text-embedding-3-small'"
-            raise GeneptError(msg)
+            raise InputError(msg)
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.model = model
         self.base_url = base_url
@@ -160,35 +163,35 @@ class OpenAIEmbedder(Embedder):
         if dimensions is not None:
             if int(dimensions) < 1:
                 msg = f"dimensions must be positive, got {dimensions}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             if self.official and model == "text-embedding-ada-002":
                 msg = "text-embedding-ada-002 does not support 'dimensions'"
-                raise GeneptError(msg)
+                raise InputError(msg)
             top = _SHORTENABLE.get(model)
             if self.official and top is not None and dimensions > top:
                 msg = f"{model} supports at most {top} dimensions, got {dimensions}"
-                raise GeneptError(msg)
+                raise InputError(msg)
         self.dimensions = None if dimensions is None else int(dimensions)
         self.dimension = self.dimensions or NATIVE_DIMENSIONS.get(model)
         if encoding_format is None:
             encoding_format = "base64" if self.official else "float"
         if encoding_format not in ("float", "base64"):
             msg = f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.encoding_format = encoding_format
         default_batch = 2048 if self.official else 32
         self.batch_size = int(batch_size or default_batch)
         if not 1 <= self.batch_size <= 2048:
             msg = f"batch_size must be between 1 and 2048, got {self.batch_size}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.max_tokens_per_request = int(max_tokens_per_request)
         if min(max_tokens_per_request, max_input_tokens) < 1:
             msg = "max_tokens_per_request and max_input_tokens must be positive"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.max_input_tokens = min(int(max_input_tokens), self.max_tokens_per_request)
         if max_concurrency < 1:
             msg = f"max_concurrency must be at least 1, got {max_concurrency}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.max_concurrency = int(max_concurrency)
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
@@ -201,12 +204,10 @@ class OpenAIEmbedder(Embedder):
         self.use_batch = bool(use_batch)
         if batch_poll_interval < 0:
             msg = f"batch_poll_interval must not be negative, got {batch_poll_interval}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.batch_poll_interval = float(batch_poll_interval)
         self.batch_max_wait = None if batch_max_wait is None else float(batch_max_wait)
         if batch_state_dir is None:
-            from genept_fast.embed.cache import default_cache_dir
-
             base = cache.directory if cache is not None else default_cache_dir()
             batch_state_dir = base / "batches"
         self.batch_state_dir = Path(batch_state_dir).expanduser()
@@ -242,10 +243,10 @@ class OpenAIEmbedder(Embedder):
         return self._counter.exact
 
     def __repr__(self) -> str:
-        where = "OpenAI" if self.official else _server_label(self.base_url or "")
         return (
-            f"OpenAIEmbedder(model={self.model!r}, server={where!r}, dimension={self.dimension},"
-            f" batch_size={self.batch_size}, max_concurrency={self.max_concurrency}"
+            f"OpenAIEmbedder(model={self.model!r}, server={self.where!r},"
+            f" dimension={self.dimension}, batch_size={self.batch_size},"
+            f" max_concurrency={self.max_concurrency}"
             + (", use_batch=True)" if self.use_batch else ")")
         )
 
@@ -273,8 +274,9 @@ class OpenAIEmbedder(Embedder):
         est = super().estimate(texts, token_counts=token_counts)
         return dataclasses.replace(est, batch=True) if self.use_batch else est
 
-    def _pack(self, bounds: Sequence[int]) -> list[list[int]]:
-        """Positions grouped into requests within the item and token limits."""
+    def pack(self, bounds: Sequence[int]) -> list[list[int]]:
+        """Positions (of texts with these token ``bounds``) grouped into requests within the
+        item and token limits."""
         batches: list[list[int]] = []
         cur: list[int] = []
         cur_tokens = 0
@@ -291,7 +293,7 @@ class OpenAIEmbedder(Embedder):
         return batches
 
     def _plan(self, token_counts: list[int]) -> tuple[int, float]:
-        n_requests = len(self._pack(token_counts))
+        n_requests = len(self.pack(token_counts))
         if self.use_batch:
             # The Batch API promises results within its completion window, not sooner.
             return n_requests, float(BATCH_COMPLETION_WINDOW_S) if n_requests else 0.0
@@ -300,7 +302,8 @@ class OpenAIEmbedder(Embedder):
         return n_requests, max(by_latency, by_rate)
 
     # -- the client ----------------------------------------------------------------------------
-    def _client(self) -> Any:
+    def client(self) -> Any:
+        """The ``openai.OpenAI`` client of this server (made on first use; needs the key)."""
         with self._client_lock:
             if self._client_obj is None:
                 import openai
@@ -311,7 +314,7 @@ class OpenAIEmbedder(Embedder):
                         "no OpenAI API key: set OPENAI_API_KEY or pass api_key"
                         " (use --dry-run to estimate the cost without one)"
                     )
-                    raise GeneptError(msg)
+                    raise InputError(msg)
                 self._api_key = key
                 self._client_obj = openai.OpenAI(
                     api_key=key or _NO_KEY,
@@ -321,21 +324,38 @@ class OpenAIEmbedder(Embedder):
                 )
             return self._client_obj
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """``text`` with the API key masked."""
         key = self._api_key or os.environ.get("OPENAI_API_KEY")
         if key:
             text = text.replace(key, "***")
         return text
 
-    def _where(self) -> str:
+    @property
+    def where(self) -> str:
+        """The server, for messages: ``"OpenAI"`` or host, port and path."""
         return "OpenAI" if self.official else _server_label(self.base_url or "")
 
-    # -- requests ------------------------------------------------------------------------------
-    def _request(self, batch: list[str]) -> np.ndarray:
-        """One embeddings request (retried by the client; malformed 200s retried here)."""
-        import openai
+    def service_error(self, exc: BaseException, action: str | None = None) -> BaseException:
+        """The :class:`~genept_fast.errors.ServiceError` for an ``openai`` exception of a call
+        to this server (other exceptions are returned as they are)."""
+        if not is_openai_error(exc):
+            return exc
+        key = self._api_key or os.environ.get("OPENAI_API_KEY")
+        return openai_error(
+            exc,
+            where=self.where,
+            action=action,
+            timeout=self.timeout,
+            retries=self.max_retries,
+            secrets=[key],
+        )
 
-        client = self._client()
+    # -- requests ------------------------------------------------------------------------------
+    def request(self, batch: list[str]) -> np.ndarray:
+        """One embeddings request for ``batch`` (retried by the client; malformed 200s retried
+        here); its vectors, checked, in input order."""
+        client = self.client()
         kwargs: dict[str, Any] = {
             "model": self.model,
             "input": batch,
@@ -345,50 +365,18 @@ class OpenAIEmbedder(Embedder):
             kwargs["dimensions"] = self.dimensions
         failure = ""
         for attempt in range(self.max_retries + 1):
-            failure = ""
             try:
                 raw = client.embeddings.with_raw_response.create(**kwargs)
                 body = raw.http_response.content
-            except openai.APIStatusError as exc:
-                failure = self._status_message(exc)
-            except openai.APITimeoutError:
-                failure = (
-                    f"{self._where()} did not answer within {self.timeout:g} s"
-                    f" ({self.max_retries} retries)"
-                )
-            except openai.APIConnectionError as exc:
-                reason = self._scrub(str(exc.__cause__ or exc))
-                failure = f"cannot reach {self._where()}: {reason}"
-            if failure:
-                break
+            except Exception as exc:
+                raise self.service_error(exc) from None
             try:
                 return self._parse(body, len(batch))
             except _Malformed as exc:
-                failure = f"{self._where()} sent a malformed response: {exc}"
+                failure = f"{self.where} sent a malformed response: {exc}"
                 if attempt < self.max_retries:
                     time.sleep(min(0.5 * 2**attempt, 8.0))
-        raise GeneptError(failure)
-
-    def _status_message(self, exc: Any) -> str:
-        message = ""
-        try:
-            payload = exc.response.json()
-            err = payload.get("error") if isinstance(payload, dict) else None
-            if isinstance(err, dict):
-                message = str(err.get("message") or "")
-            elif isinstance(err, str):
-                message = err
-        except Exception:
-            message = ""
-        if not message:
-            message = exc.response.reason_phrase or "error"
-        status = exc.status_code
-        hint = ""
-        if status == 401:
-            hint = " (check OPENAI_API_KEY)"
-        elif status == 429 or status >= 500:
-            hint = f" after {self.max_retries} retries"
-        return f"{self._where()} answered {status}{hint}: {self._scrub(message)}"
+        raise MalformedResponseError(failure, service=self.where)
 
     def _parse(self, body: bytes, n: int) -> np.ndarray:
         try:
@@ -397,6 +385,15 @@ class OpenAIEmbedder(Embedder):
             msg = f"not JSON ({exc.msg})"
             raise _Malformed(msg) from None
         return self._parse_payload(payload, n)
+
+    def parse_vectors(self, payload: Any, n: int) -> np.ndarray:
+        """The ``n`` vectors of a decoded embeddings response body (an ``/embeddings`` answer
+        or a Batch API result line's body), checked; a
+        :class:`~genept_fast.errors.MalformedResponseError` says what is wrong with it."""
+        try:
+            return self._parse_payload(payload, n)
+        except _Malformed as exc:
+            raise MalformedResponseError(str(exc), service=self.where) from None
 
     def _parse_payload(self, payload: Any, n: int) -> np.ndarray:
         """The ``n`` vectors of a decoded embeddings response body (checked)."""
@@ -442,10 +439,10 @@ class OpenAIEmbedder(Embedder):
         if len(lengths) != 1 or (expected is not None and lengths != {expected}):
             got = ", ".join(str(x) for x in sorted(lengths))
             want = f"{expected}" if expected is not None else "one length for all"
-            msg = f"{self._where()} returned vectors of dimension {got}, expected {want}" + (
+            msg = f"{self.where} returned vectors of dimension {got}, expected {want}" + (
                 f" (dimensions={self.dimensions} requested)" if self.dimensions else ""
             )
-            raise GeneptError(msg)
+            raise MalformedResponseError(msg, service=self.where)
         if not all(np.isfinite(r).all() for r in rows if r is not None):
             msg = "an embedding contains NaN or infinity"
             raise _Malformed(msg)
@@ -496,8 +493,6 @@ class OpenAIEmbedder(Embedder):
                 sent[i], _ = self._counter.truncate(texts[i], limit)
                 bounds[i] = self._counter.bound(sent[i])
         if self.use_batch:
-            from genept_fast.embed.batch import run_batch_job
-
             run_batch_job(
                 self,
                 texts,
@@ -509,8 +504,8 @@ class OpenAIEmbedder(Embedder):
                 max_wait=self.batch_max_wait,
             )
             return
-        batches = self._pack(bounds)
-        self._client()  # fail on a missing key before starting threads
+        batches = self.pack(bounds)
+        self.client()  # fail on a missing key before starting threads
         pool = ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix="genept-embed"
         )
@@ -521,7 +516,7 @@ class OpenAIEmbedder(Embedder):
         def submit_next() -> None:
             positions = next(queue, None)
             if positions is not None:
-                fut = pool.submit(self._request, [sent[p] for p in positions])
+                fut = pool.submit(self.request, [sent[p] for p in positions])
                 pending[fut] = positions
 
         try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast.embed.base import Embedder
-from genept_fast.kernels import GeneptError
+from genept_fast.errors import InputError, MissingDependencyError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,12 +51,12 @@ class SentenceTransformerEmbedder(Embedder):
             msg = (
                 "'sentence-transformers:' embedders need the sentence-transformers package,"
                 " which genept-fast does not install; use --embedder local for the offline"
-                " ONNX model"
+                " ONNX model (pip install sentence-transformers pulls torch)"
             )
-            raise GeneptError(msg) from None
+            raise MissingDependencyError(msg) from None
         if not name_or_path:
             msg = "give a model name or path: 'sentence-transformers:<name-or-path>'"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.name = name_or_path
         self._model: Any = SentenceTransformer(name_or_path)
         self.batch_size = int(batch_size or 32)

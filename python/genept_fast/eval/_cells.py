@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from genept_fast._core import GeneptError
+from genept_fast._extras import require_extra
+from genept_fast.errors import InputError
 from genept_fast.eval._io import (
     figure_png,
     fmt,
@@ -326,7 +327,7 @@ def _default_obsm_keys(adata: AnnData) -> list[str]:
 def _embedding(adata: AnnData, key: str, keep: np.ndarray) -> np.ndarray:
     if key not in adata.obsm:
         msg = f"obsm has no key {key!r}; available: {sorted(adata.obsm)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     M: Any = adata.obsm[key]
     if hasattr(M, "to_numpy"):
         M = M.to_numpy()
@@ -337,16 +338,16 @@ def _embedding(adata: AnnData, key: str, keep: np.ndarray) -> np.ndarray:
         M = np.asarray(M)
         if M.ndim != 2:
             msg = f"obsm[{key!r}] must be 2-D (cells × dimensions), got shape {M.shape}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         M = M[keep]
     if not (np.issubdtype(M.dtype, np.floating) or np.issubdtype(M.dtype, np.integer)):
         msg = f"obsm[{key!r}] has non-numeric dtype {M.dtype}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     M = np.ascontiguousarray(M, dtype=np.float32 if M.dtype == np.float32 else np.float64)
     bad = ~np.isfinite(M).all(axis=1)
     if bad.any():
         msg = f"obsm[{key!r}] has {int(bad.sum())} evaluated cells with NaN or infinite values"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return M
 
 
@@ -434,6 +435,7 @@ def evaluate(
     A :class:`CellEvalReport`; ``report.write(out_dir)`` writes ``report.md``, ``report.json``
     and one ``umap_<key>.png`` per embedding.
     """
+    require_extra("eval", "evaluation")
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
     from sklearn.model_selection import train_test_split
@@ -441,30 +443,30 @@ def evaluate(
 
     if label_key not in adata.obs:
         msg = f"obs has no column {label_key!r}; available: {list(adata.obs.columns)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if batch_key is not None and batch_key not in adata.obs:
         msg = f"obs has no column {batch_key!r}; available: {list(adata.obs.columns)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     keys = list(obsm_keys) if obsm_keys is not None else _default_obsm_keys(adata)
     if not keys:
         msg = f"no embeddings to evaluate: obsm holds {sorted(adata.obsm)}; pass obsm_keys"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if len(set(keys)) != len(keys):
         msg = f"obsm_keys lists a key twice: {keys}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     for key in keys:
         if key not in adata.obsm:
             msg = f"obsm has no key {key!r}; available: {sorted(adata.obsm)}"
-            raise GeneptError(msg)
+            raise InputError(msg)
     if not 0.0 < test_size < 1.0:
         msg = f"test_size must be between 0 and 1, got {test_size}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if knn_k < 1:
         msg = f"knn_k must be ≥ 1, got {knn_k}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if leiden and importlib.util.find_spec("igraph") is None:
         msg = "Leiden clustering needs the igraph package (pip install igraph), or leiden=False"
-        raise GeneptError(msg)
+        raise InputError(msg)
     exclude = tuple(str(x) for x in exclude_labels)
     exclude_cf = {x.strip().casefold() for x in exclude}
 
@@ -476,7 +478,7 @@ def evaluate(
     classes, counts = np.unique(labels.astype(str), return_counts=True)
     if len(classes) < 2:
         msg = f"need at least 2 labels in obs[{label_key!r}] after exclusions, got {len(classes)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     notes: list[str] = []
     textual = missing & np.array([t.strip() != "" for t in labels_all], dtype=bool)
     if textual.any():
@@ -497,7 +499,7 @@ def evaluate(
         batch_counts = {str(k): int(v) for k, v in zip(bc, bn, strict=True)}
         if len(bc) < 2:
             msg = f"batch metrics need at least 2 batches in obs[{batch_key!r}], got {len(bc)}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not batch_ok.all():
             n_nb = int((~batch_ok).sum())
             notes.append(f"{n_nb} cells without a batch are left out of the batch metrics")
@@ -513,7 +515,7 @@ def evaluate(
         )
     except ValueError as exc:
         msg = f"cannot make a stratified {test_size} test split of {len(annot_idx)} cells: {exc}"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
     train_idx = np.sort(train_idx)
     test_idx = np.sort(test_idx)
     k_eff = min(knn_k, len(train_idx))

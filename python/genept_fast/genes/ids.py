@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from genept_fast._core import GeneptError
 from genept_fast._http import JsonClient
+from genept_fast.errors import InputError
 from genept_fast.genes.resolve import Resolution, is_ensembl, resolve, strip_version
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def mygene_query(
         )
         if not isinstance(answer, list):
             msg = f"MyGene.info answered {type(answer).__name__} where a list of hits was expected"
-            raise GeneptError(msg)
+            raise InputError(msg)
         for hit in answer:
             if not isinstance(hit, dict) or hit.get("notfound") or "query" not in hit:
                 continue
@@ -236,14 +236,14 @@ def map_genes(
 
     Raises
     ------
-    GeneptError
+    InputError
         Unknown species, or the offline tables are not installed.
     genept_fast._http.ServiceUnavailableError
         ``online=True`` and MyGene.info cannot be reached.
     """
     if species not in (*SPECIES, "auto"):
         msg = f"species must be one of {(*SPECIES, 'auto')}, got {species!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     queries = ["" if q is None else str(q) for q in ids]
     if online:
         rows = _map_online(queries, "human" if species == "auto" else species, mygene_url)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 from genept_fast.genes.resolve import Resolution, detect_species, is_ensembl, resolve, strip_version
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ def match_genes(
         alts = ["" if a is None else str(a) for a in alternatives]
         if len(alts) != len(names):
             msg = f"{len(alts)} alternative identifiers for {len(names)} genes"
-            raise GeneptError(msg)
+            raise InputError(msg)
         todo = [i for i, h in enumerate(hits) if h.row < 0 and alts[i].strip()]
         if todo:
             alt_names = [alts[i] for i in todo]
@@ -409,14 +409,14 @@ def dataset_identifiers(
 
     Raises
     ------
-    GeneptError
+    InputError
         ``gene_key`` is not a column of ``var``.
     """
     names = [str(v) for v in var_names]
     if gene_key is not None:
         if var is None or gene_key not in var.columns:
             msg = f"gene_key {gene_key!r} is not a column of var"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return DatasetIds(_column(var, gene_key), names, f"var[{gene_key!r}], then var_names")
     col = next((c for c in SYMBOL_COLUMNS if var is not None and c in var.columns), None)
     if var is None or col is None:

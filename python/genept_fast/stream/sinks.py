@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._core import GeneptError
 from genept_fast._outputs import install, store_attrs
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,7 +40,7 @@ def output_format(output: Path) -> str:
     suffix = output.suffix.lower()
     if suffix not in FORMATS:
         msg = f"output {output}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}"
-        raise GeneptError(msg)
+        raise InputError(msg)
     return suffix
 
 
@@ -58,7 +58,7 @@ def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
         n = os.preadv(fd, [view[done:]], offset + done)
         if n == 0:
             msg = "unexpected end of the work file (was it truncated?)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         done += n
 
 
@@ -174,7 +174,7 @@ class NpyWork(WorkStore):
                 self._write_h5ad(tmp, source=source, chunk_size=chunk_size, key=key, uns=uns)
             else:  # pragma: no cover - output_format() rejects it first
                 msg = f"NpyWork cannot produce {fmt}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             install(tmp, output)
         finally:
             if tmp.exists():

@@ -11,7 +11,7 @@ Built in:
 - :class:`AnnDataSource` reads ``X``, ``layers/<name>`` or ``raw/X`` of an ``.h5ad`` file (h5py)
   or an AnnData ``.zarr`` store (zarr v2 or v3) without loading it: CSR rows are sliced straight
   from ``data``/``indices`` over ``[indptr[a], indptr[b])``; dense datasets are read in blocks and
-  sparsified. CSC-encoded matrices cannot be read by rows and raise :class:`GeneptError`.
+  sparsified. CSC-encoded matrices cannot be read by rows and raise ``InputError``.
 - :class:`ArraySource` wraps an in-memory matrix (handy for tests and small jobs).
 """
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from genept_fast._core import GeneptError
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,7 +128,7 @@ class AnnDataSource:
 
     Raises
     ------
-    GeneptError
+    InputError
         The path does not exist, is not an AnnData store, is truncated or corrupt, lacks the
         requested matrix, or holds it in a layout that cannot be read by rows (CSC).
     """
@@ -147,10 +147,10 @@ class AnnDataSource:
         self.validate = validate
         if layer is not None and use_raw:
             msg = "give either layer= or use_raw=True, not both (raw has no layers)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         if not self.path.exists():
             msg = f"input not found: {self.path}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self.kind = _store_kind(self.path)
         self._root: Any = self._open()
         try:
@@ -171,7 +171,7 @@ class AnnDataSource:
             return self._root[key]
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             msg = f"{self.path}: cannot read {key!r} (truncated or corrupt file?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
 
     def _setup(self) -> None:
         if self.use_raw:
@@ -193,20 +193,20 @@ class AnnDataSource:
                 have = sorted(layers.keys()) if layers is not None else []
                 what += f" (layers: {', '.join(have) or 'none'})"
             msg = f"{self.path}: has {what}"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self._elem = elem
         obs = self._get("obs")
         if obs is None:
             msg = f"{self.path}: has no obs group; is it an AnnData file?"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self._obs = obs
         try:
             self._init_matrix(elem)
-        except GeneptError:
+        except InputError:
             raise
         except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
             msg = f"{self.path}: cannot read {self.element} (truncated or corrupt file?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
         self._var_names: list[str] | None = None
 
     def _init_matrix(self, elem: Any) -> None:
@@ -219,10 +219,10 @@ class AnnDataSource:
                     "e.g. adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); "
                     "adata.write_h5ad(new_path)"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
             if enc not in ("csr_matrix", "csr"):
                 msg = f"{self.path}: {self.element} has unsupported encoding {enc!r}"
-                raise GeneptError(msg)
+                raise InputError(msg)
             shape = _attr(elem, "shape") if "shape" in elem.attrs else _attr(elem, "h5sparse_shape")
             self.sparse = True
             self._data = elem["data"]
@@ -234,7 +234,7 @@ class AnnDataSource:
                     f"{self.path}: {self.element}/indptr has {self._indptr.shape[0]} entries, "
                     f"expected n_cells + 1 = {n_cells + 1} (corrupt file?)"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
             nnz = int(self._indptr[n_cells]) if n_cells else 0
             first = int(self._indptr[0])
             if first != 0 or self._data.shape != (nnz,) or self._indices.shape != (nnz,):
@@ -243,12 +243,12 @@ class AnnDataSource:
                     f"data has {self._data.shape[0]} and indices {self._indices.shape[0]} entries "
                     "(truncated or corrupt file?)"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
             self._shape = (n_cells, n_genes)
         else:
             if len(elem.shape) != 2:
                 msg = f"{self.path}: {self.element} is not 2-D (shape {elem.shape})"
-                raise GeneptError(msg)
+                raise InputError(msg)
             self.sparse = False
             self._shape = (int(elem.shape[0]), int(elem.shape[1]))
 
@@ -270,14 +270,14 @@ class AnnDataSource:
         group = self._get(group_key)
         if group is None:
             msg = f"{self.path}: has no {group_key} group"
-            raise GeneptError(msg)
+            raise InputError(msg)
         index_key = _attr(group, "_index") or "_index"
         try:
             arr = group[index_key]
             values = arr.asstr()[start:stop] if hasattr(arr, "asstr") else arr[start:stop]
         except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
             msg = f"{self.path}: cannot read {group_key}/{index_key} (truncated or corrupt?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
         return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
     @property
@@ -289,7 +289,7 @@ class AnnDataSource:
                     f"{self.path}: {self._var_key} has {len(names)} names but {self.element} has "
                     f"{self.n_genes} columns"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
             self._var_names = names
         return self._var_names
 
@@ -304,7 +304,7 @@ class AnnDataSource:
             return read_elem(self._obs)
         except Exception as e:
             msg = f"{self.path}: cannot read obs (truncated or corrupt?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -318,17 +318,17 @@ class AnnDataSource:
     def read(self, start: int, stop: int) -> sp.csr_array:
         if not (0 <= start <= stop <= self.n_cells):
             msg = f"rows {start}:{stop} out of range for {self.n_cells} cells"
-            raise GeneptError(msg)
+            raise InputError(msg)
         try:
             return self._read_sparse(start, stop) if self.sparse else self._read_dense(start, stop)
-        except GeneptError:
+        except InputError:
             raise
         except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
             msg = (
                 f"{self.path}: cannot read rows {start}:{stop} of {self.element} "
                 f"(truncated or corrupt file?): {e}"
             )
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
 
     def _read_sparse(self, start: int, stop: int) -> sp.csr_array:
         indptr = np.asarray(self._indptr[start : stop + 1])
@@ -338,12 +338,12 @@ class AnnDataSource:
                 f"{self.path}: {self.element}/indptr decreases within rows {start}:{stop} "
                 "(corrupt file)"
             )
-            raise GeneptError(msg)
+            raise InputError(msg)
         data = np.asarray(self._data[lo:hi])
         indices = _as_index_dtype(np.asarray(self._indices[lo:hi]))
         if data.shape[0] != hi - lo or indices.shape[0] != hi - lo:
             msg = f"{self.path}: {self.element} data/indices shorter than indptr says (truncated?)"
-            raise GeneptError(msg)
+            raise InputError(msg)
         local = indptr - lo
         if indices.dtype == np.int32 and hi - lo < 2**31 - 1:
             local = local.astype(np.int32)
@@ -358,7 +358,7 @@ class AnnDataSource:
                     f"{self.path}: {self.element} has column index {bad} within rows "
                     f"{start}:{stop}, outside 0..{self.n_genes - 1} (corrupt file)"
                 )
-                raise GeneptError(msg)
+                raise InputError(msg)
         return sp.csr_array((data, indices, local), shape=(stop - start, self.n_genes))
 
     def _read_dense(self, start: int, stop: int) -> sp.csr_array:
@@ -417,7 +417,7 @@ class ArraySource:
         self._var = var_names if var_names is not None else [str(j) for j in range(g)]
         if len(self._obs) != n or len(self._var) != g:
             msg = f"obs_names/var_names lengths ({len(self._obs)}, {len(self._var)}) != X.shape"
-            raise GeneptError(msg)
+            raise InputError(msg)
         self._name = name
 
     @property
@@ -463,14 +463,14 @@ def open_store(path: Path, kind: str) -> Any:
             return h5py.File(path, "r")
         except OSError as e:
             msg = f"{path}: cannot open as HDF5/.h5ad (truncated or corrupt file?): {e}"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
     import zarr
 
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as e:
         msg = f"{path}: cannot open as a zarr store: {e}"
-        raise GeneptError(msg) from e
+        raise InputError(msg) from e
 
 
 def _store_kind(path: Path) -> str:
@@ -484,7 +484,7 @@ def _store_kind(path: Path) -> str:
     if head == b"\x89HDF\r\n\x1a\n":
         return "h5ad"
     msg = f"{path}: not an .h5ad (HDF5) file nor a .zarr directory"
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 def open_source(

@@ -22,8 +22,8 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from genept_fast._atomic import atomic_write_bytes
-from genept_fast._core import GeneptError
 from genept_fast._outputs import remove_path
+from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,7 +51,7 @@ def check_work_dir(path: Path) -> None:
         f"{path} exists and is not genept-fast work state (no manifest.json); it is never"
         " removed: move it away or choose another output"
     )
-    raise GeneptError(msg)
+    raise InputError(msg)
 
 
 class PartialState:
@@ -97,7 +97,7 @@ class PartialState:
         except OSError as e:
             os.close(fd)
             msg = f"{self.dir} is in use by another running job (lock held); wait for it to finish"
-            raise GeneptError(msg) from e
+            raise InputError(msg) from e
         return fd
 
     def release(self) -> None:

@@ -23,19 +23,36 @@ use numpy::{
     Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyReadwriteArray2, PyUntypedArrayMethods,
 };
-use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::import_exception;
 use pyo3::prelude::*;
 
-create_exception!(
-    _core,
-    GeneptError,
-    PyValueError,
-    "Bad input to a genept-fast kernel; the message names the argument, cell or gene at fault."
-);
+// The exception classes live in Python (`genept_fast.errors`, one hierarchy for the whole
+// package, with `ValueError`/`OverflowError`/`RuntimeError` bases); they are imported when
+// first raised. `to_py` is the one conversion from the core's error enum.
+import_exception!(genept_fast.errors, ShapeError);
+import_exception!(genept_fast.errors, MalformedMatrixError);
+import_exception!(genept_fast.errors, NonFiniteError);
+import_exception!(genept_fast.errors, InvalidArgumentError);
+import_exception!(genept_fast.errors, NumericOverflowError);
+import_exception!(genept_fast.errors, ResourceError);
+import_exception!(genept_fast.errors, InternalError);
 
 fn to_py(e: genept_core::GeneptError) -> PyErr {
-    GeneptError::new_err(e.to_string())
+    use genept_core::GeneptError as E;
+    let msg = e.to_string();
+    match e {
+        E::Shape(_) => ShapeError::new_err(msg),
+        E::MalformedCsr(_) => MalformedMatrixError::new_err(msg),
+        E::NonFinite { .. } => NonFiniteError::new_err(msg),
+        E::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
+        E::Overflow(_) => NumericOverflowError::new_err(msg),
+        E::ThreadPool(_) => ResourceError::new_err(msg),
+    }
+}
+
+/// An argument the binding itself rejects (layout, dtype, a missing table).
+fn invalid(msg: impl Into<String>) -> PyErr {
+    InvalidArgumentError::new_err(msg.into())
 }
 
 /// Releases the GIL, runs `f` on the pool of `n_threads`, and maps errors and panics.
@@ -53,7 +70,7 @@ fn detached<T: Send>(
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown panic");
-            Err(GeneptError::new_err(format!(
+            Err(InternalError::new_err(format!(
                 "internal error in genept-fast (please report it): {msg}"
             )))
         }
@@ -62,7 +79,7 @@ fn detached<T: Send>(
 
 fn slice<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
     a.as_slice()
-        .map_err(|_| GeneptError::new_err(format!("{what} must be C-contiguous")))
+        .map_err(|_| invalid(format!("{what} must be C-contiguous")))
 }
 
 fn opt_slice<'a, T: Element>(
@@ -82,7 +99,7 @@ fn dtype_error(
             .and_then(|d| d.str().map(|s| s.to_string()))
             .unwrap_or_else(|_| "not an array".into())
     };
-    GeneptError::new_err(format!(
+    invalid(format!(
         "unsupported CSR dtypes (indptr {}, indices {}, data {}): indptr and indices must both \
          be int32 or both int64 arrays, data float32 or float64",
         dt(indptr),
@@ -180,10 +197,10 @@ impl PreparedEmbeddings {
 fn c_slice2<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, what: &str) -> PyResult<&'a [T]> {
     // `as_slice` also accepts Fortran order, which would be read transposed: insist on C order.
     if !a.is_c_contiguous() {
-        return Err(GeneptError::new_err(format!("{what} must be C-contiguous")));
+        return Err(invalid(format!("{what} must be C-contiguous")));
     }
     a.as_slice()
-        .map_err(|_| GeneptError::new_err(format!("{what} must be C-contiguous")))
+        .map_err(|_| invalid(format!("{what} must be C-contiguous")))
 }
 
 /// Below this many cells a numpy table is read in place; above it, re-laying it out tile-major
@@ -201,7 +218,7 @@ fn preprocess_arg(preprocess: &str, target_sum: f64) -> PyResult<Preprocess> {
     match preprocess {
         "none" => Ok(Preprocess::None),
         "log1p" => Ok(Preprocess::Log1p { target_sum }),
-        other => Err(GeneptError::new_err(format!(
+        other => Err(InvalidArgumentError::new_err(format!(
             "preprocess must be 'none' or 'log1p', got {other:?}"
         ))),
     }
@@ -235,9 +252,7 @@ fn weighted_embedding<'py>(
             embeddings
                 .cast::<PyArray2<f32>>()
                 .map_err(|_| {
-                    GeneptError::new_err(
-                        "gene_embeddings must be a 2-D float32 array or PreparedEmbeddings",
-                    )
+                    invalid("gene_embeddings must be a 2-D float32 array or PreparedEmbeddings")
                 })?
                 .readonly(),
         ),
@@ -300,19 +315,19 @@ fn weighted_embedding<'py>(
     match out {
         Some(out) => {
             if out.shape() != [n_cells, dim] {
-                return Err(GeneptError::new_err(format!(
+                return Err(ShapeError::new_err(format!(
                     "out has shape {:?}, expected ({n_cells}, {dim})",
                     out.shape()
                 )));
             }
             if !out.is_c_contiguous() {
-                return Err(GeneptError::new_err("out must be C-contiguous"));
+                return Err(invalid("out must be C-contiguous"));
             }
             {
                 let mut w: PyReadwriteArray2<'py, f32> = out.readwrite();
                 let buf = w
                     .as_slice_mut()
-                    .map_err(|_| GeneptError::new_err("out must be C-contiguous"))?;
+                    .map_err(|_| invalid("out must be C-contiguous"))?;
                 run(buf)?;
             }
             Ok(out)
@@ -332,7 +347,7 @@ fn into_2d<T: Element>(
     cols: usize,
 ) -> PyResult<Bound<'_, PyArray2<T>>> {
     let a = Array2::from_shape_vec((rows, cols), v)
-        .map_err(|e| GeneptError::new_err(format!("internal shape error: {e}")))?;
+        .map_err(|e| InternalError::new_err(format!("internal shape error: {e}")))?;
     Ok(a.into_pyarray(py))
 }
 
@@ -383,9 +398,7 @@ fn top_genes<'py>(
     n_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
     if n == 0 {
-        return Err(GeneptError::new_err(
-            "invalid argument: n must be at least 1",
-        ));
+        return Err(invalid("invalid argument: n must be at least 1"));
     }
     let n = n.min(n_cols);
     let n_cells = indptr.len()?.saturating_sub(1);
@@ -440,12 +453,12 @@ fn l2_normalize(
 ) -> PyResult<()> {
     let dim = matrix.shape()[1];
     if !matrix.is_c_contiguous() {
-        return Err(GeneptError::new_err("matrix must be C-contiguous"));
+        return Err(invalid("matrix must be C-contiguous"));
     }
     let mut w = matrix.readwrite();
     let buf = w
         .as_slice_mut()
-        .map_err(|_| GeneptError::new_err("matrix must be C-contiguous"))?;
+        .map_err(|_| invalid("matrix must be C-contiguous"))?;
     detached(py, n_threads, || weighted::l2_normalize_rows(buf, dim))
 }
 
@@ -471,7 +484,6 @@ fn resolved_threads(n_threads: Option<usize>) -> PyResult<usize> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("GeneptError", m.py().get_type::<GeneptError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PreparedEmbeddings>()?;
     m.add_function(wrap_pyfunction!(weighted_embedding, m)?)?;
