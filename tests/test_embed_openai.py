@@ -13,6 +13,7 @@ import pytest
 
 from genept_fast import GeneptError
 from genept_fast.embed import TruncationWarning, get_embedder
+from genept_fast.embed.cache import EmbeddingCache
 from genept_fast.embed.openai_api import OpenAIEmbedder
 from genept_fast.embed.tokens import get_token_counter
 from servers.openai_api import OpenAIEmbeddingServer, count_tokens, vector_for
@@ -205,6 +206,23 @@ def test_long_input_truncated_with_warning(server):
     est = emb.estimate([long_text + " again"])
     assert est.n_truncated == 1
     assert est.tokens == 8192
+
+
+def test_input_limit_is_part_of_the_cache_key(server, tmp_path):
+    """A text cut at another limit is another vector: it must not come from the cache."""
+    long_text = "phosphorylation " * 300
+    cache = EmbeddingCache(tmp_path / "cache")
+    default = OpenAIEmbedder(SMALL, base_url=server.url, cache=cache)
+    assert "max_input_tokens" not in default.cache_namespace  # earlier caches stay valid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        full = default.embed([long_text])
+        short = OpenAIEmbedder(SMALL, base_url=server.url, cache=cache, max_input_tokens=100)
+        assert short.cache_namespace != default.cache_namespace
+        cut = short.embed([long_text])
+    assert len(server.requests) == 2  # the second call was not answered from the cache
+    assert count_tokens(server.requests[1].inputs[0]) <= 100
+    assert not np.array_equal(full, cut)
 
 
 def test_concurrency_is_bounded():

@@ -72,6 +72,8 @@ NATIVE_DIMENSIONS = {
 #: Models that accept the ``dimensions`` parameter (and their maximum).
 _SHORTENABLE = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
 _OPENAI_HOST = "api.openai.com"
+#: OpenAI's input limit of its embedding models, in tokens.
+MAX_INPUT_TOKENS = 8192
 #: Placeholder key for servers that need none (the client insists on a non-empty string).
 _NO_KEY = "no-key"
 
@@ -140,7 +142,7 @@ class OpenAIEmbedder(Embedder):
         cache: EmbeddingCache | None = None,
         batch_size: int | None = None,
         max_tokens_per_request: int = 300_000,
-        max_input_tokens: int = 8192,
+        max_input_tokens: int = MAX_INPUT_TOKENS,
         max_concurrency: int = 4,
         timeout: float = 60.0,
         max_retries: int = 6,
@@ -236,7 +238,14 @@ class OpenAIEmbedder(Embedder):
             "openai" if self.official else f"openai-compatible@{_server_label(self.base_url or '')}"
         )
         dim = f"dim={self.dimensions}" if self.dimensions else "dim=native"
-        return f"{provider}|{self.model}|{dim}"
+        # A text over the input limit is cut before it is embedded, so the limit is part of
+        # what a cached vector means; the default is left out (caches of earlier versions).
+        cut = (
+            ""
+            if self.max_input_tokens == MAX_INPUT_TOKENS
+            else f"|max_input_tokens={self.max_input_tokens}"
+        )
+        return f"{provider}|{self.model}|{dim}{cut}"
 
     @property
     def tokens_exact(self) -> bool:
