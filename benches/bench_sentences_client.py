@@ -95,6 +95,9 @@ def serve() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+        # client's delayed ACK hold each keep-alive answer for ~40 ms.
+        disable_nagle_algorithm = True
         # Answer at once: no Nagle delay on the socket, and each answer in one write (headers
         # and body written apart wait ~40 ms for the client's delayed ACK).
         disable_nagle_algorithm = True

@@ -565,6 +565,9 @@ def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+        # client's delayed ACK hold each keep-alive answer for ~40 ms.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -47,6 +47,9 @@ class ZenodoServer(LoopbackServer):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+            # client's delayed ACK hold each keep-alive answer for ~40 ms.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
