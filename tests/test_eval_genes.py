@@ -90,9 +90,12 @@ def test_auc_clearly_above_random_control(report):
 def test_matching_counts(report):
     m = report.matching
     assert m["n_labelled"] == 490
-    # every labelled row is accounted for: matched, unknown to NCBI, no summary, or a duplicate
+    # every labelled row is accounted for: matched, unknown to NCBI, no summary, a duplicate,
+    # ambiguous, or naming a gene another row names directly
     total = m["n_matched"] + m["n_unmatched"] + m["n_zero_embedding"] + m["n_duplicate_entries"]
+    total += m["n_ambiguous"] + m["n_shadowed"]
     assert total + 2 * m["n_conflicting"] == 490
+    assert m["n_ambiguous"] == len(m["ambiguous"])
     assert m["n_zero_embedding"] > 0  # genes without an NCBI summary have no embedding
     assert m["n_unmatched"] == len(m["unmatched"])
     assert sum(m["class_counts"].values()) == m["n_matched"]
@@ -244,3 +247,26 @@ def test_cli(embedding, labels_path, tmp_path, capsys):
     rc = main([*argv, "--positive", "nope", "--overwrite"])  # the report exists (issue #9)
     assert rc == 2
     assert "positive class 'nope'" in capsys.readouterr().err
+
+
+def test_labels_match_through_the_identity_layer():
+    """Old symbols, aliases and versioned Ensembl ids in the labels find the table's current
+    symbols; a label naming two table genes is reported as ambiguous, not guessed."""
+    table_genes = ["KMT2A", "ERBB2", "CD3E", "TWNK", "AMER1", "SEPTIN7", "MRE11", "PCLAF"]
+    table_genes += ["TP53", "BRCA1", "CRYBG1", "SGK1", "ADGRE5", "CAP2", "BHLHE40", "DELEC1"]
+    label_names = ["MLL", "HER2", "ENSG00000198851.9", "C10orf2", "FAM123B", "SEPT7", "MRE11A"]
+    label_names += ["KIAA0101", "TP53", "BRCA1", "AIM1", "SGK", "CD97", "CAP2", "DEC1"]
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((len(table_genes), 8))
+    labels = {g: "ab"[i % 2] for i, g in enumerate(label_names)}
+    rep = evaluate_genes(
+        table_genes, M, labels, n_splits=2, models=LR, random_control=False, plots=False
+    )
+    m = rep.matching
+    assert m["n_matched"] == 14
+    assert m["unmatched"] == []
+    assert m["ambiguous"] == {"DEC1": ["BHLHE40", "DELEC1"]}
+    assert m["by_method"]["previous"] >= 8
+    assert m["by_method"]["alias"] >= 1  # HER2
+    assert m["by_method"]["ensembl"] == 1
+    assert "Ambiguous labels" in rep.to_markdown()

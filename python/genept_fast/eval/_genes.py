@@ -1,14 +1,16 @@
 """Gene-level evaluation: binary gene classification from gene embeddings (GenePT Table 1).
 
-Labels are matched to embedded genes by Ensembl id (version suffix ignored) or by symbol
-(case-insensitive). Each task runs 5-fold stratified cross-validation of a logistic regression
-and a random forest, reports ROC AUC mean ± sd over folds, and repeats both models on a random
-Gaussian embedding of the same shape on the same folds (the paper's negative control).
+Labels are matched to embedded genes through the gene-identity layer
+(:mod:`genept_fast.genes.match`): by symbol (current, alias or previous), Ensembl id (with or
+without version), Entrez id or ortholog, whatever form the table's keys take; a label that
+could name several genes is reported as ambiguous, never guessed. Each task runs 5-fold
+stratified cross-validation of a logistic regression and a random forest, reports ROC AUC
+mean ± sd over folds, and repeats both models on a random Gaussian embedding of the same shape
+on the same folds (the paper's negative control).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from genept_fast.eval._io import (
     versions,
     write_report_files,
 )
+from genept_fast.genes.match import index_keys, match_genes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,16 +54,7 @@ _ID_COLUMNS = (  # in matching priority: Ensembl ids first, then symbols, then g
 )
 _LABEL_COLUMNS = ("label", "class", "y", "target", "category")
 _YES = {"yes", "y", "true", "1", "x"}
-_ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$", re.IGNORECASE)
 _ROC_GRID = np.linspace(0.0, 1.0, 101)
-
-
-def _norm_id(gene: str) -> str:
-    g = str(gene).strip()
-    m = _ENSEMBL.match(g)
-    if m:
-        g = m.group(1)
-    return g.casefold()
 
 
 @dataclass(frozen=True)
@@ -250,7 +244,8 @@ class GeneEvalReport:
             f"{m['n_matched']} of {m['n_labelled']} labelled genes had an embedding "
             f"({m['n_unmatched']} not in the table, {m['n_zero_embedding']} with an all-zero "
             f"embedding, {m['n_conflicting']} with conflicting labels, "
-            f"{m['n_duplicate_entries']} duplicate entries).",
+            f"{m['n_duplicate_entries']} duplicate entries, {m['n_ambiguous']} ambiguous, "
+            f"{m['n_shadowed']} naming a gene another label names directly).",
             "",
             "ROC AUC, mean ± sd over folds:",
             "",
@@ -260,13 +255,18 @@ class GeneEvalReport:
         if unmatched:
             listed = ", ".join(unmatched[:20])
             parts += [f"Labelled genes without an embedding: {listed}{more}.", ""]
+        if m["ambiguous"]:
+            listed = "; ".join(
+                f"{g} → {' | '.join(c)}" for g, c in list(m["ambiguous"].items())[:20]
+            )
+            parts += [f"Ambiguous labels (left out, never guessed): {listed}.", ""]
         if s["plots"]:
             parts += ["![ROC curves](roc.png)", ""]
         parts += [
             "## Settings",
             "",
-            f"- labels: {s['label_source']}; genes matched by Ensembl id (version ignored) or "
-            "symbol (case-insensitive)",
+            f"- labels: {s['label_source']}; genes matched through the identity layer "
+            f"({', '.join(f'{k} {v}' for k, v in m['by_method'].items())})",
             f"- {s['n_splits']}-fold stratified cross-validation, shuffle, random_state = "
             f"{s['seed']}; sd over folds with ddof = 0",
             f"- logistic regression: StandardScaler + LogisticRegression(C = "
@@ -473,20 +473,34 @@ def evaluate_genes(
         raise InputError(msg)
     negative = next(c for c in classes if c != positive) if len(classes) == 2 else f"not {positive}"
 
-    index: dict[str, int] = {}
-    for i, g in enumerate(gene_list):
-        index.setdefault(_norm_id(g), i)
+    # Labels and table keys meet through the gene-identity layer (symbols, aliases, previous
+    # symbols, Ensembl with or without version, Entrez, orthologs): ambiguity is reported,
+    # never guessed. Each labelled gene is looked up by its first id, then by its second.
+    first = [ids[0] for ids in table.ids]
+    second = [ids[1] if len(ids) > 1 else None for ids in table.ids]
     nonzero: np.ndarray = np.asarray(E.any(axis=1))
+    found, coverage = match_genes(
+        first,
+        index_keys(gene_list),
+        nonzero=nonzero,
+        alternatives=second if any(second) else None,
+    )
     row_labels: dict[int, set[str]] = {}
     n_entries = 0
     unmatched: list[str] = []
-    n_zero = 0
-    for ids, lab in zip(table.ids, table.labels, strict=True):
-        row = next((index[k] for k in map(_norm_id, ids) if k in index), None)
-        if row is None:
-            unmatched.append(" / ".join(ids))
+    ambiguous: dict[str, list[str]] = {}
+    n_zero = n_shadowed = 0
+    for i, (ids, lab) in enumerate(zip(table.ids, table.labels, strict=True)):
+        if coverage.methods[i] is None:
+            if first[i] in coverage.ambiguous:
+                ambiguous[" / ".join(ids)] = coverage.ambiguous[first[i]]
+            elif first[i] in coverage.shadowed:
+                n_shadowed += 1  # another label names the same gene directly
+            else:
+                unmatched.append(" / ".join(ids))
             continue
-        if not nonzero[row]:
+        row = int(found[i])
+        if row < 0:
             n_zero += 1
             continue
         n_entries += 1
@@ -549,7 +563,11 @@ def evaluate_genes(
         "n_zero_embedding": n_zero,
         "n_conflicting": len(conflicting),
         "n_duplicate_entries": n_entries - len(row_labels),
+        "n_ambiguous": len(ambiguous),
+        "n_shadowed": n_shadowed,
+        "by_method": coverage.by_method,
         "class_counts": {positive: n_pos, negative: n_neg},
         "unmatched": unmatched,
+        "ambiguous": ambiguous,
     }
     return GeneEvalReport(settings=settings, matching=matching, results=results, roc=roc)
