@@ -22,7 +22,9 @@ Each variant runs the real CLI in a subprocess with an empty cache directory:
 
 - ``after``: this tree;
 - ``before``: the package as of ``--before REV`` (default: main before this work), extracted
-  with ``git archive`` and run with this tree's compiled ``_core``;
+  with ``git archive`` and run with this tree's compiled ``_core`` (skipped, with a note, once
+  that old Python no longer runs with the current core: since the error classes moved to
+  ``genept_fast.errors``, f9e88e2 does not);
 - ``after, cached rerun``: the same job again on the cache the first run filled.
 
 Reported per variant and run: cells/s from the encode time the CLI prints (open, rank, build,
@@ -217,6 +219,17 @@ def before_tree(rev: str, work: Path) -> Path:
     pkg = Path(genept_fast.__file__).parent
     for so in pkg.glob("_core*.so"):
         shutil.copy2(so, dest / "python" / "genept_fast" / so.name)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import genept_fast.cli"],
+        env=dict(os.environ, PYTHONPATH=str(dest / "python")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:  # the Rust core's Python surface moved on since ``rev``
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        msg = f"{rev}'s Python does not run with this tree's _core ({last}); use --before none"
+        raise OSError(msg)
     return dest / "python"
 
 
