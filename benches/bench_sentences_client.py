@@ -80,6 +80,12 @@ DIM = 1536
 DEFAULT_BEFORE = "f9e88e2"
 
 
+def _default_format() -> str:
+    from genept_fast.embed.openai_api import OpenAIEmbedder
+
+    return OpenAIEmbedder(MODEL, base_url="http://127.0.0.1:9/v1").encoding_format
+
+
 # -- the server ---------------------------------------------------------------------------------
 def _item_bytes(fmt: str) -> bytes:
     v = np.random.default_rng(0).standard_normal(DIM)
@@ -573,6 +579,14 @@ def stage_breakdown(args: argparse.Namespace, h5ad: Path, server: Server) -> Non
         for _ in range(reps):
             emb._parse(body, 32)
     rows.append((f"parse {reps * 32:,} float vectors", cell(old_parse), cell(new_parse)))
+    body64 = b'{"object":"list","data":[%s]}' % b",".join(
+        b'{"object":"embedding","index":%d,"embedding":%s}' % (i, _item_bytes("base64"))
+        for i in range(32)
+    )
+    with _Clock() as b64_parse:
+        for _ in range(reps):
+            emb._parse(body64, 32)
+    rows.append((f"parse {reps * 32:,} base64 vectors (default)", "  -", cell(b64_parse)))
     emb.embed(["warm up the client"])
     server_cpu = _cpu_of(server.proc.pid)
     with _Clock() as requests:
@@ -633,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cannot build the 'before' tree: {exc}", file=sys.stderr)
     print(
         f"GenePT-s client: {args.cells:,} cells x {args.genes:,} genes, ~{args.nnz:,} expressed"
-        f" per cell, --top-n {args.top_n}, {MODEL} ({DIM}-d float bodies), {os.cpu_count()} CPUs"
+        f" per cell, --top-n {args.top_n}, {MODEL} ({DIM}-d, the client's default"
+        f" {_default_format()} bodies), {os.cpu_count()} CPUs"
     )
     print(f"tokens: {check_tokens(h5ad, args.top_n, args.check_cells, f'openai:{MODEL}')}")
     try:

@@ -71,8 +71,26 @@ def test_float_and_base64_bodies(server, fmt):
 def test_default_encoding_format_is_explicit(server):
     emb = make(server)
     emb.embed(["a"])
-    assert server.requests[0].encoding_format == "float"
+    assert server.requests[0].encoding_format == "base64"  # as the openai client asks
     assert b'"encoding_format"' in server.requests[0].raw_body
+
+
+def test_a_server_without_base64_is_asked_in_float(caplog):
+    with OpenAIEmbeddingServer(encodings=("float",)) as server:
+        emb = OpenAIEmbedder(SMALL, base_url=server.url, dimensions=16, max_retries=0)
+        with caplog.at_level(logging.WARNING, logger="genept_fast.embed.openai_api"):
+            out = emb.embed(["BRCA1 repairs DNA", "insulin"])
+        np.testing.assert_array_equal(out[1], vector_for("insulin", SMALL, 16))
+        assert [r.status for r in server.requests] == [400, 200]
+        assert [r.encoding_format for r in server.requests] == ["base64", "float"]
+        assert "refused encoding_format='base64'" in caplog.text
+        emb.embed(["CD3E"])  # the fallback is kept
+        assert server.requests[-1].encoding_format == "float"
+        assert len(server.requests) == 3
+        # a format the caller chose is never changed behind their back
+        strict = OpenAIEmbedder(SMALL, base_url=server.url, encoding_format="base64")
+        with pytest.raises(GeneptError, match="400"):
+            strict.embed(["TP53"])
 
 
 def test_empty_list_and_unknown_dimension(server):

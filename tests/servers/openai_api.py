@@ -182,8 +182,11 @@ class OpenAIEmbeddingServer(LoopbackServer):
         batch_polls: int = 2,
         max_batch_requests: int = 50_000,
         max_batch_file_bytes: int = 200 * 1024 * 1024,
+        encodings: tuple[str, ...] = ("float", "base64"),
     ) -> None:
         self.api_key = api_key
+        #: The ``encoding_format`` values it accepts (a server without base64 answers 400).
+        self.encodings = encodings
         self.default_dimension = default_dimension
         self.max_inputs = max_inputs
         self.max_tokens_per_input = max_tokens_per_input
@@ -331,7 +334,7 @@ def _validate(server: OpenAIEmbeddingServer, rec: RequestRecord) -> str | None:
     model = rec.model
     if not model:
         return "you must provide a model parameter"
-    if rec.encoding_format not in (None, "float", "base64"):
+    if rec.encoding_format not in (None, *server.encodings):
         return f"Invalid encoding_format {rec.encoding_format!r}"
     if rec.dimensions is not None and model == "text-embedding-ada-002":
         return "This model does not support specifying dimensions."

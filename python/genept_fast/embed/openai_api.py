@@ -13,10 +13,14 @@ Requests go through the official ``openai`` client to ``POST {base_url}/embeddin
   exponential backoff (0.5 s doubling, at most 8 s, with jitter), and honours ``Retry-After``
   (up to 2 minutes) — at most ``max_retries`` times; a 200 whose body is not valid JSON is
   retried the same number of times by this module;
-- ``encoding_format`` is always sent (``"base64"`` to OpenAI, ``"float"`` to other servers
-  unless told otherwise) and both forms are decoded; every returned vector's length is
-  checked against the expected dimension. Bodies are parsed with ``orjson`` (a 1536-float
-  ``float`` body parses about ten times faster than with the standard library's ``json``).
+- ``encoding_format`` is always sent: ``"base64"`` unless told otherwise, to every server, as
+  the ``openai`` client itself does (a quarter of the bytes of a ``float`` body, and ~35% less
+  client CPU per vector); a server that refuses it (a 400 or 422 whose message names
+  ``encoding_format`` or base64) is asked again in ``float``, which this embedder then
+  keeps. Both forms are decoded whatever was asked; every returned vector's length is
+  checked against the expected dimension.
+  Bodies are parsed with ``orjson`` (a 1536-float ``float`` body parses about ten times
+  faster than with the standard library's ``json``).
 
 The API key comes from the ``api_key`` argument or ``OPENAI_API_KEY``; it is never logged,
 cached, or put into an error message (server messages that quote it are scrubbed).
@@ -30,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -62,6 +67,8 @@ if TYPE_CHECKING:
     from genept_fast.embed.cost import CostEstimate
 
 __all__ = ["NATIVE_DIMENSIONS", "OpenAIEmbedder"]
+
+_log = logging.getLogger(__name__)
 
 #: Output dimension of OpenAI's embedding models (without ``dimensions``).
 NATIVE_DIMENSIONS = {
@@ -117,7 +124,8 @@ class OpenAIEmbedder(Embedder):
     max_retries
         Retries per request.
     encoding_format
-        ``"float"`` or ``"base64"`` (default: base64 for OpenAI, float elsewhere).
+        ``"float"`` or ``"base64"`` (default: base64, falling back to float for a server whose
+        400/422 answer names the format; a format given here is never changed).
     usd_per_million_tokens
         Standard price to use in estimates (default: OpenAI's list price for known models on
         OpenAI, 0 for other servers).
@@ -175,8 +183,10 @@ class OpenAIEmbedder(Embedder):
                 raise InputError(msg)
         self.dimensions = None if dimensions is None else int(dimensions)
         self.dimension = self.dimensions or NATIVE_DIMENSIONS.get(model)
+        #: Whether the format was chosen here (and may fall back to float once).
+        self._format_chosen = encoding_format is None
         if encoding_format is None:
-            encoding_format = "base64" if self.official else "float"
+            encoding_format = "base64"
         if encoding_format not in ("float", "base64"):
             msg = f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
             raise InputError(msg)
@@ -375,8 +385,7 @@ class OpenAIEmbedder(Embedder):
         failure = ""
         for attempt in range(self.max_retries + 1):
             try:
-                raw = client.embeddings.with_raw_response.create(**kwargs)
-                body = raw.http_response.content
+                body = self._post(client, kwargs)
             except Exception as exc:
                 raise self.service_error(exc) from None
             try:
@@ -386,6 +395,21 @@ class OpenAIEmbedder(Embedder):
                 if attempt < self.max_retries:
                     time.sleep(min(0.5 * 2**attempt, 8.0))
         raise MalformedResponseError(failure, service=self.where)
+
+    def _post(self, client: Any, kwargs: dict[str, Any]) -> bytes:
+        """The body of one answered request; a server that refuses the base64 format chosen
+        here is asked again in float (and from then on)."""
+        try:
+            return bytes(client.embeddings.with_raw_response.create(**kwargs).http_response.content)
+        except Exception as exc:
+            refused = getattr(exc, "status_code", None) in (400, 422) and any(
+                word in str(exc).lower() for word in ("encoding_format", "base64")
+            )
+            if not (refused and self._format_chosen and kwargs["encoding_format"] == "base64"):
+                raise
+        _log.warning("%s refused encoding_format='base64'; asking in 'float'", self.where)
+        self.encoding_format = kwargs["encoding_format"] = "float"
+        return bytes(client.embeddings.with_raw_response.create(**kwargs).http_response.content)
 
     def _parse(self, body: bytes, n: int) -> np.ndarray:
         try:
