@@ -7,7 +7,7 @@
 //!
 //! The sparse genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
 //! registers while its genes of one gene range are added (one load and one multiply-add per
-//! register per gene, no store), and the range's embedding tiles (1,024 genes × 384 bytes)
+//! register per gene, no store), and the range's embedding tiles (512 genes × 384 bytes)
 //! stay in L2 while the block's cells pass over them. On AVX-512 the dense GEMM of the next
 //! tile runs in small steps between the cells' lists ([`GemmJob`]), so that its multiply-adds
 //! fill the time the gather waits for L2.

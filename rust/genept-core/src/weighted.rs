@@ -6,7 +6,7 @@
 //! of [`RANGE_GENES`] genes and lists each cell's nonzeros per range. Then, for each tile of
 //! [`TILE`] embedding dimensions and each gene range, the cells are the outer loop: a cell's
 //! output row (96 floats) stays in registers while its genes of the range are added, scaled,
-//! and the range's embedding tiles (1,024 × 384 bytes) stay in L2 while the block's cells pass
+//! and the range's embedding tiles (512 × 384 bytes) stay in L2 while the block's cells pass
 //! over them. Each embedding tile is thus read from memory once per block, and each
 //! multiply-add costs one load from L2/L1 and no store (an earlier gene-major scatter did one
 //! load and one store of the output per multiply-add, about 30% of peak; the gather reaches
@@ -37,11 +37,12 @@ use crate::simd::{
     dense_gemm, gather_range, pack_entry, CellLists, GemmJob, GemmShape, Isa, Prefetch, TILE,
 };
 
-/// Table rows per gene range of the sparse gather: a range's tiles (1,024 × 384 bytes) stay
-/// in L2 (1 MB per core here). Measured on 10,000 cells, D = 1536: 512 and 1,024 rows best
-/// (1,024 +17% cells per CPU-second over the scatter), 2,048 +3%, 4,096 slower still.
+/// Table rows per gene range of the sparse gather: a range's tiles (512 × 384 bytes) stay in
+/// L2 (1 MB per core here) even when another process shares the core. Measured (8,000-10,000
+/// cells, D = 1536, cells per CPU-second): 2,048 rows +3% over the scatter, 1,024 +17%;
+/// 512 is 3% below 1,024 at load 2 but 3-17% above it at load 2.5-5; 256 as 512.
 pub const RANGE_GENES: usize = 1 << RANGE_SHIFT;
-const RANGE_SHIFT: u32 = 10;
+const RANGE_SHIFT: u32 = 9;
 
 /// Cells per block: block × tile of output (512 × 96 floats = 192 KB) stays in L2.
 pub const DEFAULT_BLOCK_ROWS: usize = 512;
