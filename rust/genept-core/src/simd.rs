@@ -2,15 +2,13 @@
 //!
 //! Wheels are built for generic x86-64, so the wide code is compiled with `#[target_feature]`
 //! and chosen at run time: AVX-512F (Zen 4 runs it as two 256-bit halves, but its 32 vector
-//! registers hold an 8-cell × 32-dimension register tile in the dense GEMM while the sparse
+//! registers hold a 12-cell × 32-dimension register tile in the dense GEMM while the sparse
 //! gather holds a cell's 96-float output row), AVX2+FMA, or portable Rust.
 //!
 //! The sparse genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
 //! registers while its genes of one gene range are added (one load and one multiply-add per
 //! register per gene, no store), and the range's embedding tiles (512 genes × 384 bytes)
-//! stay in L2 while the block's cells pass over them. On AVX-512 the dense GEMM of the next
-//! tile runs in small steps between the cells' lists ([`GemmJob`]), so that its multiply-adds
-//! fill the time the gather waits for L2.
+//! stay in L2 while the block's cells pass over them.
 //!
 //! Soundness: an [`Isa`] other than [`Isa::portable`] can only be made by [`Isa::detect`] and
 //! [`Isa::available`], after the CPU reported the features its code needs, so every
@@ -18,8 +16,8 @@
 //! crate-private and check their bounds in release builds, once per call (not per entry): the
 //! gather takes [`CellLists`], whose largest gene was found once when they were built and is
 //! checked against the table's length per call (the cell rows against the output's), and
-//! reads each list through a checked slice; the GEMM and [`GemmJob`] check every buffer
-//! length against their shape at entry.
+//! reads each list through a checked slice; the GEMM checks every buffer
+//! length against its shape at entry.
 //!
 //! Every path computes each output element as the same sequence of operations in the same
 //! order. The two fused-multiply-add paths (AVX-512 and AVX2) therefore give identical bits;
@@ -83,7 +81,7 @@ impl Isa {
     /// Cells per register tile of the dense GEMM.
     pub(crate) fn mr(self) -> usize {
         match self.0 {
-            Level::Avx512 => 8,
+            Level::Avx512 => 12,
             Level::Avx2Fma => 6,
             Level::Portable => 4,
         }
@@ -157,11 +155,6 @@ impl<'a> CellLists<'a> {
         (self.starts.len() - 1) / self.cells
     }
 
-    /// The number of entries (of all lists).
-    pub(crate) fn len(&self) -> usize {
-        self.ents.len()
-    }
-
     /// Where the lists of range `range` start and end, one of each per cell.
     #[inline]
     fn bounds(&self, range: usize) -> (&'a [u32], &'a [u32]) {
@@ -190,7 +183,6 @@ pub(crate) fn gather_range(
     out: &mut [f32],
     stride: usize,
     pf: Prefetch<'_>,
-    job: Option<&mut GemmJob<'_>>,
 ) {
     assert!(
         range < lists.ranges()
@@ -210,23 +202,6 @@ pub(crate) fn gather_range(
     );
     let (starts, ends) = lists.bounds(range);
     match isa.0 {
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if w == TILE && job.is_some() => {
-            // SAFETY: as below; the job's own bounds were checked when it was made.
-            unsafe {
-                x86::avx512::gather_gemm_tile(
-                    lists.ents,
-                    starts,
-                    ends,
-                    table.as_ptr(),
-                    tstride,
-                    out.as_mut_ptr(),
-                    stride,
-                    pf,
-                    job.unwrap_or_else(|| unreachable!()),
-                )
-            }
-        }
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if w == TILE => {
             // SAFETY: AVX-512F is present (only detection makes this Isa). Every entry's gene
@@ -383,7 +358,7 @@ pub(crate) fn dense_gemm(isa: Isa, sh: GemmShape, v: &[f32], panel: &[f32], out:
     let tile: Tile = match isa.0 {
         // Only detection makes these Isa values, after checking the CPU's features.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => x86::avx512::gemm::<8, 2>,
+        Level::Avx512 => x86::avx512::gemm::<12, 2>,
         #[cfg(target_arch = "x86_64")]
         Level::Avx2Fma => x86::avx2::gemm::<6, 2>,
         _ => return portable_gemm::<4, 8>(sh, v, panel, out),
@@ -403,91 +378,6 @@ pub(crate) fn dense_gemm(isa: Isa, sh: GemmShape, v: &[f32], panel: &[f32], out:
                     sh.stride,
                 );
             }
-        }
-    }
-}
-
-/// The dense GEMM of one tile ([`dense_gemm`]'s arithmetic, AVX-512 only) as a job done a
-/// few register-tile steps at a time between the cell lists of [`gather_range`], so that its
-/// multiply-adds run while the gather waits for L2. One step adds one gene to an 8-cell ×
-/// 32-dimension register tile; a tile's steps run in ascending gene order from zero, so the
-/// bits are [`dense_gemm`]'s. Each output element is written once, when its tile's last gene
-/// is added.
-pub(crate) struct GemmJob<'a> {
-    v: &'a [f32],
-    panel: &'a [f32],
-    out: &'a mut [f32],
-    sh: GemmShape,
-    /// Progress: strip, cell group, gene; the register tile between calls.
-    s: usize,
-    g: usize,
-    kk: usize,
-    acc: [f32; 8 * 32],
-    /// Steps not yet done, and how many to do per gathered entry (16-bit fixed point).
-    left: usize,
-    ratio: u64,
-    credit: u64,
-}
-
-impl<'a> GemmJob<'a> {
-    /// Whether `isa` has a fused kernel ([`GemmJob::new`] gives a job).
-    pub(crate) fn available(isa: Isa) -> bool {
-        isa.0 == Level::Avx512
-    }
-
-    /// A job for `dense_gemm(isa, sh, v, panel, out)` whose steps are spread over `entries`
-    /// gathered entries; `None` where the instruction set has no fused kernel.
-    ///
-    /// # Panics
-    /// As [`dense_gemm`], when a buffer is shorter than the shape needs (checked here, once).
-    pub(crate) fn new(
-        isa: Isa,
-        sh: GemmShape,
-        v: &'a [f32],
-        panel: &'a [f32],
-        out: &'a mut [f32],
-        entries: usize,
-    ) -> Option<Self> {
-        if isa.0 != Level::Avx512 {
-            return None;
-        }
-        let (mr, nr) = (isa.mr(), isa.nr());
-        let fits = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|n| n <= len);
-        assert!(
-            mr == 8
-                && nr == 32
-                && sh.rows.is_multiple_of(mr)
-                && sh.stride >= sh.strips * nr
-                && fits(v.len(), sh.rows, sh.k)
-                && fits(panel.len(), sh.strips * nr, sh.k)
-                && fits(out.len(), sh.rows, sh.stride),
-            "GemmJob: inconsistent lengths"
-        );
-        let left = sh.strips * (sh.rows / mr) * sh.k;
-        Some(GemmJob {
-            v,
-            panel,
-            out,
-            sh,
-            s: 0,
-            g: 0,
-            kk: 0,
-            acc: [0.0; 8 * 32],
-            left,
-            ratio: ((left as u64) << 16).div_ceil(entries.max(1) as u64),
-            credit: 0,
-        })
-    }
-
-    /// Runs the steps not yet done.
-    pub(crate) fn finish(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let n = self.left;
-            self.left = 0;
-            // SAFETY: only an AVX-512 Isa makes a job (`new`); the step bounds were checked
-            // there (see `x86::avx512::gemm_steps`).
-            unsafe { x86::avx512::gemm_steps(self, n) }
         }
     }
 }
@@ -672,146 +562,6 @@ mod x86 {
             _mm512_fmadd_ps,
             _mm512_set1_ps
         );
-
-        use super::super::GemmJob;
-
-        /// The register tile of a job, loaded from and stored back to its state.
-        type Acc = [[__m512; 2]; 8];
-
-        #[target_feature(enable = "avx512f")]
-        #[inline]
-        unsafe fn load_acc(job: &GemmJob<'_>) -> Acc {
-            let mut acc: Acc = [[_mm512_setzero_ps(); 2]; 8];
-            for (c, a) in acc.iter_mut().enumerate() {
-                a[0] = _mm512_loadu_ps(job.acc.as_ptr().add(32 * c));
-                a[1] = _mm512_loadu_ps(job.acc.as_ptr().add(32 * c + 16));
-            }
-            acc
-        }
-
-        #[target_feature(enable = "avx512f")]
-        #[inline]
-        unsafe fn store_acc(job: &mut GemmJob<'_>, acc: &Acc) {
-            for (c, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(job.acc.as_mut_ptr().add(32 * c), a[0]);
-                _mm512_storeu_ps(job.acc.as_mut_ptr().add(32 * c + 16), a[1]);
-            }
-        }
-
-        /// `n` steps of a job on the register tile `acc`; `pos` is (strip, group, gene). A
-        /// macro, so that the register tile stays in registers where it is expanded.
-        ///
-        /// Safety (of the expansion): AVX-512F is present; `n` does not exceed the steps
-        /// left, so that the strip stays below `sh.strips`: a step then reads
-        /// `v[(g·k + kk)·8 ..][..8]` (g < rows/8) and `panel[(s·k + kk)·32 ..][..32]`
-        /// (s < strips) and writes 8 rows of 32 floats at `out[(8g)·stride + 32s ..]`, inside
-        /// the lengths `GemmJob::new` checked.
-        macro_rules! steps {
-            ($job:expr, $acc:expr, $pos:expr, $n:expr) => {{
-                let (k, groups, stride) = ($job.sh.k, $job.sh.rows / 8, $job.sh.stride);
-                let (v, p, o) = ($job.v.as_ptr(), $job.panel.as_ptr(), $job.out.as_mut_ptr());
-                let (mut s, mut g, mut kk) = $pos;
-                for _ in 0..$n {
-                    let pk = p.add((s * k + kk) * 32);
-                    let (e0, e1) = (_mm512_loadu_ps(pk), _mm512_loadu_ps(pk.add(16)));
-                    let vk = v.add((g * k + kk) * 8);
-                    for (c, a) in $acc.iter_mut().enumerate() {
-                        let b = _mm512_set1_ps(*vk.add(c));
-                        a[0] = _mm512_fmadd_ps(b, e0, a[0]);
-                        a[1] = _mm512_fmadd_ps(b, e1, a[1]);
-                    }
-                    kk += 1;
-                    if kk == k {
-                        for (c, a) in $acc.iter_mut().enumerate() {
-                            let dst = o.add((g * 8 + c) * stride + s * 32);
-                            _mm512_storeu_ps(dst, a[0]);
-                            _mm512_storeu_ps(dst.add(16), a[1]);
-                            *a = [_mm512_setzero_ps(); 2];
-                        }
-                        kk = 0;
-                        g += 1;
-                        if g == groups {
-                            g = 0;
-                            s += 1;
-                        }
-                    }
-                }
-                $pos = (s, g, kk);
-            }};
-        }
-
-        /// Runs `n` steps of `job` (at most those left).
-        ///
-        /// # Safety
-        /// AVX-512F is present and the job was made by `GemmJob::new`.
-        #[target_feature(enable = "avx512f")]
-        pub(crate) unsafe fn gemm_steps(job: &mut GemmJob<'_>, n: usize) {
-            if job.sh.k == 0 {
-                return;
-            }
-            let mut acc = load_acc(job);
-            let mut pos = (job.s, job.g, job.kk);
-            steps!(job, acc, pos, n);
-            (job.s, job.g, job.kk) = pos;
-            store_acc(job, &acc);
-        }
-
-        /// [`gather_tile`] with the steps of `job` due for each list's entries done right
-        /// after the list, so that the GEMM's multiply-adds overlap the gather's loads.
-        ///
-        /// # Safety
-        /// As [`gather_tile`] (with `NV = 6`), and the job was made by `GemmJob::new`.
-        #[target_feature(enable = "avx512f")]
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn gather_gemm_tile(
-            ents: &[u64],
-            starts: &[u32],
-            ends: &[u32],
-            table: *const f32,
-            tstride: usize,
-            out: *mut f32,
-            stride: usize,
-            pf: super::super::Prefetch<'_>,
-            job: &mut GemmJob<'_>,
-        ) {
-            if job.sh.k == 0 {
-                return gather_tile::<6>(ents, starts, ends, table, tstride, out, stride, pf);
-            }
-            let mut gacc = load_acc(job);
-            let mut pos = (job.s, job.g, job.kk);
-            let (mut left, mut credit, ratio) = (job.left, job.credit, job.ratio);
-            let cells = starts.len();
-            for (c, (&a, &b)) in starts.iter().zip(ends).enumerate() {
-                pf.issue(c, cells);
-                let list = &ents[a as usize..b as usize];
-                if list.is_empty() {
-                    continue;
-                }
-                let o = out.add(c * stride);
-                let mut acc: [__m512; 6] = [_mm512_setzero_ps(); 6];
-                for (k, x) in acc.iter_mut().enumerate() {
-                    *x = _mm512_loadu_ps(o.add(16 * k));
-                }
-                for &en in list {
-                    let vb = _mm512_set1_ps(super::super::entry_val(en));
-                    let e = table.add(super::super::entry_row(en) * tstride);
-                    for (k, x) in acc.iter_mut().enumerate() {
-                        *x = _mm512_fmadd_ps(vb, _mm512_loadu_ps(e.add(16 * k)), *x);
-                    }
-                }
-                for (k, x) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o.add(16 * k), *x);
-                }
-                credit += list.len() as u64 * ratio;
-                let n = ((credit >> 16) as usize).min(left);
-                credit &= 0xFFFF;
-                left -= n;
-                steps!(job, gacc, pos, n);
-            }
-            (job.s, job.g, job.kk) = pos;
-            (job.left, job.credit) = (left, credit);
-            store_acc(job, &gacc);
-        }
     }
 }
 
@@ -852,7 +602,6 @@ mod tests {
                 &mut out,
                 stride,
                 Prefetch::none(),
-                None,
             );
         }
         for c in 0..3 {
@@ -906,7 +655,6 @@ mod tests {
             &mut out,
             8,
             Prefetch::none(),
-            None,
         );
     }
 
@@ -926,7 +674,6 @@ mod tests {
             &mut out,
             8,
             Prefetch::none(),
-            None,
         );
     }
 
@@ -985,57 +732,5 @@ mod tests {
             let n = w[0].1.len().min(w[1].1.len());
             assert_eq!(w[0].1[..n], w[1].1[..n], "{:?} vs {:?}", w[0].0, w[1].0);
         }
-    }
-
-    /// The AVX-512 GEMM done in steps between gathered lists gives `dense_gemm`'s bits.
-    #[test]
-    fn gemm_job_matches_dense_gemm_bitwise() {
-        let Some(isa) = Isa::available()
-            .into_iter()
-            .find(|&i| GemmJob::available(i))
-        else {
-            return;
-        };
-        let (mr, nr) = (isa.mr(), isa.nr());
-        let (rows, k, strips) = (3 * mr, 29, TILE / nr);
-        let stride = strips * nr;
-        let v: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 7) % 11) as f32 * 0.3 - 1.0)
-            .collect();
-        let panel: Vec<f32> = (0..strips * nr * k)
-            .map(|i| ((i * 5) % 13) as f32 * 0.7 - 4.0)
-            .collect();
-        let sh = GemmShape {
-            rows,
-            k,
-            strips,
-            stride,
-        };
-        let mut want = vec![f32::NAN; rows * stride];
-        dense_gemm(isa, sh, &v, &panel, &mut want);
-        // Lists for 5 cells over a 2-gene table, one range; the job spread over them.
-        let e = vec![0.5f32; 2 * TILE];
-        let ents: Vec<u64> = (0..7).map(|i| pack_entry(i % 2, i as f32)).collect();
-        let starts = [0u32, 1, 1, 4, 6, 7];
-        let cl = CellLists::new(&ents, &starts, 5);
-        let mut got = vec![f32::NAN; rows * stride];
-        let mut gathered = vec![0.0f32; 5 * TILE];
-        let mut job = GemmJob::new(isa, sh, &v, &panel, &mut got, 3).unwrap();
-        gather_range(
-            isa,
-            &cl,
-            0,
-            &e,
-            TILE,
-            TILE,
-            &mut gathered,
-            TILE,
-            Prefetch::none(),
-            Some(&mut job),
-        );
-        job.finish();
-        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&want), bits(&got));
-        assert_eq!(gathered[2 * TILE], 0.5 * (1.0 + 2.0 + 3.0));
     }
 }

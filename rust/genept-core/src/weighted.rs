@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
 use crate::error::{GeneptError, Result};
 use crate::simd::{
-    dense_gemm, gather_range, pack_entry, CellLists, GemmJob, GemmShape, Isa, Prefetch, TILE,
+    dense_gemm, gather_range, pack_entry, CellLists, GemmShape, Isa, Prefetch, TILE,
 };
 
 /// Table rows per gene range of the sparse gather: a range's tiles (512 × 384 bytes) stay in
@@ -643,22 +643,17 @@ fn encode_block<I: Index, V: Value>(
     // The largest gene found once, for all tiles.
     let lists = CellLists::new(rents, rstart, rows);
     let max_stride = plan.tiles.iter().map(|t| t.stride).max().unwrap_or(0);
-    let len = rows_p * max_stride;
     tile.clear();
-    tile.resize(2 * len + 16, 0.0);
+    tile.resize(rows_p * max_stride + 16, 0.0);
     // 64-byte aligned (max_stride is a multiple of 16), so that no vector load or store splits
-    // a cache line; two buffers: one tile is gathered while the next one's GEMM is done.
+    // a cache line.
     let skip = tile.as_ptr().align_offset(64).min(16);
-    let (mut cur, mut next) = tile[skip..skip + 2 * len].split_at_mut(len);
-    if let Some(t) = plan.tiles.first() {
-        tile_gemm(plan, dense_v, rows_p, t, cur, 0);
-    }
+    let tile = &mut tile[skip..skip + rows_p * max_stride];
     let ranges = lists.ranges();
     for (ti, t) in plan.tiles.iter().enumerate() {
         let (table, tstride) = plan.emb.tile(t.t0);
-        let tn = plan.tiles.get(ti + 1);
-        let mut job = tn.and_then(|tn| tile_gemm(plan, dense_v, rows_p, tn, next, lists.len()));
-        let buf = &mut cur[..rows_p * t.stride];
+        let buf = &mut tile[..rows_p * t.stride];
+        tile_gemm(plan, dense_v, rows_p, t, buf);
         for range in 0..ranges {
             // While a range is gathered, its successor's tiles (or the next tile's first
             // range) are brought into L2.
@@ -669,7 +664,7 @@ fn encode_block<I: Index, V: Value>(
                     tstride,
                     bytes: 4 * t.w,
                 }
-            } else if let Some(tn) = tn {
+            } else if let Some(tn) = plan.tiles.get(ti + 1) {
                 let (tb, ts) = plan.emb.tile(tn.t0);
                 Prefetch {
                     genes: &present[pstart[0] as usize..pstart[1] as usize],
@@ -680,46 +675,22 @@ fn encode_block<I: Index, V: Value>(
             } else {
                 Prefetch::none()
             };
-            gather_range(
-                isa,
-                &lists,
-                range,
-                table,
-                tstride,
-                t.w,
-                buf,
-                t.stride,
-                pf,
-                job.as_mut(),
-            );
-        }
-        if let Some(mut job) = job {
-            job.finish();
+            gather_range(isa, &lists, range, table, tstride, t.w, buf, t.stride, pf);
         }
         for (src, dst) in buf.chunks_exact(t.stride).zip(out.chunks_exact_mut(d)) {
             dst[t.t0..t.t0 + t.w].copy_from_slice(&src[..t.w]);
         }
-        std::mem::swap(&mut cur, &mut next);
     }
     finish_rows(out, d, r0, opts.normalize)
 }
 
 /// The dense GEMM of tile `t` of a block (`rows_p` rows) into `buf`, or zeros without dense
-/// genes: done now, or, where `fused > 0` and the instruction set has the fused kernel,
-/// returned as a job to spread over the `fused` entries of a gather.
-fn tile_gemm<'b>(
-    plan: &'b Plan<'_>,
-    dense_v: &'b [f32],
-    rows_p: usize,
-    t: &TileInfo,
-    buf: &'b mut [f32],
-    fused: usize,
-) -> Option<GemmJob<'b>> {
+/// genes.
+fn tile_gemm(plan: &Plan<'_>, dense_v: &[f32], rows_p: usize, t: &TileInfo, buf: &mut [f32]) {
     let (isa, k) = (plan.isa, plan.k);
-    let buf = &mut buf[..rows_p * t.stride];
     if k == 0 {
         buf.fill(0.0);
-        return None;
+        return;
     }
     let panel = &plan.panels[t.panel..t.panel + t.strips * isa.nr() * k];
     let sh = GemmShape {
@@ -728,12 +699,7 @@ fn tile_gemm<'b>(
         strips: t.strips,
         stride: t.stride,
     };
-    if fused > 0 && GemmJob::available(isa) {
-        GemmJob::new(isa, sh, dense_v, panel, buf, fused)
-    } else {
-        dense_gemm(isa, sh, dense_v, panel, buf);
-        None
-    }
+    dense_gemm(isa, sh, dense_v, panel, buf);
 }
 
 /// Places one cell's values without branching on the gene: a dense gene's value goes to
