@@ -179,7 +179,7 @@ pub struct DenseGenes {
 }
 
 impl DenseGenes {
-    /// No dense genes: every gene goes through the scatter.
+    /// No dense genes: every gene goes through the gather.
     pub fn none() -> Self {
         DenseGenes::default()
     }
