@@ -61,8 +61,10 @@ pub fn try_zeroed<T: Zeroable>(rows: usize, cols: usize, what: &str) -> Result<V
 /// Below this size the advice is not worth a system call.
 const HUGE_MIN_BYTES: usize = 4 << 20;
 
+/// Advises the kernel to back the whole 2 MB pages inside `v` with huge pages (Linux, where
+/// transparent huge pages are enabled; best before the pages are first touched).
 #[cfg(target_os = "linux")]
-fn advise_huge<T>(v: &[T]) {
+pub(crate) fn advise_huge<T>(v: &[T]) {
     let bytes = std::mem::size_of_val(v);
     if bytes < HUGE_MIN_BYTES {
         return;
@@ -83,7 +85,7 @@ fn advise_huge<T>(v: &[T]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge<T>(_v: &[T]) {}
+pub(crate) fn advise_huge<T>(_v: &[T]) {}
 
 #[cfg(test)]
 mod tests {

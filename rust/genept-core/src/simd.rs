@@ -2,17 +2,22 @@
 //!
 //! Wheels are built for generic x86-64, so the wide code is compiled with `#[target_feature]`
 //! and chosen at run time: AVX-512F (Zen 4 runs it as two 256-bit halves, but its 32 vector
-//! registers hold a 12-cell × 32-dimension register tile in the dense GEMM), AVX2+FMA, or
-//! portable Rust. On Zen 4 both wide paths measure the same speed (the scatter is bound by
-//! one store per multiply-add either way).
+//! registers hold a 12-cell × 32-dimension register tile in the dense GEMM while the sparse
+//! gather holds a cell's 96-float output row), AVX2+FMA, or portable Rust.
+//!
+//! The sparse genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
+//! registers while its genes of one gene range are added (one load and one multiply-add per
+//! register per gene, no store), and the range's embedding tiles (512 genes × 384 bytes)
+//! stay in L2 while the block's cells pass over them.
 //!
 //! Soundness: an [`Isa`] other than [`Isa::portable`] can only be made by [`Isa::detect`] and
 //! [`Isa::available`], after the CPU reported the features its code needs, so every
 //! `#[target_feature]` function reached through it runs on a CPU that has them. The kernels are
 //! crate-private and check their bounds in release builds, once per call (not per entry): the
-//! scatter takes [`Entries`], whose rows were checked against the tile's row count once when
-//! they were built, and [`GeneGroups`], whose gene ranges were checked once per block; the
-//! GEMM checks every buffer length against its shape at entry.
+//! gather takes [`CellLists`], whose largest gene was found once when they were built and is
+//! checked against the table's length per call (the cell rows against the output's), and
+//! reads each list through a checked slice; the GEMM checks every buffer
+//! length against its shape at entry.
 //!
 //! Every path computes each output element as the same sequence of operations in the same
 //! order. The two fused-multiply-add paths (AVX-512 and AVX2) therefore give identical bits;
@@ -113,114 +118,100 @@ fn entry_val(e: u64) -> f32 {
     f32::from_bits((e >> 32) as u32)
 }
 
-/// Entries whose rows were each checked once to be below `bound` (the output tile's rows).
+/// A block's sparse entries as one list per (gene range, cell), range-major: list
+/// `l = range · cells + cell` is `ents[starts[l]..starts[l + 1]]`, each entry a gene's table
+/// row (low 32 bits) and its value. Built once per block: the largest gene is found once;
+/// list bounds are slice-checked as they are read.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Entries<'a> {
+pub(crate) struct CellLists<'a> {
     ents: &'a [u64],
-    bound: usize,
-}
-
-impl<'a> Entries<'a> {
-    /// Checks every row against `bound` (one vectorised pass; done once per block).
-    pub(crate) fn new(ents: &'a [u64], bound: usize) -> Self {
-        let max = ents
-            .iter()
-            .map(|&e| e as u32)
-            .max()
-            .map_or(0, |m| m as usize + 1);
-        assert!(
-            max <= bound,
-            "row {} outside a tile of {bound} rows",
-            max - 1
-        );
-        Entries { ents, bound }
-    }
-
-    /// Entries `a..b`, with the same bound.
-    #[inline]
-    pub(crate) fn slice(&self, a: usize, b: usize) -> Entries<'a> {
-        Entries {
-            ents: &self.ents[a..b],
-            bound: self.bound,
-        }
-    }
-}
-
-/// A block's entries grouped by gene, checked once when built: gene `genes[i]` (a table row)
-/// owns entries `starts[i] - base .. starts[i + 1] - base` of `ents`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct GeneGroups<'a> {
-    genes: &'a [u32],
     starts: &'a [u32],
-    base: u32,
-    ents: Entries<'a>,
+    cells: usize,
     max_gene: usize,
 }
 
-impl<'a> GeneGroups<'a> {
-    /// Checks that `starts` has one more entry than `genes`, never decreases, and spans
-    /// exactly `ents` from `base` (one pass over the genes; once per block).
-    pub(crate) fn new(genes: &'a [u32], starts: &'a [u32], base: u32, ents: Entries<'a>) -> Self {
+impl<'a> CellLists<'a> {
+    /// `starts` must hold `ranges · cells + 1` positions.
+    pub(crate) fn new(ents: &'a [u64], starts: &'a [u32], cells: usize) -> Self {
         assert!(
-            starts.len() == genes.len() + 1
-                && starts[0] == base
-                && starts.windows(2).all(|w| w[0] <= w[1])
-                && (starts[genes.len()] - base) as usize == ents.ents.len(),
-            "GeneGroups: inconsistent starts"
+            cells > 0 && !starts.is_empty() && (starts.len() - 1).is_multiple_of(cells),
+            "CellLists: inconsistent starts"
         );
-        let max_gene = genes.iter().copied().max().map_or(0, |g| g as usize);
-        GeneGroups {
-            genes,
-            starts,
-            base,
+        let max_gene = ents
+            .iter()
+            .map(|&e| e as u32)
+            .max()
+            .map_or(0, |g| g as usize);
+        CellLists {
             ents,
+            starts,
+            cells,
             max_gene,
         }
     }
+
+    /// The number of gene ranges.
+    pub(crate) fn ranges(&self) -> usize {
+        (self.starts.len() - 1) / self.cells
+    }
+
+    /// Where the lists of range `range` start and end, one of each per cell.
+    #[inline]
+    fn bounds(&self, range: usize) -> (&'a [u32], &'a [u32]) {
+        let c = self.cells;
+        (
+            &self.starts[range * c..(range + 1) * c],
+            &self.starts[range * c + 1..(range + 1) * c + 1],
+        )
+    }
 }
 
-/// For every gene of `groups`: its tile `table[g*tstride ..][..w]` added, scaled by each of
-/// its entries' values, into the output rows of those entries (`out[row*stride ..][..w]`).
-/// The tile of the gene `pf` places ahead is prefetched.
+/// For each cell `c` of `lists` and each entry (gene `g`, value `v`) of its list in range
+/// `range`, in order: `out[c*stride ..][..w] += v * table[g*tstride ..][..w]`. The output row
+/// stays in registers while the cell's genes of the range are added.
 ///
 /// # Panics
 /// When a length does not fit (a bug in this crate): checked once per call.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn scatter_genes(
+pub(crate) fn gather_range(
     isa: Isa,
-    groups: &GeneGroups<'_>,
+    lists: &CellLists<'_>,
+    range: usize,
     table: &[f32],
     tstride: usize,
     w: usize,
     out: &mut [f32],
     stride: usize,
-    pf: usize,
+    pf: Prefetch<'_>,
 ) {
-    let g = groups;
     assert!(
-        w <= stride
+        range < lists.ranges()
+            && w <= stride
             && w <= tstride
-            && (g.genes.is_empty()
-                || g.max_gene
+            && (lists.ents.is_empty()
+                || lists
+                    .max_gene
                     .checked_mul(tstride)
                     .and_then(|o| o.checked_add(w))
                     .is_some_and(|end| end <= table.len()))
-            && g.ents
-                .bound
+            && lists
+                .cells
                 .checked_mul(stride)
                 .is_some_and(|n| n <= out.len()),
-        "scatter_genes: inconsistent lengths"
+        "gather_range: inconsistent lengths"
     );
+    let (starts, ends) = lists.bounds(range);
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if w == TILE => {
-            // SAFETY: AVX-512F is present (only detection makes this Isa). Every gene's tile
-            // lies inside `table` (max_gene*tstride + w <= len, checked above); every entry
-            // index lies in `ents` and every row r < bound, so r*stride + w <= out.len()
-            // (GeneGroups/Entries checked at construction, the output length above).
+            // SAFETY: AVX-512F is present (only detection makes this Isa). Every entry's gene
+            // g <= max_gene, so its tile g*tstride + w <= table.len(); every cell c < cells, so
+            // its row c*stride + w <= out.len() (both checked above).
             unsafe {
-                x86::avx512::scatter_tile::<6>(
-                    g,
+                x86::avx512::gather_tile::<6>(
+                    lists.ents,
+                    starts,
+                    ends,
                     table.as_ptr(),
                     tstride,
                     out.as_mut_ptr(),
@@ -233,8 +224,10 @@ pub(crate) fn scatter_genes(
         Level::Avx2Fma if w == TILE => {
             // SAFETY: AVX2 and FMA are present; bounds as for the AVX-512 path.
             unsafe {
-                x86::avx2::scatter_tile::<12>(
-                    g,
+                x86::avx2::gather_tile::<12>(
+                    lists.ents,
+                    starts,
+                    ends,
                     table.as_ptr(),
                     tstride,
                     out.as_mut_ptr(),
@@ -243,78 +236,86 @@ pub(crate) fn scatter_genes(
                 )
             }
         }
-        _ => {
-            for (i, &gene) in g.genes.iter().enumerate() {
-                let (a, b) = (
-                    (g.starts[i] - g.base) as usize,
-                    (g.starts[i + 1] - g.base) as usize,
-                );
-                let e = &table[gene as usize * tstride..gene as usize * tstride + w];
-                scatter_axpy(isa, e, g.ents.slice(a, b), out, w, stride);
-            }
-        }
-    }
-}
-
-/// For every entry: `out[row*stride .. +w] += val * e[..w]`.
-///
-/// # Panics
-/// When a length does not fit (a bug in this crate, not user input): checked once per call.
-#[inline]
-pub(crate) fn scatter_axpy(
-    isa: Isa,
-    e: &[f32],
-    ents: Entries<'_>,
-    out: &mut [f32],
-    w: usize,
-    stride: usize,
-) {
-    assert!(
-        w <= stride
-            && e.len() >= w
-            && ents
-                .bound
-                .checked_mul(stride)
-                .is_some_and(|n| n <= out.len()),
-        "scatter_axpy: inconsistent lengths"
-    );
-    let ents = ents.ents;
-    match isa.0 {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => {
-            // SAFETY: `Isa(Avx512)` exists only when the CPU has AVX-512F (`Isa::available`).
-            // Each row r < bound, so r*stride + w <= bound*stride <= out.len() (checked above),
-            // and e holds w floats.
+            // SAFETY: AVX-512F is present; the slices are bounds-checked.
             unsafe {
-                if w == TILE {
-                    x86::avx512::axpy_tile::<6>(e.as_ptr(), ents, out.as_mut_ptr(), stride);
-                } else {
-                    x86::avx512::axpy_any(e, ents, out, w, stride);
-                }
+                x86::avx512::gather_any(lists.ents, starts, ends, table, tstride, w, out, stride)
             }
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx2Fma => {
-            // SAFETY: `Isa(Avx2Fma)` exists only when the CPU has AVX2 and FMA; bounds as above.
+            // SAFETY: AVX2 and FMA are present; the slices are bounds-checked.
             unsafe {
-                if w == TILE {
-                    x86::avx2::axpy_tile::<12>(e.as_ptr(), ents, out.as_mut_ptr(), stride);
-                } else {
-                    x86::avx2::axpy_any(e, ents, out, w, stride);
-                }
+                x86::avx2::gather_any(lists.ents, starts, ends, table, tstride, w, out, stride)
             }
         }
-        _ => portable_axpy(e, ents, out, w, stride),
+        _ => {
+            let l = (lists.ents, starts, ends);
+            gather_slices(l, table, tstride, w, out, stride, |v, x, o| o + v * x)
+        }
     }
 }
 
-fn portable_axpy(e: &[f32], ents: &[u64], out: &mut [f32], w: usize, stride: usize) {
-    let e = &e[..w];
-    for &en in ents {
-        let (r, v) = (entry_row(en), entry_val(en));
-        let o = &mut out[r * stride..r * stride + w];
-        for (o, &x) in o.iter_mut().zip(e) {
-            *o += v * x;
+/// Gene tiles to prefetch while a range is gathered (those of the range that comes next):
+/// gene `g`'s tile starts at `table + g*tstride` and spans `bytes` bytes. Spread evenly over
+/// the range's cells.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prefetch<'a> {
+    pub genes: &'a [u32],
+    pub table: *const f32,
+    pub tstride: usize,
+    pub bytes: usize,
+}
+
+impl Prefetch<'_> {
+    pub(crate) fn none() -> Self {
+        Prefetch {
+            genes: &[],
+            table: std::ptr::null(),
+            tstride: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Issues the share of cell `c` of `cells`.
+    #[inline(always)]
+    fn issue(&self, c: usize, cells: usize) {
+        let m = self.genes.len();
+        if m == 0 {
+            return;
+        }
+        let (a, b) = (c * m / cells, (c + 1) * m / cells);
+        for &g in &self.genes[a..b] {
+            prefetch_l2(
+                self.table.wrapping_add(g as usize * self.tstride),
+                self.bytes,
+            );
+        }
+    }
+}
+
+/// The gather on checked slices, for any width: `o = add(v, x, o)` for each element of each
+/// cell's row, each gene of its list in order (inlined, so that the caller's target features
+/// vectorise it).
+#[inline(always)]
+fn gather_slices(
+    (ents, starts, ends): (&[u64], &[u32], &[u32]),
+    table: &[f32],
+    tstride: usize,
+    w: usize,
+    out: &mut [f32],
+    stride: usize,
+    add: impl Fn(f32, f32, f32) -> f32,
+) {
+    for (c, (&a, &b)) in starts.iter().zip(ends).enumerate() {
+        let o = &mut out[c * stride..c * stride + w];
+        for &en in &ents[a as usize..b as usize] {
+            let (g, v) = (entry_row(en), entry_val(en));
+            let e = &table[g * tstride..g * tstride + w];
+            for (o, &x) in o.iter_mut().zip(e) {
+                *o = add(v, x, *o);
+            }
         }
     }
 }
@@ -407,16 +408,16 @@ fn portable_gemm<const MR: usize, const NR: usize>(
     }
 }
 
-/// Hints the CPU to start loading `bytes` bytes at `p` into L1.
+/// Hints the CPU to start loading `bytes` bytes at `p` into L2.
 #[inline(always)]
-pub(crate) fn prefetch(p: *const f32, bytes: usize) {
+pub(crate) fn prefetch_l2(p: *const f32, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let mut off = 0;
         while off < bytes {
             // SAFETY: prefetch never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(off)) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>((p as *const i8).wrapping_add(off)) };
             off += 64;
         }
     }
@@ -434,82 +435,68 @@ macro_rules! x86_kernels {
      $fmadd:ident, $set1:ident) => {
         use std::arch::x86_64::*;
 
-        /// One gene's tile of `LANES*NV` floats in `NV` registers while each entry does one
-        /// load, one FMA and one store per register of its output row.
+        /// One output row of `LANES*NV` floats in `NV` registers per cell while its list's
+        /// genes are added: one load and one FMA per register per entry, no store.
         ///
         /// # Safety
-        /// The CPU has the features; `e` holds `LANES*NV` floats; `out + row*stride` holds
-        /// `LANES*NV` floats for every entry's row.
+        /// The CPU has the features; every entry's tile (`LANES*NV` floats at
+        /// `table + gene*tstride`) and every cell's row (`out + c*stride`, `c <
+        /// starts.len()`) in bounds.
         #[target_feature(enable = $feature)]
-        #[inline]
-        pub(crate) unsafe fn axpy_tile<const NV: usize>(
-            e: *const f32,
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn gather_tile<const NV: usize>(
             ents: &[u64],
-            out: *mut f32,
-            stride: usize,
-        ) {
-            let mut ev: [$vec; NV] = [$zero(); NV];
-            for (k, x) in ev.iter_mut().enumerate() {
-                *x = $load(e.add($lanes * k));
-            }
-            for &en in ents {
-                let vb = $set1(super::super::entry_val(en));
-                let o = out.add(super::super::entry_row(en) * stride);
-                for (k, x) in ev.iter().enumerate() {
-                    let p = o.add($lanes * k);
-                    $store(p, $fmadd(vb, *x, $load(p)));
-                }
-            }
-        }
-
-        /// [`super::super::scatter_genes`] for full tiles: [`axpy_tile`] for one gene after
-        /// another, prefetching the tile of the gene `pf` places ahead.
-        ///
-        /// # Safety
-        /// The CPU has the features; every gene's tile (`LANES*NV` floats at
-        /// `table + gene*tstride`) and every entry's output row in bounds.
-        #[target_feature(enable = $feature)]
-        pub(crate) unsafe fn scatter_tile<const NV: usize>(
-            g: &super::super::GeneGroups<'_>,
+            starts: &[u32],
+            ends: &[u32],
             table: *const f32,
             tstride: usize,
             out: *mut f32,
             stride: usize,
-            pf: usize,
+            pf: super::super::Prefetch<'_>,
         ) {
-            for (i, &gene) in g.genes.iter().enumerate() {
-                if let Some(&next) = g.genes.get(i + pf) {
-                    super::super::prefetch(table.add(next as usize * tstride), 4 * $lanes * NV);
+            let cells = starts.len();
+            for (c, (&a, &b)) in starts.iter().zip(ends).enumerate() {
+                pf.issue(c, cells);
+                let list = &ents[a as usize..b as usize];
+                if list.is_empty() {
+                    continue;
                 }
-                let (a, b) = (
-                    (g.starts[i] - g.base) as usize,
-                    (g.starts[i + 1] - g.base) as usize,
-                );
-                let e = table.add(gene as usize * tstride);
-                axpy_tile::<NV>(e, &g.ents.ents[a..b], out, stride);
+                let o = out.add(c * stride);
+                let mut acc: [$vec; NV] = [$zero(); NV];
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a = $load(o.add($lanes * k));
+                }
+                for &en in list {
+                    let vb = $set1(super::super::entry_val(en));
+                    let e = table.add(super::super::entry_row(en) * tstride);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = $fmadd(vb, $load(e.add($lanes * k)), *a);
+                    }
+                }
+                for (k, a) in acc.iter().enumerate() {
+                    $store(o.add($lanes * k), *a);
+                }
             }
         }
 
-        /// Any width (the last, partial tile): fused multiply-add, vectorised by the compiler.
+        /// [`gather_tile`] for any width (the last, partial tile), bounds-checked.
         ///
         /// # Safety
-        /// The CPU has the features (the slices are bounds-checked).
+        /// The CPU has the features.
         #[target_feature(enable = $feature)]
-        pub(crate) unsafe fn axpy_any(
-            e: &[f32],
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn gather_any(
             ents: &[u64],
-            out: &mut [f32],
+            starts: &[u32],
+            ends: &[u32],
+            table: &[f32],
+            tstride: usize,
             w: usize,
+            out: &mut [f32],
             stride: usize,
         ) {
-            let e = &e[..w];
-            for &en in ents {
-                let (r, v) = (super::super::entry_row(en), super::super::entry_val(en));
-                let o = &mut out[r * stride..r * stride + w];
-                for (o, &x) in o.iter_mut().zip(e) {
-                    *o = v.mul_add(x, *o);
-                }
-            }
+            let lists = (ents, starts, ends);
+            super::super::gather_slices(lists, table, tstride, w, out, stride, f32::mul_add);
         }
 
         /// One `MR × LANES·NV` register tile of the dense GEMM over `k` genes.
@@ -582,39 +569,62 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// Three cells, two gene ranges of lists (range-major), a 4-gene table of `w` columns.
     fn check(isa: Isa, w: usize, stride: usize) {
-        let e: Vec<f32> = (0..w).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let rows = [2u32, 0, 2, 1];
-        let vals = [1.5f32, -2.0, 0.25, 4.0];
-        let ents: Vec<u64> = rows
-            .iter()
-            .zip(&vals)
-            .map(|(&r, &v)| pack_entry(r, v))
-            .collect();
+        let tstride = w.div_ceil(8) * 8 + 8;
+        let e: Vec<f32> = (0..4 * tstride).map(|i| i as f32 * 0.5 - 3.0).collect();
+        // (cell, gene, value), listed range by range, cell by cell.
+        let lists = [
+            vec![(1, 1.5f32)],
+            vec![],
+            vec![(0, -2.0), (1, 0.25)],
+            vec![(2, 4.0), (3, -1.0)],
+            vec![(3, 0.5)],
+            vec![],
+        ];
+        let mut ents = Vec::new();
+        let mut starts = vec![0u32];
+        for l in &lists {
+            ents.extend(l.iter().map(|&(g, v)| pack_entry(g, v)));
+            starts.push(ents.len() as u32);
+        }
+        let cl = CellLists::new(&ents, &starts, 3);
+        assert_eq!(cl.ranges(), 2);
         let mut out = vec![1.0f32; 3 * stride];
-        scatter_axpy(isa, &e, Entries::new(&ents, 3), &mut out, w, stride);
-        for r in 0..3 {
-            let s: f32 = rows
-                .iter()
-                .zip(&vals)
-                .filter(|(&rr, _)| rr as usize == r)
-                .map(|(_, v)| v)
-                .sum();
+        for range in 0..2 {
+            gather_range(
+                isa,
+                &cl,
+                range,
+                &e,
+                tstride,
+                w,
+                &mut out,
+                stride,
+                Prefetch::none(),
+            );
+        }
+        for c in 0..3 {
             for j in 0..w {
-                let want = 1.0 + s * e[j];
+                let want: f32 = 1.0
+                    + [&lists[c], &lists[3 + c]]
+                        .iter()
+                        .flat_map(|l| l.iter())
+                        .map(|&(g, v)| v * e[g as usize * tstride + j])
+                        .sum::<f32>();
                 assert!(
-                    (out[r * stride + j] - want).abs() < 1e-4,
-                    "{isa:?} w={w} r={r} j={j}"
+                    (out[c * stride + j] - want).abs() < 1e-3,
+                    "{isa:?} w={w} c={c} j={j}"
                 );
             }
-            assert!(out[r * stride + w..(r + 1) * stride]
+            assert!(out[c * stride + w..(c + 1) * stride]
                 .iter()
                 .all(|&x| x == 1.0));
         }
     }
 
     #[test]
-    fn scatter_paths_agree_with_arithmetic() {
+    fn gather_paths_agree_with_arithmetic() {
         for isa in Isa::available() {
             for (w, stride) in [(1, 1), (7, 8), (8, 8), (13, 24), (TILE, TILE), (TILE, 128)] {
                 check(isa, w, stride);
@@ -623,23 +633,47 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "outside a tile")]
-    fn rows_are_checked_against_the_tile() {
-        let _ = Entries::new(&[pack_entry(0, 1.0), pack_entry(3, 1.0)], 3);
+    #[should_panic(expected = "inconsistent starts")]
+    fn lists_are_checked_against_the_cells() {
+        let _ = CellLists::new(&[pack_entry(0, 1.0)], &[0, 1, 1], 3);
     }
 
     #[test]
     #[should_panic(expected = "inconsistent lengths")]
-    fn scatter_checks_the_output_length() {
-        let ents = [pack_entry(0, 1.0), pack_entry(2, 1.0)];
-        let mut out = vec![0.0f32; 2 * 8];
-        scatter_axpy(
+    fn gather_checks_the_table_length() {
+        // Gene 3 needs 4 table rows of 8; the table has 3.
+        let ents = [pack_entry(0, 1.0), pack_entry(3, 1.0)];
+        let cl = CellLists::new(&ents, &[0, 2], 1);
+        let mut out = vec![0.0f32; 8];
+        gather_range(
             Isa::detect(),
-            &[1.0; 8],
-            Entries::new(&ents, 3),
+            &cl,
+            0,
+            &[1.0; 24],
+            8,
+            8,
             &mut out,
             8,
+            Prefetch::none(),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "inconsistent lengths")]
+    fn gather_checks_the_output_length() {
+        let ents = [pack_entry(0, 1.0), pack_entry(1, 1.0)];
+        let cl = CellLists::new(&ents, &[0, 1, 2], 2);
+        let mut out = vec![0.0f32; 8];
+        gather_range(
+            Isa::detect(),
+            &cl,
+            0,
+            &[1.0; 16],
             8,
+            8,
+            &mut out,
+            8,
+            Prefetch::none(),
         );
     }
 

@@ -2,16 +2,19 @@
 //!
 //! The embedding table (30k genes × 1536 floats = 184 MB) is far larger than any cache, so a
 //! loop that walks a cell's nonzeros and reads a 6 KB embedding row for each is bound by memory
-//! bandwidth. Instead each thread takes a block of cells and regroups its nonzeros by gene
-//! (a counting sort). Then, for each tile of [`TILE`] embedding dimensions, the genes are the
-//! outer loop: a gene's tile is loaded into registers once per block and added, scaled, into
-//! every output row of the block that expresses the gene; the block × tile output lives in L2.
-//! Each embedding tile is thus read once per block instead of once per nonzero.
+//! bandwidth. Instead each thread takes a block of cells, splits the table's rows into ranges
+//! of [`RANGE_GENES`] genes and lists each cell's nonzeros per range. Then, for each tile of
+//! [`TILE`] embedding dimensions and each gene range, the cells are the outer loop: a cell's
+//! output row (96 floats) stays in registers while its genes of the range are added, scaled,
+//! and the range's embedding tiles (512 × 384 bytes) stay in L2 while the block's cells pass
+//! over them. Each embedding tile is thus read from memory once per block, and each
+//! multiply-add costs one load from L2/L1 and no store (an earlier gene-major scatter did one
+//! load and one store of the output per multiply-add, about 30% of peak; the gather reaches
+//! about 38%).
 //!
-//! That scatter does one load and one store of the output per multiply-add, which caps it near
-//! half the machine's peak. Genes expressed in most cells ([`DenseGenes`], chosen once per job
-//! from gene frequencies) are instead summed by a small dense GEMM per block (values of absent
-//! genes are zeros), whose register tiles do one load per several multiply-adds.
+//! Genes expressed in most cells ([`DenseGenes`], chosen once per job from gene frequencies)
+//! are instead summed by a small dense GEMM per block (values of absent genes are zeros), whose
+//! register tiles do one load per several multiply-adds.
 //!
 //! Summation order, and why results do not depend on blocks or threads: each output element
 //! is accumulated over the cell's dense genes in ascending table row, then over its other genes
@@ -31,11 +34,15 @@ use rayon::prelude::*;
 use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
 use crate::error::{GeneptError, Result};
 use crate::simd::{
-    dense_gemm, pack_entry, scatter_genes, Entries, GemmShape, GeneGroups, Isa, TILE,
+    dense_gemm, gather_range, pack_entry, CellLists, GemmShape, Isa, Prefetch, TILE,
 };
 
-/// How many genes ahead the next embedding tile is prefetched (measured best of 1, 4, 8, 16).
-const PREFETCH_GENES: usize = 4;
+/// Table rows per gene range of the sparse gather: a range's tiles (512 × 384 bytes) stay in
+/// L2 (1 MB per core here) even when another process shares the core. Measured (8,000-10,000
+/// cells, D = 1536, cells per CPU-second): 2,048 rows +3% over the scatter, 1,024 +17%;
+/// 512 is 3% below 1,024 at load 2 but 3-17% above it at load 2.5-5; 256 as 512.
+pub const RANGE_GENES: usize = 1 << RANGE_SHIFT;
+const RANGE_SHIFT: u32 = 9;
 
 /// Cells per block: block × tile of output (512 × 96 floats = 192 KB) stays in L2.
 pub const DEFAULT_BLOCK_ROWS: usize = 512;
@@ -172,7 +179,7 @@ pub struct DenseGenes {
 }
 
 impl DenseGenes {
-    /// No dense genes: every gene goes through the scatter.
+    /// No dense genes: every gene goes through the gather.
     pub fn none() -> Self {
         DenseGenes::default()
     }
@@ -302,6 +309,12 @@ struct Plan<'a> {
     panels: Vec<f32>,
     tiles: Vec<TileInfo>,
     isa: Isa,
+    /// Sparse genes are summed per range of [`RANGE_GENES`] table rows (cell-major within a
+    /// range); `n_ranges` ranges cover the table.
+    n_ranges: usize,
+    /// No two columns share a dense gene's slot (so a row with ascending columns stores its
+    /// dense values instead of adding them).
+    dense_injective: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -372,6 +385,15 @@ impl<'a> Plan<'a> {
                 }
             });
         }
+        let mut uses = vec![0u8; k];
+        let mut dense_injective = true;
+        for &c in &code {
+            if c != SKIP && c & DENSE != 0 {
+                let u = &mut uses[(c & !DENSE) as usize];
+                dense_injective &= *u == 0;
+                *u = 1;
+            }
+        }
         Ok(Plan {
             emb,
             code,
@@ -379,6 +401,8 @@ impl<'a> Plan<'a> {
             panels,
             tiles,
             isa,
+            n_ranges: (n_emb >> RANGE_SHIFT) + 1,
+            dense_injective,
         })
     }
 }
@@ -480,38 +504,43 @@ impl Log1pMemo {
 
 /// Per-thread buffers, reused from block to block.
 struct Scratch {
-    /// Sparse embedding rows present in the block, ascending.
-    genes: Vec<u32>,
-    /// Start of each present gene's entries, then the block's total.
-    starts: Vec<u32>,
-    /// The sparse entries, sorted by gene (stably: rows ascending, duplicates in stored order):
-    /// the gene (table row) and the packed row-and-value.
-    keys: Vec<u32>,
-    ents: Vec<u64>,
-    /// The other half of the radix sort's ping-pong.
-    keys2: Vec<u32>,
-    ents2: Vec<u64>,
     /// Dense values of the block (zeros for absent genes), in the GEMM's layout.
     dense_v: Vec<f32>,
     /// Output of one tile of the block.
     tile: Vec<f32>,
     counts: CountRows,
     memo: Log1pMemo,
+    /// The sparse entries (gene, value) cell after cell, each cell's first entry, and where
+    /// each cell's genes of each range start (see [`CellLists`]).
+    cents: Vec<u64>,
+    cell_at: Vec<u32>,
+    cpos: Vec<u32>,
+    /// The same entries range-major (one list per range and cell), and the lists' starts.
+    rents: Vec<u64>,
+    rstart: Vec<u32>,
+    cursor: Vec<u32>,
+    /// Sparse genes present in the block (a bitmap over table rows), as lists per range.
+    seen: Vec<u64>,
+    present: Vec<u32>,
+    pstart: Vec<u32>,
 }
 
 impl Scratch {
     fn new() -> Self {
         Scratch {
-            genes: Vec::new(),
-            starts: Vec::new(),
-            keys: Vec::new(),
-            ents: Vec::new(),
-            keys2: Vec::new(),
-            ents2: Vec::new(),
             dense_v: Vec::new(),
             tile: Vec::new(),
             counts: CountRows::default(),
             memo: Log1pMemo::new(),
+            cents: Vec::new(),
+            cell_at: Vec::new(),
+            cpos: Vec::new(),
+            rents: Vec::new(),
+            rstart: Vec::new(),
+            cursor: Vec::new(),
+            seen: Vec::new(),
+            present: Vec::new(),
+            pstart: Vec::new(),
         }
     }
 }
@@ -595,51 +624,59 @@ fn encode_block<I: Index, V: Value>(
     out: &mut [f32],
 ) -> Result<()> {
     let d = plan.emb.dim();
-    let (isa, k) = (plan.isa, plan.k);
+    let isa = plan.isa;
     let rows = r1 - r0;
+    if rows == 0 {
+        return Ok(());
+    }
     let rows_p = rows.div_ceil(isa.mr()) * isa.mr();
     group_block(x, plan, opts.preprocess, r0, r1, rows_p, s);
     let Scratch {
-        genes,
-        starts,
-        ents,
         dense_v,
         tile,
+        rents,
+        rstart,
+        present,
+        pstart,
         ..
     } = s;
-    // Every entry's row and every gene's range checked once, for all tiles.
-    let groups = GeneGroups::new(genes, starts, 0, Entries::new(ents, rows_p));
+    // The largest gene found once, for all tiles.
+    let lists = CellLists::new(rents, rstart, rows);
     let max_stride = plan.tiles.iter().map(|t| t.stride).max().unwrap_or(0);
     tile.clear();
     tile.resize(rows_p * max_stride + 16, 0.0);
-    // 64-byte aligned, so that no vector load or store splits a cache line.
+    // 64-byte aligned (max_stride is a multiple of 16), so that no vector load or store splits
+    // a cache line.
     let skip = tile.as_ptr().align_offset(64).min(16);
     let tile = &mut tile[skip..skip + rows_p * max_stride];
-    for t in &plan.tiles {
+    let ranges = lists.ranges();
+    for (ti, t) in plan.tiles.iter().enumerate() {
         let (table, tstride) = plan.emb.tile(t.t0);
         let buf = &mut tile[..rows_p * t.stride];
-        if k > 0 {
-            let panel = &plan.panels[t.panel..t.panel + t.strips * isa.nr() * k];
-            let sh = GemmShape {
-                rows: rows_p,
-                k,
-                strips: t.strips,
-                stride: t.stride,
+        tile_gemm(plan, dense_v, rows_p, t, buf);
+        for range in 0..ranges {
+            // While a range is gathered, its successor's tiles (or the next tile's first
+            // range) are brought into L2.
+            let pf = if range + 1 < ranges {
+                Prefetch {
+                    genes: &present[pstart[range + 1] as usize..pstart[range + 2] as usize],
+                    table: table.as_ptr(),
+                    tstride,
+                    bytes: 4 * t.w,
+                }
+            } else if let Some(tn) = plan.tiles.get(ti + 1) {
+                let (tb, ts) = plan.emb.tile(tn.t0);
+                Prefetch {
+                    genes: &present[pstart[0] as usize..pstart[1] as usize],
+                    table: tb.as_ptr(),
+                    tstride: ts,
+                    bytes: 4 * tn.w,
+                }
+            } else {
+                Prefetch::none()
             };
-            dense_gemm(isa, sh, dense_v, panel, buf);
-        } else {
-            buf.fill(0.0);
+            gather_range(isa, &lists, range, table, tstride, t.w, buf, t.stride, pf);
         }
-        scatter_genes(
-            isa,
-            &groups,
-            table,
-            tstride,
-            t.w,
-            buf,
-            t.stride,
-            PREFETCH_GENES,
-        );
         for (src, dst) in buf.chunks_exact(t.stride).zip(out.chunks_exact_mut(d)) {
             dst[t.t0..t.t0 + t.w].copy_from_slice(&src[..t.w]);
         }
@@ -647,9 +684,72 @@ fn encode_block<I: Index, V: Value>(
     finish_rows(out, d, r0, opts.normalize)
 }
 
-/// Regroups cells `r0..r1`: the dense genes' values into `dense_v` (`rows_p` rows, the GEMM's
-/// layout), the other entries sorted by gene (a stable radix sort) into `keys`/`ents`, with
-/// the genes present and where their entries start.
+/// The dense GEMM of tile `t` of a block (`rows_p` rows) into `buf`, or zeros without dense
+/// genes.
+fn tile_gemm(plan: &Plan<'_>, dense_v: &[f32], rows_p: usize, t: &TileInfo, buf: &mut [f32]) {
+    let (isa, k) = (plan.isa, plan.k);
+    if k == 0 {
+        buf.fill(0.0);
+        return;
+    }
+    let panel = &plan.panels[t.panel..t.panel + t.strips * isa.nr() * k];
+    let sh = GemmShape {
+        rows: rows_p,
+        k,
+        strips: t.strips,
+        stride: t.stride,
+    };
+    dense_gemm(isa, sh, dense_v, panel, buf);
+}
+
+/// Places one cell's values without branching on the gene: a dense gene's value goes to
+/// `dense[base + slot * mr]` (anything else to the dummy slot at its end; added when the row
+/// may hold duplicates, else stored), a sparse gene's entry is written at `ents[*n]` and kept
+/// by advancing `*n`. Returns whether the cell's sparse genes were out of ascending order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn place_row(
+    vals: impl Iterator<Item = (usize, f32)>,
+    code: &[u32],
+    dense: &mut [f32],
+    base: usize,
+    mr: usize,
+    ents: &mut [u64],
+    n: &mut usize,
+    duplicates: bool,
+) -> bool {
+    let dummy = dense.len() - 1;
+    let mut prev = 0u32;
+    let mut unsorted = false;
+    let mut m = *n;
+    for (j, v) in vals {
+        let c = code[j];
+        let is_dense = (c & DENSE != 0) & (c != SKIP);
+        let sparse = c & DENSE == 0;
+        let di = if is_dense {
+            base + (c & !DENSE) as usize * mr
+        } else {
+            dummy
+        };
+        if duplicates {
+            dense[di] += v;
+        } else {
+            dense[di] = v;
+        }
+        ents[m] = pack_entry(c, v);
+        m += usize::from(sparse);
+        unsorted |= sparse & (c < prev);
+        prev = if sparse { c } else { prev };
+    }
+    *n = m;
+    unsorted
+}
+
+/// Regroups cells `r0..r1` for the gather: the dense genes' values into `dense_v` (`rows_p`
+/// rows, zeros for absent genes, the GEMM's layout), the other entries (gene, value) into one
+/// list per (gene range, cell), range-major, each list's genes ascending (stably: duplicates
+/// in stored order), in `rents`/`rstart` (see [`CellLists`]); the genes present, per range, in
+/// `present`/`pstart`.
 fn group_block<I: Index, V: Value>(
     x: &CsrView<'_, I, V>,
     plan: &Plan<'_>,
@@ -660,7 +760,10 @@ fn group_block<I: Index, V: Value>(
     s: &mut Scratch,
 ) {
     let (k, mr) = (plan.k, plan.isa.mr());
+    let rows = r1 - r0;
+    let (shift, nr) = (RANGE_SHIFT, plan.n_ranges);
     let code = &plan.code[..];
+    let injective = plan.dense_injective;
     let log1p = match pre {
         Preprocess::Log1p { target_sum } => {
             s.counts.prepare(x, r0, r1, target_sum);
@@ -669,15 +772,19 @@ fn group_block<I: Index, V: Value>(
         Preprocess::None => false,
     };
     let col = |j: I| j.to_usize().unwrap_or(0);
-    s.keys.clear();
-    s.ents.clear();
+    let need = x.nnz_rows(r0, r1) + 1;
+    if s.cents.len() < need {
+        s.cents.resize(need, 0);
+    }
+    s.cell_at.clear();
     s.dense_v.clear();
-    s.dense_v.resize(rows_p * k, 0.0);
-    let mut hist = [[0u32; 256]; 4];
+    s.dense_v.resize(rows_p * k + 1, 0.0);
+    let mut unsorted = false;
+    let mut n = 0usize;
     {
         let Scratch {
-            keys,
-            ents,
+            cents,
+            cell_at,
             dense_v,
             counts,
             memo,
@@ -685,105 +792,114 @@ fn group_block<I: Index, V: Value>(
         } = s;
         for r in r0..r1 {
             let lr = r - r0;
+            cell_at.push(n as u32);
             let base = (lr / mr) * k * mr + lr % mr;
-            let mut place = |j: usize, v: f32| {
-                let c = code[j];
-                if c == SKIP {
-                } else if c & DENSE != 0 {
-                    dense_v[base + (c & !DENSE) as usize * mr] += v;
-                } else {
-                    keys.push(c);
-                    ents.push(pack_entry(lr as u32, v));
-                    for (h, shift) in hist.iter_mut().zip([0, 8, 16, 24]) {
-                        h[((c >> shift) & 255) as usize] += 1;
-                    }
-                }
-            };
-            if log1p {
+            let (idx, val) = x.row(r);
+            // One cell's values, with or without adding duplicates of dense genes.
+            macro_rules! place {
+                ($vals:expr, $duplicates:expr) => {
+                    place_row($vals, code, dense_v, base, mr, cents, &mut n, $duplicates)
+                };
+            }
+            unsorted |= if log1p {
                 memo.next_row();
                 let scale = counts.scale[lr];
                 match counts.merged[lr] {
-                    Some((m0, m1)) => {
-                        for (&j, &v) in counts.cols[m0..m1].iter().zip(&counts.vals[m0..m1]) {
-                            place(j, memo.get(v, scale));
-                        }
-                    }
-                    None => {
-                        let (idx, val) = x.row(r);
-                        for (&j, &v) in idx.iter().zip(val) {
-                            place(col(j), memo.get(v.to_f64(), scale));
-                        }
-                    }
+                    Some((m0, m1)) => place!(
+                        counts.cols[m0..m1]
+                            .iter()
+                            .zip(&counts.vals[m0..m1])
+                            .map(|(&j, &v)| (j, memo.get(v, scale))),
+                        !injective
+                    ),
+                    None => place!(
+                        idx.iter()
+                            .zip(val)
+                            .map(|(&j, &v)| (col(j), memo.get(v.to_f64(), scale))),
+                        !injective
+                    ),
                 }
             } else {
-                let (idx, val) = x.row(r);
-                for (&j, &v) in idx.iter().zip(val) {
-                    place(col(j), v.to_f32());
-                }
+                let vals = idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f32()));
+                place!(vals, !injective || !strictly_increasing(idx))
+            };
+        }
+        cell_at.push(n as u32);
+    }
+    s.dense_v.truncate(rows_p * k);
+    if unsorted {
+        // Rows whose genes are not ascending (a reordering gene map, unsorted X): sort each
+        // cell's entries by gene, stably (duplicates keep their stored order).
+        for c in 0..rows {
+            let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
+            s.cents[a..b].sort_by_key(|&e| e as u32);
+        }
+    }
+    // Where each cell's genes of each range start (cell-major, `nr + 1` per cell: entry `r + 1`
+    // written by the range's last gene, then a running maximum fills the empty ranges), how
+    // many there are (range-major), which genes are present.
+    let nb = nr + 1;
+    s.cursor.clear();
+    s.cursor.resize(nb * rows, 0);
+    s.cpos.clear();
+    s.cpos.resize(nr * rows + 1, 0);
+    s.seen.clear();
+    s.seen.resize(plan.emb.n_rows().div_ceil(64).max(1), 0);
+    for c in 0..rows {
+        let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
+        let bound = &mut s.cursor[c * nb..(c + 1) * nb];
+        bound.fill(a as u32);
+        for (i, &e) in s.cents[a..b].iter().enumerate() {
+            let g = e as u32;
+            s.seen[(g >> 6) as usize] |= 1 << (g & 63);
+            bound[(g >> shift) as usize + 1] = (a + i + 1) as u32;
+        }
+        let mut run = a as u32;
+        for x in bound.iter_mut() {
+            run = run.max(*x);
+            *x = run;
+        }
+        for (rr, w) in bound.windows(2).enumerate() {
+            s.cpos[rr * rows + c] = w[1] - w[0];
+        }
+    }
+    // The lists' starts, then each cell's run of each range to its list.
+    s.rstart.clear();
+    let mut acc = 0u32;
+    for &cnt in &s.cpos {
+        s.rstart.push(acc);
+        acc += cnt;
+    }
+    if s.rents.len() < n {
+        s.rents.resize(n, 0);
+    }
+    for c in 0..rows {
+        let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
+        let bound = &s.cursor[c * nb..(c + 1) * nb];
+        for (i, &e) in s.cents[a..b].iter().enumerate() {
+            let r = ((e as u32) >> shift) as usize;
+            let at = s.rstart[r * rows + c] as usize + (a + i - bound[r] as usize);
+            s.rents[at] = e;
+        }
+    }
+    s.rents.truncate(n);
+    // The present genes, range by range.
+    s.present.clear();
+    s.pstart.clear();
+    s.pstart.push(0);
+    for (wi, &word) in s.seen.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let g = (wi * 64) as u32 + bits.trailing_zeros();
+            bits &= bits - 1;
+            while s.pstart.len() <= (g >> shift) as usize {
+                s.pstart.push(s.present.len() as u32);
             }
+            s.present.push(g);
         }
     }
-    radix_sort(&mut s.keys, &mut s.ents, &mut s.keys2, &mut s.ents2, &hist);
-    // Gene boundaries.
-    s.genes.clear();
-    s.starts.clear();
-    let mut prev = None;
-    for (i, &g) in s.keys.iter().enumerate() {
-        if prev != Some(g) {
-            s.genes.push(g);
-            s.starts.push(i as u32);
-            prev = Some(g);
-        }
-    }
-    s.starts.push(s.keys.len() as u32);
-}
-
-/// Sorts `keys` (and `ents` along) ascending and stably, 8 bits a pass (least significant
-/// first), using `keys2`/`ents2` as the other buffer; `hist` holds each pass's digit counts.
-/// A pass whose digit is the same for every key is skipped. Each pass writes to 256 places
-/// at a time, which stay in L1, where a one-pass counting sort by gene would write to as many
-/// places as there are genes.
-fn radix_sort(
-    keys: &mut [u32],
-    ents: &mut [u64],
-    keys2: &mut Vec<u32>,
-    ents2: &mut Vec<u64>,
-    hist: &[[u32; 256]; 4],
-) {
-    let n = keys.len();
-    keys2.clear();
-    keys2.resize(n, 0);
-    ents2.clear();
-    ents2.resize(n, 0);
-    let mut in_first = true;
-    for (pass, h) in hist.iter().enumerate() {
-        if h.iter().any(|&c| c as usize == n) {
-            continue; // every key has the same digit (also true for n == 0)
-        }
-        let mut off = [0u32; 256];
-        let mut acc = 0;
-        for (o, &c) in off.iter_mut().zip(h) {
-            *o = acc;
-            acc += c;
-        }
-        let shift = 8 * pass;
-        let (ks, es, kd, ed) = if in_first {
-            (&*keys, &*ents, &mut keys2[..], &mut ents2[..])
-        } else {
-            (&keys2[..], &ents2[..], &mut *keys, &mut *ents)
-        };
-        for (&key, &e) in ks.iter().zip(es) {
-            let dgt = ((key >> shift) & 255) as usize;
-            let p = off[dgt] as usize;
-            off[dgt] += 1;
-            kd[p] = key;
-            ed[p] = e;
-        }
-        in_first = !in_first;
-    }
-    if !in_first {
-        keys.copy_from_slice(keys2);
-        ents.copy_from_slice(ents2);
+    while s.pstart.len() <= nr {
+        s.pstart.push(s.present.len() as u32);
     }
 }
 
@@ -1060,6 +1176,38 @@ mod tests {
                 };
                 run(c, None);
             }
+        }
+    }
+
+    /// A table of three gene ranges of the gather (and a partial one), with and without a map
+    /// that reverses, merges and skips columns.
+    #[test]
+    fn many_gene_ranges() {
+        let n_emb = 2 * RANGE_GENES + 500;
+        let map: Vec<i64> = (0..n_emb as i64 + 300)
+            .map(|j| {
+                if j % 11 == 0 {
+                    -1
+                } else {
+                    n_emb as i64 - 1 - (j * 7) % n_emb as i64
+                }
+            })
+            .collect();
+        for (log1p, dense, m) in [
+            (false, false, None),
+            (false, true, None),
+            (true, true, None),
+            (false, true, Some(&map[..])),
+            (true, false, Some(&map[..])),
+        ] {
+            let c = Case {
+                n_emb,
+                d: 100,
+                normalize: true,
+                log1p,
+                dense,
+            };
+            run(c, m);
         }
     }
 
