@@ -22,11 +22,11 @@ an :class:`~genept_fast.errors.InvalidArgumentError` saying how much it would ne
 matrix (:func:`offset_cells` does the same for a caught error).
 
 GenePT-w sums the genes expressed in most cells (the *dense genes*) with a small dense GEMM and
-the rest by a cell-major gather over ranges of 512 genes; each cell's sum runs in a fixed order (its dense genes, then its other
-genes, each in ascending table row), so results are bitwise identical for any thread count and
-for any chunking that uses the same dense genes. A job that encodes a matrix in pieces chooses
-them once (:func:`dense_genes` on its first cells) and passes them with every piece; ``tl``,
-``stream``, ``dask`` and ``genept-fast encode`` do.
+the rest by a cell-major gather over ranges of 512 genes; each cell's sum runs in a fixed order
+(its dense genes, then its other genes, each in ascending table row), so results are bitwise
+identical for any thread count and for any chunking that uses the same dense genes. A job that
+encodes a matrix in pieces chooses them once (:func:`dense_genes` on its first cells) and passes
+them with every piece; ``tl``, ``stream``, ``dask`` and ``genept-fast encode`` do.
 """
 
 from __future__ import annotations
