@@ -91,7 +91,7 @@ def read_gene_list(spec: str) -> list[str]:
         if found.kind in ("h5ad", "zarr-anndata", "text", "gzip-text"):
             check_claim(path, found)
         if found.kind in ("h5ad", "zarr-anndata"):
-            from genept_fast.commands.encode import read_var
+            from genept_fast.stream.sources import read_var
 
             return [str(g) for g in read_var(path).index]
         if found.kind in ("text", "gzip-text"):

@@ -33,9 +33,13 @@ __all__ = [
     "AnnDataSource",
     "ArraySource",
     "ChunkSource",
+    "has_raw",
     "open_source",
     "read_obs_names",
+    "read_var",
     "read_var_names",
+    "source_matrix",
+    "source_var",
 ]
 
 #: Dense matrices are read in blocks of at most this many values (256 MB of float32).
@@ -296,6 +300,20 @@ class AnnDataSource:
     def obs_names(self, start: int = 0, stop: int | None = None) -> list[str]:
         return self._read_index("obs", start, self.n_cells if stop is None else stop)
 
+    def var_frame(self) -> pd.DataFrame:
+        """The ``var`` table (``raw/var`` with ``use_raw``) of the matrix read (in memory)."""
+        from anndata.io import read_elem
+
+        group = self._get(self._var_key)
+        if group is None:
+            msg = f"{self.path}: no {self._var_key} group (is it an AnnData file?)"
+            raise InputError(msg)
+        try:
+            return read_elem(group)
+        except Exception as e:
+            msg = f"{self.path}: cannot read {self._var_key} (truncated or corrupt?): {e}"
+            raise InputError(msg) from e
+
     def obs_frame(self) -> pd.DataFrame:
         """The whole ``obs`` table (loaded in memory)."""
         from anndata.io import read_elem
@@ -498,6 +516,60 @@ def read_var_names(path: str | os.PathLike[str], *, use_raw: bool = False) -> li
     """Gene names of an ``.h5ad``/``.zarr`` AnnData (``raw.var_names`` with ``use_raw``)."""
     with AnnDataSource(path, use_raw=use_raw) as src:
         return src.var_names
+
+
+def read_var(path: str | os.PathLike[str], *, use_raw: bool = False) -> pd.DataFrame:
+    """The ``var`` table (``raw/var`` with ``use_raw``) of an ``.h5ad``/``.zarr`` AnnData,
+    without its matrix."""
+    p = Path(path)
+    key = "raw/var" if use_raw else "var"
+    try:
+        root = open_store(p, _store_kind(p))
+    except OSError as exc:
+        msg = f"{p}: cannot read ({exc})"
+        raise InputError(msg) from exc
+    try:
+        from anndata.io import read_elem
+
+        try:
+            group = root[key]
+        except KeyError as exc:
+            msg = f"{p}: no {key} group (is it an AnnData file?)"
+            raise InputError(msg) from exc
+        try:
+            return read_elem(group)
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+            msg = f"{p}: cannot read {key} (truncated or corrupt?): {exc}"
+            raise InputError(msg) from exc
+    finally:
+        if hasattr(root, "close"):
+            root.close()
+
+
+def has_raw(path: str | os.PathLike[str]) -> bool:
+    """Whether an ``.h5ad``/``.zarr`` AnnData stores ``raw/X``."""
+    p = Path(path)
+    root = open_store(p, _store_kind(p))
+    try:
+        return "raw" in root and "X" in root["raw"]
+    except (OSError, KeyError) as exc:
+        msg = f"{p}: cannot read ({exc})"
+        raise InputError(msg) from exc
+    finally:
+        if hasattr(root, "close"):
+            root.close()
+
+
+def source_var(source: ChunkSource) -> pd.DataFrame | None:
+    """The ``var`` table of a source that has one (an AnnData file), else ``None``."""
+    frame = getattr(source, "var_frame", None)
+    return frame() if callable(frame) else None
+
+
+def source_matrix(source: ChunkSource) -> str:
+    """What a source reads, for provenance: ``X``, ``raw/X``, ``layers/<name>`` or its name."""
+    element = getattr(source, "element", None)
+    return element if isinstance(element, str) else source.name
 
 
 def read_obs_names(path: str | os.PathLike[str]) -> list[str]:
