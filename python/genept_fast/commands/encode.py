@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument
-from genept_fast.commands import int_range
+from genept_fast.commands._args import int_range
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
