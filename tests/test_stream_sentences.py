@@ -121,3 +121,14 @@ def test_huge_top_n_is_stored_as_it_acts_and_the_result_writes(
     sub.write_h5ad(tmp_path / "s.h5ad")
     back = ad.read_h5ad(tmp_path / "s.h5ad")
     assert back.uns["X_genept_s"]["params"]["top_n"] == sub.raw.n_vars
+
+
+def test_a_file_without_symbols_is_refused_naming_the_option(tmp_path: Path) -> None:
+    import pandas as pd
+    import scipy.sparse as sp
+
+    path = tmp_path / "blank.h5ad"
+    var = pd.DataFrame({"name": [" ", ""]}, index=["a", "b"])
+    ad.AnnData(sp.csr_array(np.ones((3, 2), dtype=np.float32)), var=var).write_h5ad(path)
+    with pytest.raises(InputError, match=r"has a symbol \(var\['name'\]\).*--gene-key"):
+        stream.encode_sentences(path, tmp_path / "o.npy", "local", gene_key="name")

@@ -64,8 +64,10 @@ def sentence_encoder(
         progress=progress,
     )
     if not enc.builder.usable.any():
-        option = "gene_key=" if gene_key is None else f"gene_key={gene_key!r}"
-        msg = f"no gene of {source.name} has a symbol ({how}); check {option}"
+        msg = (
+            f"no gene of {source.name} has a symbol ({how}); name a var column of gene symbols"
+            " with gene_key= (command line: --gene-key)"
+        )
         raise InputError(msg)
     return enc, how
 
