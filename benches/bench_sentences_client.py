@@ -419,8 +419,8 @@ def check_tokens(h5ad: Path, top_n: int | None, n_check: int, spec: str) -> str:
     """Token counts the client hands over equal the tokenizer's for whole sentences."""
     import anndata as ad
 
-    from genept_fast.commands.encode import SentenceEncoder
     from genept_fast.embed import get_embedder
+    from genept_fast.encode import SentenceEncoder
     from genept_fast.kernels import DEFAULT_PREFIX
 
     a = ad.read_h5ad(h5ad, backed="r")
@@ -529,10 +529,10 @@ def stage_breakdown(args: argparse.Namespace, h5ad: Path, server: Server) -> Non
     """
     import anndata as ad
 
-    from genept_fast.commands.encode import SentenceEncoder
     from genept_fast.embed import EmbeddingCache, get_embedder
     from genept_fast.embed.cache import text_key
     from genept_fast.embed.tokens import get_token_counter
+    from genept_fast.encode import SentenceEncoder
     from genept_fast.kernels import DEFAULT_PREFIX
 
     n = args.stage_cells

@@ -343,3 +343,34 @@ def test_unaligned_buffers_are_accepted(small):
     assert not Eu.flags.aligned
     buf[1:] = np.frombuffer(E.tobytes(), dtype=np.uint8)
     np.testing.assert_array_equal(gf.weighted_embedding(X, Eu), gf.weighted_embedding(X, E))
+
+
+def test_sentences_from_top_joins_the_ranking_of_top_genes(small):
+    from genept_fast.kernels import sentences_from_top
+
+    X, _ = small
+    names = [f"g{i}" for i in range(30)]
+    top = gf.top_genes(X, 4)
+    assert sentences_from_top(top, names, prefix="P: ", sep=",") == gf.cell_sentences(
+        X, names, 4, prefix="P: ", sep=","
+    )
+    # a row ends at its first -1; an empty ranking gives the prefix alone
+    assert sentences_from_top(np.array([[2, 0, -1, 5], [-1, 1, 1, 1]]), names) == [
+        f"{gf.kernels.DEFAULT_PREFIX}g2 g0",
+        gf.kernels.DEFAULT_PREFIX,
+    ]
+    assert sentences_from_top(np.zeros((3, 0), dtype=np.int32), names, prefix="") == [""] * 3
+
+
+def test_sentences_from_top_refuses_positions_outside_the_names():
+    from genept_fast.kernels import sentences_from_top
+
+    with pytest.raises(GeneptError, match=r"gene position 3, outside -1\.\.2"):
+        sentences_from_top(np.array([[0, 3]]), ["a", "b", "c"])
+    with pytest.raises(GeneptError, match="gene position -2"):
+        sentences_from_top(np.array([[-2]]), ["a"])
+    with pytest.raises(GeneptError, match="2-D"):
+        sentences_from_top(np.array([0, 1]), ["a", "b"])
+    # the compiled function checks too (no Python layer in front): an error, never a panic
+    with pytest.raises(GeneptError, match="gene position 7"):
+        _core.sentences_from_top(np.array([[0, 7]], dtype=np.int32), ["a"], "", " ")

@@ -3,7 +3,7 @@
 A sentence's tokens are summed gene by gene only where the embedder claims that its tokenizer
 ends its tokens at the separator after a word (``splits_after``). These tests check that claim
 with hypothesis against tiktoken's ``cl100k_base`` and the local WordPiece tokenizer, and check
-the whole :class:`~genept_fast.tl.SentenceBuilder` (including its fallback to counting whole
+the whole :class:`~genept_fast.encode.SentenceBuilder` (including its fallback to counting whole
 sentences) against the tokenizer's count of every sentence it builds.
 """
 
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from genept_fast.embed.local import LocalEmbedder
 from genept_fast.embed.openai_api import OpenAIEmbedder
 from genept_fast.embed.tokens import get_token_counter
+from genept_fast.encode import SentenceBuilder
 from genept_fast.kernels import DEFAULT_PREFIX
-from genept_fast.tl import SentenceBuilder
 
 #: Characters of gene symbols and worse: letters of several scripts, digits, the punctuation
 #: of real symbols, apostrophes (cl100k's contractions), combining marks, CJK, whitespace.

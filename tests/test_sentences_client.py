@@ -26,8 +26,8 @@ import scipy.sparse as sp
 
 from genept_fast import GeneptError
 from genept_fast.cli import main
-from genept_fast.commands.encode import SentenceEncoder
 from genept_fast.embed import TruncationWarning, get_embedder
+from genept_fast.encode import SentenceEncoder
 from genept_fast.table import GeneEmbeddings
 from servers.openai_api import OpenAIEmbeddingServer, vector_for
 

@@ -489,3 +489,32 @@ def test_truncated_and_corrupt_inputs(data: dict, tmp_path: Path) -> None:
         stream.read_obs_names(tmp_path / "missing.h5ad")
     with pytest.raises(GeneptError, match="unknown format"):
         stream.encode_weighted(src, tmp_path / "o.csv", E)
+
+
+def test_a_table_matches_the_files_genes_as_tl_does(tmp_path: Path) -> None:
+    """Unknown var_names found through a symbol column of var, and gene_key= first (one
+    matching layer for tl, the stream and the CLI: genept_fast.encode.match_table)."""
+    from genept_fast import tl
+    from genept_fast.table import GeneEmbeddings
+
+    counts = _counts(200, 40, 3)
+    symbols = [f"SYM{j}" for j in range(40)]
+    var = pd.DataFrame({"gene_symbols": symbols}, index=[f"ID{j}" for j in range(40)])
+    adata = ad.AnnData(X=counts, var=var)
+    adata.obs_names = [f"c{i}" for i in range(200)]
+    path = tmp_path / "ids.h5ad"
+    adata.write_h5ad(path)
+    rng = np.random.default_rng(4)
+    table = GeneEmbeddings(symbols[::-1], rng.standard_normal((40, 8)), {"model_id": "t:m"})
+    out = tmp_path / "w.h5ad"
+    stream.encode_weighted(path, out, table, chunk_size=64, progress=False)
+    got = ad.read_h5ad(out)
+    tl.genept_w(adata, table)
+    assert np.array_equal(got.obsm["X_genept_w"], adata.obsm["X_genept_w"])
+    params = got.uns["X_genept_w"]["params"]
+    assert params["gene_symbols"] == "var_names, then var['gene_symbols']"
+    assert params["method"] == "GenePT-w" and params["matrix"] == "X"
+    n_embedded = got.uns["X_genept_w"]["coverage"]["n_embedded"]
+    assert n_embedded == adata.uns["X_genept_w"]["coverage"]["n_embedded"] > 30
+    with pytest.raises(GeneptError, match="gene_key 'nope'"):
+        stream.encode_weighted(path, tmp_path / "x.npy", table, gene_key="nope", progress=False)

@@ -25,6 +25,7 @@ __all__ = [
     "choose_dense_genes",
     "l2_normalize",
     "resolved_threads",
+    "sentences_from_top",
     "simd_level",
     "thread_limit",
     "top_genes",
@@ -88,6 +89,13 @@ def cell_sentences(
     n_cols: int,
     gene_names: list[str],
     n: int,
+    prefix: str,
+    sep: str,
+    n_threads: int | None = None,
+) -> list[str]: ...
+def sentences_from_top(
+    top: npt.NDArray[np.int32],
+    gene_names: list[str],
     prefix: str,
     sep: str,
     n_threads: int | None = None,

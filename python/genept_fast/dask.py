@@ -310,28 +310,37 @@ def encode_h5ad_dask(
     chunk_size: int = 10_000,
     normalize: bool = True,
     n_threads: int = 1,
+    gene_key: str | None = None,
 ) -> da.Array:
     """GenePT-w of every cell of an ``.h5ad``/``.zarr`` file as a lazy Dask array.
 
     :func:`read_csr`, then :func:`weighted_embedding` with the per-cell preprocessing done by the
     kernel (``"auto"`` decides once, from the first cells, whether the values are raw counts;
     the dense genes are chosen from the same cells). ``gene_embeddings`` may be a
-    :class:`~genept_fast.table.GeneEmbeddings` table: it is then matched to the file's gene
-    names through the gene identity layer (no ``gene_index``), and only the rows in use travel
-    to the workers. Call
+    :class:`~genept_fast.table.GeneEmbeddings` table: it is then matched to the file's genes
+    through the gene identity layer (:func:`genept_fast.encode.match_table`: ``var[gene_key]``
+    or ``var_names`` first, as :func:`genept_fast.tl.genept_w`; no ``gene_index``), and only the
+    rows in use travel to the workers. Call
     ``.compute()`` for a numpy array, or ``.to_zarr(...)`` / ``da.store`` to write it out
     without gathering it on the client.
     """
     from genept_fast import table
 
     if isinstance(gene_embeddings, table.GeneEmbeddings):
-        from genept_fast.stream import _match_table
-        from genept_fast.stream.sources import read_var_names
+        from genept_fast.encode import match_table
+        from genept_fast.stream.sources import read_var
 
-        names = read_var_names(path, use_raw=use_raw)
-        gene_embeddings, gene_index, _ = _match_table(
-            gene_embeddings, gene_index, names, str(path), None
+        if gene_index is not None:
+            msg = "gene_index= is for a plain matrix; a table is matched by gene name"
+            raise InputError(msg)
+        var = read_var(path, use_raw=use_raw)
+        match = match_table(
+            gene_embeddings, list(map(str, var.index)), var, gene_key=gene_key, what=str(path)
         )
+        gene_embeddings, gene_index = match.rows, match.index
+    elif gene_key is not None:
+        msg = "gene_key= is for a GeneEmbeddings table; a matrix is mapped by gene_index="
+        raise InputError(msg)
     x = read_csr(path, layer=layer, use_raw=use_raw, chunk_size=chunk_size)
 
     def sample() -> Any:

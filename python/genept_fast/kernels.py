@@ -72,6 +72,7 @@ __all__ = [
     "offset_cells",
     "prepare_embeddings",
     "resolved_threads",
+    "sentences_from_top",
     "table_fingerprint",
     "thread_limit",
     "top_genes",
@@ -553,6 +554,43 @@ def cell_sentences(
         str(sep),
         n_threads=_check_threads(n_threads),
         row_offset=_check_offset(row_offset),
+    )
+
+
+def sentences_from_top(
+    top: npt.ArrayLike,
+    gene_names: Sequence[str] | np.ndarray,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    sep: str = " ",
+    n_threads: int | None = None,
+) -> list[str]:
+    """Sentences from ranked genes: ``prefix`` + the names of ``top[i]``'s genes joined by ``sep``.
+
+    ``top`` is ``(n_cells, width)`` integer, each row the cell's genes in sentence order (as
+    :func:`top_genes` returns them), ended by ``-1`` padding: a row's genes stop at its first
+    ``-1``. Every other entry must be a position in ``gene_names``.
+    """
+    arr = np.asarray(top)
+    if arr.ndim != 2:
+        msg = f"top must be 2-D (cells × ranked genes), got shape {arr.shape}"
+        raise ShapeError(msg)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        msg = f"top must hold integer gene positions, got dtype {arr.dtype}"
+        raise InvalidArgumentError(msg)
+    names = [str(g) for g in gene_names]
+    if arr.size and (int(arr.max()) >= len(names) or int(arr.min()) < -1):
+        bad = int(arr.max()) if int(arr.max()) >= len(names) else int(arr.min())
+        msg = f"top holds gene position {bad}, outside -1..{len(names) - 1} (len(gene_names) - 1)"
+        raise InvalidArgumentError(msg)
+    ranked = np.ascontiguousarray(arr, dtype=np.int32)
+    return _call(
+        _core.sentences_from_top,
+        ranked,
+        names,
+        str(prefix),
+        str(sep),
+        n_threads=_check_threads(n_threads),
     )
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import require_anndata
 from genept_fast._outputs import add_overwrite_argument, check_output, is_own_store
-from genept_fast.commands import int_range, probability
+from genept_fast.commands._args import int_range, probability
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands import int_range
+from genept_fast.commands._args import int_range
 
 if TYPE_CHECKING:
     import argparse

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from genept_fast._outputs import add_overwrite_argument
-from genept_fast.commands import int_range
+from genept_fast.commands._args import int_range
 
 if TYPE_CHECKING:
     import argparse

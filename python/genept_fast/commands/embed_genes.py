@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands import int_range, positive_float
+from genept_fast.commands._args import int_range, positive_float
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:

@@ -10,25 +10,18 @@ or ``.npy``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument
-from genept_fast.commands import int_range
+from genept_fast.commands._args import int_range
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
-    import pandas as pd
-    import scipy.sparse as sp
-
-    from genept_fast.embed import CostEstimate, Embedder
+    from genept_fast.embed import Embedder
 
 log = logging.getLogger("genept_fast.encode")
 
@@ -105,148 +98,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def read_var(path: str | Path, *, use_raw: bool = False) -> pd.DataFrame:
-    """The ``var`` table (or ``raw/var``) of an .h5ad / .zarr AnnData, without its matrix."""
-    import anndata as ad
-
-    p = Path(path)
-    key = "raw/var" if use_raw else "var"
-    try:
-        if p.suffix == ".zarr" or p.is_dir():
-            import zarr
-
-            root: Any = zarr.open_group(str(p), mode="r")
-            return ad.io.read_elem(root[key])
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            return ad.io.read_elem(f[key])
-    except KeyError as exc:
-        msg = f"{p}: no {key} group (is it an AnnData file?)"
-        raise InputError(msg) from exc
-    except OSError as exc:
-        msg = f"{p}: cannot read ({exc})"
-        raise InputError(msg) from exc
-
-
-def has_raw(path: str | Path) -> bool:
-    """Whether an .h5ad / .zarr AnnData stores ``raw/X``."""
-    p = Path(path)
-    try:
-        if p.suffix == ".zarr" or p.is_dir():
-            import zarr
-
-            root: Any = zarr.open_group(str(p), mode="r")
-            return "raw" in root and "X" in root["raw"]
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            return "raw/X" in f
-    except (OSError, KeyError) as exc:
-        msg = f"{p}: cannot read ({exc})"
-        raise InputError(msg) from exc
-
-
-def _gene_symbols(args: argparse.Namespace) -> tuple[list[str], str]:
-    from genept_fast.tl import resolve_gene_symbols
-
-    var = read_var(args.input, use_raw=args.use_raw)
-    return resolve_gene_symbols(list(map(str, var.index)), var, gene_key=args.gene_key)
-
-
-class SentenceEncoder:
-    """GenePT-s as a streaming encoder: a chunk's sentences, embedded by a text model.
-
-    The sentences are those of :func:`genept_fast.tl.genept_s` (a
-    :class:`~genept_fast.tl.SentenceBuilder`), counted gene by gene and handed to the embedder
-    with their token counts, so no sentence is tokenized again; ``n_cells``, ``n_cut`` and
-    ``n_empty`` count, over the chunks encoded by this object, the cells, the sentences cut at
-    the token limit and the cells without a usable expressed gene (zero vectors). With
-    ``progress``, a bar under the stream's shows each chunk's sentences as every request
-    (or, locally, every forward pass) finishes.
-    """
-
-    def __init__(
-        self,
-        embedder: Embedder,
-        symbols: list[str],
-        *,
-        top_n: int | None,
-        prefix: str,
-        sep: str = " ",
-        max_input_tokens: int | None = None,
-        n_threads: int | None = None,
-        progress: bool = False,
-    ) -> None:
-        from genept_fast.tl import SentenceBuilder
-
-        self.embedder = embedder
-        self.builder = SentenceBuilder(
-            embedder,
-            symbols,
-            top_n=top_n,
-            prefix=prefix,
-            sep=sep,
-            max_input_tokens=max_input_tokens,
-            n_threads=n_threads,
-        )
-        self.progress = progress
-        self.n_cells = self.n_cut = self.n_empty = 0
-        self.fingerprint = json.dumps(
-            [
-                "genept-s",
-                embedder.model_id,
-                embedder.cache_namespace,
-                top_n,
-                prefix,
-                sep,
-                self.builder.max_input_tokens,
-                hashlib.blake2b("\n".join(symbols).encode(), digest_size=16).hexdigest(),
-            ],
-            separators=(",", ":"),
-        )
-
-    def sentences(self, X: sp.csr_array) -> list[str]:
-        return self.counted_sentences(X)[0]
-
-    def counted_sentences(self, X: sp.csr_array) -> tuple[list[str], list[int]]:
-        """The chunk's sentences and their token counts (and the counters updated)."""
-        out, kept, cut, tokens = self.builder.build_counted(X)
-        self.n_cells += len(out)
-        self.n_cut += int(cut.sum())
-        self.n_empty += int((kept == 0).sum())
-        return out, tokens.tolist()
-
-    def __call__(self, X: sp.csr_array) -> np.ndarray:
-        sentences, tokens = self.counted_sentences(X)
-        if not self.progress:
-            vectors = self.embedder.embed(sentences, token_counts=tokens)
-            return np.asarray(vectors, dtype=np.float32)
-        from tqdm.auto import tqdm
-
-        bars: list[Any] = []
-
-        def advance(done: int, total: int) -> None:
-            if not bars:
-                bars.append(
-                    tqdm(
-                        total=total,
-                        desc="  sentences of this chunk",
-                        unit="sentence",
-                        leave=False,
-                        file=sys.stderr,
-                    )
-                )
-            bars[0].update(done - bars[0].n)
-
-        try:
-            vectors = self.embedder.embed(sentences, token_counts=tokens, on_progress=advance)
-        finally:
-            for bar in bars:
-                bar.close()
-        return np.asarray(vectors, dtype=np.float32)
-
-
 def _check_args(args: argparse.Namespace) -> None:
     from genept_fast.stream import check_key, check_output_paths
 
@@ -311,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     if args.use_raw is None:
-        args.use_raw = args.layer is None and has_raw(args.input)
+        args.use_raw = args.layer is None and stream.has_raw(args.input)
     matrix = "raw/X" if args.use_raw else (f"layers/{args.layer}" if args.layer else "X")
     progress = not args.no_progress and sys.stderr.isatty()
     common: dict[str, Any] = {
@@ -323,96 +174,59 @@ def run(args: argparse.Namespace) -> int:
         "resume": not args.no_resume,
         "overwrite": args.overwrite,
     }
-    symbols, symbol_source = _gene_symbols(args)
     _warn_negative(args, matrix)
     if args.method == "w":
-        from genept_fast.genes.match import dataset_identifiers, explain_no_match, var_columns
+        from genept_fast.encode import match_table, weighted_record
         from genept_fast.table import GeneEmbeddings
-        from genept_fast.tl import compact_table
 
         table = GeneEmbeddings.read(args.genes)
-        var = read_var(args.input, use_raw=args.use_raw)
-        ids = dataset_identifiers(list(map(str, var.index)), var, gene_key=args.gene_key)
-        gene_index, coverage = table.index_for(ids.primary, alternatives=ids.alternatives)
-        symbol_source = ids.description
-        print(f"{matrix}, genes by {symbol_source}: {coverage}", file=sys.stderr)
-        if coverage.n_embedded == 0:
-            why = explain_no_match(
-                ids.primary,
-                table.key_index,
-                columns=var_columns(var),
-                option="--gene-key ",
-                what=str(args.input),
-            )
-            msg = f"{why} ({args.genes}, model {table.model_id})"
-            raise InputError(msg)
+        var = stream.read_var(args.input, use_raw=args.use_raw)
+        match = match_table(
+            table,
+            list(map(str, var.index)),
+            var,
+            gene_key=args.gene_key,
+            what=str(args.input),
+            option="--gene-key ",
+            table_name=str(args.genes),
+        )
+        print(f"{matrix}, genes by {match.gene_symbols}: {match.coverage}", file=sys.stderr)
         if args.dry_run:
             return 0
-        rows, compact_index = compact_table(table.matrix, gene_index)
         report = stream.encode_weighted(
             args.input,
             args.output,
-            rows,
-            gene_index=compact_index,
+            match.rows,
+            gene_index=match.index,
             n_threads=args.threads,
             preprocess=args.preprocess,
             key=args.key or "X_genept_w",
-            uns={
-                "params": {
-                    "method": "GenePT-w",
-                    "model": table.model_id,
-                    "dimension": int(table.dimension),
-                    "text_source": table.text_source,
-                    "matrix": matrix,
-                    "gene_symbols": symbol_source,
-                },
-                "coverage": coverage.as_dict(),
-            },
+            uns=weighted_record(match, matrix=matrix),
             **common,
         )
-        enc: SentenceEncoder | None = None
     else:
         emb = _embedder(args)
-        enc = SentenceEncoder(
-            emb,
-            symbols,
-            top_n=args.top_n,
-            prefix=DEFAULT_PREFIX if args.prefix is None else args.prefix,
-            max_input_tokens=args.max_input_tokens,
-            n_threads=args.threads,
-            progress=progress,
-        )
-        if not enc.builder.usable.any():
-            msg = f"no gene of {args.input} has a symbol ({symbol_source}); check --gene-key"
-            raise InputError(msg)
+        options: dict[str, Any] = {
+            "gene_key": args.gene_key,
+            "top_n": args.top_n,
+            "prefix": DEFAULT_PREFIX if args.prefix is None else args.prefix,
+            "max_input_tokens": args.max_input_tokens,
+            "n_threads": args.threads,
+        }
         if args.dry_run or emb.is_paid:
-            est = _estimate(args, enc)
+            est = stream.estimate_sentences(
+                args.input,
+                emb,
+                layer=args.layer,
+                use_raw=args.use_raw,
+                chunk_size=args.chunk_size,
+                **options,
+            )
             print(f"GenePT-s with {emb.model_id} on {matrix}: {est}", file=sys.stderr)
             if args.dry_run:
                 return 0
-        if emb.dimension is None:
-            emb.dimension = int(emb.embed(["A cell"]).shape[1])
-        report = stream.encode_file(
-            args.input,
-            args.output,
-            encoder=enc,
-            dim=int(emb.dimension),
-            preprocess="none",
-            key=args.key or "X_genept_s",
-            fingerprint=enc.fingerprint,
-            uns={
-                "params": {
-                    "method": "GenePT-s",
-                    "model": emb.model_id,
-                    "dimension": int(emb.dimension),
-                    "matrix": matrix,
-                    "gene_symbols": symbol_source,
-                    "prefix": enc.builder.prefix,
-                    "top_n": "model limit" if enc.builder.top_n is None else enc.builder.top_n,
-                    "max_input_tokens": int(enc.builder.max_input_tokens),
-                }
-            },
-            **common,
+        report = stream.encode_sentences(
+            args.input, args.output, emb, key=args.key or "X_genept_s", **options, **common
         )
     print(
         f"wrote {report.output}: {report.cells_encoded:,} cells encoded from {matrix} in"
@@ -420,10 +234,11 @@ def run(args: argparse.Namespace) -> int:
         " from earlier work)",
         file=sys.stderr,
     )
-    if enc is not None and enc.n_cells:
+    stats = report.encoder_stats
+    if stats.get("n_cells"):
         print(
-            f"sentences: {enc.n_cut:,} of {enc.n_cells:,} cut at the"
-            f" {enc.builder.max_input_tokens}-token limit; {enc.n_empty:,} without genes"
+            f"sentences: {stats['n_cut']:,} of {stats['n_cells']:,} cut at the"
+            f" {stats['max_input_tokens']}-token limit; {stats['n_empty']:,} without genes"
             " (zero vectors)",
             file=sys.stderr,
         )
@@ -451,18 +266,3 @@ def _embedder(args: argparse.Namespace) -> Embedder:
     return get_embedder(
         args.embedder or "local", base_url=args.base_url, dimensions=args.dimensions
     )
-
-
-def _estimate(args: argparse.Namespace, enc: SentenceEncoder) -> CostEstimate:
-    """Token count, price and time of embedding every cell's sentence (nothing is sent)."""
-    from genept_fast.stream import open_source
-
-    sentences: list[str] = []
-    tokens: list[int] = []
-    with open_source(args.input, layer=args.layer, use_raw=args.use_raw) as src:
-        for a in range(0, src.n_cells, args.chunk_size):
-            b = min(a + args.chunk_size, src.n_cells)
-            s, _, _, t = enc.builder.build_counted(src.read(a, b))
-            sentences.extend(s)
-            tokens.extend(t.tolist())
-    return enc.embedder.estimate(sentences, token_counts=tokens)

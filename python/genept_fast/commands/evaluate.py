@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands import int_range, probability
+from genept_fast.commands._args import int_range, probability
 from genept_fast.errors import InputError
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name

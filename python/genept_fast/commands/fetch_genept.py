@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands import int_range, positive_float
+from genept_fast.commands._args import int_range, positive_float
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import check_claim, conversion_hint, require_table, sniff
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands import int_range, positive_float
+from genept_fast.commands._args import int_range, positive_float
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def read_gene_list(spec: str) -> list[str]:
         if found.kind in ("h5ad", "zarr-anndata", "text", "gzip-text"):
             check_claim(path, found)
         if found.kind in ("h5ad", "zarr-anndata"):
-            from genept_fast.commands.encode import read_var
+            from genept_fast.stream.sources import read_var
 
             return [str(g) for g in read_var(path).index]
         if found.kind in ("text", "gzip-text"):

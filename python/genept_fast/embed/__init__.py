@@ -15,15 +15,11 @@ content-addressed on-disk cache (:mod:`genept_fast.embed.cache`), so reruns are 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from genept_fast.embed.base import Embedder, TruncationWarning
 from genept_fast.embed.cache import EmbeddingCache, default_cache_dir
 from genept_fast.embed.cost import PRICE_PER_MILLION_TOKENS, CostEstimate
-from genept_fast.errors import BatchJobError, InputError
-
-if TYPE_CHECKING:
-    import os
+from genept_fast.embed.factory import get_embedder
+from genept_fast.errors import BatchJobError
 
 __all__ = [
     "PRICE_PER_MILLION_TOKENS",
@@ -35,108 +31,3 @@ __all__ = [
     "default_cache_dir",
     "get_embedder",
 ]
-
-
-def get_embedder(
-    spec: str = "local",
-    *,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    dimensions: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    batch_size: int | None = None,
-    max_concurrency: int = 4,
-    timeout: float = 60.0,
-    max_retries: int = 6,
-    n_threads: int | None = None,
-    use_batch: bool = False,
-    batch_poll_interval: float = 30.0,
-    batch_max_wait: float | None = None,
-) -> Embedder:
-    """Build an embedder from a spec string.
-
-    Parameters
-    ----------
-    spec
-        ``"local"``, ``"openai:<model>"`` or ``"sentence-transformers:<name-or-path>"``.
-    base_url
-        OpenAI-compatible server root (``http://host:port/v1``); ``openai:`` only.
-    api_key
-        API key (default ``$OPENAI_API_KEY``); never logged or stored.
-    dimensions
-        Output dimension for models that support shortening (text-embedding-3-*).
-    cache_dir
-        Cache folder (default: :func:`genept_fast.cache.default_cache_dir`,
-        ``$GENEPT_FAST_CACHE_DIR`` or ``~/.cache/genept-fast``).
-    use_cache
-        Read and write the on-disk cache.
-    batch_size
-        Inputs per request / forward pass (provider default when ``None``).
-    max_concurrency, timeout, max_retries
-        Requests in flight, seconds per request, retries per request (``openai:`` only).
-    n_threads
-        onnxruntime threads (``local`` only).
-    use_batch
-        Embed uncached texts through OpenAI's Batch API: half price, results within 24 hours;
-        a run killed while it waits resumes the same batches (job files in ``batches/`` of the
-        cache directory). ``openai:`` only.
-    batch_poll_interval, batch_max_wait
-        Seconds between polls of a batch; give up waiting after this many seconds (``None``:
-        wait until the batches end; a rerun resumes).
-
-    Returns
-    -------
-    Embedder
-        Nothing is loaded from the network when it is built; a remote server is first
-        contacted by :meth:`Embedder.embed`.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        msg = "embedder spec must be 'local', 'openai:<model>' or 'sentence-transformers:<model>'"
-        raise InputError(msg)
-    provider, _, name = spec.strip().partition(":")
-    provider = provider.lower()
-    cache = EmbeddingCache(cache_dir) if use_cache else None
-    if provider != "openai" and (base_url is not None or dimensions is not None):
-        msg = f"base_url and dimensions apply to 'openai:' embedders, not {spec!r}"
-        raise InputError(msg)
-    if provider != "openai" and use_batch:
-        msg = f"the Batch API (use_batch) applies to 'openai:' embedders, not {spec!r}"
-        raise InputError(msg)
-    if provider == "local":
-        from genept_fast.embed.local import LOCAL_MODEL_NAME, LocalEmbedder
-
-        if name and name != LOCAL_MODEL_NAME:
-            msg = f"unknown local model {name!r}; the local embedder is {LOCAL_MODEL_NAME!r}"
-            raise InputError(msg)
-        return LocalEmbedder(cache=cache, batch_size=batch_size, n_threads=n_threads)
-    if provider == "openai":
-        from genept_fast.embed.openai_api import OpenAIEmbedder
-
-        if not name:
-            msg = "name the model: 'openai:text-embedding-3-small' (or -3-large, ada-002)"
-            raise InputError(msg)
-        return OpenAIEmbedder(
-            name,
-            base_url=base_url,
-            api_key=api_key,
-            dimensions=dimensions,
-            cache=cache,
-            batch_size=batch_size,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            max_retries=max_retries,
-            use_batch=use_batch,
-            batch_state_dir=default_cache_dir(cache_dir) / "batches",
-            batch_poll_interval=batch_poll_interval,
-            batch_max_wait=batch_max_wait,
-        )
-    if provider in ("sentence-transformers", "st"):
-        from genept_fast.embed.sentence_transformers import SentenceTransformerEmbedder
-
-        return SentenceTransformerEmbedder(name, cache=cache, batch_size=batch_size)
-    msg = (
-        f"unknown embedder {spec!r}: use 'local', 'openai:<model>' or"
-        " 'sentence-transformers:<name-or-path>'"
-    )
-    raise InputError(msg)

@@ -119,7 +119,7 @@ class Embedder(abc.ABC):
         Where it does, :meth:`count_tokens` of ``head + word + sep + tail`` is that of
         ``head + word`` plus that of ``sep + tail`` (less the tokens of ``""``, such as
         ``[CLS]``/``[SEP]``), so GenePT-s sentences can be counted gene by gene
-        (:class:`~genept_fast.tl.SentenceBuilder`). The default claims it for no word: texts
+        (:class:`~genept_fast.encode.SentenceBuilder`). The default claims it for no word: texts
         are then counted whole. A subclass that claims it must hold to it exactly.
         """
         return [False] * len(words)

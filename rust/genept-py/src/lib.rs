@@ -443,6 +443,46 @@ fn cell_sentences<'py>(
     ))
 }
 
+/// GenePT-s sentences from ranked genes: `prefix` + the names of each row of `top` (C-contiguous
+/// int32, cells × width) up to its first -1, joined by `sep`.
+#[pyfunction]
+#[pyo3(signature = (top, gene_names, prefix, sep, n_threads=None))]
+fn sentences_from_top(
+    py: Python<'_>,
+    top: PyReadonlyArray2<'_, i32>,
+    gene_names: Vec<String>,
+    prefix: &str,
+    sep: &str,
+    n_threads: Option<usize>,
+) -> PyResult<Vec<String>> {
+    let (n_rows, width) = (top.shape()[0], top.shape()[1]);
+    let ranked = top
+        .as_slice()
+        .map_err(|_| invalid("top must be C-contiguous"))?;
+    detached(py, n_threads, || {
+        // The core indexes `gene_names` by every entry before the first -1: check them all.
+        if let Some(&bad) = ranked
+            .iter()
+            .find(|&&g| g < -1 || (g >= 0 && g as usize >= gene_names.len()))
+        {
+            return Err(genept_core::GeneptError::InvalidArgument(format!(
+                "top holds gene position {bad}, outside -1..{}",
+                gene_names.len() as i64 - 1
+            )));
+        }
+        if width == 0 {
+            return Ok(vec![prefix.to_string(); n_rows]);
+        }
+        Ok(sentences::sentences_from_top(
+            ranked,
+            width,
+            &gene_names,
+            prefix,
+            sep,
+        ))
+    })
+}
+
 /// Divides each row of a C-contiguous float32 matrix by its L2 norm, in place.
 #[pyfunction]
 #[pyo3(signature = (matrix, n_threads=None))]
@@ -490,6 +530,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(choose_dense_genes, m)?)?;
     m.add_function(wrap_pyfunction!(top_genes, m)?)?;
     m.add_function(wrap_pyfunction!(cell_sentences, m)?)?;
+    m.add_function(wrap_pyfunction!(sentences_from_top, m)?)?;
     m.add_function(wrap_pyfunction!(l2_normalize, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(resolved_threads, m)?)?;

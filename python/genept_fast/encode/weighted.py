@@ -1,0 +1,81 @@
+"""GenePT-w: each cell's expression-weighted sum of gene embeddings, by the Rust kernel.
+
+:class:`WeightedEncoder` is the kernel with a fixed table, as the encoder of
+:func:`genept_fast.stream.encode_file` (:func:`genept_fast.stream.encode_weighted`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from genept_fast.kernels import (
+    as_embeddings,
+    as_gene_index,
+    dense_genes,
+    prepare_embeddings,
+    table_fingerprint,
+    weighted_embedding,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import scipy.sparse as sp
+
+__all__ = ["WeightedEncoder"]
+
+
+class WeightedEncoder:
+    """GenePT-w as an ``encoder`` for :func:`encode_file`: the Rust weighted-sum kernel.
+
+    Calling it on a CSR chunk returns :func:`genept_fast.weighted_embedding` of the chunk. The
+    table is checked and laid out for the kernel once (:func:`genept_fast.prepare_embeddings`),
+    not per chunk, and only that copy is kept. The ``fingerprint`` (a hash of the table,
+    ``gene_index`` and ``normalize``) identifies it in resume manifests. :meth:`begin` fixes
+    the job's preprocessing (then applied by the kernel as it reads each raw chunk) and dense
+    genes once, from the file's first cells.
+    """
+
+    def __init__(
+        self,
+        gene_embeddings: npt.ArrayLike,
+        *,
+        gene_index: npt.ArrayLike | None = None,
+        normalize: bool = True,
+        n_threads: int | None = None,
+    ) -> None:
+        E = as_embeddings(gene_embeddings)
+        self.shape: tuple[int, int] = (int(E.shape[0]), int(E.shape[1]))
+        self.gene_index = as_gene_index(gene_index)
+        self.normalize = bool(normalize)
+        self.n_threads = n_threads
+        self.fingerprint = f"genept-w:{table_fingerprint(E, self.gene_index, self.normalize)}"
+        self.table = prepare_embeddings(E, n_threads=n_threads)
+        self.preprocess = "none"
+        self.dense: np.ndarray | str = "auto"
+
+    @property
+    def dim(self) -> int:
+        return self.shape[1]
+
+    def begin(self, sample: Any, preprocess: str) -> dict[str, Any]:
+        """Fix the job-level choices from the first cells of the file (``sample``): the
+        resolved ``preprocess`` (``"log1p"`` or ``"none"``), which the kernel then applies to
+        each raw chunk itself, and the dense genes (:func:`genept_fast.kernels.dense_genes`),
+        which fix the summation order. Returns what the resume manifest records."""
+        self.preprocess = preprocess
+        self.dense = dense_genes(
+            sample, self.shape[0], gene_index=self.gene_index, n_threads=self.n_threads
+        )
+        return {"dense_genes": self.dense.tolist()}
+
+    def __call__(self, X: sp.csr_array) -> np.ndarray:
+        return weighted_embedding(
+            X,
+            self.table,
+            gene_index=self.gene_index,
+            normalize=self.normalize,
+            n_threads=self.n_threads,
+            preprocess=self.preprocess,
+            dense_genes=self.dense,
+        )
