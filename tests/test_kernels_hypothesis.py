@@ -294,8 +294,9 @@ def test_fused_log1p_rejects_negative_counts_and_bad_options():
         gf.weighted_embedding(X, E, dense_genes=[1, 0])
 
 
-def test_auto_dense_genes_chosen_by_frequency():
-    """'auto' takes the genes expressed in at least half of the first 2,000 cells."""
+def test_dense_genes_chosen_by_frequency():
+    """With a threshold, the genes expressed in at least that share of the first 2,000 cells;
+    by default (and so with 'auto') none: the dense GEMM is off."""
     rng = np.random.default_rng(4)
     X = sp.random(3000, 40, density=0.2, format="csr", random_state=rng, dtype=np.float32)
     X = X.tolil()
@@ -303,12 +304,14 @@ def test_auto_dense_genes_chosen_by_frequency():
     X[::2, 30] = 2.0  # in half of them
     X[2000:, 12] = 3.0  # common only after the first 2,000 cells
     X = X.tocsr()
-    assert gf.kernels.dense_genes(X[:2000], 40).tolist() == [7, 30]
+    assert gf.kernels.dense_genes(X[:2000], 40, min_fraction=0.5).tolist() == [7, 30]
+    assert gf.kernels.dense_genes(X[:2000], 40).size == 0  # the default: off
     E = rng.standard_normal((40, 8)).astype(np.float32)
     auto = gf.weighted_embedding(X, E)
-    np.testing.assert_array_equal(auto, gf.weighted_embedding(X, E, dense_genes=[7, 30]))
-    np.testing.assert_allclose(auto, gf.weighted_embedding(X, E, dense_genes=None), atol=1e-6)
+    np.testing.assert_array_equal(auto, gf.weighted_embedding(X, E, dense_genes=None))
+    dense = gf.weighted_embedding(X, E, dense_genes=[7, 30])
+    np.testing.assert_allclose(auto, dense, atol=1e-6)
     # through gene_index: table rows, not X's columns
     gi = np.arange(40)[::-1].copy()
-    assert gf.kernels.dense_genes(X[:2000], 40, gene_index=gi).tolist() == [9, 32]
-    assert gf.kernels.dense_genes(X[:63], 40).size == 0  # too few cells to tell
+    assert gf.kernels.dense_genes(X[:2000], 40, gene_index=gi, min_fraction=0.5).tolist() == [9, 32]
+    assert gf.kernels.dense_genes(X[:63], 40, min_fraction=0.5).size == 0  # too few cells

@@ -82,9 +82,13 @@ __all__ = [
 #: The sentence prefix of GenePT-s.
 DEFAULT_PREFIX = "A cell with genes ranked by expression: "
 
-#: A gene is dense when expressed in at least this fraction of the sampled cells (measured
-#: best of 0.3-0.6 on atlas-like data; see README "Kernels and their speed").
-DENSE_MIN_FRACTION = 0.5
+#: A gene is dense when expressed in at least this fraction of the sampled cells; ``None``
+#: (the default): no gene is, the dense GEMM is off. With the cell-major gather for the other
+#: genes it no longer pays on atlas-like data: on the quiet 2-core machine, 0.5 (1,162 dense
+#: genes, 46% of the nonzeros) ran 7% slower at D = 1536 and 21% slower at D = 3072 than no
+#: dense genes (README "Kernels and their speed"). Pass ``min_fraction=0.5`` to
+#: :func:`dense_genes` to use it.
+DENSE_MIN_FRACTION: float | None = None
 
 _SMALL_INTS = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16)
 
@@ -332,7 +336,7 @@ def dense_genes(
     n_table_rows: int,
     *,
     gene_index: npt.ArrayLike | None = None,
-    min_fraction: float = DENSE_MIN_FRACTION,
+    min_fraction: float | None = DENSE_MIN_FRACTION,
     n_threads: int | None = None,
 ) -> np.ndarray:
     """The table rows that :func:`weighted_embedding` should sum by its dense GEMM.
@@ -341,15 +345,22 @@ def dense_genes(
     value in at least ``min_fraction`` of the cells of ``X``, at most 2,048 (the most frequent),
     ascending int64. None when ``X`` has fewer than 64 cells. Pass a job's first cells (about
     2,000), then the result as ``dense_genes=`` with every chunk: the summation order, and so
-    the last bit of the results, depends on this set.
+    the last bit of the results, depends on this set. ``min_fraction=None`` (the default,
+    :data:`DENSE_MIN_FRACTION`): no rows, the dense GEMM is off.
     """
     gi = as_gene_index(gene_index)
-    return _choose_dense(as_csr(X), int(n_table_rows), gi, float(min_fraction), n_threads)
+    return _choose_dense(as_csr(X), int(n_table_rows), gi, min_fraction, n_threads)
 
 
 def _choose_dense(
-    csr: CsrParts, n_rows: int, gi: np.ndarray | None, min_fraction: float, n_threads: int | None
+    csr: CsrParts,
+    n_rows: int,
+    gi: np.ndarray | None,
+    min_fraction: float | None,
+    n_threads: int | None,
 ) -> np.ndarray:
+    if min_fraction is None:
+        return np.empty(0, dtype=np.int64)
     return _call(
         _core.choose_dense_genes,
         csr.indptr,
@@ -358,7 +369,7 @@ def _choose_dense(
         csr.n_genes,
         n_rows,
         gene_index=gi,
-        min_fraction=min_fraction,
+        min_fraction=float(min_fraction),
         n_threads=_check_threads(n_threads),
     )
 
@@ -430,7 +441,8 @@ def weighted_embedding(
         first), without a copy of ``X``. Negative values are then an error.
     dense_genes
         Table rows to sum by the dense GEMM: ``"auto"`` chooses them from the first 2,000
-        cells of ``X`` (:func:`dense_genes`), ``None`` uses none, or give the rows. Results
+        cells of ``X`` (:func:`dense_genes` with its default threshold, which is now off:
+        none), ``None`` uses none, or give the rows. Results
         are the same to float32 rounding whatever the choice; they are bitwise identical
         across calls (chunks) that pass the same rows.
 
