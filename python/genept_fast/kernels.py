@@ -85,9 +85,9 @@ DEFAULT_PREFIX = "A cell with genes ranked by expression: "
 #: A gene is dense when expressed in at least this fraction of the sampled cells; ``None``
 #: (the default): no gene is, the dense GEMM is off. With the cell-major gather for the other
 #: genes it no longer pays on atlas-like data: on the quiet 2-core machine, 0.5 (1,162 dense
-#: genes, 46% of the nonzeros) ran 7% slower at D = 1536 and 21% slower at D = 3072 than no
-#: dense genes (README "Kernels and their speed"). Pass ``min_fraction=0.5`` to
-#: :func:`dense_genes` to use it.
+#: genes, 46% of the nonzeros) measured -9% to +9% against no dense genes (README "Kernels and
+#: their speed"), within noise, while its set fixes the last bits of a job's results. Pass
+#: ``min_fraction=0.5`` to :func:`dense_genes` to use it.
 DENSE_MIN_FRACTION: float | None = None
 
 _SMALL_INTS = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16)
