@@ -306,6 +306,11 @@ def test_dense_genes_chosen_by_frequency():
     X = X.tocsr()
     assert gf.kernels.dense_genes(X[:2000], 40, min_fraction=0.5).tolist() == [7, 30]
     assert gf.kernels.dense_genes(X[:2000], 40).size == 0  # the default: off
+    # a job's sample is read only when a threshold is set
+    calls: list[int] = []
+    assert gf.kernels.dense_genes(lambda: calls.append(1), 40).size == 0
+    assert calls == []
+    assert gf.kernels.dense_genes(lambda: X[:2000], 40, min_fraction=0.5).tolist() == [7, 30]
     E = rng.standard_normal((40, 8)).astype(np.float32)
     auto = gf.weighted_embedding(X, E)
     np.testing.assert_array_equal(auto, gf.weighted_embedding(X, E, dense_genes=None))

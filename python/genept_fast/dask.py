@@ -205,8 +205,11 @@ def weighted_embedding(
         x = x.rechunk({1: -1})
     dense: np.ndarray | None
     if isinstance(dense_genes, str) and dense_genes == "auto":
-        sample = x[: min(int(x.shape[0]), AUTO_SAMPLE_CELLS)].compute()
-        dense = _dense_genes(sample, int(table.E.shape[0]), gene_index=table.gene_index)
+        dense = _dense_genes(
+            lambda: x[: min(int(x.shape[0]), AUTO_SAMPLE_CELLS)].compute(),
+            int(table.E.shape[0]),
+            gene_index=table.gene_index,
+        )
     else:
         dense = None if dense_genes is None else np.asarray(dense_genes, dtype=np.int64)
     dim = int(table.E.shape[1])
@@ -358,7 +361,7 @@ def encode_h5ad_dask(
 
     how = resolve_preprocess(preprocess, first_cells)
     E = as_embeddings(gene_embeddings)
-    dense = _dense_genes(first_cells(), int(E.shape[0]), gene_index=gene_index)
+    dense = _dense_genes(first_cells, int(E.shape[0]), gene_index=gene_index)
     return weighted_embedding(
         x,
         E,

@@ -130,9 +130,12 @@ def as_csr(X: Any, *, name: str = "X") -> CsrParts:
     """Return ``X`` (cells × genes) as :class:`CsrParts`, copying only what must change.
 
     Accepts any ``scipy.sparse`` matrix or array, a dense ``numpy`` array (or anything
-    ``np.asarray`` takes). Raises :class:`~genept_fast.errors.ShapeError` on a wrong ndim and
+    ``np.asarray`` takes), or :class:`CsrParts` (returned as they are). Raises
+    :class:`~genept_fast.errors.ShapeError` on a wrong ndim and
     :class:`~genept_fast.errors.InvalidArgumentError` on an unsupported dtype.
     """
+    if isinstance(X, CsrParts):
+        return X
     csr: Any
     if sp.issparse(X):
         sparse: Any = X  # scipy's stubs type issparse's guard as the bare base class
@@ -346,21 +349,20 @@ def dense_genes(
     ascending int64. None when ``X`` has fewer than 64 cells. Pass a job's first cells (about
     2,000), then the result as ``dense_genes=`` with every chunk: the summation order, and so
     the last bit of the results, depends on this set. ``min_fraction=None`` (the default,
-    :data:`DENSE_MIN_FRACTION`): no rows, the dense GEMM is off.
+    :data:`DENSE_MIN_FRACTION`): no rows, the dense GEMM is off. ``X`` may also be a function
+    returning the cells, called only when a threshold is set (so a job reads no sample for
+    nothing).
     """
+    if min_fraction is None:
+        return np.empty(0, dtype=np.int64)
     gi = as_gene_index(gene_index)
-    return _choose_dense(as_csr(X), int(n_table_rows), gi, min_fraction, n_threads)
+    cells = X() if callable(X) else X
+    return _choose_dense(as_csr(cells), int(n_table_rows), gi, min_fraction, n_threads)
 
 
 def _choose_dense(
-    csr: CsrParts,
-    n_rows: int,
-    gi: np.ndarray | None,
-    min_fraction: float | None,
-    n_threads: int | None,
+    csr: CsrParts, n_rows: int, gi: np.ndarray | None, min_fraction: float, n_threads: int | None
 ) -> np.ndarray:
-    if min_fraction is None:
-        return np.empty(0, dtype=np.int64)
     return _call(
         _core.choose_dense_genes,
         csr.indptr,
@@ -383,8 +385,8 @@ def _dense_arg(
         if dense != "auto":
             msg = f"dense_genes must be 'auto', None or an array of table rows, got {dense!r}"
             raise InvalidArgumentError(msg)
-        return _choose_dense(
-            _head(csr, AUTO_SAMPLE_CELLS), n_rows, gi, DENSE_MIN_FRACTION, n_threads
+        return dense_genes(
+            lambda: _head(csr, AUTO_SAMPLE_CELLS), n_rows, gene_index=gi, n_threads=n_threads
         )
     rows = np.asarray(dense)
     if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):

@@ -213,7 +213,10 @@ def genept_w(
     prepared = kernels.prepare_embeddings(match.rows, n_threads=n_threads)
     # One dense-gene set for every chunk (the summation order; see genept_fast.kernels).
     dense = kernels.dense_genes(
-        _sample(m.X, adata.n_obs), prepared.n_genes, gene_index=match.index, n_threads=n_threads
+        lambda: _sample(m.X, adata.n_obs),
+        prepared.n_genes,
+        gene_index=match.index,
+        n_threads=n_threads,
     )
     out = np.zeros((adata.n_obs, table.dimension), dtype=np.float32)
     for a, b, chunk in _chunks(m.X, adata.n_obs, max(int(chunk_size), 1)):
