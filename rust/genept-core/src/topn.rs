@@ -81,13 +81,16 @@ const MAX_DISTINCT: usize = 256;
 const SLOTS: usize = 1024; // open addressing, load ≤ 1/4
 /// The slot of entries that are not ranked (values ≤ 0); its positions are all past `n`.
 const SKIP: usize = SLOTS;
+/// Length of the count table (a power of two above [`SKIP`]): a slot masked with
+/// `COUNTS - 1` is always in bounds, so the hot loops need no bounds checks.
+const COUNTS: usize = 2 * SLOTS;
 const EMPTY: u64 = u64::MAX; // no positive float has these bits
 
 /// A small hash table from a value's bits to its counts, then to its output positions.
 struct Buckets {
-    key: Vec<u64>,
+    key: Box<[u64; SLOTS]>,
     /// Per slot (and [`SKIP`]): a count, then the cursor of its next output position.
-    count: Vec<u32>,
+    count: Box<[u32; COUNTS]>,
     used: Vec<u32>,
     /// The slot of each entry of the row ([`SKIP`] for values ≤ 0), in row order.
     entry_slot: Vec<u16>,
@@ -98,8 +101,8 @@ struct Buckets {
 impl Buckets {
     fn new() -> Self {
         Buckets {
-            key: vec![EMPTY; SLOTS],
-            count: vec![0; SLOTS + 1],
+            key: Box::new([EMPTY; SLOTS]),
+            count: Box::new([0; COUNTS]),
             used: Vec::with_capacity(MAX_DISTINCT + 1),
             entry_slot: Vec::new(),
             placed: Vec::new(),
@@ -117,9 +120,10 @@ impl Buckets {
 }
 
 /// The slot of `bits` in `key`, inserting it (and recording it in `used`); `None` once the row
-/// has too many distinct values. Works on slices, so that the hot loops keep them in registers.
+/// has too many distinct values. Takes the fixed-size table, so that indexing it with a masked
+/// slot needs no bounds check.
 #[inline(always)]
-fn slot_of(key: &mut [u64], used: &mut Vec<u32>, bits: u64) -> Option<usize> {
+fn slot_of(key: &mut [u64; SLOTS], used: &mut Vec<u32>, bits: u64) -> Option<usize> {
     let mut s = (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize; // 10 bits
     loop {
         let k = key[s & (SLOTS - 1)];
@@ -158,9 +162,11 @@ fn rank_by_buckets<I: Index, V: Value>(
     let n = dst.len();
     b.placed.clear();
     b.placed.resize(n + 1, -1);
-    // Slices, not the Vecs, so that the loops keep their pointers in registers.
-    let (key, used) = (&mut b.key[..], &mut b.used);
-    let (count, entry_slot, placed) = (&mut b.count[..], &mut b.entry_slot[..], &mut b.placed[..]);
+    // Slices and fixed-size tables, not the Vecs, so that the loops keep their pointers in
+    // registers and index the tables with a mask instead of a bounds check.
+    let (key, used) = (&mut *b.key, &mut b.used);
+    let (count, entry_slot, placed) = (&mut *b.count, &mut b.entry_slot[..], &mut b.placed[..]);
+    let mask = COUNTS - 1;
     // Pass 1: each entry's slot, counted.
     for (es, &v) in entry_slot.iter_mut().zip(val) {
         if v > V::ZERO {
@@ -168,7 +174,7 @@ fn rank_by_buckets<I: Index, V: Value>(
                 return false;
             };
             *es = slot as u16;
-            count[slot] += 1;
+            count[slot & mask] += 1;
         }
     }
     // Distinct values, largest first; each slot's count becomes its first output position.
@@ -180,9 +186,11 @@ fn rank_by_buckets<I: Index, V: Value>(
         pos += c;
     }
     count[SKIP] = n as u32;
-    // Pass 2, branch-free: positions past `n` (and unranked entries) land in one spare slot.
+    // Pass 2, branch-free: positions past `n` (and unranked entries) land in one spare slot
+    // (`placed` has n + 1, so the index needs no check).
+    let placed = &mut placed[..n + 1];
     for (&es, &j) in entry_slot.iter().zip(idx) {
-        let slot = es as usize;
+        let slot = es as usize & mask;
         let p = count[slot] as usize;
         placed[p.min(n)] = col(j) as i32;
         count[slot] = (p + 1) as u32;
