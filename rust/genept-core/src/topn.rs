@@ -157,25 +157,33 @@ fn rank_by_buckets<I: Index, V: Value>(
     }
     let b = &mut s.buckets;
     b.clear();
-    b.entry_slot.clear();
-    b.entry_slot.resize(idx.len(), SKIP as u16);
     let n = dst.len();
-    b.placed.clear();
-    b.placed.resize(n + 1, -1);
+    // Scratch that the passes overwrite before reading it (grown, never cleared): every entry's
+    // slot is written by pass 1, and every position below the row's count by pass 2.
+    if b.entry_slot.len() < idx.len() {
+        b.entry_slot.resize(idx.len(), 0);
+    }
+    if b.placed.len() < n + 1 {
+        b.placed.resize(n + 1, 0);
+    }
     // Slices and fixed-size tables, not the Vecs, so that the loops keep their pointers in
     // registers and index the tables with a mask instead of a bounds check.
     let (key, used) = (&mut *b.key, &mut b.used);
-    let (count, entry_slot, placed) = (&mut *b.count, &mut b.entry_slot[..], &mut b.placed[..]);
+    let entry_slot = &mut b.entry_slot[..idx.len()];
+    let (count, placed) = (&mut *b.count, &mut b.placed[..]);
     let mask = COUNTS - 1;
-    // Pass 1: each entry's slot, counted.
+    // Pass 1: each entry's slot ([`SKIP`] for values ≤ 0, whose count is not used), counted.
     for (es, &v) in entry_slot.iter_mut().zip(val) {
-        if v > V::ZERO {
+        let slot = if v > V::ZERO {
             let Some(slot) = slot_of(key, used, v.value_bits()) else {
                 return false;
             };
-            *es = slot as u16;
-            count[slot & mask] += 1;
-        }
+            slot
+        } else {
+            SKIP
+        };
+        *es = slot as u16;
+        count[slot & mask] += 1;
     }
     // Distinct values, largest first; each slot's count becomes its first output position.
     used.sort_unstable_by_key(|&slot| std::cmp::Reverse(key[slot as usize]));
@@ -195,8 +203,8 @@ fn rank_by_buckets<I: Index, V: Value>(
         placed[p.min(n)] = col(j) as i32;
         count[slot] = (p + 1) as u32;
     }
-    dst.copy_from_slice(&placed[..n]);
     let filled = (pos as usize).min(n);
+    dst[..filled].copy_from_slice(&placed[..filled]);
     dst[filled..].fill(-1);
     true
 }
