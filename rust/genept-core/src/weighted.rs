@@ -519,8 +519,9 @@ struct Scratch {
     rents: Vec<u64>,
     rstart: Vec<u32>,
     cursor: Vec<u32>,
-    /// Sparse genes present in the block (a bitmap over table rows), as lists per range.
-    seen: Vec<u64>,
+    /// Sparse genes present in the block (a byte per table row, nonzero where present), as
+    /// lists per range.
+    seen: Vec<u8>,
     present: Vec<u32>,
     pstart: Vec<u32>,
 }
@@ -702,10 +703,59 @@ fn tile_gemm(plan: &Plan<'_>, dense_v: &[f32], rows_p: usize, t: &TileInfo, buf:
     dense_gemm(isa, sh, dense_v, panel, buf);
 }
 
+/// What placing a cell's sparse entries marks besides its list: the genes present in the
+/// block (`seen`, a byte per table row) and, per gene range `r`, the position after the
+/// range's last entry so far (`bound[r + 1]`). Entries that are not kept mark the dummy last
+/// slot of each (plain stores: a bitmap's read-modify-writes would chain a cell's genes).
+struct Marks<'a> {
+    seen: &'a mut [u8],
+    bound: &'a mut [u32],
+}
+
+impl Marks<'_> {
+    #[inline(always)]
+    fn mark(&mut self, c: u32, keep: bool, at: usize) {
+        let (ds, db) = (self.seen.len() - 1, self.bound.len() - 1);
+        self.seen[if keep { c as usize } else { ds }] = 1;
+        self.bound[if keep {
+            (c >> RANGE_SHIFT) as usize + 1
+        } else {
+            db
+        }] = (at + 1) as u32;
+    }
+}
+
+/// [`place_row`] without dense genes (every code is [`SKIP`] or a table row), in about half
+/// its instructions per entry.
+#[inline(always)]
+fn place_sparse(
+    vals: impl Iterator<Item = (usize, f32)>,
+    code: &[u32],
+    ents: &mut [u64],
+    n: &mut usize,
+    marks: &mut Marks<'_>,
+) -> bool {
+    let mut prev = 0u32;
+    let mut unsorted = false;
+    let mut m = *n;
+    for (j, v) in vals {
+        let c = code[j];
+        let keep = c != SKIP;
+        marks.mark(c, keep, m);
+        ents[m] = pack_entry(c, v);
+        m += usize::from(keep);
+        unsorted |= keep & (c < prev);
+        prev = if keep { c } else { prev };
+    }
+    *n = m;
+    unsorted
+}
+
 /// Places one cell's values without branching on the gene: a dense gene's value goes to
 /// `dense[base + slot * mr]` (anything else to the dummy slot at its end; added when the row
 /// may hold duplicates, else stored), a sparse gene's entry is written at `ents[*n]` and kept
-/// by advancing `*n`. Returns whether the cell's sparse genes were out of ascending order.
+/// by advancing `*n`, and marked ([`Marks`]). Returns whether the cell's sparse genes were out
+/// of ascending order.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn place_row(
@@ -716,6 +766,7 @@ fn place_row(
     mr: usize,
     ents: &mut [u64],
     n: &mut usize,
+    marks: &mut Marks<'_>,
     duplicates: bool,
 ) -> bool {
     let dummy = dense.len() - 1;
@@ -726,6 +777,7 @@ fn place_row(
         let c = code[j];
         let is_dense = (c & DENSE != 0) & (c != SKIP);
         let sparse = c & DENSE == 0;
+        marks.mark(c, sparse, m);
         let di = if is_dense {
             base + (c & !DENSE) as usize * mr
         } else {
@@ -777,6 +829,13 @@ fn group_block<I: Index, V: Value>(
         s.cents.resize(need, 0);
     }
     s.cell_at.clear();
+    // Marks (see [`Marks`]): a byte per table row and a dummy one; per cell, `nr + 1` range
+    // bounds and a dummy slot (cell-major).
+    s.seen.clear();
+    s.seen.resize(plan.emb.n_rows() + 1, 0);
+    let (nb, nbs) = (nr + 1, nr + 2);
+    s.cursor.clear();
+    s.cursor.resize(nbs * rows, 0);
     s.dense_v.clear();
     s.dense_v.resize(rows_p * k + 1, 0.0);
     let mut unsorted = false;
@@ -788,17 +847,27 @@ fn group_block<I: Index, V: Value>(
             dense_v,
             counts,
             memo,
+            seen,
+            cursor,
             ..
         } = s;
         for r in r0..r1 {
             let lr = r - r0;
             cell_at.push(n as u32);
+            let bound = &mut cursor[lr * nbs..(lr + 1) * nbs];
+            bound.fill(n as u32);
+            let mut marks = Marks { seen, bound };
             let base = (lr / mr) * k * mr + lr % mr;
             let (idx, val) = x.row(r);
             // One cell's values, with or without adding duplicates of dense genes.
             macro_rules! place {
                 ($vals:expr, $duplicates:expr) => {
-                    place_row($vals, code, dense_v, base, mr, cents, &mut n, $duplicates)
+                    if k == 0 {
+                        place_sparse($vals, code, cents, &mut n, &mut marks)
+                    } else {
+                        let d = $duplicates;
+                        place_row($vals, code, dense_v, base, mr, cents, &mut n, &mut marks, d)
+                    }
                 };
             }
             unsorted |= if log1p {
@@ -829,32 +898,25 @@ fn group_block<I: Index, V: Value>(
     s.dense_v.truncate(rows_p * k);
     if unsorted {
         // Rows whose genes are not ascending (a reordering gene map, unsorted X): sort each
-        // cell's entries by gene, stably (duplicates keep their stored order).
+        // cell's entries by gene, stably (duplicates keep their stored order), and mark the
+        // ranges' bounds again.
         for c in 0..rows {
             let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
             s.cents[a..b].sort_by_key(|&e| e as u32);
+            let bound = &mut s.cursor[c * nbs..(c + 1) * nbs];
+            bound.fill(a as u32);
+            for (i, &e) in s.cents[a..b].iter().enumerate() {
+                bound[((e as u32) >> shift) as usize + 1] = (a + i + 1) as u32;
+            }
         }
     }
-    // Where each cell's genes of each range start (cell-major, `nr + 1` per cell: entry `r + 1`
-    // written by the range's last gene, then a running maximum fills the empty ranges), how
-    // many there are (range-major), which genes are present.
-    let nb = nr + 1;
-    s.cursor.clear();
-    s.cursor.resize(nb * rows, 0);
+    // Where each cell's genes of each range start (`bound[r]`; a running maximum fills the
+    // empty ranges), how many there are (range-major).
     s.cpos.clear();
     s.cpos.resize(nr * rows + 1, 0);
-    s.seen.clear();
-    s.seen.resize(plan.emb.n_rows().div_ceil(64).max(1), 0);
     for c in 0..rows {
-        let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
-        let bound = &mut s.cursor[c * nb..(c + 1) * nb];
-        bound.fill(a as u32);
-        for (i, &e) in s.cents[a..b].iter().enumerate() {
-            let g = e as u32;
-            s.seen[(g >> 6) as usize] |= 1 << (g & 63);
-            bound[(g >> shift) as usize + 1] = (a + i + 1) as u32;
-        }
-        let mut run = a as u32;
+        let bound = &mut s.cursor[c * nbs..c * nbs + nb];
+        let mut run = s.cell_at[c];
         for x in bound.iter_mut() {
             run = run.max(*x);
             *x = run;
@@ -863,7 +925,8 @@ fn group_block<I: Index, V: Value>(
             s.cpos[rr * rows + c] = w[1] - w[0];
         }
     }
-    // The lists' starts, then each cell's run of each range to its list.
+    // The lists' starts, then each cell's run of each range (one run: its genes are ascending)
+    // copied to its list.
     s.rstart.clear();
     let mut acc = 0u32;
     for &cnt in &s.cpos {
@@ -874,24 +937,28 @@ fn group_block<I: Index, V: Value>(
         s.rents.resize(n, 0);
     }
     for c in 0..rows {
-        let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
-        let bound = &s.cursor[c * nb..(c + 1) * nb];
-        for (i, &e) in s.cents[a..b].iter().enumerate() {
-            let r = ((e as u32) >> shift) as usize;
-            let at = s.rstart[r * rows + c] as usize + (a + i - bound[r] as usize);
-            s.rents[at] = e;
+        let bound = &s.cursor[c * nbs..c * nbs + nb];
+        for (r, w) in bound.windows(2).enumerate() {
+            let (from, to) = (w[0] as usize, w[1] as usize);
+            if to > from {
+                let at = s.rstart[r * rows + c] as usize;
+                s.rents[at..at + (to - from)].copy_from_slice(&s.cents[from..to]);
+            }
         }
     }
     s.rents.truncate(n);
-    // The present genes, range by range.
+    // The present genes, range by range (the dummy byte dropped).
     s.present.clear();
     s.pstart.clear();
     s.pstart.push(0);
-    for (wi, &word) in s.seen.iter().enumerate() {
-        let mut bits = word;
-        while bits != 0 {
-            let g = (wi * 64) as u32 + bits.trailing_zeros();
-            bits &= bits - 1;
+    s.seen.pop();
+    s.seen.resize(s.seen.len().next_multiple_of(8), 0);
+    for (wi, word) in s.seen.chunks_exact(8).enumerate() {
+        let mut bytes = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        while bytes != 0 {
+            let at = bytes.trailing_zeros() / 8;
+            bytes &= !(0xff << (8 * at));
+            let g = (wi * 8) as u32 + at;
             while s.pstart.len() <= (g >> shift) as usize {
                 s.pstart.push(s.present.len() as u32);
             }
