@@ -1,9 +1,9 @@
 //! Runtime CPU dispatch for the inner loops of GenePT-w.
 //!
 //! Wheels are built for generic x86-64, so the wide code is compiled with `#[target_feature]`
-//! and chosen at run time: AVX-512F (Zen 4 runs it as two 256-bit halves, but its 32 vector
-//! registers hold a 12-cell × 32-dimension register tile in the dense GEMM while the sparse
-//! gather holds a cell's 96-float output row), AVX2+FMA, or portable Rust.
+//! and chosen at run time: AVX-512F (Zen 4 runs it as two 256-bit halves, Zen 5 at full width;
+//! its 32 vector registers hold a 12-cell × 32-dimension register tile in the dense GEMM while
+//! the sparse gather holds a cell's 96-float output row), AVX2+FMA, or portable Rust.
 //!
 //! The sparse genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
 //! registers while its genes of one gene range are added (one load and one multiply-add per
