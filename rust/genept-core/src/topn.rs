@@ -94,6 +94,8 @@ struct Buckets {
     used: Vec<u32>,
     /// The slot of each entry of the row ([`SKIP`] for values ≤ 0), in row order.
     entry_slot: Vec<u16>,
+    /// How many earlier entries of the row share each entry's slot (its place in its group).
+    entry_rank: Vec<u32>,
     /// The ranking being built, with one spare slot for genes past `n`.
     placed: Vec<i32>,
 }
@@ -105,6 +107,7 @@ impl Buckets {
             count: Box::new([0; COUNTS]),
             used: Vec::with_capacity(MAX_DISTINCT + 1),
             entry_slot: Vec::new(),
+            entry_rank: Vec::new(),
             placed: Vec::new(),
         }
     }
@@ -162,6 +165,7 @@ fn rank_by_buckets<I: Index, V: Value>(
     // slot is written by pass 1, and every position below the row's count by pass 2.
     if b.entry_slot.len() < idx.len() {
         b.entry_slot.resize(idx.len(), 0);
+        b.entry_rank.resize(idx.len(), 0);
     }
     if b.placed.len() < n + 1 {
         b.placed.resize(n + 1, 0);
@@ -170,10 +174,12 @@ fn rank_by_buckets<I: Index, V: Value>(
     // registers and index the tables with a mask instead of a bounds check.
     let (key, used) = (&mut *b.key, &mut b.used);
     let entry_slot = &mut b.entry_slot[..idx.len()];
+    let entry_rank = &mut b.entry_rank[..idx.len()];
     let (count, placed) = (&mut *b.count, &mut b.placed[..]);
     let mask = COUNTS - 1;
-    // Pass 1: each entry's slot ([`SKIP`] for values ≤ 0, whose count is not used), counted.
-    for (es, &v) in entry_slot.iter_mut().zip(val) {
+    // Pass 1: each entry's slot ([`SKIP`] for values ≤ 0, whose count is not used) and its
+    // place among the earlier entries of that slot, counted.
+    for ((es, er), &v) in entry_slot.iter_mut().zip(entry_rank.iter_mut()).zip(val) {
         let slot = if v > V::ZERO {
             let Some(slot) = slot_of(key, used, v.value_bits()) else {
                 return false;
@@ -183,7 +189,9 @@ fn rank_by_buckets<I: Index, V: Value>(
             SKIP
         };
         *es = slot as u16;
-        count[slot & mask] += 1;
+        let c = &mut count[slot & mask];
+        *er = *c;
+        *c += 1;
     }
     // Distinct values, largest first; each slot's count becomes its first output position.
     used.sort_unstable_by_key(|&slot| std::cmp::Reverse(key[slot as usize]));
@@ -194,14 +202,14 @@ fn rank_by_buckets<I: Index, V: Value>(
         pos += c;
     }
     count[SKIP] = n as u32;
-    // Pass 2, branch-free: positions past `n` (and unranked entries) land in one spare slot
-    // (`placed` has n + 1, so the index needs no check).
+    // Pass 2, branch-free and without stores to the counts (each position is its slot's first
+    // plus its place in the slot): positions past `n` (and unranked entries) land in one spare
+    // slot (`placed` has n + 1, so the index needs no check).
     let placed = &mut placed[..n + 1];
-    for (&es, &j) in entry_slot.iter().zip(idx) {
-        let slot = es as usize & mask;
-        let p = count[slot] as usize;
+    let count = &*count;
+    for ((&es, &er), &j) in entry_slot.iter().zip(entry_rank.iter()).zip(idx) {
+        let p = count[es as usize & mask] as usize + er as usize;
         placed[p.min(n)] = col(j) as i32;
-        count[slot] = (p + 1) as u32;
     }
     let filled = (pos as usize).min(n);
     dst[..filled].copy_from_slice(&placed[..filled]);
