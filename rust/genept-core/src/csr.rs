@@ -15,6 +15,9 @@ pub trait Index: Copy + Send + Sync + 'static {
     fn to_usize(self) -> Option<usize>;
     /// The value as `i64`, for messages.
     fn to_i64(self) -> i64;
+    /// Whether the value is outside `[0, n)`: one unsigned compare in the index's own width
+    /// (a negative index is a large unsigned one), so that the check loops vectorise.
+    fn outside(self, n: usize) -> bool;
 }
 
 impl Index for i32 {
@@ -26,6 +29,11 @@ impl Index for i32 {
     fn to_i64(self) -> i64 {
         i64::from(self)
     }
+    #[inline(always)]
+    fn outside(self, n: usize) -> bool {
+        // Every non-negative i32 is below 2^31, and every negative one is at least 2^31 as u32.
+        (self as u32) >= n.min(1 << 31) as u32
+    }
 }
 
 impl Index for i64 {
@@ -36,6 +44,10 @@ impl Index for i64 {
     #[inline(always)]
     fn to_i64(self) -> i64 {
         self
+    }
+    #[inline(always)]
+    fn outside(self, n: usize) -> bool {
+        (self as u64) >= (n as u64).min(1 << 63)
     }
 }
 
@@ -52,6 +64,9 @@ pub trait Value: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> 
     fn key_gene(key: Self::Key) -> u32;
     /// Bits that order strictly positive values like the values (equal values, equal bits).
     fn value_bits(self) -> u64;
+    /// Whether [`CsrView::new`] rejects the value: NaN or infinite, or negative when `counts`.
+    /// Computed in the value's own width, so that the check loops vectorise.
+    fn rejected(self, counts: bool) -> bool;
 }
 
 impl Value for f32 {
@@ -79,6 +94,11 @@ impl Value for f32 {
     fn value_bits(self) -> u64 {
         u64::from(self.to_bits())
     }
+    #[inline(always)]
+    fn rejected(self, counts: bool) -> bool {
+        // All exponent bits set: an infinity or a NaN.
+        (self.to_bits() & 0x7f80_0000 == 0x7f80_0000) | (counts & (self < 0.0))
+    }
 }
 
 impl Value for f64 {
@@ -103,6 +123,10 @@ impl Value for f64 {
     #[inline(always)]
     fn value_bits(self) -> u64 {
         self.to_bits()
+    }
+    #[inline(always)]
+    fn rejected(self, counts: bool) -> bool {
+        !self.is_finite() | (counts & (self < 0.0))
     }
 }
 
@@ -215,20 +239,15 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
             .with_min_len(256)
             .map(|r| {
                 let (idx, val) = self.row(r);
-                // Fast path: count bad entries without branching (the loops vectorise); only a
-                // row with one is walked again to name the first.
-                let bad_idx: usize = idx
+                // Fast path: OR a flag over the entries without branching, in their own widths
+                // (the loops vectorise); only a row with a bad one is walked again to name it.
+                let bad_idx = idx
                     .iter()
-                    .map(|&j| usize::from(j.to_i64() as u64 >= n_cols as u64))
-                    .sum();
-                let bad_val: usize = val
+                    .fold(0u8, |b, &j| b | u8::from(j.outside(n_cols)));
+                let bad_val = val
                     .iter()
-                    .map(|&v| {
-                        let x = v.to_f64();
-                        usize::from(!x.is_finite() | (counts & (x < 0.0)))
-                    })
-                    .sum();
-                if bad_idx + bad_val == 0 {
+                    .fold(0u8, |b, &v| b | u8::from(v.rejected(counts)));
+                if bad_idx | bad_val == 0 {
                     return None;
                 }
                 for (&j, &v) in idx.iter().zip(val) {
