@@ -343,7 +343,7 @@ impl<'a> EmbeddingView<'a> {
             let bad = data
                 .par_chunks(dim)
                 .with_min_len(64)
-                .position_first(|row| row.iter().any(|x| !x.is_finite()));
+                .position_first(|row| row.iter().fold(false, |b, &x| b | x.rejected(false)));
             if let Some(g) = bad {
                 let row = &data[g * dim..(g + 1) * dim];
                 let (k, x) = row
