@@ -284,12 +284,9 @@ def read_csr(
     """
     from pathlib import Path
 
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
-        raise InputError(msg)
-    if chunk_size < 1:
-        msg = f"chunk_size must be at least 1, got {chunk_size}"
-        raise InputError(msg)
+    from genept_fast.stream.sources import check_chunk_size
+
+    check_chunk_size(chunk_size)
     reader = _RowReader(str(Path(path).resolve()), layer, bool(use_raw))
     h = hashlib.blake2b(repr((reader.fingerprint, int(chunk_size))).encode(), digest_size=16)
     return da.from_array(

@@ -23,7 +23,7 @@ from genept_fast._outputs import check_output, disk_usage, format_bytes
 from genept_fast.errors import InputError
 from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
 from genept_fast.stream.sinks import make_work_store, output_format
-from genept_fast.stream.sources import AnnDataSource, ChunkSource, open_source
+from genept_fast.stream.sources import AnnDataSource, ChunkSource, check_chunk_size, open_source
 from genept_fast.stream.state import PartialState, check_work_dir
 
 if TYPE_CHECKING:
@@ -189,12 +189,7 @@ def check_key(key: str) -> str:
 
 
 def _check_args(chunk_size: int, dim: int, output_dtype: str) -> np.dtype[Any]:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
-        raise InputError(msg)
-    if chunk_size < 1:
-        msg = f"chunk_size must be at least 1, got {chunk_size}"
-        raise InputError(msg)
+    check_chunk_size(chunk_size)
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         msg = f"dim must be a positive integer, got {dim!r}"
         raise InputError(msg)

@@ -46,6 +46,7 @@ __all__ = [
     "AnnDataSource",
     "ArraySource",
     "ChunkSource",
+    "check_chunk_size",
     "has_raw",
     "open_source",
     "read_obs_names",
@@ -57,6 +58,18 @@ __all__ = [
 
 #: Dense matrices are read in blocks of at most this many values (256 MB of float32).
 DENSE_BLOCK_VALUES = 64 * 1024 * 1024
+
+
+def check_chunk_size(chunk_size: Any) -> int:
+    """``chunk_size`` (cells per chunk read) as an int; an :class:`InputError` unless it is a
+    positive integer."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
+        raise InputError(msg)
+    if chunk_size < 1:
+        msg = f"chunk_size must be at least 1, got {chunk_size}"
+        raise InputError(msg)
+    return int(chunk_size)
 
 
 @runtime_checkable
