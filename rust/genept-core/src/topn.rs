@@ -89,7 +89,7 @@ const EMPTY: u64 = u64::MAX; // no positive float has these bits
 /// A small hash table from a value's bits to its counts, then to its output positions.
 struct Buckets {
     key: Box<[u64; SLOTS]>,
-    /// Per slot (and [`SKIP`]): a count, then the cursor of its next output position.
+    /// Per slot (and [`SKIP`]): a count, then its first output position.
     count: Box<[u32; COUNTS]>,
     used: Vec<u32>,
     /// The slot of each entry of the row ([`SKIP`] for values ≤ 0), in row order.
@@ -162,7 +162,8 @@ fn rank_by_buckets<I: Index, V: Value>(
     b.clear();
     let n = dst.len();
     // Scratch that the passes overwrite before reading it (grown, never cleared): every entry's
-    // slot is written by pass 1, and every position below the row's count by pass 2.
+    // slot and place in its slot are written by pass 1, every position below the row's count
+    // by pass 2.
     if b.entry_slot.len() < idx.len() {
         b.entry_slot.resize(idx.len(), 0);
         b.entry_rank.resize(idx.len(), 0);
