@@ -281,6 +281,58 @@ def test_fused_log1p_matches_two_step_path_and_reference(m, d, seed, use_dense, 
     assert stacked.tobytes() == got.tobytes()
 
 
+@given(
+    seed=st.integers(0, 2**31),
+    kinds=st.lists(st.sampled_from(["low", "tagged", "large", "fraction", "empty"]), max_size=12),
+    g=st.integers(1, 400),
+    index64=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    cuts=st.lists(st.integers(0, 12), max_size=2),
+)
+@settings(max_examples=60)
+def test_fused_log1p_each_lookup_path_matches_reference(seed, kinds, g, index64, dtype, cuts):
+    """Rows that take each of the kernel's log1p lookups: many entries with small counts (the
+    table filled at once), few entries (remembered per count), a count of 1024 or more or a
+    fraction (computed per value): the float64 reference to float32 rounding, and the same
+    bits for any chunking."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((len(kinds), g))
+    for r, kind in enumerate(kinds):
+        if kind == "empty":
+            continue
+        k = g if kind == "low" else max(1, g // 8)
+        cols = rng.choice(g, size=min(k, g), replace=False)
+        v = rng.integers(1, 4, size=cols.size).astype(np.float64)
+        if kind == "tagged":
+            v = rng.integers(0, 1024, size=cols.size).astype(np.float64)
+        if kind == "large":
+            v[rng.integers(cols.size)] = rng.integers(1024, 100_000)
+        if kind == "fraction":
+            v[rng.integers(cols.size)] += 0.5
+        dense[r, cols] = v
+    X = sp.csr_array(dense.astype(dtype))
+    if index64:
+        X.indices = X.indices.astype(np.int64)
+        X.indptr = X.indptr.astype(np.int64)
+    E = rng.standard_normal((g, 24)).astype(np.float32)
+    got = gf.weighted_embedding(X, E, preprocess="log1p")
+    lognorm = reference_log1p(dense)
+    assert np.all(np.abs(got - reference_weighted(lognorm, E, True)) <= _bound(lognorm, E, True))
+    if "fraction" not in kinds:
+        # Integer counts: the kernel's values are float32(log1p(x * (1e4 / total))) with an
+        # exact float64 total, whichever lookup it used, so it equals the plain kernel on
+        # those values computed by numpy, bit for bit.
+        total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+        scale = np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
+        per_entry = np.repeat(scale, np.diff(X.indptr))
+        Xlog = sp.csr_array((X.data, X.indices, X.indptr), shape=X.shape)
+        Xlog.data = np.log1p(X.data.astype(np.float64) * per_entry).astype(np.float32)
+        assert got.tobytes() == gf.weighted_embedding(Xlog, E).tobytes()
+    parts = [gf.weighted_embedding(c, E, preprocess="log1p") for c in _chunks(X, len(kinds), cuts)]
+    stacked = np.concatenate(parts) if parts else got[:0]
+    assert stacked.tobytes() == got.tobytes()
+
+
 def test_fused_log1p_rejects_negative_counts_and_bad_options():
     X = sp.csr_array(np.array([[1.0, 2.0], [0.0, -3.0]], dtype=np.float32))
     E = np.eye(2, dtype=np.float32)

@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
 use crate::error::{GeneptError, Result};
 use crate::simd::{
-    dense_gemm, gather_range, pack_entry, CellLists, GemmShape, Isa, Prefetch, TILE,
+    dense_gemm, gather_range, pack_entry, scan_counts, CellLists, GemmShape, Isa, Prefetch, TILE,
 };
 
 /// Table rows per gene range of the sparse gather: a range's tiles (512 × 384 bytes) stay in
@@ -407,72 +407,60 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Raw-count rows prepared for `normalize_total` + `log1p`: each row's scale, and a merged
-/// copy of the rows that are not in canonical order (duplicates summed).
+/// Merged copies of raw-count rows that are not in canonical order (duplicates summed).
 #[derive(Default)]
 struct CountRows {
-    scale: Vec<f64>,
-    /// Per row of the block: a range into `cols`/`vals`, or `None` to read X in place.
-    merged: Vec<Option<(usize, usize)>>,
     cols: Vec<usize>,
     vals: Vec<f64>,
     pairs: Vec<(usize, f64)>,
 }
 
 impl CountRows {
-    fn prepare<I: Index, V: Value>(
-        &mut self,
-        x: &CsrView<'_, I, V>,
-        r0: usize,
-        r1: usize,
-        target: f64,
-    ) {
-        self.scale.clear();
-        self.merged.clear();
+    /// Sorts one row by gene (stably: duplicates keep their stored order) and sums duplicates
+    /// into `cols`/`vals`.
+    fn merge<I: Index, V: Value>(&mut self, idx: &[I], val: &[V]) {
+        self.pairs.clear();
+        self.pairs.extend(
+            idx.iter()
+                .zip(val)
+                .map(|(&j, &v)| (j.to_usize().unwrap_or(0), v.to_f64())),
+        );
+        self.pairs.sort_by_key(|p| p.0);
         self.cols.clear();
         self.vals.clear();
-        let col = |j: I| j.to_usize().unwrap_or(0);
-        for r in r0..r1 {
-            let (idx, val) = x.row(r);
-            let total: f64 = val.iter().map(|v| v.to_f64()).sum();
-            self.scale
-                .push(if total > 0.0 { target / total } else { 0.0 });
-            if strictly_increasing(idx) {
-                self.merged.push(None);
-                continue;
-            }
-            // Sorted by gene (stably: duplicates keep their stored order), then summed.
-            self.pairs.clear();
-            self.pairs
-                .extend(idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f64())));
-            self.pairs.sort_by_key(|p| p.0);
-            let a = self.cols.len();
-            for &(j, v) in &self.pairs {
-                if self.cols.len() > a && self.cols[self.cols.len() - 1] == j {
-                    *self.vals.last_mut().unwrap_or(&mut 0.0) += v;
-                } else {
+        for &(j, v) in &self.pairs {
+            match (self.cols.last(), self.vals.last_mut()) {
+                (Some(&last), Some(acc)) if last == j => *acc += v,
+                _ => {
                     self.cols.push(j);
                     self.vals.push(v);
                 }
             }
-            self.merged.push(Some((a, self.cols.len())));
         }
     }
 }
 
+/// Counts below this have their `log1p` remembered per row (a 4 KB table and its tags: L1).
+const SMALL: usize = 1024;
+
+/// A row whose counts are all integers up to `max` fills its table for `0..=max` at once when
+/// that costs less than checking each value: when `(max + 1) * EAGER_COST <= nnz` (a `log1p`
+/// costs about as much as this many table checks).
+const EAGER_COST: usize = 16;
+
 /// `log1p(x * scale)` rounded to float32, remembered per row for small integer counts (the
 /// same value either way: the memo only saves recomputing it).
 struct Log1pMemo {
-    val: [f32; 256],
-    tag: [u32; 256],
+    val: [f32; SMALL],
+    tag: [u32; SMALL],
     row: u32,
 }
 
 impl Log1pMemo {
     fn new() -> Self {
         Log1pMemo {
-            val: [0.0; 256],
-            tag: [u32::MAX; 256],
+            val: [0.0; SMALL],
+            tag: [u32::MAX; SMALL],
             row: 0,
         }
     }
@@ -481,25 +469,61 @@ impl Log1pMemo {
     fn next_row(&mut self) {
         self.row = self.row.wrapping_add(1);
         if self.row == u32::MAX {
-            self.tag = [u32::MAX; 256];
+            self.tag = [u32::MAX; SMALL];
             self.row = 0;
         }
     }
 
+    /// Any count.
     #[inline(always)]
     fn get(&mut self, x: f64, scale: f64) -> f32 {
         let k = x as u32; // saturating; exact only for integers
-        if k < 256 && f64::from(k) == x {
-            let k = k as usize;
-            if self.tag[k] != self.row {
-                self.tag[k] = self.row;
-                self.val[k] = (x * scale).ln_1p() as f32;
-            }
-            self.val[k]
+        if (k as usize) < SMALL && f64::from(k) == x {
+            self.remembered(k as usize, x, scale)
         } else {
             (x * scale).ln_1p() as f32
         }
     }
+
+    /// A count known to be an integer below [`SMALL`].
+    #[inline(always)]
+    fn get_small<V: Value>(&mut self, x: V, scale: f64) -> f32 {
+        self.remembered(small_index(x), x.to_f64(), scale)
+    }
+
+    #[inline(always)]
+    fn remembered(&mut self, k: usize, x: f64, scale: f64) -> f32 {
+        if self.tag[k] != self.row {
+            self.tag[k] = self.row;
+            self.val[k] = (x * scale).ln_1p() as f32;
+        }
+        self.val[k]
+    }
+
+    /// Remembers every count `0..=max` (`max < SMALL`) for this row, so that
+    /// [`Log1pMemo::filled`] can read them without a check.
+    fn fill(&mut self, max: usize, scale: f64) {
+        for (k, (v, t)) in self.val[..=max]
+            .iter_mut()
+            .zip(&mut self.tag[..=max])
+            .enumerate()
+        {
+            *v = (k as f64 * scale).ln_1p() as f32;
+            *t = self.row;
+        }
+    }
+
+    /// A count known to be an integer no larger than this row's [`Log1pMemo::fill`].
+    #[inline(always)]
+    fn filled<V: Value>(&self, x: V) -> f32 {
+        self.val[small_index(x)]
+    }
+}
+
+/// The table slot of an integer count below [`SMALL`] (masked: never out of bounds).
+#[inline(always)]
+fn small_index<V: Value>(x: V) -> usize {
+    x.count_bits(SMALL - 1)
 }
 
 /// Per-thread buffers, reused from block to block.
@@ -797,6 +821,111 @@ fn place_row(
     unsorted
 }
 
+/// Where one cell's values go (see [`place_row`] and [`place_sparse`]).
+struct RowOut<'a, 'b> {
+    code: &'a [u32],
+    dense: &'a mut [f32],
+    base: usize,
+    mr: usize,
+    k: usize,
+    ents: &'a mut [u64],
+    n: &'a mut usize,
+    marks: Marks<'b>,
+}
+
+impl RowOut<'_, '_> {
+    /// Places the cell's `(column, value)` pairs, adding duplicates of dense genes if
+    /// `duplicates`; returns whether its sparse genes were out of ascending order.
+    #[inline(always)]
+    fn place(&mut self, vals: impl Iterator<Item = (usize, f32)>, duplicates: bool) -> bool {
+        let o = self;
+        if o.k == 0 {
+            place_sparse(vals, o.code, o.ents, o.n, &mut o.marks)
+        } else {
+            let (d, b, mr) = (&mut *o.dense, o.base, o.mr);
+            place_row(
+                vals,
+                o.code,
+                d,
+                b,
+                mr,
+                o.ents,
+                o.n,
+                &mut o.marks,
+                duplicates,
+            )
+        }
+    }
+}
+
+#[inline(always)]
+fn col<I: Index>(j: I) -> usize {
+    j.to_usize().unwrap_or(0)
+}
+
+/// Places one cell of values as they are. Not inlined (nor is [`place_counts`]): each loop
+/// gets the registers to itself.
+#[inline(never)]
+fn place_values<I: Index, V: Value>(
+    out: &mut RowOut<'_, '_>,
+    idx: &[I],
+    val: &[V],
+    injective: bool,
+) -> bool {
+    let vals = idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f32()));
+    out.place(vals, !injective || !strictly_increasing(idx))
+}
+
+/// Places one cell of raw counts as `log1p(x * target / total)`: the row's total and kind
+/// in one pass (the row then sits in L1 for placing), then each value by the cheapest lookup
+/// the row allows: a table filled at once for small integer counts, a remembered value per
+/// distinct count, or a `log1p` per value. Rows out of canonical order are merged first
+/// (duplicates summed).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn place_counts<I: Index, V: Value>(
+    out: &mut RowOut<'_, '_>,
+    idx: &[I],
+    val: &[V],
+    target: f64,
+    memo: &mut Log1pMemo,
+    counts: &mut CountRows,
+    injective: bool,
+    isa: Isa,
+) -> bool {
+    let scan = scan_counts(isa, idx, val, SMALL);
+    let scale = if scan.total > 0.0 {
+        target / scan.total
+    } else {
+        0.0
+    };
+    memo.next_row();
+    let max = scan.small_max;
+    let small = max < SMALL;
+    let dup = !injective;
+    if !scan.canonical {
+        counts.merge(idx, val);
+        let merged = counts.cols.iter().zip(&counts.vals);
+        out.place(merged.map(|(&j, &v)| (j, memo.get(v, scale))), dup)
+    } else if small && (max + 1) * EAGER_COST <= idx.len() {
+        memo.fill(max, scale);
+        let memo = &*memo;
+        out.place(
+            idx.iter().zip(val).map(|(&j, &v)| (col(j), memo.filled(v))),
+            dup,
+        )
+    } else if small {
+        let vals = idx.iter().zip(val);
+        out.place(vals.map(|(&j, &v)| (col(j), memo.get_small(v, scale))), dup)
+    } else {
+        let vals = idx.iter().zip(val);
+        out.place(
+            vals.map(|(&j, &v)| (col(j), memo.get(v.to_f64(), scale))),
+            dup,
+        )
+    }
+}
+
 /// Regroups cells `r0..r1` for the gather: the dense genes' values into `dense_v` (`rows_p`
 /// rows, zeros for absent genes, the GEMM's layout), the other entries (gene, value) into one
 /// list per (gene range, cell), range-major, each list's genes ascending (stably: duplicates
@@ -816,14 +945,10 @@ fn group_block<I: Index, V: Value>(
     let (shift, nr) = (RANGE_SHIFT, plan.n_ranges);
     let code = &plan.code[..];
     let injective = plan.dense_injective;
-    let log1p = match pre {
-        Preprocess::Log1p { target_sum } => {
-            s.counts.prepare(x, r0, r1, target_sum);
-            true
-        }
-        Preprocess::None => false,
+    let target = match pre {
+        Preprocess::Log1p { target_sum } => Some(target_sum),
+        Preprocess::None => None,
     };
-    let col = |j: I| j.to_usize().unwrap_or(0);
     let need = x.nnz_rows(r0, r1) + 1;
     if s.cents.len() < need {
         s.cents.resize(need, 0);
@@ -856,41 +981,24 @@ fn group_block<I: Index, V: Value>(
             cell_at.push(n as u32);
             let bound = &mut cursor[lr * nbs..(lr + 1) * nbs];
             bound.fill(n as u32);
-            let mut marks = Marks { seen, bound };
+            let marks = Marks { seen, bound };
             let base = (lr / mr) * k * mr + lr % mr;
             let (idx, val) = x.row(r);
-            // One cell's values, with or without adding duplicates of dense genes.
-            macro_rules! place {
-                ($vals:expr, $duplicates:expr) => {
-                    if k == 0 {
-                        place_sparse($vals, code, cents, &mut n, &mut marks)
-                    } else {
-                        let d = $duplicates;
-                        place_row($vals, code, dense_v, base, mr, cents, &mut n, &mut marks, d)
-                    }
-                };
-            }
-            unsorted |= if log1p {
-                memo.next_row();
-                let scale = counts.scale[lr];
-                match counts.merged[lr] {
-                    Some((m0, m1)) => place!(
-                        counts.cols[m0..m1]
-                            .iter()
-                            .zip(&counts.vals[m0..m1])
-                            .map(|(&j, &v)| (j, memo.get(v, scale))),
-                        !injective
-                    ),
-                    None => place!(
-                        idx.iter()
-                            .zip(val)
-                            .map(|(&j, &v)| (col(j), memo.get(v.to_f64(), scale))),
-                        !injective
-                    ),
-                }
-            } else {
-                let vals = idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f32()));
-                place!(vals, !injective || !strictly_increasing(idx))
+            let mut out = RowOut {
+                code,
+                dense: dense_v,
+                base,
+                mr,
+                k,
+                ents: cents,
+                n: &mut n,
+                marks,
+            };
+            unsorted |= match target {
+                Some(target) => place_counts(
+                    &mut out, idx, val, target, memo, counts, injective, plan.isa,
+                ),
+                None => place_values(&mut out, idx, val, injective),
             };
         }
         cell_at.push(n as u32);
@@ -1377,6 +1485,55 @@ mod tests {
             results.push(a);
         }
         assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// The count scan: the total equals a plain sum (exact for integer counts), and the
+    /// maximum is reported only when every count is an integer below `SMALL`.
+    #[test]
+    fn scan_counts_total_and_small_maximum() {
+        let cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![0.0],
+            vec![3.0; 9],
+            (0..1023).map(|i| i as f32).collect(),
+            (0..1024).map(|i| i as f32).collect(),
+            vec![1.0, 2.5, 3.0],
+            vec![1.0, 1e30, 2.0],
+            vec![7.0, 1023.0, 5.0, 0.0, 2.0, 2.0, 2.0, 2.0, 9.0],
+            vec![0.5; 17],
+            vec![1.0; 8].into_iter().chain([1023.5]).collect(),
+        ];
+        for v in &cases {
+            let idx: Vec<i32> = (0..v.len() as i32).collect();
+            let scan = scan_counts(Isa::portable(), &idx, v, SMALL);
+            for isa in Isa::available() {
+                assert_eq!(scan_counts(isa, &idx, v, SMALL), scan, "{isa:?} {v:?}");
+            }
+            let (total, max) = (scan.total, scan.small_max);
+            assert!(scan.canonical);
+            let want: f64 = v.iter().map(|&x| f64::from(x)).sum();
+            assert!((total - want).abs() <= 1e-12 * want.abs(), "{v:?}");
+            let small = v.iter().all(|&x| x.fract() == 0.0 && x < SMALL as f32);
+            let want_max = if small {
+                v.iter().fold(0.0f32, |m, &x| m.max(x)) as usize
+            } else {
+                SMALL
+            };
+            assert_eq!(max, want_max, "{v:?}");
+            let v64: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            let idx64: Vec<i64> = (0..v.len() as i64).rev().collect();
+            for isa in Isa::available() {
+                let scan64 = scan_counts(isa, &idx64, &v64, SMALL);
+                assert_eq!(scan64.small_max, want_max, "{isa:?} {v:?} as f64");
+                assert_eq!(scan64.total, total, "{isa:?} {v:?} as f64");
+                assert_eq!(scan64.canonical, v.len() < 2, "{isa:?} {v:?} reversed");
+            }
+        }
+        // A count's table slot is the count.
+        for k in [0u32, 1, 2, 255, 256, 1000, 1023] {
+            assert_eq!(small_index(k as f32), k as usize);
+            assert_eq!(small_index(f64::from(k)), k as usize);
+        }
     }
 
     #[test]
