@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(
         f"wrote {report.output}: {report.cells_encoded:,} cells encoded from {matrix} in"
-        f" {report.seconds:.1f} s ({report.chunks_resumed} of {report.n_chunks} chunks resumed"
+        f" {report.seconds:.2f} s ({report.chunks_resumed} of {report.n_chunks} chunks resumed"
         " from earlier work)",
         file=sys.stderr,
     )
