@@ -27,7 +27,10 @@
 //!
 //! With [`Preprocess::Log1p`] the kernel reads raw counts and applies scanpy's
 //! `normalize_total(target_sum)` + `log1p` per cell while regrouping the block (duplicates are
-//! summed first, as scipy's `sum_duplicates` does); there is no separate pass or copy.
+//! summed first, as scipy's `sum_duplicates` does): each row is scanned once (its total, its
+//! largest small-integer count, its order; [`crate::simd::scan_counts`]) and then placed while
+//! it is still in L1, its values looked up in a per-row `log1p` table ([`place_counts`]).
+//! There is no pass over the block and no copy.
 
 use rayon::prelude::*;
 
