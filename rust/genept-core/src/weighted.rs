@@ -503,16 +503,12 @@ impl Log1pMemo {
         self.val[k]
     }
 
-    /// Remembers every count `0..=max` (`max < SMALL`) for this row, so that
-    /// [`Log1pMemo::filled`] can read them without a check.
+    /// Computes every count `0..=max` (`max < SMALL`) for this row, so that
+    /// [`Log1pMemo::filled`] can read them without a check. The tags are left alone: the
+    /// row's values are read only through `filled`, and the next row starts a new tag.
     fn fill(&mut self, max: usize, scale: f64) {
-        for (k, (v, t)) in self.val[..=max]
-            .iter_mut()
-            .zip(&mut self.tag[..=max])
-            .enumerate()
-        {
+        for (k, v) in self.val[..=max].iter_mut().enumerate() {
             *v = (k as f64 * scale).ln_1p() as f32;
-            *t = self.row;
         }
     }
 
