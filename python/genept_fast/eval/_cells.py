@@ -373,6 +373,312 @@ def _silhouette(E: np.ndarray, groups: np.ndarray, metric: str, max_cells: int, 
     return float(silhouette_score(E, groups, metric=metric, sample_size=sample, random_state=seed))
 
 
+@dataclass
+class _Options:
+    """The scoring options of one :func:`evaluate` call."""
+
+    seed: int
+    knn_k: int
+    test_size: float
+    leiden: bool
+    leiden_resolution: float
+    n_neighbors: int
+    logreg: bool
+    logreg_c: float
+    silhouette_metric: str
+    silhouette_max_cells: int
+    plots: bool
+    n_jobs: int | None
+
+
+@dataclass
+class _Cells:
+    """The evaluated cells: labels after exclusions, batches, and the annotation split."""
+
+    keep: np.ndarray
+    labels: np.ndarray
+    excluded: np.ndarray
+    missing: np.ndarray
+    classes: np.ndarray
+    counts: np.ndarray
+    notes: list[str]
+    batches: np.ndarray | None = None
+    batch_ok: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=bool))
+    batch_counts: dict[str, int] = field(default_factory=dict)
+    train_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    test_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    k_eff: int = 0
+
+    @property
+    def n(self) -> int:
+        return int(self.keep.sum())
+
+
+def _check_columns(adata: AnnData, label_key: str, batch_key: str | None) -> None:
+    for key in (label_key, batch_key):
+        if key is not None and key not in adata.obs:
+            msg = f"obs has no column {key!r}; available: {list(adata.obs.columns)}"
+            raise InputError(msg)
+
+
+def _check_keys(adata: AnnData, obsm_keys: Iterable[str] | None) -> list[str]:
+    keys = list(obsm_keys) if obsm_keys is not None else _default_obsm_keys(adata)
+    if not keys:
+        msg = f"no embeddings to evaluate: obsm holds {sorted(adata.obsm)}; pass obsm_keys"
+        raise InputError(msg)
+    if len(set(keys)) != len(keys):
+        msg = f"obsm_keys lists a key twice: {keys}"
+        raise InputError(msg)
+    for key in keys:
+        if key not in adata.obsm:
+            msg = f"obsm has no key {key!r}; available: {sorted(adata.obsm)}"
+            raise InputError(msg)
+    return keys
+
+
+def _check_options(opt: _Options) -> None:
+    if not 0.0 < opt.test_size < 1.0:
+        msg = f"test_size must be between 0 and 1, got {opt.test_size}"
+        raise InputError(msg)
+    if opt.knn_k < 1:
+        msg = f"knn_k must be ≥ 1, got {opt.knn_k}"
+        raise InputError(msg)
+    if opt.leiden and importlib.util.find_spec("igraph") is None:
+        msg = "Leiden clustering needs the igraph package (pip install igraph), or leiden=False"
+        raise InputError(msg)
+
+
+def _labelled_cells(adata: AnnData, label_key: str, exclude: tuple[str, ...]) -> _Cells:
+    """The cells with a label that is not excluded, and notes on those left out."""
+    exclude_cf = {x.strip().casefold() for x in exclude}
+    labels_all, missing = _as_str_labels(adata.obs[label_key].to_numpy())
+    excluded = np.array([t.strip().casefold() in exclude_cf for t in labels_all]) & ~missing
+    keep = ~missing & ~excluded
+    labels = labels_all[keep]
+    classes, counts = np.unique(labels.astype(str), return_counts=True)
+    if len(classes) < 2:
+        msg = f"need at least 2 labels in obs[{label_key!r}] after exclusions, got {len(classes)}"
+        raise InputError(msg)
+    notes: list[str] = []
+    textual = missing & np.array([t.strip() != "" for t in labels_all], dtype=bool)
+    if textual.any():
+        shown = sorted({str(t) for t in labels_all[textual]})[:5]
+        notes.append(
+            f"{int(textual.sum())} cells labelled {', '.join(map(repr, shown))} in"
+            f" obs[{label_key!r}] count as having no label and are left out"
+        )
+    return _Cells(keep, labels, excluded, missing, classes, counts, notes)
+
+
+def _add_batches(cells: _Cells, adata: AnnData, batch_key: str | None) -> None:
+    cells.batch_ok = np.ones(cells.n, dtype=bool)
+    if batch_key is None:
+        return
+    b_all, b_missing = _as_str_labels(adata.obs[batch_key].to_numpy())
+    cells.batches = b_all[cells.keep]
+    cells.batch_ok = ~b_missing[cells.keep]
+    bc, bn = np.unique(cells.batches[cells.batch_ok].astype(str), return_counts=True)
+    cells.batch_counts = {str(k): int(v) for k, v in zip(bc, bn, strict=True)}
+    if len(bc) < 2:
+        msg = f"batch metrics need at least 2 batches in obs[{batch_key!r}], got {len(bc)}"
+        raise InputError(msg)
+    if not cells.batch_ok.all():
+        n_nb = int((~cells.batch_ok).sum())
+        cells.notes.append(f"{n_nb} cells without a batch are left out of the batch metrics")
+
+
+def _add_split(cells: _Cells, opt: _Options) -> None:
+    """One stratified split for every embedding; labels with < 2 cells cannot be stratified."""
+    from sklearn.model_selection import train_test_split
+
+    labels = cells.labels
+    rare = set(cells.classes[cells.counts < 2].tolist())
+    annot_idx = np.flatnonzero([lab not in rare for lab in labels])
+    if rare:
+        cells.notes.append(
+            f"labels with a single cell left out of the annotation split: {sorted(rare)}"
+        )
+    try:
+        train_idx, test_idx = train_test_split(
+            annot_idx, test_size=opt.test_size, stratify=labels[annot_idx], random_state=opt.seed
+        )
+    except ValueError as exc:
+        msg = (
+            f"cannot make a stratified {opt.test_size} test split of {len(annot_idx)} cells: {exc}"
+        )
+        raise InputError(msg) from exc
+    cells.train_idx = np.sort(train_idx)
+    cells.test_idx = np.sort(test_idx)
+    cells.k_eff = min(opt.knn_k, len(cells.train_idx))
+    if cells.k_eff < opt.knn_k:
+        cells.notes.append(
+            f"kNN uses k = {cells.k_eff}: only {len(cells.train_idx)} training cells"
+        )
+
+
+def _settings(
+    opt: _Options,
+    cells: _Cells,
+    *,
+    label_key: str,
+    batch_key: str | None,
+    keys: list[str],
+    exclude: tuple[str, ...],
+) -> dict[str, Any]:
+    seed = opt.seed
+    leiden = {
+        "flavor": "igraph",
+        "n_neighbors": opt.n_neighbors,
+        "metric": "cosine",
+        "resolution": opt.leiden_resolution,
+        "n_iterations": 2,
+        "random_state": seed,
+    }
+    logreg = {"C": opt.logreg_c, "max_iter": 1000, "random_state": seed, "standardize": True}
+    return {
+        "label_key": label_key,
+        "batch_key": batch_key,
+        "obsm_keys": keys,
+        "seed": seed,
+        "exclude_labels": list(exclude),
+        "kmeans": {
+            "algorithm": "MiniBatchKMeans",
+            "n_clusters": len(cells.classes),
+            "random_state": seed,
+            "n_init": 3,
+            "batch_size": 1024,
+        },
+        "leiden": leiden if opt.leiden else None,
+        "split": {"stratified": True, "test_size": opt.test_size, "random_state": seed},
+        "knn": {"k": cells.k_eff, "metric": "cosine", "weights": "uniform"},
+        "logreg": logreg if opt.logreg else None,
+        "silhouette": {
+            "metric": opt.silhouette_metric,
+            "max_cells": opt.silhouette_max_cells,
+            "random_state": seed,
+        },
+        "umap": {"random_state": seed} if opt.plots else None,
+        "versions": versions("genept-fast", "scikit-learn", "scanpy", "numpy"),
+    }
+
+
+def _cell_counts(adata: AnnData, cells: _Cells) -> dict[str, Any]:
+    return {
+        "n_total": int(adata.n_obs),
+        "n_evaluated": cells.n,
+        "n_excluded_label": int(cells.excluded.sum()),
+        "n_missing_label": int(cells.missing.sum()),
+        "label_counts": {str(k): int(v) for k, v in zip(cells.classes, cells.counts, strict=True)},
+        "batch_counts": cells.batch_counts,
+        "n_train": len(cells.train_idx),
+        "n_test": len(cells.test_idx),
+    }
+
+
+@dataclass
+class _Scored:
+    """What scoring one embedding gives: its metrics, clusterings and UMAP coordinates."""
+
+    result: dict[str, Any]
+    clusters: dict[str, np.ndarray] = field(default_factory=dict)
+    umap: np.ndarray | None = None
+
+
+def _zero_rows_note(key: str, E: np.ndarray, cells: _Cells, res: dict[str, Any]) -> str | None:
+    """A note on all-zero rows; sets ``res["not_scored"]`` when every row is zero."""
+    n_zero = res["n_zero_rows"]
+    if n_zero == cells.n:
+        res["not_scored"] = "all-zero embedding"
+        return (
+            f"obsm[{key!r}] is all zeros for every evaluated cell (no gene with an"
+            " embedding expressed?): not scored"
+        )
+    if n_zero:
+        return (
+            f"obsm[{key!r}]: {n_zero} of {cells.n} evaluated cells have an all-zero embedding"
+            " (no gene with an embedding expressed); they are scored as they are"
+        )
+    return None
+
+
+def _score_clusters(E: np.ndarray, y: np.ndarray, cells: _Cells, opt: _Options) -> _Scored:
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+    km = MiniBatchKMeans(
+        n_clusters=len(cells.classes), random_state=opt.seed, n_init=3, batch_size=1024
+    ).fit_predict(E)
+    res = {
+        "kmeans_ami": float(adjusted_mutual_info_score(y, km)),
+        "kmeans_ari": float(adjusted_rand_score(y, km)),
+    }
+    scored = _Scored(res, {"kmeans": np.asarray(km)})
+    if opt.leiden or opt.plots:
+        ld, scored.umap = _graph_steps(
+            E,
+            n_neighbors=opt.n_neighbors,
+            resolution=opt.leiden_resolution,
+            seed=opt.seed,
+            leiden=opt.leiden,
+            umap=opt.plots,
+        )
+        if ld is not None:
+            scored.clusters["leiden"] = ld
+            res["leiden_ami"] = float(adjusted_mutual_info_score(y, ld))
+            res["leiden_ari"] = float(adjusted_rand_score(y, ld))
+            res["leiden_n_clusters"] = len(set(ld.tolist()))
+    return scored
+
+
+def _score_annotation(E: np.ndarray, y: np.ndarray, cells: _Cells, opt: _Options) -> dict[str, Any]:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    train, test = cells.train_idx, cells.test_idx
+    knn = KNeighborsClassifier(
+        n_neighbors=cells.k_eff, metric="cosine", algorithm="brute", n_jobs=opt.n_jobs
+    ).fit(E[train], y[train])
+    res = _scores(y[test], knn.predict(E[test]), "knn")
+    if opt.logreg:
+        res.update(_scores(y[test], _logreg(E, y, train, test, opt.logreg_c, opt.seed), "logreg"))
+    return res
+
+
+def _score_batches(E: np.ndarray, cells: _Cells, opt: _Options, scored: _Scored) -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    if cells.batches is None:
+        return
+    ok = cells.batch_ok
+    yb = cells.batches[ok].astype(str)
+    res = scored.result
+    res["kmeans_batch_ari"] = float(adjusted_rand_score(yb, scored.clusters["kmeans"][ok]))
+    if "leiden" in scored.clusters:
+        res["leiden_batch_ari"] = float(adjusted_rand_score(yb, scored.clusters["leiden"][ok]))
+    res["silhouette_batch"] = _silhouette(
+        E[ok], yb, opt.silhouette_metric, opt.silhouette_max_cells, opt.seed
+    )
+
+
+def _score(
+    adata: AnnData, key: str, y: np.ndarray, cells: _Cells, opt: _Options
+) -> tuple[_Scored, str | None]:
+    """Every metric of ``obsm[key]`` on the evaluated cells, and a note on its zero rows."""
+    log.info("evaluating obsm[%r]", key)
+    E = _embedding(adata, key, cells.keep)
+    head: dict[str, Any] = {"dim": int(E.shape[1]), "n_zero_rows": int((~E.any(axis=1)).sum())}
+    note = _zero_rows_note(key, E, cells, head)
+    if "not_scored" in head:
+        return _Scored(head), note
+    scored = _score_clusters(E, y, cells, opt)
+    scored.result = {**head, **scored.result}
+    scored.result.update(_score_annotation(E, y, cells, opt))
+    scored.result["silhouette_label"] = _silhouette(
+        E, y, opt.silhouette_metric, opt.silhouette_max_cells, opt.seed
+    )
+    _score_batches(E, cells, opt, scored)
+    return scored, note
+
+
 def evaluate(
     adata: AnnData,
     *,
@@ -436,219 +742,55 @@ def evaluate(
     and one ``umap_<key>.png`` per embedding.
     """
     require_extra("eval", "evaluation")
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
-    from sklearn.model_selection import train_test_split
-    from sklearn.neighbors import KNeighborsClassifier
-
-    if label_key not in adata.obs:
-        msg = f"obs has no column {label_key!r}; available: {list(adata.obs.columns)}"
-        raise InputError(msg)
-    if batch_key is not None and batch_key not in adata.obs:
-        msg = f"obs has no column {batch_key!r}; available: {list(adata.obs.columns)}"
-        raise InputError(msg)
-    keys = list(obsm_keys) if obsm_keys is not None else _default_obsm_keys(adata)
-    if not keys:
-        msg = f"no embeddings to evaluate: obsm holds {sorted(adata.obsm)}; pass obsm_keys"
-        raise InputError(msg)
-    if len(set(keys)) != len(keys):
-        msg = f"obsm_keys lists a key twice: {keys}"
-        raise InputError(msg)
-    for key in keys:
-        if key not in adata.obsm:
-            msg = f"obsm has no key {key!r}; available: {sorted(adata.obsm)}"
-            raise InputError(msg)
-    if not 0.0 < test_size < 1.0:
-        msg = f"test_size must be between 0 and 1, got {test_size}"
-        raise InputError(msg)
-    if knn_k < 1:
-        msg = f"knn_k must be ≥ 1, got {knn_k}"
-        raise InputError(msg)
-    if leiden and importlib.util.find_spec("igraph") is None:
-        msg = "Leiden clustering needs the igraph package (pip install igraph), or leiden=False"
-        raise InputError(msg)
+    opt = _Options(
+        seed=seed,
+        knn_k=knn_k,
+        test_size=test_size,
+        leiden=leiden,
+        leiden_resolution=leiden_resolution,
+        n_neighbors=n_neighbors,
+        logreg=logreg,
+        logreg_c=logreg_c,
+        silhouette_metric=silhouette_metric,
+        silhouette_max_cells=silhouette_max_cells,
+        plots=plots,
+        n_jobs=n_jobs,
+    )
+    _check_columns(adata, label_key, batch_key)
+    keys = _check_keys(adata, obsm_keys)
+    _check_options(opt)
     exclude = tuple(str(x) for x in exclude_labels)
-    exclude_cf = {x.strip().casefold() for x in exclude}
-
-    labels_all, missing = _as_str_labels(adata.obs[label_key].to_numpy())
-    excluded = np.array([t.strip().casefold() in exclude_cf for t in labels_all]) & ~missing
-    keep = ~missing & ~excluded
-    labels = labels_all[keep]
-    n = int(keep.sum())
-    classes, counts = np.unique(labels.astype(str), return_counts=True)
-    if len(classes) < 2:
-        msg = f"need at least 2 labels in obs[{label_key!r}] after exclusions, got {len(classes)}"
-        raise InputError(msg)
-    notes: list[str] = []
-    textual = missing & np.array([t.strip() != "" for t in labels_all], dtype=bool)
-    if textual.any():
-        shown = sorted({str(t) for t in labels_all[textual]})[:5]
-        notes.append(
-            f"{int(textual.sum())} cells labelled {', '.join(map(repr, shown))} in"
-            f" obs[{label_key!r}] count as having no label and are left out"
-        )
-
-    batches: np.ndarray | None = None
-    batch_ok = np.ones(n, dtype=bool)
-    batch_counts: dict[str, int] = {}
-    if batch_key is not None:
-        b_all, b_missing = _as_str_labels(adata.obs[batch_key].to_numpy())
-        batches = b_all[keep]
-        batch_ok = ~b_missing[keep]
-        bc, bn = np.unique(batches[batch_ok].astype(str), return_counts=True)
-        batch_counts = {str(k): int(v) for k, v in zip(bc, bn, strict=True)}
-        if len(bc) < 2:
-            msg = f"batch metrics need at least 2 batches in obs[{batch_key!r}], got {len(bc)}"
-            raise InputError(msg)
-        if not batch_ok.all():
-            n_nb = int((~batch_ok).sum())
-            notes.append(f"{n_nb} cells without a batch are left out of the batch metrics")
-
-    # One stratified split for every embedding; labels with < 2 cells cannot be stratified.
-    rare = set(classes[counts < 2].tolist())
-    annot_idx = np.flatnonzero([lab not in rare for lab in labels])
-    if rare:
-        notes.append(f"labels with a single cell left out of the annotation split: {sorted(rare)}")
-    try:
-        train_idx, test_idx = train_test_split(
-            annot_idx, test_size=test_size, stratify=labels[annot_idx], random_state=seed
-        )
-    except ValueError as exc:
-        msg = f"cannot make a stratified {test_size} test split of {len(annot_idx)} cells: {exc}"
-        raise InputError(msg) from exc
-    train_idx = np.sort(train_idx)
-    test_idx = np.sort(test_idx)
-    k_eff = min(knn_k, len(train_idx))
-    if k_eff < knn_k:
-        notes.append(f"kNN uses k = {k_eff}: only {len(train_idx)} training cells")
-
-    n_clusters = len(classes)
-    settings: dict[str, Any] = {
-        "label_key": label_key,
-        "batch_key": batch_key,
-        "obsm_keys": keys,
-        "seed": seed,
-        "exclude_labels": list(exclude),
-        "kmeans": {
-            "algorithm": "MiniBatchKMeans",
-            "n_clusters": n_clusters,
-            "random_state": seed,
-            "n_init": 3,
-            "batch_size": 1024,
-        },
-        "leiden": (
-            {
-                "flavor": "igraph",
-                "n_neighbors": n_neighbors,
-                "metric": "cosine",
-                "resolution": leiden_resolution,
-                "n_iterations": 2,
-                "random_state": seed,
-            }
-            if leiden
-            else None
-        ),
-        "split": {"stratified": True, "test_size": test_size, "random_state": seed},
-        "knn": {"k": k_eff, "metric": "cosine", "weights": "uniform"},
-        "logreg": (
-            {"C": logreg_c, "max_iter": 1000, "random_state": seed, "standardize": True}
-            if logreg
-            else None
-        ),
-        "silhouette": {
-            "metric": silhouette_metric,
-            "max_cells": silhouette_max_cells,
-            "random_state": seed,
-        },
-        "umap": {"random_state": seed} if plots else None,
-        "versions": versions("genept-fast", "scikit-learn", "scanpy", "numpy"),
-    }
-    cells = {
-        "n_total": int(adata.n_obs),
-        "n_evaluated": n,
-        "n_excluded_label": int(excluded.sum()),
-        "n_missing_label": int(missing.sum()),
-        "label_counts": {str(k): int(v) for k, v in zip(classes, counts, strict=True)},
-        "batch_counts": batch_counts,
-        "n_train": len(train_idx),
-        "n_test": len(test_idx),
-    }
+    cells = _labelled_cells(adata, label_key, exclude)
+    _add_batches(cells, adata, batch_key)
+    _add_split(cells, opt)
+    settings = _settings(
+        opt, cells, label_key=label_key, batch_key=batch_key, keys=keys, exclude=exclude
+    )
 
     results: dict[str, dict[str, Any]] = {}
     umaps: dict[str, np.ndarray] = {}
     clusters: dict[str, dict[str, np.ndarray]] = {}
-    y = labels.astype(str)
+    y = cells.labels.astype(str)
     for key in keys:
-        log.info("evaluating obsm[%r]", key)
-        E = _embedding(adata, key, keep)
-        n_zero = int((~E.any(axis=1)).sum())
-        res: dict[str, Any] = {"dim": int(E.shape[1]), "n_zero_rows": n_zero}
-        if n_zero == n:
-            notes.append(
-                f"obsm[{key!r}] is all zeros for every evaluated cell (no gene with an"
-                " embedding expressed?): not scored"
-            )
-            res["not_scored"] = "all-zero embedding"
-            results[key] = res
-            continue
-        if n_zero:
-            notes.append(
-                f"obsm[{key!r}]: {n_zero} of {n} evaluated cells have an all-zero embedding"
-                " (no gene with an embedding expressed); they are scored as they are"
-            )
-        km = MiniBatchKMeans(
-            n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=1024
-        ).fit_predict(E)
-        res["kmeans_ami"] = float(adjusted_mutual_info_score(y, km))
-        res["kmeans_ari"] = float(adjusted_rand_score(y, km))
-        clusters[key] = {"kmeans": np.asarray(km)}
-        ld = None
-        if leiden or plots:
-            ld, coords = _graph_steps(
-                E,
-                n_neighbors=n_neighbors,
-                resolution=leiden_resolution,
-                seed=seed,
-                leiden=leiden,
-                umap=plots,
-            )
-            if coords is not None:
-                umaps[key] = coords
-        if ld is not None:
-            clusters[key]["leiden"] = ld
-            res["leiden_ami"] = float(adjusted_mutual_info_score(y, ld))
-            res["leiden_ari"] = float(adjusted_rand_score(y, ld))
-            res["leiden_n_clusters"] = len(set(ld.tolist()))
-
-        knn = KNeighborsClassifier(
-            n_neighbors=k_eff, metric="cosine", algorithm="brute", n_jobs=n_jobs
-        ).fit(E[train_idx], y[train_idx])
-        res.update(_scores(y[test_idx], knn.predict(E[test_idx]), "knn"))
-        if logreg:
-            res.update(
-                _scores(y[test_idx], _logreg(E, y, train_idx, test_idx, logreg_c, seed), "logreg")
-            )
-        res["silhouette_label"] = _silhouette(E, y, silhouette_metric, silhouette_max_cells, seed)
-        if batches is not None:
-            yb = batches[batch_ok].astype(str)
-            res["kmeans_batch_ari"] = float(adjusted_rand_score(yb, km[batch_ok]))
-            if ld is not None:
-                res["leiden_batch_ari"] = float(adjusted_rand_score(yb, ld[batch_ok]))
-            res["silhouette_batch"] = _silhouette(
-                E[batch_ok], yb, silhouette_metric, silhouette_max_cells, seed
-            )
-        results[key] = res
+        scored, note = _score(adata, key, y, cells, opt)
+        if note is not None:
+            cells.notes.append(note)
+        results[key] = scored.result
+        if scored.clusters:
+            clusters[key] = scored.clusters
+        if scored.umap is not None:
+            umaps[key] = scored.umap
 
     return CellEvalReport(
         settings=settings,
-        cells=cells,
+        cells=_cell_counts(adata, cells),
         results=results,
-        notes=notes,
+        notes=cells.notes,
         umap=umaps,
         clusters=clusters,
         labels=y.astype(object),
-        batches=batches,
-        cell_names=np.asarray(adata.obs_names)[keep].astype(object),
+        batches=cells.batches,
+        cell_names=np.asarray(adata.obs_names)[cells.keep].astype(object),
     )
 
 
