@@ -32,7 +32,6 @@ from genept_fast.kernels import (
     prepare_embeddings,
     table_fingerprint,
 )
-from genept_fast.kernels import dense_genes as _dense_genes
 from genept_fast.kernels import weighted_embedding as _weighted_embedding
 from genept_fast.preprocess import AUTO_SAMPLE_CELLS, resolve_preprocess
 
@@ -121,7 +120,6 @@ def _encode_block(
     table: _Table,
     n_threads: int,
     preprocess: str,
-    dense: np.ndarray | None,
     block_info: dict[Any, Any] | None = None,
 ) -> np.ndarray:
     # block_info (filled in by map_blocks) gives the block's first row in the whole array, so
@@ -134,7 +132,6 @@ def _encode_block(
         normalize=table.normalize,
         n_threads=n_threads,
         preprocess=preprocess,
-        dense_genes=dense,
         row_offset=offset,
     )
 
@@ -147,7 +144,6 @@ def weighted_embedding(
     normalize: bool = True,
     n_threads: int = 1,
     preprocess: str = "none",
-    dense_genes: npt.ArrayLike | str | None = "auto",
 ) -> da.Array:
     """GenePT-w embeddings of a Dask array of cells × genes, one task per row block.
 
@@ -169,17 +165,11 @@ def weighted_embedding(
     preprocess
         ``"log1p"``: ``x`` holds raw counts, normalised and ``log1p``-transformed by the kernel
         (see :func:`genept_fast.weighted_embedding`); ``"none"``: the values as they are.
-    dense_genes
-        The dense genes of every task (one set, so that results do not depend on the row
-        chunks): ``"auto"`` computes the first 2,000 rows of ``x`` now and chooses them
-        (:func:`genept_fast.kernels.dense_genes`); ``None`` or an array as for
-        :func:`genept_fast.weighted_embedding`.
 
     Returns
     -------
     A lazy float32 Dask array ``(n_cells, D)`` with the row chunks of ``x``; ``.compute()``
-    gives a numpy array equal to :func:`genept_fast.weighted_embedding` on the whole matrix
-    with the same ``dense_genes``.
+    gives a numpy array equal to :func:`genept_fast.weighted_embedding` on the whole matrix.
     """
     if not isinstance(x, da.Array):
         msg = f"x must be a dask.array.Array, got {type(x).__name__}"
@@ -203,15 +193,6 @@ def weighted_embedding(
         raise InputError(msg)
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
-    dense: np.ndarray | None
-    if isinstance(dense_genes, str) and dense_genes == "auto":
-        dense = _dense_genes(
-            lambda: x[: min(int(x.shape[0]), AUTO_SAMPLE_CELLS)].compute(),
-            int(table.E.shape[0]),
-            gene_index=table.gene_index,
-        )
-    else:
-        dense = None if dense_genes is None else np.asarray(dense_genes, dtype=np.int64)
     dim = int(table.E.shape[1])
     return da.map_blocks(
         _encode_block,
@@ -219,7 +200,6 @@ def weighted_embedding(
         _share(table),
         n_threads=int(n_threads),
         preprocess=str(preprocess),
-        dense=dense,
         chunks=(x.chunks[0], (dim,)),
         dtype=np.float32,
         meta=np.empty((0, 0), dtype=np.float32),
@@ -315,14 +295,13 @@ def encode_h5ad_dask(
     """GenePT-w of every cell of an ``.h5ad``/``.zarr`` file as a lazy Dask array.
 
     :func:`read_csr`, then :func:`weighted_embedding` with the per-cell preprocessing done by the
-    kernel (``"auto"`` decides once, from the first cells, whether the values are raw counts;
-    the dense genes are chosen from the same cells). ``gene_embeddings`` may be a
-    :class:`~genept_fast.table.GeneEmbeddings` table: it is then matched to the file's genes
-    through the gene identity layer (:func:`genept_fast.encode.match_table`: ``var[gene_key]``
-    or ``var_names`` first, as :func:`genept_fast.tl.genept_w`; no ``gene_index``), and only the
-    rows in use travel to the workers. Call
-    ``.compute()`` for a numpy array, or ``.to_zarr(...)`` / ``da.store`` to write it out
-    without gathering it on the client.
+    kernel (``"auto"`` decides once, from the first cells, whether the values are raw counts).
+    ``gene_embeddings`` may be a :class:`~genept_fast.table.GeneEmbeddings` table: it is then
+    matched to the file's genes through the gene identity layer
+    (:func:`genept_fast.encode.match_table`: ``var[gene_key]`` or ``var_names`` first, as
+    :func:`genept_fast.tl.genept_w`; no ``gene_index``), and only the rows in use travel to the
+    workers. Call ``.compute()`` for a numpy array, or ``.to_zarr(...)`` / ``da.store`` to
+    write it out without gathering it on the client.
     """
     from genept_fast import table
 
@@ -357,14 +336,11 @@ def encode_h5ad_dask(
         return first[0]
 
     how = resolve_preprocess(preprocess, first_cells)
-    E = as_embeddings(gene_embeddings)
-    dense = _dense_genes(first_cells, int(E.shape[0]), gene_index=gene_index)
     return weighted_embedding(
         x,
-        E,
+        gene_embeddings,
         gene_index=gene_index,
         normalize=normalize,
         n_threads=n_threads,
         preprocess=how,
-        dense_genes=dense,
     )

@@ -211,13 +211,6 @@ def genept_w(
     log.info("GenePT-w: %s", match.coverage)
     how, lognorm = _decide_preprocess(m, adata.n_obs, preprocess)
     prepared = kernels.prepare_embeddings(match.rows, n_threads=n_threads)
-    # One dense-gene set for every chunk (the summation order; see genept_fast.kernels).
-    dense = kernels.dense_genes(
-        lambda: _sample(m.X, adata.n_obs),
-        prepared.n_genes,
-        gene_index=match.index,
-        n_threads=n_threads,
-    )
     out = np.zeros((adata.n_obs, table.dimension), dtype=np.float32)
     for a, b, chunk in _chunks(m.X, adata.n_obs, max(int(chunk_size), 1)):
         kernels.weighted_embedding(
@@ -227,7 +220,6 @@ def genept_w(
             n_threads=n_threads,
             out=out[a:b],
             preprocess=how,
-            dense_genes=dense,
             row_offset=a,
         )
     adata.obsm[key_added] = out

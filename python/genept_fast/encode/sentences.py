@@ -326,19 +326,22 @@ class SentenceEncoder:
             separators=(",", ":"),
         )
 
-    def sentences(self, X: sp.csr_array) -> list[str]:
-        return self.counted_sentences(X)[0]
+    def sentences(self, X: sp.csr_array, *, row_offset: int = 0) -> list[str]:
+        return self.counted_sentences(X, row_offset=row_offset)[0]
 
-    def counted_sentences(self, X: sp.csr_array) -> tuple[list[str], list[int]]:
-        """The chunk's sentences and their token counts (and the counters updated)."""
-        out, kept, cut, tokens = self.builder.build_counted(X)
+    def counted_sentences(
+        self, X: sp.csr_array, *, row_offset: int = 0
+    ) -> tuple[list[str], list[int]]:
+        """The chunk's sentences and their token counts (and the counters updated); ``X`` is
+        rows ``row_offset:`` of the whole matrix (errors name cells there)."""
+        out, kept, cut, tokens = self.builder.build_counted(X, row_offset=row_offset)
         self.n_cells += len(out)
         self.n_cut += int(cut.sum())
         self.n_empty += int((kept == 0).sum())
         return out, tokens.tolist()
 
-    def __call__(self, X: sp.csr_array) -> np.ndarray:
-        sentences, tokens = self.counted_sentences(X)
+    def __call__(self, X: sp.csr_array, *, row_offset: int = 0) -> np.ndarray:
+        sentences, tokens = self.counted_sentences(X, row_offset=row_offset)
         if not self.progress:
             vectors = self.embedder.embed(sentences, token_counts=tokens)
             return np.asarray(vectors, dtype=np.float32)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from genept_fast.kernels import (
     as_embeddings,
     as_gene_index,
-    dense_genes,
     prepare_embeddings,
     table_fingerprint,
     weighted_embedding,
@@ -32,8 +31,7 @@ class WeightedEncoder:
     table is checked and laid out for the kernel once (:func:`genept_fast.prepare_embeddings`),
     not per chunk, and only that copy is kept. The ``fingerprint`` (a hash of the table,
     ``gene_index`` and ``normalize``) identifies it in resume manifests. :meth:`begin` fixes
-    the job's preprocessing (then applied by the kernel as it reads each raw chunk) and dense
-    genes once, from the file's first cells.
+    the job's preprocessing once (then applied by the kernel as it reads each raw chunk).
     """
 
     def __init__(
@@ -52,24 +50,19 @@ class WeightedEncoder:
         self.fingerprint = f"genept-w:{table_fingerprint(E, self.gene_index, self.normalize)}"
         self.table = prepare_embeddings(E, n_threads=n_threads)
         self.preprocess = "none"
-        self.dense: np.ndarray | str = "auto"
 
     @property
     def dim(self) -> int:
         return self.shape[1]
 
     def begin(self, sample: Any, preprocess: str) -> dict[str, Any]:
-        """Fix the job-level choices from the first cells of the file (``sample``): the
-        resolved ``preprocess`` (``"log1p"`` or ``"none"``), which the kernel then applies to
-        each raw chunk itself, and the dense genes (:func:`genept_fast.kernels.dense_genes`),
-        which fix the summation order. Returns what the resume manifest records."""
+        """Fix the job's resolved ``preprocess`` (``"log1p"`` or ``"none"``), which the kernel
+        then applies to each raw chunk itself. Returns what the resume manifest records."""
+        del sample
         self.preprocess = preprocess
-        self.dense = dense_genes(
-            sample, self.shape[0], gene_index=self.gene_index, n_threads=self.n_threads
-        )
-        return {"dense_genes": self.dense.tolist()}
+        return {}
 
-    def __call__(self, X: sp.csr_array) -> np.ndarray:
+    def __call__(self, X: sp.csr_array, *, row_offset: int = 0) -> np.ndarray:
         return weighted_embedding(
             X,
             self.table,
@@ -77,5 +70,5 @@ class WeightedEncoder:
             normalize=self.normalize,
             n_threads=self.n_threads,
             preprocess=self.preprocess,
-            dense_genes=self.dense,
+            row_offset=row_offset,
         )

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Callable, Mapping, Sequence
 
-    import scipy.sparse as sp
-
     from genept_fast.preprocess import Preprocess
 
 __all__ = [
@@ -116,6 +114,30 @@ def _after_failure(
 _END = object()
 
 
+def _names_a_cell(exc: BaseException) -> bool:
+    """Whether a kernel rejected a cell of the chunk (its error carries ``exc.cell``)."""
+    return getattr(exc, "cell", None) is not None
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        log.error("%s", note)
+
+
+def _takes_row_offset(encoder: Callable[..., Any]) -> bool:
+    """Whether ``encoder`` is called as ``encoder(chunk, row_offset=a)`` (its errors then name
+    cells by their position in the whole matrix)."""
+    import inspect
+
+    try:
+        params = inspect.signature(encoder).parameters
+    except (TypeError, ValueError):
+        return False
+    return "row_offset" in params
+
+
 def _encoder_id(encoder: Callable[..., Any], fingerprint: str | None) -> str:
     if fingerprint is not None:
         return str(fingerprint)
@@ -141,12 +163,7 @@ def _resolve_preprocess(source: ChunkSource, how: str, encoder: Any) -> tuple[st
     begin = getattr(encoder, "begin", None)
     if not callable(begin):
         return resolved, {}
-    try:
-        record = dict(begin(first_cells(), resolved) or {})
-    except InputError as exc:  # the first cells are rows 0.. of the file: name the file
-        from genept_fast.kernels import offset_cells
-
-        raise offset_cells(exc, 0, where=source.name) from None
+    record = dict(begin(first_cells(), resolved) or {})
     return resolved, record | {"fused_preprocess": True}
 
 
@@ -203,7 +220,7 @@ def encode_file(
     input: str | os.PathLike[str] | ChunkSource,
     output: str | os.PathLike[str],
     *,
-    encoder: Callable[[sp.csr_array], np.ndarray],
+    encoder: Callable[..., np.ndarray],
     dim: int,
     layer: str | None = None,
     use_raw: bool = False,
@@ -291,7 +308,7 @@ def encode_file(
     otherwise (an interrupt, a network failure, a full disk) it is kept and the exception
     carries a note saying where, how many chunks are done and how much disk it holds. The
     input is at fault when reading or preprocessing a chunk fails, or when a genept-fast kernel
-    called by the encoder rejects the chunk (:func:`genept_fast.kernels.is_kernel_error`).
+    called by the encoder rejects a cell of the chunk (its error carries ``exc.cell``).
     """
     t0 = time.perf_counter()
     out = Path(output)
@@ -346,7 +363,7 @@ def _encode(
     out: Path,
     *,
     fmt: str,
-    encoder: Callable[[sp.csr_array], np.ndarray],
+    encoder: Callable[..., np.ndarray],
     dim: int,
     dtype: np.dtype[Any],
     preprocess: str,
@@ -373,8 +390,6 @@ def _encode(
         "format": fmt,
         "key": key if fmt == ".zarr" else None,
     }
-    if "dense_genes" in job:
-        params["dense_genes"] = len(job["dense_genes"])
     header = {
         "input": source.fingerprint(),
         "params": params,
@@ -451,7 +466,7 @@ def _run_pipeline(
     source: ChunkSource,
     todo: list[int],
     *,
-    encoder: Callable[[sp.csr_array], np.ndarray],
+    encoder: Callable[..., np.ndarray],
     how: str,
     chunk_size: int,
     dim: int,
@@ -470,8 +485,7 @@ def _run_pipeline(
     """
     from tqdm.auto import tqdm
 
-    from genept_fast.kernels import is_kernel_error, offset_cells
-
+    offsets = _takes_row_offset(encoder)
     stop = threading.Event()
     slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
     inq: queue.Queue[Any] = queue.Queue()
@@ -541,12 +555,12 @@ def _run_pipeline(
                 raise item.exc
             i, a, b, X, names = item
             try:
-                emb = np.asarray(encoder(X))
+                emb = np.asarray(encoder(X, row_offset=a) if offsets else encoder(X))
             except InputError as exc:
-                if not is_kernel_error(exc):
-                    raise
-                blame.input = True
-                raise offset_cells(exc, a, where=source.name) from None
+                if _names_a_cell(exc):
+                    blame.input = True
+                    _add_note(exc, f"while encoding {source.name}")
+                raise
             del X, item
             slots.release()
             if emb.shape != (b - a, dim):
