@@ -87,6 +87,54 @@ class GeneLabels:
         return sorted(set(self.labels))
 
 
+def _cell(v: Any) -> str | None:
+    """A table cell as stripped text, ``None`` when empty or missing."""
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def _label_columns(df: pd.DataFrame) -> tuple[list[Any], Any]:
+    """The id columns and the label column (``None``: flag columns) of a label table."""
+    lower = {str(c).strip().casefold(): c for c in df.columns}
+    id_cols = [lower[c] for c in _ID_COLUMNS if c in lower]
+    label_col = next((lower[c] for c in _LABEL_COLUMNS if c in lower), None)
+    if not id_cols and label_col is None and df.shape[1] == 2:
+        id_cols, label_col = [df.columns[0]], df.columns[1]
+    if not id_cols:
+        msg = (
+            f"no gene id column in the label table (columns: {list(df.columns)}); "
+            f"expected one of {list(_ID_COLUMNS)}"
+        )
+        raise InputError(msg)
+    return id_cols, label_col
+
+
+def _flag_labels(
+    df: pd.DataFrame, text: pd.DataFrame, id_cols: list[Any]
+) -> tuple[str, list[str | None]]:
+    """Each row's class from flag columns: the one column flagged, else ``None``."""
+    flag_cols = []
+    for c in df.columns:
+        if c in id_cols:
+            continue
+        vals = {_cell(v) for v in text[c]} - {None}
+        if vals and all(str(v).casefold() in _YES for v in vals):
+            flag_cols.append(c)
+    if not flag_cols:
+        msg = (
+            f"no label column in the label table (columns: {list(df.columns)}); expected one "
+            f"of {list(_LABEL_COLUMNS)} or flag columns marked 'Yes'"
+        )
+        raise InputError(msg)
+    row_labels: list[str | None] = []
+    for _, row in text.iterrows():
+        hit = [str(c) for c in flag_cols if _cell(row[c]) is not None]
+        row_labels.append(hit[0] if len(hit) == 1 else None)
+    return f"flag columns {[str(c) for c in flag_cols]}", row_labels
+
+
 def read_gene_labels(labels: str | Path | pd.DataFrame | Any) -> GeneLabels:
     """Read a gene label table (CSV, TSV or parquet path, or a pandas/polars DataFrame).
 
@@ -104,52 +152,18 @@ def read_gene_labels(labels: str | Path | pd.DataFrame | Any) -> GeneLabels:
     if df.shape[0] == 0:
         msg = "the gene label table is empty"
         raise InputError(msg)
-    lower = {str(c).strip().casefold(): c for c in df.columns}
-    id_cols = [lower[c] for c in _ID_COLUMNS if c in lower]
-    label_col = next((lower[c] for c in _LABEL_COLUMNS if c in lower), None)
-    if not id_cols and label_col is None and df.shape[1] == 2:
-        id_cols, label_col = [df.columns[0]], df.columns[1]
-    if not id_cols:
-        msg = (
-            f"no gene id column in the label table (columns: {list(df.columns)}); "
-            f"expected one of {list(_ID_COLUMNS)}"
-        )
-        raise InputError(msg)
+    id_cols, label_col = _label_columns(df)
     text = df.astype(object).where(df.notna(), None)
-
-    def cell(v: Any) -> str | None:
-        if v is None:
-            return None
-        s = str(v).strip()
-        return s or None
-
+    if label_col is not None:
+        source = f"label column {str(label_col)!r}"
+        row_labels = [_cell(v) for v in text[label_col]]
+    else:
+        source, row_labels = _flag_labels(df, text, id_cols)
     ids_out: list[tuple[str, ...]] = []
     labels_out: list[str] = []
     dropped = 0
-    if label_col is not None:
-        source = f"label column {str(label_col)!r}"
-        row_labels = [cell(v) for v in text[label_col]]
-    else:
-        flag_cols = []
-        for c in df.columns:
-            if c in id_cols:
-                continue
-            vals = {cell(v) for v in text[c]} - {None}
-            if vals and all(str(v).casefold() in _YES for v in vals):
-                flag_cols.append(c)
-        if not flag_cols:
-            msg = (
-                f"no label column in the label table (columns: {list(df.columns)}); expected one "
-                f"of {list(_LABEL_COLUMNS)} or flag columns marked 'Yes'"
-            )
-            raise InputError(msg)
-        source = f"flag columns {[str(c) for c in flag_cols]}"
-        row_labels = []
-        for _, row in text.iterrows():
-            hit = [str(c) for c in flag_cols if cell(row[c]) is not None]
-            row_labels.append(hit[0] if len(hit) == 1 else None)
     for (_, row), lab in zip(text.iterrows(), row_labels, strict=True):
-        ids = tuple(dict.fromkeys(i for i in (cell(row[c]) for c in id_cols) if i is not None))
+        ids = tuple(dict.fromkeys(i for i in (_cell(row[c]) for c in id_cols) if i is not None))
         if lab is None or not ids:
             dropped += 1
             continue
@@ -368,6 +382,142 @@ def _cross_validate(
     )
 
 
+def _check_gene_matrix(matrix: npt.ArrayLike, n_genes: int) -> np.ndarray:
+    E = np.asarray(matrix)
+    if E.ndim != 2 or E.shape[0] != n_genes:
+        msg = f"matrix must be genes × D with {n_genes} rows, got shape {E.shape}"
+        raise InputError(msg)
+    if not (np.issubdtype(E.dtype, np.floating) or np.issubdtype(E.dtype, np.integer)):
+        msg = f"matrix has non-numeric dtype {E.dtype}"
+        raise InputError(msg)
+    return E
+
+
+def _as_gene_labels(labels: Any) -> GeneLabels:
+    if isinstance(labels, GeneLabels):
+        return labels
+    if isinstance(labels, Mapping):
+        items = list(labels.items())
+        return GeneLabels(
+            ids=tuple((str(g),) for g, _ in items),
+            labels=tuple(str(v) for _, v in items),
+            id_columns=("gene",),
+            source="mapping gene → class",
+        )
+    return read_gene_labels(labels)
+
+
+def _positive_class(classes: Sequence[str], positive: str | None) -> tuple[str, str]:
+    """The positive class (default: the one that sorts last) and the name of the other side."""
+    if positive is None:
+        if len(classes) != 2:
+            msg = (
+                f"the labels have {len(classes)} classes {classes[:10]}; a binary task needs 2, "
+                "or name the positive class (positive=...) for a one-vs-rest task"
+            )
+            raise InputError(msg)
+        positive = classes[-1]
+    positive = str(positive)
+    if positive not in classes:
+        msg = f"positive class {positive!r} is not among the labels {classes[:10]}"
+        raise InputError(msg)
+    negative = next(c for c in classes if c != positive) if len(classes) == 2 else f"not {positive}"
+    return positive, negative
+
+
+@dataclass
+class _LabelMatch:
+    """Labelled genes met with embedding rows: each row's one label, and what did not meet."""
+
+    row_label: dict[int, str]
+    n_rows: int
+    n_entries: int
+    n_conflicting: int
+    n_zero: int
+    n_shadowed: int
+    unmatched: list[str]
+    ambiguous: dict[str, list[str]]
+    by_method: dict[str, int]
+
+
+def _match_labels(table: GeneLabels, gene_list: list[str], E: np.ndarray) -> _LabelMatch:
+    """Labels and table keys meet through the gene-identity layer (symbols, aliases, previous
+    symbols, Ensembl with or without version, Entrez, orthologs): ambiguity is reported, never
+    guessed. Each labelled gene is looked up by its first id, then by its second. A row with
+    two different labels is left out (conflicting)."""
+    first = [ids[0] for ids in table.ids]
+    second = [ids[1] if len(ids) > 1 else None for ids in table.ids]
+    nonzero: np.ndarray = np.asarray(E.any(axis=1))
+    found, coverage = match_genes(
+        first,
+        index_keys(gene_list),
+        nonzero=nonzero,
+        alternatives=second if any(second) else None,
+    )
+    row_labels: dict[int, set[str]] = {}
+    n_entries = n_zero = n_shadowed = 0
+    unmatched: list[str] = []
+    ambiguous: dict[str, list[str]] = {}
+    for i, (ids, lab) in enumerate(zip(table.ids, table.labels, strict=True)):
+        if coverage.methods[i] is None:
+            if first[i] in coverage.ambiguous:
+                ambiguous[" / ".join(ids)] = coverage.ambiguous[first[i]]
+            elif first[i] in coverage.shadowed:
+                n_shadowed += 1  # another label names the same gene directly
+            else:
+                unmatched.append(" / ".join(ids))
+            continue
+        row = int(found[i])
+        if row < 0:
+            n_zero += 1
+            continue
+        n_entries += 1
+        row_labels.setdefault(row, set()).add(lab)
+    return _LabelMatch(
+        row_label={r: next(iter(labs)) for r, labs in row_labels.items() if len(labs) == 1},
+        n_rows=len(row_labels),
+        n_entries=n_entries,
+        n_conflicting=sum(len(labs) > 1 for labs in row_labels.values()),
+        n_zero=n_zero,
+        n_shadowed=n_shadowed,
+        unmatched=unmatched,
+        ambiguous=ambiguous,
+        by_method=coverage.by_method,
+    )
+
+
+def _score_embeddings(
+    embeddings: dict[str, np.ndarray],
+    y: np.ndarray,
+    models: Sequence[str],
+    *,
+    n_splits: int,
+    seed: int,
+    n_jobs: int | None,
+    n_estimators: int,
+    c: float,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """Every model on every embedding, on the same stratified folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    first = next(iter(embeddings.values()))
+    folds = list(
+        StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(first, y)
+    )
+    results: dict[str, dict[str, Any]] = {}
+    roc: dict[str, dict[str, list[float]]] = {}
+    for emb_name, M in embeddings.items():
+        results[emb_name] = {}
+        roc[emb_name] = {}
+        for mo in models:
+            res, tpr = _cross_validate(
+                M, y, folds, mo, seed=seed, n_jobs=n_jobs, n_estimators=n_estimators, c=c
+            )
+            results[emb_name][mo] = res
+            roc[emb_name][mo] = tpr
+    return results, roc
+
+
 def evaluate_genes(
     genes: Sequence[str],
     matrix: npt.ArrayLike,
@@ -428,16 +578,8 @@ def evaluate_genes(
     and ``roc.png``.
     """
     require_extra("eval", "gene-level evaluation")
-    from sklearn.model_selection import StratifiedKFold
-
     gene_list = [str(g) for g in genes]
-    E = np.asarray(matrix)
-    if E.ndim != 2 or E.shape[0] != len(gene_list):
-        msg = f"matrix must be genes × D with {len(gene_list)} rows, got shape {E.shape}"
-        raise InputError(msg)
-    if not (np.issubdtype(E.dtype, np.floating) or np.issubdtype(E.dtype, np.integer)):
-        msg = f"matrix has non-numeric dtype {E.dtype}"
-        raise InputError(msg)
+    E = _check_gene_matrix(matrix, len(gene_list))
     bad_models = [mo for mo in models if mo not in GENE_MODELS]
     if bad_models or not models:
         msg = f"unknown models {bad_models}; choose from {list(GENE_MODELS)}"
@@ -445,70 +587,11 @@ def evaluate_genes(
     if n_splits < 2:
         msg = f"n_splits must be ≥ 2, got {n_splits}"
         raise InputError(msg)
-    if isinstance(labels, GeneLabels):
-        table = labels
-    elif isinstance(labels, Mapping):
-        items = list(labels.items())
-        table = GeneLabels(
-            ids=tuple((str(g),) for g, _ in items),
-            labels=tuple(str(v) for _, v in items),
-            id_columns=("gene",),
-            source="mapping gene → class",
-        )
-    else:
-        table = read_gene_labels(labels)
-
-    classes = table.classes
-    if positive is None:
-        if len(classes) != 2:
-            msg = (
-                f"the labels have {len(classes)} classes {classes[:10]}; a binary task needs 2, "
-                "or name the positive class (positive=...) for a one-vs-rest task"
-            )
-            raise InputError(msg)
-        positive = classes[-1]
-    positive = str(positive)
-    if positive not in classes:
-        msg = f"positive class {positive!r} is not among the labels {classes[:10]}"
-        raise InputError(msg)
-    negative = next(c for c in classes if c != positive) if len(classes) == 2 else f"not {positive}"
-
-    # Labels and table keys meet through the gene-identity layer (symbols, aliases, previous
-    # symbols, Ensembl with or without version, Entrez, orthologs): ambiguity is reported,
-    # never guessed. Each labelled gene is looked up by its first id, then by its second.
-    first = [ids[0] for ids in table.ids]
-    second = [ids[1] if len(ids) > 1 else None for ids in table.ids]
-    nonzero: np.ndarray = np.asarray(E.any(axis=1))
-    found, coverage = match_genes(
-        first,
-        index_keys(gene_list),
-        nonzero=nonzero,
-        alternatives=second if any(second) else None,
-    )
-    row_labels: dict[int, set[str]] = {}
-    n_entries = 0
-    unmatched: list[str] = []
-    ambiguous: dict[str, list[str]] = {}
-    n_zero = n_shadowed = 0
-    for i, (ids, lab) in enumerate(zip(table.ids, table.labels, strict=True)):
-        if coverage.methods[i] is None:
-            if first[i] in coverage.ambiguous:
-                ambiguous[" / ".join(ids)] = coverage.ambiguous[first[i]]
-            elif first[i] in coverage.shadowed:
-                n_shadowed += 1  # another label names the same gene directly
-            else:
-                unmatched.append(" / ".join(ids))
-            continue
-        row = int(found[i])
-        if row < 0:
-            n_zero += 1
-            continue
-        n_entries += 1
-        row_labels.setdefault(row, set()).add(lab)
-    conflicting = {r for r, labs in row_labels.items() if len(labs) > 1}
-    row_label = {r: next(iter(labs)) for r, labs in row_labels.items() if len(labs) == 1}
-    rows = np.array(sorted(row_label), dtype=np.int64)
-    y = np.array([row_label[r] == positive for r in rows.tolist()], dtype=np.int64)
+    table = _as_gene_labels(labels)
+    positive, negative = _positive_class(table.classes, positive)
+    m = _match_labels(table, gene_list, E)
+    rows = np.array(sorted(m.row_label), dtype=np.int64)
+    y = np.array([m.row_label[r] == positive for r in rows.tolist()], dtype=np.int64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     if min(n_pos, n_neg) < n_splits:
         msg = (
@@ -520,23 +603,20 @@ def evaluate_genes(
     if not np.isfinite(X).all():
         msg = "the embeddings of the labelled genes hold NaN or infinite values"
         raise InputError(msg)
-
-    folds = list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(X, y))
     embeddings: dict[str, np.ndarray] = {name: X}
     if random_control:
         rng = np.random.default_rng(seed)
         embeddings["random control"] = rng.standard_normal(X.shape)
-    results: dict[str, dict[str, Any]] = {}
-    roc: dict[str, dict[str, list[float]]] = {}
-    for emb_name, M in embeddings.items():
-        results[emb_name] = {}
-        roc[emb_name] = {}
-        for mo in models:
-            res, tpr = _cross_validate(
-                M, y, folds, mo, seed=seed, n_jobs=n_jobs, n_estimators=n_estimators, c=logreg_c
-            )
-            results[emb_name][mo] = res
-            roc[emb_name][mo] = tpr
+    results, roc = _score_embeddings(
+        embeddings,
+        y,
+        models,
+        n_splits=n_splits,
+        seed=seed,
+        n_jobs=n_jobs,
+        n_estimators=n_estimators,
+        c=logreg_c,
+    )
 
     settings: dict[str, Any] = {
         "task": task or f"{positive} vs {negative}",
@@ -559,15 +639,15 @@ def evaluate_genes(
         "n_labelled": len(table.labels),
         "n_label_rows_dropped": table.n_dropped,
         "n_matched": len(rows),
-        "n_unmatched": len(unmatched),
-        "n_zero_embedding": n_zero,
-        "n_conflicting": len(conflicting),
-        "n_duplicate_entries": n_entries - len(row_labels),
-        "n_ambiguous": len(ambiguous),
-        "n_shadowed": n_shadowed,
-        "by_method": coverage.by_method,
+        "n_unmatched": len(m.unmatched),
+        "n_zero_embedding": m.n_zero,
+        "n_conflicting": m.n_conflicting,
+        "n_duplicate_entries": m.n_entries - m.n_rows,
+        "n_ambiguous": len(m.ambiguous),
+        "n_shadowed": m.n_shadowed,
+        "by_method": m.by_method,
         "class_counts": {positive: n_pos, negative: n_neg},
-        "unmatched": unmatched,
-        "ambiguous": ambiguous,
+        "unmatched": m.unmatched,
+        "ambiguous": m.ambiguous,
     }
     return GeneEvalReport(settings=settings, matching=matching, results=results, roc=roc)
