@@ -100,28 +100,16 @@ def _text_kind(head: bytes) -> Sniffed:
     return Sniffed("text", "a text file")
 
 
-def sniff(path: str | os.PathLike[str]) -> Sniffed:
-    """What ``path`` holds, from its content (see the module docstring)."""
-    p = Path(path)
-    if not p.exists():
-        return Sniffed("missing", "not found")
-    if p.is_dir():
-        if any((p / m).is_file() for m in ("zarr.json", ".zgroup")):
-            return _zarr_kind(p)
-        if _tenx_dir(p):
-            return Sniffed("10x-dir", "a 10x Genomics matrix folder (matrix.mtx + features.tsv)")
-        return Sniffed("directory", "a folder")
-    try:
-        with p.open("rb") as f:
-            head = f.read(_HEAD)
-    except OSError as exc:
-        return Sniffed("unreadable", f"unreadable ({exc.strerror or exc})")
-    if not head:
-        return Sniffed("empty", "an empty file")
-    import h5py
+def _dir_kind(p: Path) -> Sniffed:
+    if any((p / m).is_file() for m in ("zarr.json", ".zgroup")):
+        return _zarr_kind(p)
+    if _tenx_dir(p):
+        return Sniffed("10x-dir", "a 10x Genomics matrix folder (matrix.mtx + features.tsv)")
+    return Sniffed("directory", "a folder")
 
-    if h5py.is_hdf5(str(p)):
-        return _h5_kind(p)
+
+def _magic_kind(p: Path, head: bytes) -> Sniffed | None:
+    """What the first bytes of a non-HDF5 file say it is, if they say."""
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return Sniffed("hdf5-broken", "a truncated or corrupt HDF5 file")
     if head.startswith(b"PAR1"):
@@ -137,7 +125,28 @@ def sniff(path: str | os.PathLike[str]) -> Sniffed:
         except (OSError, EOFError):
             return Sniffed("binary", "a corrupt gzip file")
         return Sniffed(f"gzip-{inner.kind}", f"{inner.what}, gzip-compressed")
-    return _text_kind(head)
+    return None
+
+
+def sniff(path: str | os.PathLike[str]) -> Sniffed:
+    """What ``path`` holds, from its content (see the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        return Sniffed("missing", "not found")
+    if p.is_dir():
+        return _dir_kind(p)
+    try:
+        with p.open("rb") as f:
+            head = f.read(_HEAD)
+    except OSError as exc:
+        return Sniffed("unreadable", f"unreadable ({exc.strerror or exc})")
+    if not head:
+        return Sniffed("empty", "an empty file")
+    import h5py
+
+    if h5py.is_hdf5(str(p)):
+        return _h5_kind(p)
+    return _magic_kind(p, head) or _text_kind(head)
 
 
 #: What a file's suffix claims it holds: suffix → (words, kinds from :func:`sniff` that fit).
