@@ -83,7 +83,7 @@ OutputKind = Literal["file", "store", "folder"]
 
 def store_attrs() -> dict[str, Any]:
     """The attributes that mark a store as genept-fast's (merge them into the store's attrs)."""
-    from genept_fast import __version__
+    from genept_fast._version import __version__
 
     return {STORE_MARKER: {"writer": f"genept-fast {__version__}", "version": 1}}
 

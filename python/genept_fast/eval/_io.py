@@ -6,7 +6,6 @@ import io
 import json
 import math
 import re
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from genept_fast._atomic import atomic_write_bytes
 from genept_fast._outputs import check_output
+from genept_fast._version import versions
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -87,17 +87,6 @@ def safe_name(text: str) -> str:
     """A file-name-safe version of ``text`` (other characters become ``_``)."""
     name = _UNSAFE.sub("_", text).strip("._")
     return name or "embedding"
-
-
-def versions(*packages: str) -> dict[str, str]:
-    """Installed versions of ``packages`` (``"not installed"`` where absent)."""
-    out: dict[str, str] = {}
-    for pkg in packages:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def palette(n: int) -> list[Any]:
