@@ -219,7 +219,7 @@ def test_cache_layout_new_and_first(tmp_path):
         )
     old = EmbeddingCache(old_dir)
     assert np.array_equal(old.get("ns", keys)[keys[0]], np.arange(4, dtype=np.float32))
-    old.put("ns", keys, np.zeros((2, 4), dtype=np.float32))
+    old.put("ns", keys, np.full((2, 4), 3.0, dtype=np.float32))  # zeros are never stored now
     assert old.count("ns") == 2
-    assert not old.get("ns", keys)[keys[0]].any()
+    assert np.array_equal(old.get("ns", keys)[keys[0]], np.full(4, 3.0, dtype=np.float32))
     old.close()

@@ -16,6 +16,19 @@ provider, billed — once per model and dimension, ever. The texts themselves ar
 namespace being the source's parameters as canonical JSON (never an API key), with the text
 (or none: the service had no answer), its source and when it was fetched.
 
+**Integrity.** Every embedding row carries a CRC-32 over its namespace, key and vector bytes
+(column ``crc``), written with the row and checked on every read; nothing zero or non-finite is
+ever written (:meth:`Cache.put` refuses it: GenePT's zero vector means "no text"). A row that
+fails its check (a bit flipped or a vector zeroed on disk, a row copied under another namespace
+or key) is not served: it counts as not cached, so the text is embedded again and the row
+replaced, and a warning on the ``genept_fast.cache`` logger says how many rows of which
+namespace were bad and why (never a text: the cache holds none). Rows written before the
+column existed, or by an earlier genept-fast sharing the folder, have no CRC; they are verified
+as far as possible (a length that matches ``dim``, finite, not all zeros) and served when they
+pass, re-fetched when they do not. The CRC finds accidents (a disk, a copy, a bug elsewhere), not
+a forger, who could recompute it. Reading 20,000 1536-d rows costs about 20% more with the
+check (CRC-32 through zlib; sha256 would cost about 50%).
+
 **Durability.** The database is in WAL mode; every batch is committed as one transaction as
 soon as it arrives, so a crash or a ``kill -9`` loses at most the batches still in flight, and
 a rerun asks only for what is missing. Several processes may share one cache folder. A new
@@ -37,11 +50,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
 import threading
 import warnings
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +67,9 @@ from genept_fast.errors import InputError
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["DB_NAME", "Cache", "TextRecord", "default_cache_dir", "text_key"]
+__all__ = ["DB_NAME", "Cache", "TextRecord", "default_cache_dir", "row_checksum", "text_key"]
+
+_log = logging.getLogger(__name__)
 
 #: The database file in the cache folder.
 DB_NAME = "embeddings.sqlite"
@@ -84,6 +101,12 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
+def row_checksum(namespace: str, key: bytes, vec: bytes) -> int:
+    """The CRC-32 stored with an embedding row: over its namespace, key and vector bytes."""
+    crc = zlib.crc32(namespace.encode("utf-8", "surrogatepass"))
+    return zlib.crc32(vec, zlib.crc32(key, crc))
+
+
 def text_namespace(params: Mapping[str, object]) -> str:
     """The namespace of a gene text source: its parameters as canonical JSON."""
     return json.dumps(dict(params), sort_keys=True)
@@ -113,6 +136,7 @@ class Cache:
             raise InputError(msg) from exc
         self.path = self.directory / DB_NAME
         self._lock = threading.Lock()
+        self._reported: set[tuple[str, bytes]] = set()  # bad rows warned about already
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=60.0, check_same_thread=False, isolation_level=None
@@ -124,8 +148,9 @@ class Cache:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS embeddings ("
                 " ns TEXT NOT NULL, key BLOB NOT NULL, dim INTEGER NOT NULL, vec BLOB NOT NULL,"
-                " UNIQUE (ns, key))"
+                " crc INTEGER, UNIQUE (ns, key))"
             )
+            self._add_checksum_column()
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS texts ("
                 " ns TEXT NOT NULL, key TEXT NOT NULL, text TEXT, source TEXT NOT NULL,"
@@ -141,6 +166,18 @@ class Cache:
             raise InputError(msg) from exc
         if cache_dir is None and not os.environ.get("GENEPT_FAST_CACHE_DIR"):
             self._import_legacy_embeddings(LEGACY_EMBEDDINGS_DIR.expanduser())
+
+    def _add_checksum_column(self) -> None:
+        """Give a database made before row checksums its ``crc`` column (rows keep NULL)."""
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(embeddings)")}
+        if "crc" in cols:
+            return
+        try:
+            self._conn.execute("ALTER TABLE embeddings ADD COLUMN crc INTEGER")
+        except sqlite3.OperationalError as exc:
+            # Another process sharing the folder added it first: nothing to do.
+            if "duplicate column" not in str(exc):
+                raise
 
     def __getstate__(self) -> dict[str, str]:
         return {"directory": str(self.directory)}
@@ -161,33 +198,72 @@ class Cache:
     # -- embeddings ------------------------------------------------------------------------------
 
     def get(self, namespace: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
-        """Cached vectors for ``keys`` (those present only), as float32 arrays."""
+        """Cached vectors for ``keys`` (those present and verified), as float32 arrays.
+
+        A row that fails verification (see the module docstring) is left out, as if it were not
+        cached, and counted in one warning on the ``genept_fast.cache`` logger.
+        """
         found: dict[bytes, np.ndarray] = {}
+        bad: dict[str, int] = {}
+        new_bad = 0
         unique = list(dict.fromkeys(keys))
         with self._lock:
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows = self._conn.execute(
-                    f"SELECT key, dim, vec FROM embeddings WHERE ns = ? AND key IN ({marks})",
+                    f"SELECT key, dim, vec, crc FROM embeddings WHERE ns = ? AND key IN ({marks})",
                     [namespace, *chunk],
                 ).fetchall()
-                for key, dim, vec in rows:
-                    arr = np.frombuffer(vec, dtype="<f4")
-                    if arr.shape[0] == dim:
-                        found[bytes(key)] = arr.astype(np.float32, copy=False)
+                for key, dim, vec, crc in rows:
+                    arr, problem = _verified(namespace, key, dim, vec, crc)
+                    if arr is None:
+                        bad[problem] = bad.get(problem, 0) + 1
+                        new_bad += (namespace, key) not in self._reported
+                        self._reported.add((namespace, key))
+                    else:
+                        found[bytes(key)] = arr
+        if new_bad:  # once per row and cache object (an estimate reads before the run)
+            n = sum(bad.values())
+            why = ", ".join(f"{c:,} {p}" for p, c in sorted(bad.items()))
+            _log.warning(
+                "%s: %d cached vector(s) of %r failed verification (%s); they are not used and"
+                " are embedded again",
+                self.path,
+                n,
+                namespace,
+                why,
+            )
         return found
 
     def put(self, namespace: str, keys: Sequence[bytes], vectors: np.ndarray) -> None:
-        """Store one batch of vectors (rows of ``vectors``) and commit it."""
+        """Store one batch of vectors (rows of ``vectors``), each with its checksum; commit.
+
+        A vector of no dimension, or one that is all zeros or holds NaN or infinity, is refused
+        (an :class:`~genept_fast.errors.InputError`; nothing of the batch is stored).
+        """
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.ndim != 2 or vectors.shape[0] != len(keys):
             msg = f"cache put: {len(keys)} keys but vectors of shape {vectors.shape}"
             raise InputError(msg)
         dim = int(vectors.shape[1])
-        rows = [(namespace, k, dim, vectors[i].tobytes()) for i, k in enumerate(keys)]
+        if keys and dim == 0:
+            msg = "cache put: vectors of dimension 0"
+            raise InputError(msg)
+        bad = int(np.count_nonzero(~(np.isfinite(vectors).all(axis=1) & vectors.any(axis=1))))
+        if bad:
+            msg = (
+                f"cache put: {bad} of {len(keys)} vectors are all zeros or hold NaN or infinity"
+                " (a zero vector means a text without embedding; none of the batch is stored)"
+            )
+            raise InputError(msg)
+        rows = []
+        for i, k in enumerate(keys):
+            vec = vectors[i].tobytes()
+            rows.append((namespace, k, dim, vec, row_checksum(namespace, bytes(k), vec)))
         self._write(
-            "INSERT OR REPLACE INTO embeddings (ns, key, dim, vec) VALUES (?, ?, ?, ?)", rows
+            "INSERT OR REPLACE INTO embeddings (ns, key, dim, vec, crc) VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
 
     def count(self, namespace: str | None = None) -> int:
@@ -357,6 +433,24 @@ class Cache:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _verified(
+    namespace: str, key: object, dim: object, vec: object, crc: object
+) -> tuple[np.ndarray | None, str]:
+    """A cached row's vector when it passes verification, else ``None`` and why not."""
+    if not isinstance(vec, bytes) or not isinstance(key, bytes) or not isinstance(dim, int):
+        return None, "unreadable"
+    if dim < 1 or len(vec) != 4 * dim:
+        return None, "of the wrong length"
+    arr = np.frombuffer(vec, dtype="<f4").astype(np.float32, copy=False)
+    if crc is None:  # written before checksums: check what can be checked
+        if not (np.isfinite(arr).all() and arr.any()):
+            return None, "zero or non-finite without a checksum"
+        return arr, ""
+    if crc != row_checksum(namespace, key, vec):
+        return None, "with a wrong checksum"
+    return arr, ""
 
 
 def _copy_batch_jobs(source: Path, target: Path) -> int:
