@@ -93,6 +93,86 @@ def test_cell_offsets_keep_the_class():
         gf.weighted_embedding(X, np.ones((10, 4), dtype=np.float32), row_offset=100)
 
 
+def _chunk_with(value, row, gene, n_cells=12, n_genes=8):
+    """A CSR chunk whose only stored value of cell ``row`` is ``value`` at ``gene``."""
+    X = sp.random_array((n_cells, n_genes), density=0.5, format="csr", dtype=np.float32, rng=2)
+    X = X.tolil()
+    X[row, :] = 0
+    X[row, gene] = value
+    return X.tocsr()
+
+
+@pytest.mark.parametrize("offset", [0, 40])
+def test_nan_in_a_chunk_names_its_cell_and_gene_in_the_whole_matrix(offset):
+    X = _chunk_with(np.nan, 3, 5)
+    E = np.ones((8, 4), dtype=np.float32)
+    for call in (
+        lambda: gf.weighted_embedding(X, E, row_offset=offset),
+        lambda: gf.top_genes(X, 2, row_offset=offset),
+        lambda: gf.cell_sentences(X, [f"g{j}" for j in range(8)], 2, row_offset=offset),
+    ):
+        with pytest.raises(errors.NonFiniteError) as err:
+            call()
+        assert (err.value.cell, err.value.gene) == (3 + offset, 5)
+        assert str(err.value) == f"X contains NaN at cell {3 + offset}, gene 5"
+        back = pickle.loads(pickle.dumps(err.value))
+        assert (type(back), back.cell, back.gene) == (errors.NonFiniteError, 3 + offset, 5)
+        assert str(back) == str(err.value)
+
+
+def test_positions_of_other_kernel_errors():
+    E = np.ones((8, 4), dtype=np.float32)
+    # A stored gene index outside the matrix: the cell and the index as stored.
+    X = _chunk_with(1.0, 2, 0)
+    bad = gf.kernels.CsrParts(X.indptr, X.indices.copy(), X.data, X.shape)
+    bad.indices[X.indptr[2]] = 9
+    with pytest.raises(errors.MalformedMatrixError, match=r"cell 12 has gene index 9") as err:
+        gf.top_genes(bad, 2, row_offset=10)
+    assert (err.value.cell, err.value.gene) == (12, 9)
+    # A gene_index entry outside the table: the column, no cell.
+    gi = np.arange(8)
+    gi[6] = 8
+    with pytest.raises(errors.InvalidArgumentError, match=r"gene_index\[6\] = 8") as err:
+        gf.weighted_embedding(X, E, gene_index=gi, row_offset=10)
+    assert (err.value.cell, err.value.gene) == (None, 6)
+    # An infinity in the table: its row, no cell.
+    bad_E = E.copy()
+    bad_E[7, 1] = np.inf
+    with pytest.raises(errors.NonFiniteError, match="gene row 7, dimension 1") as err:
+        gf.weighted_embedding(X, bad_E, row_offset=10)
+    assert (err.value.cell, err.value.gene) == (None, 7)
+    # A negative count for log1p, and an overflowing sum: the cell.
+    with pytest.raises(errors.InvalidArgumentError, match="first: -2 at cell 105, gene 4") as err:
+        gf.weighted_embedding(_chunk_with(-2.0, 5, 4), E, preprocess="log1p", row_offset=100)
+    assert (err.value.cell, err.value.gene) == (105, 4)
+    with pytest.raises(errors.NumericOverflowError, match="cell 107 exceeds") as err:
+        gf.weighted_embedding(_chunk_with(3e38, 7, 1), E * 10, row_offset=100)
+    assert (err.value.cell, err.value.gene) == (107, None)
+    # No position: shapes and options.
+    with pytest.raises(errors.ShapeError) as err:
+        gf.weighted_embedding(X, E[:7])
+    assert (err.value.cell, err.value.gene) == (None, None)
+    assert not gf.kernels.is_kernel_error(err.value)
+
+
+def test_offset_cells_moves_the_fields_and_composes_the_message():
+    X = _chunk_with(np.inf, 4, 2)
+    with pytest.raises(errors.NonFiniteError) as err:
+        gf.top_genes(X, 2)
+    exc = err.value
+    assert gf.kernels.is_kernel_error(exc) and exc.cell == 4
+    moved = gf.kernels.offset_cells(exc, 40, where="{atlas}.h5ad")
+    assert type(moved) is errors.NonFiniteError
+    assert (moved.cell, moved.gene) == (44, 2)
+    assert str(moved) == "{atlas}.h5ad: X contains +inf at cell 44, gene 2"
+    again = gf.kernels.offset_cells(moved, 1000)
+    assert again.cell == 1044 and str(again) == "{atlas}.h5ad: X contains +inf at cell 1044, gene 2"
+    assert gf.kernels.offset_cells(exc, 0) is exc
+    plain = errors.NonFiniteError("not from a kernel")
+    assert not gf.kernels.is_kernel_error(plain)
+    assert gf.kernels.offset_cells(plain, 5, where="f") is plain
+
+
 def test_thread_pool_failure_is_a_resource_error():
     # Stacks for new threads cannot be mapped under a tight address-space limit, so the
     # kernel's pool cannot start: a ResourceError, not a crash (a fresh interpreter: the

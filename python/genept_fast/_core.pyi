@@ -5,12 +5,16 @@ accept exactly one layout: CSR arrays whose ``indptr`` and ``indices`` are both 
 int64, ``data`` float32 or float64, everything C-contiguous.
 
 Errors are raised as the classes of :mod:`genept_fast.errors` (imported from there, not defined
-here): the core's ``Shape``, ``MalformedCsr``, ``NonFinite``, ``InvalidArgument``, ``Overflow``
-and ``ThreadPool`` variants become :class:`~genept_fast.errors.ShapeError`,
-:class:`~genept_fast.errors.MalformedMatrixError`, :class:`~genept_fast.errors.NonFiniteError`,
-:class:`~genept_fast.errors.InvalidArgumentError`,
-:class:`~genept_fast.errors.NumericOverflowError` and :class:`~genept_fast.errors.ResourceError`;
-a panic becomes :class:`~genept_fast.errors.InternalError`.
+here), one conversion from the core's ``GeneptError``: shape mismatches as
+:class:`~genept_fast.errors.ShapeError`, malformed CSR arrays as
+:class:`~genept_fast.errors.MalformedMatrixError`, NaN or infinities as
+:class:`~genept_fast.errors.NonFiniteError`, bad options, negative counts and ``gene_index``
+entries as :class:`~genept_fast.errors.InvalidArgumentError`, a float32 overflow as
+:class:`~genept_fast.errors.NumericOverflowError`, a thread pool that cannot start as
+:class:`~genept_fast.errors.ResourceError`;
+a panic becomes :class:`~genept_fast.errors.InternalError`. Input errors carry the cell and
+gene at fault as ``cell`` and ``gene`` (``None`` when none); ``row_offset`` (the call's first row
+in a larger matrix) is added to the cell, in the attribute and the message.
 """
 
 from typing import final
@@ -62,6 +66,7 @@ def weighted_embedding(
     dense_genes: npt.NDArray[np.int64] | None = None,
     preprocess: str = "none",
     target_sum: float = 10000.0,
+    row_offset: int = 0,
 ) -> npt.NDArray[np.float32]: ...
 def choose_dense_genes(
     indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
@@ -81,6 +86,7 @@ def top_genes(
     n_cols: int,
     n: int,
     n_threads: int | None = None,
+    row_offset: int = 0,
 ) -> npt.NDArray[np.int32]: ...
 def cell_sentences(
     indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
@@ -92,6 +98,7 @@ def cell_sentences(
     prefix: str,
     sep: str,
     n_threads: int | None = None,
+    row_offset: int = 0,
 ) -> list[str]: ...
 def sentences_from_top(
     top: npt.NDArray[np.int32],

@@ -37,7 +37,8 @@ Every :class:`InputError` is a :class:`ValueError`, as every ``GeneptError`` was
 The command line maps the branches to exit statuses: 2 for :class:`InputError` and
 :class:`MissingDependencyError`, 3 for :class:`ServiceError`, 1 for the rest (see
 :mod:`genept_fast.cli`). The Rust kernels' error variants arrive as the classes above, mapped
-in one conversion in ``rust/genept-py/src/lib.rs``.
+in one conversion in ``rust/genept-py/src/lib.rs``, with the cell and gene at fault as the
+attributes :attr:`InputError.cell` and :attr:`InputError.gene` (whole-matrix positions).
 """
 
 from __future__ import annotations
@@ -65,7 +66,41 @@ class GeneptError(Exception):
 
 
 class InputError(GeneptError, ValueError):
-    """Bad input: an argument, a matrix, a table or a file; the message names what to fix."""
+    """Bad input: an argument, a matrix, a table or a file; the message names what to fix.
+
+    Attributes
+    ----------
+    cell
+        The cell (row of ``X``) at fault, counted in the whole matrix: a kernel called on a
+        chunk with ``row_offset=a`` names chunk row ``i`` as cell ``a + i``. For
+        :func:`~genept_fast.kernels.l2_normalize`, the row of the matrix. ``None`` when the
+        error concerns no one cell.
+    gene
+        The gene at fault: a column of ``X`` (as stored, so possibly the out-of-range index
+        itself for a :class:`MalformedMatrixError`), a column whose ``gene_index`` entry is
+        bad, or a row of the gene-embedding table for a NaN or infinity in the table.
+        ``None`` when the error concerns no one gene.
+
+    The kernels (:mod:`genept_fast.kernels`) set both from the Rust error's fields; read them
+    instead of parsing the message. Errors raised elsewhere leave them ``None``.
+    """
+
+    cell: int | None
+    gene: int | None
+
+    def __init__(
+        self, message: str = "", *, cell: int | None = None, gene: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.cell = cell
+        self.gene = gene
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # cell and gene travel in the state, so that they survive pickling (Dask).
+        return (type(self), (str(self),), self.__dict__)
 
 
 class ShapeError(InputError):

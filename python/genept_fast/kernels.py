@@ -17,9 +17,9 @@ cannot run faster, and a pool of thousands takes most of a minute to start.
 No argument makes a kernel abort, panic or hang: ``n`` is clamped to the number of genes, every
 result's size is computed before it is allocated, and one larger than this machine's memory is
 an :class:`~genept_fast.errors.InvalidArgumentError` saying how much it would need. Kernel errors
-(all :class:`~genept_fast.errors.InputError`, see :mod:`genept_fast.errors`) name cells by row; the
-``row_offset`` of a call (a chunk's first row) is added, so messages give positions in the whole
-matrix (:func:`offset_cells` does the same for a caught error).
+(all :class:`~genept_fast.errors.InputError`, see :mod:`genept_fast.errors`) carry the cell and
+gene at fault as ``exc.cell`` and ``exc.gene``; the ``row_offset`` of a call (a chunk's first
+row) is added to the cell in Rust, so attributes and messages give positions in the whole matrix.
 
 GenePT-w sums the genes expressed in most cells (the *dense genes*) with a small dense GEMM and
 the rest by a cell-major gather over ranges of 512 genes; each cell's sum runs in a fixed order
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -185,9 +184,7 @@ def prepare_embeddings(
     """
     if isinstance(gene_embeddings, PreparedEmbeddings):
         return gene_embeddings
-    return _call(
-        PreparedEmbeddings, as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads)
-    )
+    return PreparedEmbeddings(as_embeddings(gene_embeddings), n_threads=_check_threads(n_threads))
 
 
 def _aligned(arr: np.ndarray, dtype: Any) -> np.ndarray:
@@ -290,41 +287,41 @@ def _check_result_size(n_cells: int, width: int, itemsize: int, what: str, hint:
         raise InvalidArgumentError(msg)
 
 
-#: Marks an exception raised by the Rust core's checks (its cell numbers are rows of the call).
-_KERNEL_ERROR = "_genept_kernel_error"
-_CELL = re.compile(r"\bcell (\d+)")
-
-
 def is_kernel_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a kernel's rejection of its arguments (bad values, malformed CSR...)."""
-    return bool(getattr(exc, _KERNEL_ERROR, False))
+    """Whether ``exc`` is a kernel's rejection of a cell or gene of its input.
+
+    True for an :class:`~genept_fast.errors.InputError` whose ``cell`` or ``gene`` is set (a
+    NaN in ``X``, a stored gene index out of range, a bad ``gene_index`` entry...); kernel
+    errors about shapes or options name no position and return False.
+    """
+    return isinstance(exc, InputError) and (exc.cell is not None or exc.gene is not None)
 
 
 def offset_cells(exc: GeneptError, offset: int, *, where: str | None = None) -> GeneptError:
-    """``exc`` with the cell positions of a kernel error moved by ``offset`` rows.
+    """``exc`` with its cell moved by ``offset`` rows, and ``where`` in front of its message.
 
-    A kernel called on rows ``a:b`` of a larger matrix names cells from 0; passing ``a`` here
-    (or ``row_offset=a`` to the kernel) gives their positions in the whole matrix. ``where``
-    (a file name) is put in front of the message. Errors that did not come from a kernel are
-    returned unchanged.
+    Prefer passing ``row_offset=a`` to the kernel: its errors then name cells of the whole
+    matrix directly. This moves the ``cell`` of a kernel error raised without it (a kernel
+    called on rows ``a:b`` named them from 0); the message is composed again from the kernel's
+    fields, never parsed. ``where`` (a file name) is put in front of the message. Errors that
+    name no cell or gene (see :func:`is_kernel_error`) are returned unchanged.
     """
-    if not is_kernel_error(exc) or not (offset or where):
+    if not isinstance(exc, InputError) or not is_kernel_error(exc) or not (offset or where):
         return exc
-    text = _CELL.sub(lambda m: f"cell {int(m.group(1)) + offset}", str(exc))
-    moved = type(exc)(f"{where}: {text}" if where else text)  # the same class
-    setattr(moved, _KERNEL_ERROR, True)
+    cell, text = exc.cell, str(exc)
+    template: str | None = getattr(exc, "_cell_message", None)  # set by _core with a cell
+    if offset and cell is not None:
+        cell += offset
+        if template is not None:
+            text = template.format(cell=cell)
+    if where:
+        text = f"{where}: {text}"
+        if template is not None:
+            template = where.replace("{", "{{").replace("}", "}}") + ": " + template
+    moved = type(exc)(text, cell=cell, gene=exc.gene)  # the same class
+    if template is not None:
+        moved._cell_message = template  # type: ignore[attr-defined]
     return moved
-
-
-def _call(fn: Any, *args: Any, row_offset: int = 0, **kwargs: Any) -> Any:
-    """Call a ``_core`` function; its errors are marked and their cells moved by ``row_offset``."""
-    try:
-        return fn(*args, **kwargs)
-    except InputError as exc:
-        setattr(exc, _KERNEL_ERROR, True)
-        if row_offset:
-            raise offset_cells(exc, row_offset) from None
-        raise
 
 
 def _head(csr: CsrParts, rows: int) -> CsrParts:
@@ -363,8 +360,7 @@ def dense_genes(
 def _choose_dense(
     csr: CsrParts, n_rows: int, gi: np.ndarray | None, min_fraction: float, n_threads: int | None
 ) -> np.ndarray:
-    return _call(
-        _core.choose_dense_genes,
+    return _core.choose_dense_genes(
         csr.indptr,
         csr.indices,
         csr.data,
@@ -486,8 +482,7 @@ def weighted_embedding(
         dense = _dense_arg(dense_genes, csr, n_rows, gi, threads)
     except GeneptError as exc:
         raise offset_cells(exc, offset) from None
-    return _call(
-        _core.weighted_embedding,
+    return _core.weighted_embedding(
         csr.indptr,
         csr.indices,
         csr.data,
@@ -525,8 +520,7 @@ def top_genes(X: Any, n: int, *, n_threads: int | None = None, row_offset: int =
     offset = _check_offset(row_offset)
     width = min(n, csr.n_genes)
     _check_result_size(csr.n_cells, width, 4, f"top_genes with n={width:,}", "ask for fewer genes")
-    return _call(
-        _core.top_genes,
+    return _core.top_genes(
         csr.indptr,
         csr.indices,
         csr.data,
@@ -556,8 +550,7 @@ def cell_sentences(
     """
     csr = as_csr(X)
     names = [str(g) for g in gene_names]
-    return _call(
-        _core.cell_sentences,
+    return _core.cell_sentences(
         csr.indptr,
         csr.indices,
         csr.data,
@@ -598,8 +591,7 @@ def sentences_from_top(
         msg = f"top holds gene position {bad}, outside -1..{len(names) - 1} (len(gene_names) - 1)"
         raise InvalidArgumentError(msg)
     ranked = np.ascontiguousarray(arr, dtype=np.int32)
-    return _call(
-        _core.sentences_from_top,
+    return _core.sentences_from_top(
         ranked,
         names,
         str(prefix),
@@ -614,7 +606,7 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
     if arr.ndim != 2:
         msg = f"matrix must be 2-D, got shape {arr.shape}"
         raise ShapeError(msg)
-    _call(_core.l2_normalize, arr, n_threads=_check_threads(n_threads))
+    _core.l2_normalize(arr, n_threads=_check_threads(n_threads))
     return arr
 
 

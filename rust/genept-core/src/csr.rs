@@ -269,12 +269,12 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
             .windows(2)
             .position(|w| w[1].to_i64() < w[0].to_i64())
         {
-            return Err(GeneptError::MalformedCsr(format!(
-                "indptr decreases at cell {r} (indptr[{r}] = {}, indptr[{}] = {})",
-                indptr[r].to_i64(),
-                r + 1,
-                indptr[r + 1].to_i64()
-            )));
+            return Err(GeneptError::IndptrDecreases {
+                cell: r,
+                at: r,
+                start: indptr[r].to_i64(),
+                end: indptr[r + 1].to_i64(),
+            });
         }
         let view = CsrView {
             indptr,
@@ -312,26 +312,27 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
                     match j.to_usize() {
                         Some(j) if j < n_cols => {}
                         _ => {
-                            return Some(GeneptError::MalformedCsr(format!(
-                                "cell {r} has gene index {} outside [0, {n_cols})",
-                                j.to_i64()
-                            )))
+                            return Some(GeneptError::GeneOutside {
+                                cell: r,
+                                gene: j.to_i64(),
+                                n_cols,
+                            })
                         }
                     }
                     let x = v.to_f64();
                     if !x.is_finite() {
                         return Some(GeneptError::NonFinite {
-                            what: "X",
                             kind: non_finite_kind(x),
-                            location: format!("cell {r}, gene {}", j.to_i64()),
+                            cell: r,
+                            gene: j.to_i64(),
                         });
                     }
                     if counts && x < 0.0 {
-                        return Some(GeneptError::InvalidArgument(format!(
-                            "log1p preprocessing needs raw counts, but X has negative values \
-                             (the first: {x} at cell {r}, gene {})",
-                            j.to_i64()
-                        )));
+                        return Some(GeneptError::NegativeCount {
+                            value: x,
+                            cell: r,
+                            gene: j.to_i64(),
+                        });
                     }
                 }
                 None
@@ -410,10 +411,10 @@ impl<'a> EmbeddingView<'a> {
                     .find(|(_, x)| !x.is_finite())
                     .map(|(k, x)| (k, *x))
                     .unwrap_or((0, f32::NAN));
-                return Err(GeneptError::NonFinite {
-                    what: "gene_embeddings",
+                return Err(GeneptError::NonFiniteEmbedding {
                     kind: non_finite_kind(f64::from(x)),
-                    location: format!("gene row {g}, dimension {k}"),
+                    gene: g,
+                    dim: k,
                 });
             }
         }

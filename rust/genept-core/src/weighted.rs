@@ -87,10 +87,11 @@ impl<'a> GeneMap<'a> {
                     )));
                 }
                 if let Some(j) = m.iter().position(|&g| g < -1 || g >= n_emb as i64) {
-                    return Err(GeneptError::InvalidArgument(format!(
-                        "gene_index[{j}] = {} is outside [-1, {n_emb})",
-                        m[j]
-                    )));
+                    return Err(GeneptError::GeneIndexOutside {
+                        gene: j,
+                        row: m[j],
+                        n_emb,
+                    });
                 }
                 Ok(())
             }
@@ -1083,10 +1084,7 @@ fn finish_rows(out: &mut [f32], d: usize, r0: usize, normalize: bool) -> Result<
     for (r, row) in out.chunks_exact_mut(d).enumerate() {
         let ss: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         if !ss.is_finite() {
-            return Err(GeneptError::Overflow(format!(
-                "the weighted sum of cell {} exceeds the float32 range; scale X or the embeddings down",
-                r0 + r
-            )));
+            return Err(GeneptError::Overflow { cell: r0 + r });
         }
         if normalize && ss > 0.0 {
             let inv = (1.0 / ss.sqrt()) as f32;
@@ -1116,14 +1114,14 @@ pub fn l2_normalize_rows(data: &mut [f32], d: usize) -> Result<()> {
     data.par_chunks_mut(d * 256)
         .enumerate()
         .try_for_each(|(b, chunk)| {
-            if let Some(r) = chunk
+            let bad = chunk
                 .chunks_exact(d)
-                .position(|row| row.iter().any(|v| !v.is_finite()))
-            {
-                return Err(GeneptError::NonFinite {
-                    what: "the matrix",
-                    kind: crate::error::non_finite_kind(f64::NAN),
-                    location: format!("row {}", b * 256 + r),
+                .enumerate()
+                .find_map(|(r, row)| row.iter().find(|v| !v.is_finite()).map(|&v| (r, v)));
+            if let Some((r, v)) = bad {
+                return Err(GeneptError::NonFiniteRow {
+                    kind: crate::error::non_finite_kind(f64::from(v)),
+                    row: b * 256 + r,
                 });
             }
             finish_rows(chunk, d, b * 256, true)
@@ -1609,7 +1607,7 @@ mod tests {
             WeightedOptions::default(),
             &mut out,
         );
-        assert!(matches!(e, Err(GeneptError::Overflow(_))));
+        assert!(matches!(e, Err(GeneptError::Overflow { cell: 0 })));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use numpy::{
 };
 use pyo3::import_exception;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 // The exception classes live in Python (`genept_fast.errors`, one hierarchy for the whole
 // package, with `ValueError`/`OverflowError`/`RuntimeError` bases); they are imported when
@@ -37,17 +38,43 @@ import_exception!(genept_fast.errors, NumericOverflowError);
 import_exception!(genept_fast.errors, ResourceError);
 import_exception!(genept_fast.errors, InternalError);
 
-fn to_py(e: genept_core::GeneptError) -> PyErr {
+fn to_py(py: Python<'_>, e: genept_core::GeneptError) -> PyErr {
+    to_py_at(py, e, 0)
+}
+
+/// The Python exception of a core error, its cell moved by `row_offset` (the call's first row
+/// in the whole matrix). Input errors carry `cell` and `gene` as attributes; one that names a
+/// cell also keeps its message with `{cell}` in place of the number (`_cell_message`), so that
+/// `kernels.offset_cells` can move it again without parsing the text.
+fn to_py_at(py: Python<'_>, e: genept_core::GeneptError, row_offset: usize) -> PyErr {
     use genept_core::GeneptError as E;
+    let e = e.offset_cells(row_offset);
     let msg = e.to_string();
-    match e {
-        E::Shape(_) => ShapeError::new_err(msg),
-        E::MalformedCsr(_) => MalformedMatrixError::new_err(msg),
-        E::NonFinite { .. } => NonFiniteError::new_err(msg),
-        E::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
-        E::Overflow(_) => NumericOverflowError::new_err(msg),
-        E::ThreadPool(_) => ResourceError::new_err(msg),
-    }
+    let ty = match e {
+        E::Shape(_) => py.get_type::<ShapeError>(),
+        E::MalformedCsr(_) | E::IndptrDecreases { .. } | E::GeneOutside { .. } => {
+            py.get_type::<MalformedMatrixError>()
+        }
+        E::NonFinite { .. } | E::NonFiniteEmbedding { .. } | E::NonFiniteRow { .. } => {
+            py.get_type::<NonFiniteError>()
+        }
+        E::InvalidArgument(_) | E::NegativeCount { .. } | E::GeneIndexOutside { .. } => {
+            py.get_type::<InvalidArgumentError>()
+        }
+        E::Overflow { .. } => py.get_type::<NumericOverflowError>(),
+        E::ThreadPool(_) => return ResourceError::new_err(msg),
+    };
+    let made = (|| -> PyResult<PyErr> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("cell", e.cell())?;
+        kwargs.set_item("gene", e.gene())?;
+        let exc = ty.call((msg,), Some(&kwargs))?;
+        if let Some(template) = e.message_with_cell("{cell}") {
+            exc.setattr("_cell_message", template)?;
+        }
+        Ok(PyErr::from_value(exc))
+    })();
+    made.unwrap_or_else(|err| err)
 }
 
 /// An argument the binding itself rejects (layout, dtype, a missing table).
@@ -61,9 +88,20 @@ fn detached<T: Send>(
     n_threads: Option<usize>,
     f: impl FnOnce() -> genept_core::Result<T> + Send,
 ) -> PyResult<T> {
+    detached_at(py, n_threads, 0, f)
+}
+
+/// [`detached`] for a call on rows `row_offset..` of a larger matrix: errors name the cells
+/// of the whole matrix.
+fn detached_at<T: Send>(
+    py: Python<'_>,
+    n_threads: Option<usize>,
+    row_offset: usize,
+    f: impl FnOnce() -> genept_core::Result<T> + Send,
+) -> PyResult<T> {
     let r = py.detach(|| catch_unwind(AssertUnwindSafe(|| with_pool(n_threads, f))));
     match r {
-        Ok(r) => r.map_err(to_py),
+        Ok(r) => r.map_err(|e| to_py_at(py, e, row_offset)),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
@@ -226,7 +264,7 @@ fn preprocess_arg(preprocess: &str, target_sum: f64) -> PyResult<Preprocess> {
 
 /// GenePT-w: `X @ E`, rows L2-normalised when `normalize`. Returns float32 (n_cells, dim).
 #[pyfunction]
-#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512, dense_genes=None, preprocess="none", target_sum=1e4))]
+#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512, dense_genes=None, preprocess="none", target_sum=1e4, row_offset=0))]
 #[allow(clippy::too_many_arguments)]
 fn weighted_embedding<'py>(
     py: Python<'py>,
@@ -243,6 +281,7 @@ fn weighted_embedding<'py>(
     dense_genes: Option<PyReadonlyArray1<'py, i64>>,
     preprocess: &str,
     target_sum: f64,
+    row_offset: usize,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let pre = preprocess_arg(preprocess, target_sum)?;
     let prepared = embeddings.cast::<PreparedEmbeddings>().ok();
@@ -278,9 +317,10 @@ fn weighted_embedding<'py>(
         ..WeightedOptions::default()
     };
     let run = |buf: &mut [f32]| -> PyResult<()> {
-        with_csr!(indptr, indices, data, |p, i, d| detached(
+        with_csr!(indptr, indices, data, |p, i, d| detached_at(
             py,
             n_threads,
+            row_offset,
             || {
                 let x = match pre {
                     Preprocess::None => CsrView::new(p, i, d, n_cols)?,
@@ -333,7 +373,8 @@ fn weighted_embedding<'py>(
             Ok(out)
         }
         None => {
-            let mut buf = try_zeroed::<f32>(n_cells, dim, "the GenePT-w result").map_err(to_py)?;
+            let mut buf =
+                try_zeroed::<f32>(n_cells, dim, "the GenePT-w result").map_err(|e| to_py(py, e))?;
             run(&mut buf)?;
             into_2d(py, buf, n_cells, dim)
         }
@@ -387,7 +428,8 @@ fn choose_dense_genes<'py>(
 /// Per cell, the indices of the `n` genes with the largest positive values (int32, -1 padded).
 /// `n` is clamped to the number of genes; the result is allocated fallibly.
 #[pyfunction]
-#[pyo3(signature = (indptr, indices, data, n_cols, n, n_threads=None))]
+#[pyo3(signature = (indptr, indices, data, n_cols, n, n_threads=None, row_offset=0))]
+#[allow(clippy::too_many_arguments)]
 fn top_genes<'py>(
     py: Python<'py>,
     indptr: &Bound<'py, PyAny>,
@@ -396,16 +438,19 @@ fn top_genes<'py>(
     n_cols: usize,
     n: usize,
     n_threads: Option<usize>,
+    row_offset: usize,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
     if n == 0 {
         return Err(invalid("invalid argument: n must be at least 1"));
     }
     let n = n.min(n_cols);
     let n_cells = indptr.len()?.saturating_sub(1);
-    let mut buf = try_zeroed::<i32>(n_cells, n, "the top_genes result").map_err(to_py)?;
-    with_csr!(indptr, indices, data, |p, i, d| detached(
+    let mut buf =
+        try_zeroed::<i32>(n_cells, n, "the top_genes result").map_err(|e| to_py(py, e))?;
+    with_csr!(indptr, indices, data, |p, i, d| detached_at(
         py,
         n_threads,
+        row_offset,
         || {
             let x = CsrView::new(p, i, d, n_cols)?;
             if n == 0 {
@@ -419,7 +464,7 @@ fn top_genes<'py>(
 
 /// GenePT-s sentences: `prefix` + the names of each cell's top-`n` genes joined by `sep`.
 #[pyfunction]
-#[pyo3(signature = (indptr, indices, data, n_cols, gene_names, n, prefix, sep, n_threads=None))]
+#[pyo3(signature = (indptr, indices, data, n_cols, gene_names, n, prefix, sep, n_threads=None, row_offset=0))]
 #[allow(clippy::too_many_arguments)]
 fn cell_sentences<'py>(
     py: Python<'py>,
@@ -432,10 +477,12 @@ fn cell_sentences<'py>(
     prefix: &str,
     sep: &str,
     n_threads: Option<usize>,
+    row_offset: usize,
 ) -> PyResult<Vec<String>> {
-    with_csr!(indptr, indices, data, |p, i, d| detached(
+    with_csr!(indptr, indices, data, |p, i, d| detached_at(
         py,
         n_threads,
+        row_offset,
         || {
             let x = CsrView::new(p, i, d, n_cols)?;
             sentences::cell_sentences(&x, &gene_names, n, prefix, sep)
@@ -518,8 +565,8 @@ fn thread_limit() -> usize {
 /// `GENEPT_FAST_NUM_THREADS` and by `thread_limit()`).
 #[pyfunction]
 #[pyo3(signature = (n_threads=None))]
-fn resolved_threads(n_threads: Option<usize>) -> PyResult<usize> {
-    resolve_threads(n_threads).map_err(to_py)
+fn resolved_threads(py: Python<'_>, n_threads: Option<usize>) -> PyResult<usize> {
+    resolve_threads(n_threads).map_err(|e| to_py(py, e))
 }
 
 #[pymodule]
