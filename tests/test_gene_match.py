@@ -58,7 +58,7 @@ def test_cross_form_matching(table_keys, dataset, method):
     assert idx.tolist() == order.tolist()  # each gene finds the row of the same gene
     assert cov.n_matched == cov.n_embedded == len(query)
     assert cov.by_method == {method: len(query)}
-    assert cov.unmatched == [] and cov.ambiguous == {} and cov.duplicates == {}
+    assert cov.unmatched == [] and cov.ambiguous == {} and cov.shared == {}
     m, _ = table.align(query)
     np.testing.assert_array_equal(m, table.matrix[order])
 
@@ -106,7 +106,7 @@ def test_duplicates_a_direct_match_shadows_an_indirect_one():
     # direct (the same gene twice) and keep it; the lower-case name is left out
     assert idx.tolist() == [-1, 0, 1, 1, -1]
     assert cov.shadowed == {"FAM172A": "ARB2A", "cd3e": "CD3E"}
-    assert cov.duplicates == {
+    assert cov.shared == {
         "ARB2A": ["FAM172A", "ARB2A"],
         "CD3E": ["ENSG00000198851", "CD3E", "cd3e"],
     }
@@ -116,7 +116,7 @@ def test_duplicates_a_direct_match_shadows_an_indirect_one():
     both = table.index_for(["FAM172A", "ENSG00000113391.4"])  # previous symbol, Ensembl ID
     assert both[0].tolist() == [-1, 0]  # the Ensembl ID is direct
     idx, cov = table_of(["ATP5IF1"]).index_for(["ATPIF1", "atpif1"])
-    assert idx.tolist() == [0, 0] and cov.duplicates == {"ATP5IF1": ["ATPIF1", "atpif1"]}
+    assert idx.tolist() == [0, 0] and cov.shared == {"ATP5IF1": ["ATPIF1", "atpif1"]}
 
 
 def test_mouse_genes_match_human_tables_by_ortholog_and_mouse_tables_directly():

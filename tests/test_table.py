@@ -159,7 +159,7 @@ def test_align_exact_then_case_then_the_identity_layer():
     assert (cov.n_query, cov.n_matched, cov.n_zero) == (9, 7, 1)
     assert cov.unmatched == ["GAPDH"]
     assert cov.shadowed == {"Tp53": "TP53"}
-    assert cov.duplicates == {"TP53": ["TP53", "Tp53", "TP53", "ENSG00000141510"]}
+    assert cov.shared == {"TP53": ["TP53", "Tp53", "TP53", "ENSG00000141510"]}
     assert cov.n_case_insensitive == 2
     assert cov.by_method == {"exact": 4, "ensembl": 1, "case": 2}
     assert cov.methods == [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
@@ -29,7 +30,15 @@ import numpy as np
 from genept_fast._atomic import atomic_path
 from genept_fast._outputs import check_output
 from genept_fast.errors import InputError
-from genept_fast.genes.match import Coverage, KeyIndex, index_keys, match_genes
+from genept_fast.genes.match import (
+    Coverage,
+    KeyIndex,
+    describe_duplicates,
+    duplicate_names,
+    gene_names,
+    index_keys,
+    match_genes,
+)
 
 if TYPE_CHECKING:
     import os
@@ -43,6 +52,7 @@ __all__ = ["Coverage", "GeneEmbeddings"]
 
 _META_KEY = "genept_fast"
 _PICKLE_SUFFIXES = {".pkl", ".pickle"}
+_SHOWN = 5
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -86,13 +96,35 @@ def _infer_pickle_model(name: str) -> str:
     return "unknown"
 
 
+def _check_names(genes: Sequence[str]) -> None:
+    """Refuse empty names and names that several rows carry (whitespace aside)."""
+    blank = [i for i, g in enumerate(genes) if not g.strip()]
+    if blank:
+        rows = ", ".join(f"{i} ({genes[i]!r})" for i in blank[:_SHOWN])
+        more = ", ..." if len(blank) > _SHOWN else ""
+        msg = f"empty or missing gene names in the table ({len(blank):,}): rows {rows}{more}"
+        raise InputError(msg)
+    dups = duplicate_names(genes)
+    if dups:
+        msg = f"duplicate genes in the table: {describe_duplicates(genes, dups, unit='rows')}"
+        raise InputError(msg)
+
+
+def _unnamed(key: object) -> bool:
+    """A pickle key that names no gene: None, NaN, or an empty or blank string."""
+    if isinstance(key, str):
+        return not key.strip()
+    return key is None or (isinstance(key, float) and key != key)
+
+
 class GeneEmbeddings:
     """A table of gene embeddings.
 
     Parameters
     ----------
     genes
-        Gene symbols, unique.
+        Gene names (symbols or any identifier form), one per row: unique (also without
+        surrounding whitespace), and none empty, blank or missing (None, NaN).
     matrix
         ``(len(genes), D)`` embeddings; converted to float32 (copying only if needed).
     metadata
@@ -103,7 +135,7 @@ class GeneEmbeddings:
     def __init__(
         self, genes: Iterable[str], matrix: np.ndarray, metadata: Mapping[str, Any] | None = None
     ) -> None:
-        genes = [str(g) for g in genes]
+        genes = gene_names(genes)
         m = np.asarray(matrix)
         if m.ndim != 2:
             msg = f"matrix must be 2-D (genes × dimension), got shape {m.shape}"
@@ -119,11 +151,7 @@ class GeneEmbeddings:
             bad = genes[int(np.where(~np.isfinite(m).all(axis=1))[0][0])]
             msg = f"the embedding of {bad!r} contains NaN or infinity"
             raise InputError(msg)
-        seen: set[str] = set()
-        dups = [g for g in genes if g in seen or seen.add(g)]  # type: ignore[func-returns-value]
-        if dups:
-            msg = f"duplicate genes in the table: {', '.join(sorted(set(dups))[:5])}"
-            raise InputError(msg)
+        _check_names(genes)
         self.genes = genes
         self.matrix = m
         meta = dict(metadata or {})
@@ -267,7 +295,11 @@ class GeneEmbeddings:
                 meta = json.loads(raw)
             except json.JSONDecodeError:
                 meta = {}
-        return cls(df["gene"].cast(pl.String).to_list(), matrix, meta)
+        try:
+            return cls(df["gene"].cast(pl.String).to_list(), matrix, meta)
+        except InputError as exc:
+            msg = f"{path}: {exc}"
+            raise InputError(msg) from None
 
     @classmethod
     def _read_pickle(cls, path: Path) -> GeneEmbeddings:
@@ -289,7 +321,12 @@ class GeneEmbeddings:
         """A table from a GenePT pickle (a dict symbol → vector) read from ``stream``.
 
         The pickle is read by the restricted unpickler (dicts, lists, strings, numbers and
-        numpy arrays only; anything else is refused without running code).
+        numpy arrays only; anything else is refused without running code). A vector whose
+        key is no name (empty, blank, None or NaN) names no gene: it is left out with a
+        warning that counts such vectors, and the count is kept in
+        ``metadata["n_unnamed_dropped"]`` (the file is someone else's: the user cannot fix
+        it, and one unnamed vector should not make GenePT's table unusable). Other
+        non-string keys, and names that differ only in surrounding whitespace, are refused.
 
         Parameters
         ----------
@@ -313,7 +350,11 @@ class GeneEmbeddings:
             raise InputError(msg)
         genes: list[str] = []
         rows: list[np.ndarray] = []
+        unnamed = 0
         for k, v in obj.items():
+            if _unnamed(k):
+                unnamed += 1
+                continue
             if not isinstance(k, str):
                 msg = f"{where}: key {k!r} is not a gene symbol string"
                 raise InputError(msg)
@@ -327,11 +368,27 @@ class GeneEmbeddings:
                 raise InputError(msg)
             genes.append(k)
             rows.append(arr)
+        if not genes:
+            msg = f"{where}: none of its {unnamed:,} vectors has a gene name"
+            raise InputError(msg)
         dims = {r.shape[0] for r in rows}
         if len(dims) != 1:
             msg = f"{where}: vectors have different lengths {sorted(dims)[:5]}"
             raise InputError(msg)
-        return cls(genes, np.stack(rows), metadata)
+        meta = dict(metadata)
+        if unnamed:
+            warnings.warn(
+                f"{where}: {unnamed:,} of {len(obj):,} vectors have an empty or missing gene "
+                "name; left out",
+                UserWarning,
+                stacklevel=2,
+            )
+            meta["n_unnamed_dropped"] = unnamed
+        try:
+            return cls(genes, np.stack(rows), meta)
+        except InputError as exc:
+            msg = f"{where}: {exc}"
+            raise InputError(msg) from None
 
     # -- building ------------------------------------------------------------------------------
     @classmethod

@@ -93,9 +93,17 @@ def match_table(
 
     The identifiers are those of :func:`genept_fast.genes.match.dataset_identifiers`:
     ``var[gene_key]`` then ``var_names``, or ``var_names`` then a symbol column of ``var``.
+    The first ones must name each gene once: two columns named ``HES4`` would both get
+    HES4's embedding, so repeated names are refused, named with their columns. Different
+    identifiers of one gene (``CD3E`` and its Ensembl ID, an alias next to the symbol) are
+    not repeated names: the identity layer's rule for shared table genes applies (the direct
+    matches keep the gene, the others are left out as shadowed; the coverage lists both).
 
     Raises
     ------
+    DuplicateGeneNamesError
+        The first identifiers give one name to several genes (an :class:`InputError`;
+        ``exc.names`` maps each name to its columns).
     InputError
         ``gene_key`` is not a column of ``var``; no gene matches (the message says why and
         which ``var`` column would, naming the option ``option`` the user sets it with).
@@ -104,7 +112,7 @@ def match_table(
     # over a plain embedding matrix never needs (39 MB and ~0.3 s off `import genept_fast.stream`).
     from genept_fast.genes.match import dataset_identifiers, explain_no_match, var_columns
 
-    ids = dataset_identifiers(var_names, var, gene_key=gene_key)
+    ids = dataset_identifiers(var_names, var, gene_key=gene_key, what=what, option=option)
     table_index, coverage = table.index_for(ids.primary, alternatives=ids.alternatives)
     if coverage.n_embedded == 0:
         why = explain_no_match(
@@ -118,7 +126,12 @@ def match_table(
 
 
 def resolve_gene_symbols(
-    var_names: Sequence[str], var: pd.DataFrame | None = None, *, gene_key: str | None = None
+    var_names: Sequence[str],
+    var: pd.DataFrame | None = None,
+    *,
+    gene_key: str | None = None,
+    what: str = "the dataset",
+    option: str = "gene_key=",
 ) -> tuple[list[str], str]:
     """Gene symbols for a dataset's genes, and how they were found.
 
@@ -127,13 +140,31 @@ def resolve_gene_symbols(
     or the IDs are resolved offline by the gene identity layer (:func:`genept_fast.genes.map_genes`;
     unmapped genes keep an empty string). Otherwise ``var_names`` are the symbols. These are the
     words of GenePT-s sentences; GenePT-w matches its table by :func:`match_table`.
+
+    As for GenePT-w, the names a dataset gives its genes first (``var[gene_key]``, else
+    ``var_names``) must name each gene once: a repeated name would write one word twice in a
+    sentence for two columns, and is refused. Symbols found for distinct Ensembl IDs (a
+    ``var`` column, or the offline mapping) may repeat: two genes that share a symbol each
+    write it. A missing value (None, NaN) is an empty string: that gene has no symbol.
+
+    Raises
+    ------
+    DuplicateGeneNamesError
+        The first names give one name to several genes (an :class:`InputError`).
+    InputError
+        ``gene_key`` is not a column of ``var``.
     """
-    names = [str(v) for v in var_names]
+    from genept_fast.genes.match import check_unique_names, gene_names
+
+    names = gene_names(var_names)
     if gene_key is not None:
         if var is None or gene_key not in var.columns:
             msg = f"gene_key {gene_key!r} is not a column of var"
             raise InputError(msg)
-        return [str(s) for s in var[gene_key].astype(str)], f"var[{gene_key!r}]"
+        symbols = gene_names(var[gene_key].astype(object).tolist())
+        check_unique_names(symbols, source=f"var[{gene_key!r}]", what=what, option=option)
+        return symbols, f"var[{gene_key!r}]"
+    check_unique_names(names, what=what, option=option)
     from genept_fast.genes import looks_like_ensembl, map_genes
     from genept_fast.genes.match import SYMBOL_COLUMNS
 
@@ -142,7 +173,7 @@ def resolve_gene_symbols(
     if var is not None:
         for col in SYMBOL_COLUMNS:
             if col in var.columns:
-                return [str(s) for s in var[col].astype(str)], f"var[{col!r}]"
+                return gene_names(var[col].astype(object).tolist()), f"var[{col!r}]"
     mapped = map_genes(names)
     symbols = [s if s is not None else "" for s in mapped["symbol"].to_list()]
     return symbols, "Ensembl IDs mapped offline"

@@ -142,7 +142,11 @@ def hgnc() -> HgncTable:
     if missing:
         msg = f"the HGNC table {path} lacks column(s) {', '.join(missing)}"
         raise InputError(msg)
-    df = df.filter(pl.col("symbol").is_not_null() & pl.col("hgnc_id").is_not_null())
+    # a row without a symbol or an ID names no gene (blank counts as missing)
+    df = df.filter(
+        (pl.col("symbol").str.strip_chars().str.len_chars() > 0)
+        & (pl.col("hgnc_id").str.strip_chars().str.len_chars() > 0)
+    )
     cols = {c: df[c].to_list() for c in _COLUMNS}
     table = HgncTable(
         hgnc_id=cols["hgnc_id"],

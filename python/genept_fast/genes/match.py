@@ -6,7 +6,7 @@ side uses: symbols (current, previous, alias, any case), Ensembl IDs with or wit
 Entrez IDs, HGNC IDs, or mouse genes (matched to a human table through their orthologs, to a
 mouse table directly). The :class:`Coverage` it returns says how each gene was matched and
 lists, by the dataset's own names, the genes that found nothing, the ambiguous ones (with
-their candidates) and the duplicates.
+their candidates) and the table genes several dataset genes share.
 
 Order of preference for one dataset gene: its identifier is a table key as written
 (``exact``); else one table key differs from it in case only (``case``; not for mouse genes,
@@ -18,12 +18,27 @@ match); else, for Ensembl IDs neither side can resolve, the same ID up to its ve
 column of symbols next to Ensembl ``var_names``, say), used only when the first one resolved
 to nothing or to the same gene. An ambiguous identifier is never matched.
 
-Duplicates: when several dataset genes match one table gene, those matched directly
-(``exact``, ``symbol``, ``hgnc``, ``ensembl``, ``entrez``) keep it and those matched only through
-a case change, a previous or alias symbol or an ortholog are left out (``shadowed``: the
-dataset has the gene itself, so the other name most likely means another gene). When none of
-them is direct (several mouse paralogs of one human gene, say) all of them keep it. Every such
-group is listed in :attr:`Coverage.duplicates`.
+Two different things are called duplicates, and they are kept apart:
+
+- **Duplicate gene names**: one name carried by several of a dataset's genes (two ``var_names``
+  both ``HES4``). Such names are refused by :func:`dataset_identifiers`, which every encoder
+  goes through (:func:`genept_fast.encode.match_table`), with a
+  :class:`DuplicateGeneNamesError` naming them and their columns: each column would get the
+  same gene's embedding without a word. Names are compared without surrounding whitespace;
+  empty names are no names (they match nothing) and are not counted. The fix is the user's:
+  ``adata.var_names_make_unique()``, or matching by a ``var`` column of unique identifiers
+  (``gene_key=``). Only the identifiers a dataset names its genes by first must be unique:
+  ``var_names``, or ``var[gene_key]``. The second identifier (a symbol column next to Ensembl
+  ``var_names``) may repeat: genes with distinct first names are distinct genes.
+- **Shared table genes**: several dataset genes whose *different* identifiers resolve to one
+  table gene (an alias and a symbol, an Ensembl ID and a symbol, two mouse paralogs, two
+  Ensembl IDs whose symbol column says the same name). Those matched directly (``exact``,
+  ``symbol``, ``hgnc``, ``ensembl``, ``entrez``) keep it, and those matched only through a
+  case change, a previous or alias symbol or an ortholog are left out (``shadowed``: the
+  dataset has the gene itself, so the other name most likely means another gene). When none
+  of them is direct (several mouse paralogs of one human gene, say) all of them keep it.
+  Every such group is listed in :attr:`Coverage.shared`, and the coverage report says how
+  many table genes more than one dataset gene kept.
 """
 
 from __future__ import annotations
@@ -47,10 +62,15 @@ __all__ = [
     "SYMBOL_COLUMNS",
     "Coverage",
     "DatasetIds",
+    "DuplicateGeneNamesError",
     "KeyIndex",
+    "check_unique_names",
     "dataset_identifiers",
+    "describe_duplicates",
     "describe_ids",
+    "duplicate_names",
     "explain_no_match",
+    "gene_names",
     "index_keys",
     "match_genes",
     "var_columns",
@@ -87,7 +107,7 @@ class Coverage:
     n_query
         Genes asked for.
     n_matched
-        Genes matched to a table gene (duplicates left out are not counted).
+        Genes matched to a table gene (shadowed genes, left out, are not counted).
     n_zero
         Of those, genes whose table vector is all zeros (no text): not embedded.
     unmatched
@@ -100,8 +120,9 @@ class Coverage:
     ambiguous
         Dataset name → the genes it could be (an alias of two genes, a mouse gene with several
         equally supported human orthologs); never matched.
-    duplicates
-        Table gene → the dataset genes that matched it, where more than one did.
+    shared
+        Table gene → the dataset genes that matched it, where more than one did (different
+        identifiers of one gene; see the module's note on duplicates), shadowed ones included.
     shadowed
         Dataset name → the table gene it would have matched, left out because another dataset
         gene matched that table gene directly.
@@ -120,7 +141,7 @@ class Coverage:
     n_case_insensitive: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
-    duplicates: dict[str, list[str]] = field(default_factory=dict)
+    shared: dict[str, list[str]] = field(default_factory=dict)
     shadowed: dict[str, str] = field(default_factory=dict)
     one_to_many: list[str] = field(default_factory=list)
     methods: list[str | None] = field(default_factory=list)
@@ -136,6 +157,17 @@ class Coverage:
         """``n_embedded / n_query`` (1.0 for an empty query)."""
         return self.n_embedded / self.n_query if self.n_query else 1.0
 
+    @property
+    def kept_by_several(self) -> dict[str, list[str]]:
+        """Table gene → the dataset genes that all kept it (two or more, none shadowed): each
+        of their columns gets the gene's embedding."""
+        out: dict[str, list[str]] = {}
+        for key, members in self.shared.items():
+            kept = [m for m in members if m not in self.shadowed]
+            if len(kept) > 1:
+                out[key] = kept
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         """Plain-type summary, e.g. for ``adata.uns`` (counts; ambiguous and shadowed genes by
         name)."""
@@ -147,7 +179,8 @@ class Coverage:
             "n_case_insensitive": self.n_case_insensitive,
             "n_unmatched": len(self.unmatched),
             "n_ambiguous": len(self.ambiguous),
-            "n_duplicates": len(self.duplicates),
+            "n_shared": len(self.shared),
+            "n_kept_by_several": len(self.kept_by_several),
             "n_shadowed": len(self.shadowed),
             "n_one_to_many": len(self.one_to_many),
             "by_method": {m: int(n) for m, n in self.by_method.items()},
@@ -174,6 +207,12 @@ class Coverage:
             more = ", ..." if len(items2) > _SHOWN else ""
             s += f"; {len(items2):,} left out as duplicates of directly matched genes"
             s += f" ({head}{more})"
+        several = list(self.kept_by_several.items())
+        if several:
+            head = ", ".join(f"{k} ← {' + '.join(m[:3])}" for k, m in several[:_SHOWN])
+            more = ", ..." if len(several) > _SHOWN else ""
+            genes = "table gene" if len(several) == 1 else "table genes"
+            s += f"; {len(several):,} {genes} kept by several dataset genes ({head}{more})"
         if self.unmatched:
             head = ", ".join(self.unmatched[:_SHOWN])
             more = ", ..." if len(self.unmatched) > _SHOWN else ""
@@ -279,7 +318,8 @@ def match_genes(
     Parameters
     ----------
     names
-        The dataset's gene identifiers (``var_names``).
+        The dataset's gene identifiers (``var_names``). A name given twice is looked up twice;
+        the encoders refuse such names first (:func:`dataset_identifiers`).
     index
         The table's keys (:func:`index_keys`).
     nonzero
@@ -315,17 +355,17 @@ def match_genes(
                 if h.row >= 0 and (hits[i].key is None or hits[i].key == h.key):
                     hits[i] = h
 
-    # duplicates: a direct match shadows indirect ones of the same table gene
+    # shared table genes: a direct match shadows indirect ones of the same table gene
     groups: dict[int, list[int]] = {}
     for i, h in enumerate(hits):
         if h.row >= 0:
             groups.setdefault(h.row, []).append(i)
-    duplicates: dict[str, list[str]] = {}
+    shared: dict[str, list[str]] = {}
     shadowed: dict[str, str] = {}
     for row, members in groups.items():
         if len(members) < 2:
             continue
-        duplicates[index.keys[row]] = [names[i] for i in members]
+        shared[index.keys[row]] = [names[i] for i in members]
         if any(hits[i].method in DIRECT for i in members):
             for i in members:
                 if hits[i].method not in DIRECT:
@@ -366,7 +406,7 @@ def match_genes(
         n_case_insensitive=by_method["case"],
         by_method={m: n for m, n in by_method.items() if n},
         ambiguous=ambiguous,
-        duplicates=duplicates,
+        shared=shared,
         shadowed=shadowed,
         one_to_many=one_to_many,
         methods=methods,
@@ -397,27 +437,166 @@ class DatasetIds:
     description: str
 
 
+class DuplicateGeneNamesError(InputError):
+    """One name carried by several of a dataset's genes (two ``var_names`` both ``HES4``).
+
+    Attributes
+    ----------
+    names
+        Each repeated name (without surrounding whitespace) → the 0-based positions (columns
+        of ``X``) that carry it.
+    source
+        Where the names were read (``"var_names"``, ``"var['gene_symbols']"``).
+    """
+
+    def __init__(
+        self, message: str, names: Mapping[str, Sequence[int]] | None = None, source: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.names = {k: list(v) for k, v in (names or {}).items()}
+        self.source = source
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.names, self.source))
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    import pandas as pd  # only for values that are not strings (a var column: pandas is loaded)
+
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def gene_names(values: Iterable[object]) -> list[str]:
+    """Gene identifiers as strings; a missing value (None, NaN, ``pd.NA``) is ``""``, no name.
+
+    ``str(nan)`` would make the word ``"nan"`` a gene name (a symbol column with gaps).
+    """
+    return [v if isinstance(v, str) else "" if _missing(v) else str(v) for v in values]
+
+
+def duplicate_names(names: Sequence[str]) -> dict[str, list[int]]:
+    """Names carried by more than one position → those positions, in order of first use.
+
+    Names are compared without surrounding whitespace (the matcher reads ``" HES4"`` as
+    ``HES4``); empty names name nothing and are left out.
+    """
+    where: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        key = name.strip()
+        if key:
+            where.setdefault(key, []).append(i)
+    return {k: p for k, p in where.items() if len(p) > 1}
+
+
+def describe_duplicates(
+    names: Sequence[str], dups: Mapping[str, Sequence[int]], *, unit: str = "columns"
+) -> str:
+    """``dups`` (:func:`duplicate_names`) for a message: the first names with their positions
+    (``unit``: ``"columns"``, ``"rows"``), and their spellings where they differ."""
+    parts = []
+    for key, pos in list(dups.items())[:_SHOWN]:
+        where = ", ".join(str(i) for i in pos[:4]) + (", ..." if len(pos) > 4 else "")
+        forms = sorted({names[i] for i in pos})
+        spelled = f": {', '.join(repr(f) for f in forms[:4])}" if len(forms) > 1 else ""
+        parts.append(f"{key!r} ({unit} {where}{spelled})")
+    more = f" and {len(dups) - _SHOWN:,} more" if len(dups) > _SHOWN else ""
+    return "; ".join(parts) + more
+
+
+def check_unique_names(
+    names: Sequence[str],
+    *,
+    source: str = "var_names",
+    what: str = "the dataset",
+    option: str = "gene_key=",
+) -> None:
+    """Refuse names that several genes carry (see the module's note on duplicates).
+
+    Parameters
+    ----------
+    names
+        The identifiers a dataset names its genes by first.
+    source
+        Where they were read: ``"var_names"`` or ``"var['COLUMN']"`` (the fix differs).
+    what
+        The dataset, for the message.
+    option
+        How the user names a ``var`` column (``"gene_key="``, ``"--gene-key "``).
+
+    Raises
+    ------
+    DuplicateGeneNamesError
+        A name (without surrounding whitespace; empty names aside) is carried twice or more.
+    """
+    dups = duplicate_names(names)
+    if not dups:
+        return
+    if source == "var_names":
+        fix = (
+            "Make the names unique (adata.var_names_make_unique()) or match by a var column of "
+            f"unique identifiers ({option}COLUMN)"
+        )
+    else:
+        fix = (
+            f"Name a column of unique identifiers ({option}COLUMN), or leave {option.strip()} "
+            "out to match by var_names"
+        )
+    listing = describe_duplicates(names, dups)
+    msg = (
+        f"{what} gives one name to several genes in {source}: {listing}. Their columns "
+        f"would all be read as one gene (GenePT-w: one embedding; GenePT-s: one word). {fix}"
+    )
+    raise DuplicateGeneNamesError(msg, dups, source)
+
+
 def _column(var: pd.DataFrame, col: str) -> list[str]:
-    return ["" if v is None else str(v) for v in var[col].astype(object).tolist()]
+    return gene_names(var[col].astype(object).tolist())
 
 
 def dataset_identifiers(
-    var_names: Sequence[str], var: pd.DataFrame | None = None, *, gene_key: str | None = None
+    var_names: Sequence[str],
+    var: pd.DataFrame | None = None,
+    *,
+    gene_key: str | None = None,
+    what: str = "the dataset",
+    option: str = "gene_key=",
 ) -> DatasetIds:
     """How to identify a dataset's genes: ``var[gene_key]`` then ``var_names``, or ``var_names``
     then the first symbol column of ``var`` (:data:`SYMBOL_COLUMNS`) when there is one.
+
+    The first identifiers must name each gene once (:func:`check_unique_names`); the second
+    ones may repeat. Missing values (None, NaN) are empty names, which match nothing.
+
+    Parameters
+    ----------
+    var_names, var
+        The dataset's gene names and gene annotations.
+    gene_key
+        A ``var`` column to identify the genes by first.
+    what, option
+        For messages: the dataset, and how the user names a ``var`` column.
 
     Raises
     ------
     InputError
         ``gene_key`` is not a column of ``var``.
+    DuplicateGeneNamesError
+        The first identifiers give one name to several genes.
     """
-    names = [str(v) for v in var_names]
+    names = gene_names(var_names)
     if gene_key is not None:
         if var is None or gene_key not in var.columns:
             msg = f"gene_key {gene_key!r} is not a column of var"
             raise InputError(msg)
-        return DatasetIds(_column(var, gene_key), names, f"var[{gene_key!r}], then var_names")
+        primary = _column(var, gene_key)
+        check_unique_names(primary, source=f"var[{gene_key!r}]", what=what, option=option)
+        return DatasetIds(primary, names, f"var[{gene_key!r}], then var_names")
+    check_unique_names(names, what=what, option=option)
     col = next((c for c in SYMBOL_COLUMNS if var is not None and c in var.columns), None)
     if var is None or col is None:
         return DatasetIds(names, None, "var_names")

@@ -72,7 +72,8 @@ def _read(name: str) -> pl.DataFrame:
 
 
 def _valid_name(name: str | None) -> bool:
-    return bool(name) and name != "-"
+    """Whether a table cell names something: not missing, blank, or BioMart's ``-``."""
+    return name is not None and name.strip() not in ("", "-")
 
 
 @dataclass
@@ -116,12 +117,12 @@ def mouse() -> MouseTable:
     for gid, name in (
         bm.select(bm.columns[0], bm.columns[1]).unique(maintain_order=True).iter_rows()
     ):
-        if gid and (name or gid not in t.id_to_symbol):
-            t.id_to_symbol[gid] = name or None
+        if _valid_name(gid) and (_valid_name(name) or gid not in t.id_to_symbol):
+            t.id_to_symbol[gid] = name if _valid_name(name) else None
     for gid, name in (
         hc.select("Gene stable ID", "Gene name").unique(maintain_order=True).iter_rows()
     ):
-        if not gid:
+        if not _valid_name(gid):  # "-": a gene HCOP knows by name only (see below)
             continue
         t.primary.add(gid)
         if not _valid_name(name):
