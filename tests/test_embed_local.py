@@ -11,7 +11,9 @@ import pytest
 
 from genept_fast import GeneptError
 from genept_fast.embed import TruncationWarning, get_embedder
+from genept_fast.embed.cache import EmbeddingCache
 from genept_fast.embed.local import MODEL_SHA256, TOKENIZER_SHA256, LocalEmbedder
+from genept_fast.errors import InputError
 from genept_fast.table import GeneEmbeddings
 
 FAMILIES = {
@@ -75,6 +77,79 @@ def test_shape_norms_and_zero_for_empty(embedder, vectors, sample):
     out = embedder.embed(["", "TP53 is a tumor suppressor", "   "])
     assert not out[0].any() and not out[2].any()
     assert np.linalg.norm(out[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_texts_the_tokenizer_empties_still_get_unit_vectors(embedder):
+    """Why a zero vector from the packaged model is a bug (refused as an InternalError), never a
+    result: a non-empty text that tokenises to ``[CLS] [SEP]`` alone is still pooled."""
+    texts = ["\u200b", "\x00", "\ufeff", "\u0301", "\x7f", "\u200d\u200c", "[PAD]"]
+    out = embedder.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _msg(*fields: tuple[int, int | str | bytes]) -> bytes:
+    """A protobuf message: varint fields (int) and length-delimited ones (str, bytes)."""
+    out = b""
+    for num, value in fields:
+        if isinstance(value, int):
+            out += _varint(num << 3) + _varint(value)
+        else:
+            data = value.encode() if isinstance(value, str) else value
+            out += _varint(num << 3 | 2) + _varint(len(data)) + data
+    return out
+
+
+def _onnx_model(scale: list[float]) -> bytes:
+    """An ONNX model (written field by field: the ``onnx`` package is not a dependency) whose
+    ``last_hidden_state`` is ``attention_mask[..., None] * scale``: every token's hidden state
+    is ``scale``."""
+    float_, int64 = 1, 7
+
+    def value(name: str, elem: int, dims: list[int | str]) -> bytes:
+        shape = b"".join(_msg((1, _msg((2, d) if isinstance(d, str) else (1, d)))) for d in dims)
+        return _msg((1, name), (2, _msg((1, _msg((1, elem), (2, shape))))))
+
+    def tensor(name: str, arr: np.ndarray, elem: int) -> bytes:
+        return _msg(*[(1, int(d)) for d in arr.shape], (2, elem), (8, name), (9, arr.tobytes()))
+
+    def node(op: str, inputs: list[str], output: str, *attrs: bytes) -> bytes:
+        return _msg(*[(1, i) for i in inputs], (2, output), (4, op), *[(5, a) for a in attrs])
+
+    graph = _msg(
+        (1, node("Cast", ["attention_mask"], "mf", _msg((1, "to"), (3, float_), (20, 2)))),
+        (1, node("Unsqueeze", ["mf", "axes"], "m3")),
+        (1, node("Mul", ["m3", "scale"], "last_hidden_state")),
+        (2, "g"),
+        (5, tensor("axes", np.array([2], dtype="<i8"), int64)),
+        (5, tensor("scale", np.asarray(scale, dtype="<f4"), float_)),
+        (11, value("input_ids", int64, ["N", "L"])),
+        (11, value("attention_mask", int64, ["N", "L"])),
+        (12, value("last_hidden_state", float_, ["N", "L", len(scale)])),
+    )
+    return _msg((1, 8), (8, _msg((2, 13))), (7, graph))  # IR version 8, opset 13
+
+
+def test_a_model_file_giving_zero_or_nan_vectors_is_refused(tmp_path):
+    path = tmp_path / "user-model.onnx"
+    path.write_bytes(_onnx_model([1.0, 2.0, 2.0, 4.0]))
+    good = LocalEmbedder(model_path=path, n_threads=1)
+    np.testing.assert_allclose(good.embed(["TP53", ""])[0], [0.2, 0.4, 0.4, 0.8], rtol=1e-6)
+    for scale, why in (([0.0] * 4, "2 are all zeros"), ([1.0, np.nan], "2 hold NaN")):
+        path.write_bytes(_onnx_model(scale))
+        cache = EmbeddingCache(tmp_path / f"cache-{len(scale)}")
+        emb = LocalEmbedder(model_path=path, n_threads=1, cache=cache)
+        with pytest.raises(InputError, match=f"{why}.*the model file {path}"):
+            emb.embed(["TP53 is a tumor suppressor", "", "CD4"])
+        assert cache.count() == 0 and emb.dimension is None
 
 
 def test_gene_families_are_closer(vectors, sample):

@@ -26,8 +26,9 @@ namespace were bad and why (never a text: the cache holds none). Rows written be
 column existed, or by an earlier genept-fast sharing the folder, have no CRC; they are verified
 as far as possible (a length that matches ``dim``, finite, not all zeros) and served when they
 pass, re-fetched when they do not. The CRC finds accidents (a disk, a copy, a bug elsewhere), not
-a forger, who could recompute it. Reading 20,000 1536-d rows costs about 20% more with the
-check (CRC-32 through zlib; sha256 would cost about 50%).
+a forger, who could recompute it. Reading 20,000 1536-d rows with the check took 1.13 s against
+0.85 s for the unchecked read (best of 9, interleaved, on a loaded 2-core VM); the CRC-32 itself
+(zlib) is 0.05 s of that, where sha256 would be 0.13 s.
 
 **Durability.** The database is in WAL mode; every batch is committed as one transaction as
 soon as it arrives, so a crash or a ``kill -9`` loses at most the batches still in flight, and

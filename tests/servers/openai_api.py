@@ -5,7 +5,9 @@ each input text (a hash seeds the generator, so the same text always gets the sa
 enforces the API's limits (2048 inputs, a per-input and a per-request token limit, no empty
 strings) with OpenAI-shaped error bodies, and can inject faults: 429 with ``Retry-After``,
 500, a delay longer than the client's timeout, a malformed JSON body, a wrong dimension,
-or blocking every request after the first *n* (to kill a client mid-job).
+or blocking every request after the first *n* (to kill a client mid-job); and well-formed
+200 answers with untrustworthy vectors (:data:`VECTOR_FAULTS`): all zeros, NaN, infinity,
+a float past float32's range, no dimension at all, or lengths that differ in one answer.
 
 Every request is logged (:attr:`OpenAIEmbeddingServer.requests`) so tests can count what was
 sent, and the peak number of requests in flight is tracked.
@@ -86,16 +88,24 @@ def _encoding() -> Any:
     return _ENC[0]
 
 
+#: Faults that answer 200 with well-formed JSON whose vectors are wrong (the first ``rows``
+#: vectors of the answer, or all of them): all zeros, a NaN, an infinity, a value past float32's
+#: range (written as ``1e39`` in a float body, as infinity in base64), no dimension, or (for
+#: ``ragged``) one element more than the others.
+VECTOR_FAULTS = ("zero", "nan", "inf", "overflow", "zero_dim", "ragged")
+
+
 @dataclass
 class Fault:
     """One injected fault, used for the next ``times`` requests that reach the server."""
 
-    kind: str  # "429" | "500" | "delay" | "malformed" | "wrong_dim" | "error"
+    kind: str  # "429" | "500" | "delay" | "malformed" | "wrong_dim" | "error" | VECTOR_FAULTS
     times: int = 1
     retry_after: str | None = None
     delay: float = 0.0
     status: int = 400
     message: str = "injected error"
+    rows: int | None = None  # for VECTOR_FAULTS: how many vectors (None: all)
 
 
 @dataclass
@@ -145,6 +155,7 @@ class _State:
     batch_requests: list[RequestRecord] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
     failing_requests: int = 0
+    batch_faults: list[Fault] = field(default_factory=list)
     hold: bool = False
     polls: int = 0
     counter: int = 0
@@ -254,6 +265,15 @@ class OpenAIEmbeddingServer(LoopbackServer):
         with self._state.lock:
             self._state.failing_requests += n
 
+    def corrupt_batch_requests(self, kind: str, n: int, rows: int | None = None) -> None:
+        """Make the next ``n`` requests run inside batches answer 200 with vectors spoilt as
+        the fault ``kind`` of :data:`VECTOR_FAULTS` does (the first ``rows`` vectors, or all)."""
+        if kind not in VECTOR_FAULTS:
+            msg = f"not a vector fault: {kind!r}"
+            raise ValueError(msg)
+        with self._state.lock:
+            self._state.batch_faults.append(Fault(kind=kind, times=n, rows=rows))
+
     def hold_batches(self, hold: bool = True) -> None:
         """Keep every batch ``in_progress`` while held (to kill a client that waits on one)."""
         with self._state.lock:
@@ -310,16 +330,37 @@ def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-def _embeddings_body(rec: RequestRecord, model: str, dim: int) -> dict[str, Any]:
-    """The body of a successful embeddings response for the inputs of ``rec``."""
+def _spoil(v: np.ndarray, kind: str) -> np.ndarray:
+    """``v`` (float64) as a vector fault of :data:`VECTOR_FAULTS` answers it."""
+    if kind == "zero":
+        return np.zeros_like(v)
+    if kind == "zero_dim":
+        return v[:0]
+    if kind == "ragged":
+        return np.append(v, 0.5)
+    out = v.copy()
+    out[len(out) // 2] = {"nan": np.nan, "inf": -np.inf, "overflow": 1e39}[kind]
+    return out
+
+
+def _embeddings_body(
+    rec: RequestRecord, model: str, dim: int, fault: Fault | None = None
+) -> dict[str, Any]:
+    """The body of a successful embeddings response for the inputs of ``rec`` (its vectors
+    spoilt by ``fault`` when that is one of :data:`VECTOR_FAULTS`)."""
     data = []
+    spoil = fault.kind if fault is not None and fault.kind in VECTOR_FAULTS else None
+    n_spoilt = len(rec.inputs) if fault is None or fault.rows is None else fault.rows
     for i, text in enumerate(rec.inputs):
-        v = vector_for(text, model, dim)
+        v = vector_for(text, model, dim).astype(np.float64)
+        if spoil is not None and i < n_spoilt:
+            v = _spoil(v, spoil)
         emb: object
         if rec.encoding_format == "base64":
-            emb = base64.b64encode(v.astype("<f4").tobytes()).decode()
+            with np.errstate(over="ignore"):  # 1e39 is infinity in float32
+                emb = base64.b64encode(v.astype("<f4").tobytes()).decode()
         else:
-            emb = [float(x) for x in v]
+            emb = [float(x) for x in v]  # json writes NaN, Infinity and 1e+39 as they are
         data.append({"object": "embedding", "index": i, "embedding": emb})
     return {
         "object": "list",
@@ -487,7 +528,13 @@ def _run_batch(server: OpenAIEmbeddingServer, batch: dict[str, Any], outcome: st
             else:
                 model = str(rec.model)
                 dim = rec.dimensions or NATIVE_DIMENSIONS.get(model, server.default_dimension)
-                result = _embeddings_body(rec, model, dim)
+                fault = None
+                if state.batch_faults:
+                    fault = state.batch_faults[0]
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        state.batch_faults.pop(0)
+                result = _embeddings_body(rec, model, dim, fault)
                 rec.answered = True
         rec.status = status
         state.batch_requests.append(rec)
@@ -786,7 +833,7 @@ def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]
                 dim += 1
             if server.latency:
                 time.sleep(server.latency)
-            payload = json.dumps(_embeddings_body(rec, model, dim)).encode()
+            payload = json.dumps(_embeddings_body(rec, model, dim, fault)).encode()
             if fault is not None and fault.kind == "malformed":
                 payload = payload[: len(payload) // 2]
             rec.status = 200

@@ -6,7 +6,9 @@ handed back as soon as it is done); :meth:`Embedder.embed` does the rest:
 
 - identical texts are embedded once;
 - empty or whitespace-only texts get a zero vector and are never sent (GenePT's convention
-  for a gene without text);
+  for a gene without text); so a zero vector is never taken for a text: a batch in which the
+  model gives one (or a NaN or an infinity, or vectors of no dimension) is refused, nothing of
+  it stored or cached (:meth:`Embedder._vectors_error` says with which exception);
 - texts already in the :class:`~genept_fast.embed.cache.EmbeddingCache` are read from it,
   and every finished batch is written to it at once, so an interrupted job resumes where it
   stopped and never sends a text twice;
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from genept_fast.embed.cache import EmbeddingCache
+    from genept_fast.errors import GeneptError
 
 __all__ = ["Embedder", "TruncationWarning"]
 
@@ -164,12 +167,42 @@ class Embedder(abc.ABC):
                 hits[t] = v
         return todo, hits
 
+    def _vectors_error(self, message: str) -> GeneptError:
+        """The exception for vectors the model should never give (``message`` says what).
+
+        An :class:`~genept_fast.errors.InputError` here (the model the user chose gave them);
+        an embedder whose vectors come from a server answers a
+        :class:`~genept_fast.errors.MalformedResponseError`.
+        """
+        return InputError(message)
+
     def _check_dimension(self, d: int, where: str) -> None:
         if self.dimension is None:
             self.dimension = d
         elif d != self.dimension:
             msg = f"{self.model_id}: {where} vectors of dimension {d}, expected {self.dimension}"
+            raise InputError(msg) if where != "got" else self._vectors_error(msg)
+
+    def _check_batch(self, batch: np.ndarray, n: int) -> None:
+        """Refuse a batch of ``n`` vectors that is not ``n`` finite, non-zero rows of the
+        embedder's dimension."""
+        if batch.ndim != 2 or batch.shape[0] != n:
+            msg = f"{self.model_id}: got {batch.shape} vectors for {n} texts"
             raise InputError(msg)
+        if batch.shape[1] == 0:
+            msg = f"{self.model_id}: got vectors of dimension 0 for {n} texts"
+            raise self._vectors_error(msg)
+        zero = int(np.count_nonzero(~batch.any(axis=1)))
+        nonfinite = int(np.count_nonzero(~np.isfinite(batch).all(axis=1)))
+        if zero or nonfinite:
+            parts = [f"{zero} are all zeros"] if zero else []
+            parts += [f"{nonfinite} hold NaN or infinity"] if nonfinite else []
+            msg = (
+                f"{self.model_id}: of {n} vectors, {' and '.join(parts)}; a zero vector marks a"
+                " text without embedding, so none of these is stored"
+            )
+            raise self._vectors_error(msg)
+        self._check_dimension(int(batch.shape[1]), "got")
 
     def embed(
         self,
@@ -267,11 +300,9 @@ class Embedder(abc.ABC):
         ) as bar:
 
             def sink(positions: Sequence[int], batch: np.ndarray) -> None:
-                batch = np.asarray(batch, dtype=np.float32)
-                if batch.ndim != 2 or batch.shape[0] != len(positions):
-                    msg = f"{self.model_id}: got {batch.shape} vectors for {len(positions)} texts"
-                    raise InputError(msg)
-                self._check_dimension(int(batch.shape[1]), "got")
+                with np.errstate(over="ignore"):  # a float64 past float32 becomes inf: refused
+                    batch = np.asarray(batch, dtype=np.float32)
+                self._check_batch(batch, len(positions))
                 if cache is not None and keys is not None:
                     cache.put(namespace, [keys[p] for p in positions], batch)
                 for p, row in zip(positions, batch, strict=False):

@@ -14,6 +14,13 @@ that of the uncompressed file). Texts are tokenised with
 are truncated, counted and reported), run through the model in length-sorted batches, and
 mean-pooled over the attention mask, then L2-normalised: 384-dimensional unit vectors.
 
+Every non-empty text gets a unit vector, even one the tokenizer reduces to nothing (a
+zero-width space, a control character: ``[CLS] [SEP]`` is still pooled), so a zero or
+non-finite vector cannot come from the packaged model: it is refused as an
+:class:`~genept_fast.errors.InternalError` (a bug: onnxruntime or this module), and from a
+model file of the user's (``model_path``) as an :class:`~genept_fast.errors.InputError` naming
+the file; never stored or cached.
+
 Threads: onnxruntime uses ``n_threads`` intra-op threads (default: ``$GENEPT_FAST_NUM_THREADS``
 or onnxruntime's default, all cores).
 """
@@ -31,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast.embed.base import Embedder
-from genept_fast.errors import InputError
+from genept_fast.errors import InputError, InternalError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -191,6 +198,11 @@ class LocalEmbedder(Embedder):
         self.__dict__.update(state)
         self._session = self._tokenizer = self._counting_tokenizer = None
         self._lock = threading.Lock()
+
+    def _vectors_error(self, message: str) -> InputError | InternalError:
+        if self._model_sha256 == MODEL_SHA256:
+            return InternalError(f"{message} (the packaged model cannot give these: a bug)")
+        return InputError(f"{message} (the model file {self.model_path})")
 
     @property
     def cache_namespace(self) -> str:

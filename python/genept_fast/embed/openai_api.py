@@ -18,7 +18,11 @@ Requests go through the official ``openai`` client to ``POST {base_url}/embeddin
   client CPU per vector); a server that refuses it (a 400 or 422 whose message names
   ``encoding_format`` or base64) is asked again in ``float``, which this embedder then
   keeps. Both forms are decoded whatever was asked; every returned vector's length is
-  checked against the expected dimension.
+  checked against the expected dimension (vectors of no dimension, or of different lengths
+  in one answer, are a :class:`~genept_fast.errors.MalformedResponseError` at once), and a
+  vector that is all zeros or holds NaN or infinity makes the answer malformed: retried like
+  a body that is not JSON, then a :class:`~genept_fast.errors.MalformedResponseError`; such a
+  vector is never stored (a zero vector is GenePT's "no text").
   Bodies are parsed with ``orjson`` (a 1536-float ``float`` body parses about ten times
   faster than with the standard library's ``json``).
 
@@ -370,6 +374,9 @@ class OpenAIEmbedder(Embedder):
             secrets=[key],
         )
 
+    def _vectors_error(self, message: str) -> MalformedResponseError:
+        return MalformedResponseError(f"{message} (from {self.where})", service=self.where)
+
     # -- requests ------------------------------------------------------------------------------
     def request(self, batch: list[str]) -> np.ndarray:
         """One embeddings request for ``batch`` (retried by the client; malformed 200s retried
@@ -466,18 +473,23 @@ class OpenAIEmbedder(Embedder):
             else:
                 msg = "an item has no 'embedding'"
                 raise _Malformed(msg)
-            rows[idx] = vec.astype(np.float32)
+            with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+                rows[idx] = vec.astype(np.float32)
         lengths = {int(r.shape[0]) for r in rows if r is not None}
         expected = self.dimension
-        if len(lengths) != 1 or (expected is not None and lengths != {expected}):
+        if len(lengths) != 1 or 0 in lengths or (expected is not None and lengths != {expected}):
             got = ", ".join(str(x) for x in sorted(lengths))
-            want = f"{expected}" if expected is not None else "one length for all"
+            want = f"{expected}" if expected is not None else "one positive length for all"
             msg = f"{self.where} returned vectors of dimension {got}, expected {want}" + (
                 f" (dimensions={self.dimensions} requested)" if self.dimensions else ""
             )
             raise MalformedResponseError(msg, service=self.where)
         if not all(np.isfinite(r).all() for r in rows if r is not None):
             msg = "an embedding contains NaN or infinity"
+            raise _Malformed(msg)
+        zero = sum(not r.any() for r in rows if r is not None)
+        if zero:
+            msg = f"{zero} of {n} embeddings are all zeros"
             raise _Malformed(msg)
         return np.stack([r for r in rows if r is not None])
 
@@ -497,7 +509,8 @@ class OpenAIEmbedder(Embedder):
                 return None
             lists.append(emb)
         try:
-            out = np.array(lists, dtype=np.float32)
+            with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+                out = np.array(lists, dtype=np.float32)
         except (TypeError, ValueError, OverflowError):
             return None
         expected = self.dimension
@@ -507,8 +520,8 @@ class OpenAIEmbedder(Embedder):
             or (expected is not None and out.shape[1] != expected)
         ):
             return None
-        if not np.isfinite(out).all():
-            return None
+        if not (np.isfinite(out).all() and out.any(axis=1).all()):
+            return None  # the item-by-item path says what is wrong
         return out
 
     def _embed_uncached(

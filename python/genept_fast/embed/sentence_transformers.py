@@ -3,6 +3,12 @@
 genept-fast does not depend on sentence-transformers (nor on torch); this adapter exists for
 users who already have it and a model, given by name or by local path. Loading by name may
 contact the Hugging Face hub, as that library does; pass a path to stay offline.
+
+A zero vector for a non-empty text can come from such a model legitimately (a static-embedding
+model gives one to a text none of whose tokens it knows), but it would pass for GenePT's "no
+text" and carries nothing, so it is refused like a NaN or an infinity: an
+:class:`~genept_fast.errors.InputError` naming the model (see :meth:`Embedder._check_batch
+<genept_fast.embed.base.Embedder._check_batch>`); nothing of that batch is stored.
 """
 
 from __future__ import annotations
