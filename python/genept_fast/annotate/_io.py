@@ -18,14 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast import kernels
+from genept_fast.cells import AnnDataStore, _attr, _is_group
 from genept_fast.errors import InputError
-from genept_fast.stream.sources import (
-    _attr,
-    _is_group,
-    _path_fingerprint,
-    _store_kind,
-    open_store,
-)
 
 if TYPE_CHECKING:
     import os
@@ -216,8 +210,8 @@ class EmbeddingSource:
         if not self.path.exists():
             msg = f"input not found: {self.path}"
             raise FileNotFoundError(msg)
-        self.kind = _store_kind(self.path)
-        self._root: Any = open_store(self.path, self.kind)
+        self._store = AnnDataStore(self.path)
+        self.kind = self._store.kind
         try:
             self._setup()
         except BaseException:
@@ -225,21 +219,20 @@ class EmbeddingSource:
             raise
 
     def _setup(self) -> None:
-        root = self._root
+        store = self._store
         #: encode's zarr output: arrays at the root, parameters in the root's attributes
-        self.flat = "obsm" not in root and "obs_names" in root
-        if not self.flat and "obs" not in root:
+        self.flat = store.get("obsm") is None and store.get("obs_names") is not None
+        if not self.flat and store.get("obs") is None:
             msg = f"{self.path}: has no obs group; is it an AnnData file?"
             raise InputError(msg)
-        group = root if self.flat else root.get("obsm")
-        have = sorted(k for k in (group.keys() if group is not None else []) if k != "obs_names")
+        have = sorted(k for k in store.root if k != "obs_names") if self.flat else store.obsm_keys()
         self._arrays = []
         for key in self.keys:
-            if group is None or key not in group:
+            if key not in have:
                 where = "arrays" if self.flat else "obsm keys"
                 msg = f"{self.path}: has no embedding {key!r}; {where}: {have or 'none'}"
                 raise InputError(msg)
-            arr = group[key]
+            arr = store.get(key) if self.flat else store.obsm(key)
             if _is_group(arr) or len(arr.shape) != 2:
                 enc = _attr(arr, "encoding-type") if _is_group(arr) else arr.shape
                 msg = f"{self.path}: obsm[{key!r}] is not a dense 2-D array ({enc})"
@@ -255,11 +248,11 @@ class EmbeddingSource:
 
     def _params(self, key: str) -> dict[str, Any]:
         if self.flat:
-            return embedding_params({key: dict(self._root.attrs)}, key)
+            return embedding_params({key: dict(self._store.root.attrs)}, key)
         try:
             from anndata.io import read_elem
 
-            uns = self._root.get("uns")
+            uns = self._store.get("uns")
             if uns is None or key not in uns or "params" not in uns[key]:
                 return {}
             return embedding_params({key: {"params": read_elem(uns[key]["params"])}}, key)
@@ -268,31 +261,29 @@ class EmbeddingSource:
 
     def obs_names(self) -> list[str]:
         if self.flat:
-            names = self._root["obs_names"][:]
-        else:
-            obs = self._root["obs"]
-            arr = obs[_attr(obs, "_index") or "_index"]
-            names = arr.asstr()[:] if hasattr(arr, "asstr") else arr[:]
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in names]
+            names = self._store.root["obs_names"][:]
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in names]
+        return self._store.index("obs")
 
     def obs_frame(self) -> pd.DataFrame:
         """The whole ``obs`` table (only the cell names for encode's zarr store)."""
         import pandas as pd
-        from anndata.io import read_elem
 
         if self.flat:
             return pd.DataFrame(index=pd.Index(self.obs_names(), dtype=str))
-        try:
-            return read_elem(self._root["obs"])
-        except Exception as e:
-            msg = f"{self.path}: cannot read obs (truncated or corrupt?): {e}"
-            raise InputError(msg) from e
+        return self._store.frame("obs")
 
     def obs_column(self, name: str) -> np.ndarray:
-        """One ``obs`` column, read on its own."""
+        """One ``obs`` column, read on its own (the legacy layout reads the whole table)."""
+        obs = None if self.flat else self._store.get("obs")
+        if obs is not None and not _is_group(obs):
+            frame = self._store.frame("obs")
+            if name not in frame.columns:
+                msg = f"{self.path}: obs has no column {name!r}; available: {list(frame.columns)}"
+                raise InputError(msg)
+            return np.asarray(frame[name].to_numpy(), dtype=object)
         from anndata.io import read_elem
 
-        obs = None if self.flat else self._root["obs"]
         if obs is None or name not in obs or name == (_attr(obs, "_index") or "_index"):
             have = (
                 [] if obs is None else [c for c in obs if c != (_attr(obs, "_index") or "_index")]
@@ -307,7 +298,7 @@ class EmbeddingSource:
         return np.asarray(values, dtype=object)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"path": str(self.path.resolve()), **_path_fingerprint(self.path)}
+        return self._store.fingerprint()
 
     def read(self, a: int, b: int) -> list[np.ndarray]:
         try:
@@ -319,9 +310,9 @@ class EmbeddingSource:
             raise InputError(msg) from e
 
     def close(self) -> None:
-        root, self._root = getattr(self, "_root", None), None
-        if root is not None and hasattr(root, "close"):
-            root.close()
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
 
     def __enter__(self) -> EmbeddingSource:
         return self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
@@ -126,28 +126,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _read_for_evaluation(path: Path) -> AnnData:
-    """``obs`` and ``obsm`` of an .h5ad/.zarr AnnData (``X`` is not read)."""
+    """``obs`` and ``obsm`` of an .h5ad/.zarr AnnData, either on-disk layout (``X`` is not read)."""
     import anndata as ad
 
-    kind = require_anndata(path)
-    try:
-        if kind == "h5ad":
-            import h5py
+    from genept_fast.cells import AnnDataStore
 
-            root: Any = h5py.File(path, "r")
-        else:
-            import zarr
-
-            root = zarr.open_group(str(path), mode="r")
-        try:
-            obs = ad.io.read_elem(root["obs"])
-            obsm = ad.io.read_elem(root["obsm"]) if "obsm" in root else {}
-        finally:
-            if kind == "h5ad":
-                root.close()
-    except (OSError, KeyError, ValueError) as exc:
-        msg = f"cannot read obs/obsm of {path} (truncated or corrupt?): {exc}"
-        raise InputError(msg) from exc
+    require_anndata(path)
+    with AnnDataStore(path) as store:
+        obs = store.frame("obs")
+        obsm = store.obsm_dict()
     return ad.AnnData(obs=obs, obsm=obsm)
 
 
