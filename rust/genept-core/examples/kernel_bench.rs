@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use genept_core::csr::TiledEmbeddings;
 use genept_core::simd::Isa;
+use genept_core::tiled::TiledEmbeddings;
 use genept_core::weighted::{self, DenseGenes, GeneMap, Preprocess, Table, WeightedOptions};
 use genept_core::{CsrView, EmbeddingView};
 

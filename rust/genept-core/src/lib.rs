@@ -14,9 +14,11 @@ pub mod error;
 pub mod parallel;
 pub mod sentences;
 pub mod simd;
+pub mod tiled;
 pub mod topn;
 pub mod weighted;
 
 pub use csr::{CsrView, EmbeddingView, Index, Value};
 pub use error::{GeneptError, Result};
+pub use tiled::TiledEmbeddings;
 pub use weighted::{DenseGenes, GeneMap, Preprocess, WeightedOptions};

@@ -34,11 +34,12 @@
 
 use rayon::prelude::*;
 
-use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, TiledEmbeddings, Value};
+use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, Value};
 use crate::error::{GeneptError, Result};
 use crate::simd::{
     dense_gemm, gather_range, pack_entry, scan_counts, CellLists, GemmShape, Isa, Prefetch, TILE,
 };
+use crate::tiled::TiledEmbeddings;
 
 /// Table rows per gene range of the sparse gather: a range's tiles (512 × 384 bytes) stay in
 /// L2 (1 MB per core here) even when another process shares the core. Measured (8,000-10,000

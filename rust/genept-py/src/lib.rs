@@ -10,9 +10,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use genept_core::buffer::try_zeroed;
-use genept_core::csr::TiledEmbeddings;
 use genept_core::parallel::{resolve_threads, thread_limit as core_thread_limit, with_pool};
 use genept_core::simd::Isa;
+use genept_core::tiled::TiledEmbeddings;
 use genept_core::weighted::Table;
 use genept_core::{
     sentences, topn, weighted, CsrView, DenseGenes, EmbeddingView, GeneMap, Preprocess,
