@@ -152,3 +152,29 @@ def test_rate_limiter_spaces_requests(echo):
         c.get_json("x")
     assert time.monotonic() - t0 >= 0.29
     assert RateLimiter(None).interval == 0.0
+
+
+def test_a_malformed_url_is_refused_before_any_request(tmp_path):
+    from genept_fast._http import download
+    from genept_fast.errors import InvalidArgumentError
+
+    for url in ("http://u:PASSWORD@127.0.0.1:99999/x", "http://[::1/x", "example.org/x"):
+        with pytest.raises(InvalidArgumentError, match="is not a valid http") as err:
+            download(url, tmp_path / "x.part")
+        assert "PASSWORD" not in str(err.value)
+        with pytest.raises(InvalidArgumentError):
+            client(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_names_the_url_without_credentials(tmp_path):
+    from genept_fast._http import download
+    from servers.echo import HeaderEchoServer
+
+    with HeaderEchoServer(status=403) as server:
+        url = server.root.replace("http://", "http://user:PASSWORD-dl-1@") + "/f.zip?token=t"
+        with pytest.raises(ServiceError, match="HTTP 403") as err:
+            download(url, tmp_path / "f.part", max_retries=0)
+        assert server.requests[0].headers["authorization"].startswith("Basic ")
+        assert err.value.url == f"{server.root}/f.zip"
+    assert "PASSWORD-dl-1" not in str(err.value) and err.value.status == 403

@@ -22,7 +22,12 @@ message — is the part a library leaves to callbacks, and ``httpx``'s own trans
 failed connects. The ``openai`` client retries its own calls (with ``Retry-After``).
 
 Secrets (API keys) handed to the client in ``secrets`` are sent only in request bodies or
-headers and are masked in every error message, including echoed server bodies.
+headers. Every message passes through the one scrubber, :func:`genept_fast._secrets.scrub`:
+those keys, ``OPENAI_API_KEY``, URL passwords and ``Authorization`` values (a ``Basic``
+credential ``httpx`` built from a URL's user-info included) are masked, also in echoed server
+bodies; URLs named in messages and in :class:`~genept_fast.errors.ServiceError` carry no
+user-info. A malformed base URL is an :class:`~genept_fast.errors.InvalidArgumentError` when
+the client is made (:func:`genept_fast._secrets.check_url`).
 
 :func:`download` fetches one large file the same way, resuming a dropped transfer with an
 HTTP ``Range`` request instead of starting over.
@@ -42,6 +47,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from genept_fast._secrets import check_url, public_url, remember_url, scrub
 from genept_fast.errors import (
     InvalidArgumentError,
     MalformedResponseError,
@@ -188,7 +194,7 @@ def _with_retries(
             time.sleep(min(delay, max_backoff))
     tries = max_retries + 1
     msg = f"{who}: {what} failed after {tries} {'try' if tries == 1 else 'tries'}: {last.problem}"
-    raise ServiceError(msg, service=who, url=public, status=last.status)
+    raise ServiceError(scrub(msg), service=who, url=public, status=last.status)
 
 
 class JsonClient:
@@ -209,11 +215,17 @@ class JsonClient:
     rate_limit
         Requests per second (None: no limit).
     secrets
-        Strings (API keys) to mask in any error message or log line.
+        Strings (API keys) to mask in any error message or log line (with everything
+        :func:`genept_fast._secrets.scrub` masks anyway).
     headers
         Extra headers sent with every request.
     name
         A service name used in error messages (defaults to the host).
+
+    Raises
+    ------
+    InvalidArgumentError
+        When made: ``base_url`` is not an http(s) URL (bad port, bad IPv6 literal, no scheme).
 
     Raises (from every request)
     ---------------------------
@@ -238,7 +250,7 @@ class JsonClient:
         headers: Mapping[str, str] | None = None,
         name: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_url(base_url, option="base_url").rstrip("/")
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
@@ -247,7 +259,7 @@ class JsonClient:
         self._secrets = tuple(s for s in secrets if s)
         self.headers = {"User-Agent": "genept-fast", "Accept": "application/json"}
         self.headers.update(headers or {})
-        self.name = name or urllib.parse.urlsplit(self.base_url).netloc or self.base_url
+        self.name = name or public_url(self.base_url).partition("://")[2].split("/", 1)[0]
         #: Number of HTTP requests sent (tries included), for reports and tests.
         self.n_requests = 0
         self._count_lock = threading.Lock()
@@ -289,13 +301,9 @@ class JsonClient:
         return self._request("POST", self._url(path), body, {"Content-Type": "application/json"})
 
     def mask(self, text: str) -> str:
-        """``text`` with every secret replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-            quoted = urllib.parse.quote(secret, safe="")
-            if quoted != secret:
-                text = text.replace(quoted, "***")
-        return text
+        """``text`` with every secret replaced by ``***`` (this client's keys, and all that
+        :func:`genept_fast._secrets.scrub` masks)."""
+        return scrub(text, self._secrets)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -303,7 +311,7 @@ class JsonClient:
         return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
 
     def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Any:
-        public = self.mask(url.split("?", 1)[0])
+        public = self.mask(public_url(url))
 
         def try_once() -> Any:
             self.limiter.wait()
@@ -425,20 +433,23 @@ def download(
 
     Raises
     ------
+    InvalidArgumentError
+        ``url`` is not an http(s) URL (bad port, bad IPv6 literal, no scheme).
     ServiceUnavailableError
         The host cannot be reached.
     ServiceError
         A refusal (4xx other than 429) or too many failed tries.
     """
+    check_url(url, option="url")
     hx = _httpx()
     path = Path(part)
     path.parent.mkdir(parents=True, exist_ok=True)
-    public = url.split("?", 1)[0]
-    who = name or urllib.parse.urlsplit(url).netloc or url
+    public = public_url(url)
+    who = name or public.partition("://")[2].split("/", 1)[0]
     headers = {"User-Agent": "genept-fast", "Accept-Encoding": "identity"}
 
     def refuse(msg: str, status: int) -> NoReturn:
-        raise ServiceError(msg, service=who, url=public, status=status)
+        raise ServiceError(scrub(msg), service=who, url=public, status=status)
 
     def try_once(client: httpx.Client) -> int:
         have = path.stat().st_size if path.exists() else 0
@@ -477,7 +488,7 @@ def download(
                             progress.update(len(chunk))
         except hx.HTTPError as exc:
             raise _transport_problem(
-                exc, who=who, public=public, timeout=timeout, mask=lambda t: t
+                exc, who=who, public=public, timeout=timeout, mask=scrub
             ) from None
         got = path.stat().st_size
         if size is None or got == size:
@@ -536,17 +547,34 @@ def openai_error(
     The one place where ``openai`` exceptions are translated (the embedders, the Batch API
     runner and the ``llm`` gene text source all come here). ``where`` names the server
     (``"OpenAI"``, ``"LLM at http://host/v1"``), ``action`` what was being done (``"Batch API,
-    creating the batch"``), ``timeout`` and ``retries`` the client's settings, for the message;
-    every string in ``secrets`` is masked.
+    creating the batch"``), ``timeout`` and ``retries`` the client's settings, for the message.
+    The message, ``where`` included, passes through :func:`genept_fast._secrets.scrub` with
+    ``secrets`` and the password of the URL the request went to (the ``Basic`` credential
+    ``httpx`` builds from it, should the server echo it, included).
     """
-    import openai
-
     keys = [s for s in secrets if s]
+    request = getattr(exc, "request", None)  # httpx.Request of status and connection errors
+    if request is not None:
+        remember_url(str(getattr(request, "url", "")))
+    error = _openai_error(exc, where=where, action=action, timeout=timeout, retries=retries)
+    return type(error)(
+        scrub(str(error), keys),
+        service=scrub(where, keys),
+        url=public_url(str(request.url)) if request is not None else None,
+        status=error.status,
+    )
 
-    def scrub(text: str) -> str:
-        for key in keys:
-            text = text.replace(key, "***")
-        return text
+
+def _openai_error(
+    exc: BaseException,
+    *,
+    where: str,
+    action: str | None,
+    timeout: float | None,
+    retries: int | None,
+) -> ServiceError:
+    """:func:`openai_error` before its message is scrubbed."""
+    import openai
 
     head = f"{action}: " if action else ""
     tried = f" ({retries} retries)" if retries is not None else ""
@@ -557,19 +585,19 @@ def openai_error(
             hint = " (check OPENAI_API_KEY)"
         elif (status == 429 or status >= 500) and retries is not None:
             hint = f" after {retries} retries"
-        msg = f"{head}{where} answered {status}{hint}: {scrub(_status_message(exc))}"
+        msg = f"{head}{where} answered {status}{hint}: {_status_message(exc)}"
         return ServiceError(msg, service=where, status=status)
     if isinstance(exc, openai.APITimeoutError):
         within = f"within {timeout:g} s" if timeout is not None else "in time"
         return ServiceError(f"{head}{where} did not answer {within}{tried}", service=where)
     if isinstance(exc, openai.APIConnectionError):
-        reason = scrub(str(exc.__cause__ or exc))
+        reason = str(exc.__cause__ or exc)
         if _unreachable(exc):
             msg = f"{head}cannot reach {where}: {reason}"
             return ServiceUnavailableError(msg, service=where)
         return ServiceError(
             f"{head}the connection to {where} failed{tried}: {reason}", service=where
         )
-    detail = scrub(str(getattr(exc, "message", None) or exc))
+    detail = str(getattr(exc, "message", None) or exc)
     msg = f"{head}{where} sent a malformed response: {type(exc).__name__}: {detail}"
     return MalformedResponseError(msg, service=where)

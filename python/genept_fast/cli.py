@@ -33,6 +33,7 @@ import warnings
 from typing import TYPE_CHECKING, NoReturn
 
 from genept_fast import __version__
+from genept_fast._secrets import remember_url, scrub
 from genept_fast.errors import (
     InputError,
     MissingDependencyError,
@@ -70,7 +71,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors in one line (and the usage left to ``--help``)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {scrub(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,21 +94,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The exception's message and notes (``add_note``) as one line."""
+    """The exception's message and notes (``add_note``) as one line, secrets masked."""
     parts = [str(exc).strip() or type(exc).__name__]
     parts += [str(n).strip() for n in getattr(exc, "__notes__", ())]
-    return "; ".join(" ".join(p.split()) for p in parts if p)
+    return scrub("; ".join(" ".join(p.split()) for p in parts if p))
+
+
+def _remember_argv(argv: Sequence[str]) -> None:
+    """Remember the password of every URL on the command line (``--opt URL``, ``--opt=URL``),
+    so that whatever quotes it later (an echoed ``Authorization`` header built from it, a
+    traceback) is scrubbed."""
+    for arg in argv:
+        value = arg.partition("=")[2] if arg.startswith("-") else arg
+        if "://" in value and "@" in value:
+            remember_url(value)
 
 
 def _crash_log(argv: Sequence[str], exc: BaseException) -> str | None:
-    """Write the traceback of an unexpected error to a log file; return its path."""
+    """Write the traceback of an unexpected error to a log file; return its path.
+
+    Everything written passes through the scrubber: the log is meant to be attached to a
+    public bug report.
+    """
     try:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         fd, path = tempfile.mkstemp(prefix=f"genept-fast-crash-{stamp}-", suffix=".log")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(f"genept-fast {__version__}, python {sys.version.split()[0]}\n")
-            fh.write(f"argv: {list(argv)!r}\n\n")
-            fh.write("".join(traceback.format_exception(exc)))
+            fh.write(scrub(f"argv: {list(argv)!r}\n\n"))
+            fh.write(scrub("".join(traceback.format_exception(exc))))
     except OSError:
         return None
     return path
@@ -125,7 +140,7 @@ def _one_line_warnings(prog: str) -> Callable[..., str]:
         lineno: int,
         line: str | None = None,
     ) -> str:
-        return f"{prog}: warning: {' '.join(str(message).split())}\n"
+        return f"{prog}: warning: {scrub(' '.join(str(message).split()))}\n"
 
     return formatwarning
 
@@ -138,11 +153,21 @@ def _exit_status(exc: Exception) -> int:
         return EXIT_SERVICE  # a network failure that no client translated
     if isinstance(exc, (InputError, MissingDependencyError, OSError)):
         return EXIT_INPUT  # OSError: a missing, unreadable or unwritable file
+    if _invalid_url(exc):
+        return EXIT_INPUT
     return EXIT_FAILED
+
+
+def _invalid_url(exc: Exception) -> bool:
+    """Whether ``exc`` is ``httpx``'s refusal of a URL that no check of ours saw first (every
+    URL option is checked by :func:`genept_fast._secrets.check_url`; this is the net)."""
+    httpx = sys.modules.get("httpx2")
+    return httpx is not None and isinstance(exc, httpx.InvalidURL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _remember_argv(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -157,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
-        notes = "; ".join(str(n) for n in getattr(exc, "__notes__", ()))
+        notes = scrub("; ".join(str(n) for n in getattr(exc, "__notes__", ())))
         print(f"{prog}: interrupted" + (f"; {notes}" if notes else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
@@ -167,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         status = _exit_status(exc)
         if status != EXIT_FAILED or isinstance(exc, ResourceError):
-            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            what = "invalid URL: " if _invalid_url(exc) else ""
+            print(f"{prog}: error: {what}{_one_line(exc)}", file=sys.stderr)
             return status
         log = _crash_log(argv, exc)
         where = f"the traceback is in {log}" if log else "no log file could be written"

@@ -1,6 +1,7 @@
 """Argument types shared by the subcommands: :func:`int_range` bounds an integer option so that
 an absurd value (``--top-n 99999999999999999999``) is a one-line usage error, not an overflow
-deep inside."""
+deep inside; :func:`url` refuses a malformed URL (bad port, bad IPv6 literal, no scheme) the
+same way, naming it with its password masked."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def int_range(lo: int = 1, hi: int = INT_MAX) -> Callable[[str], int]:
 
     parse.__name__ = "integer"
     return parse
+
+
+def url(text: str) -> str:
+    """An argparse ``type``: an http(s) URL a client can call (see
+    :func:`genept_fast._secrets.check_url`); its password is remembered for the scrubber."""
+    from genept_fast._secrets import check_url
+    from genept_fast.errors import InvalidArgumentError
+
+    try:
+        return check_url(text, option="URL")
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("URL: ")) from None
 
 
 def positive_float(text: str) -> float:

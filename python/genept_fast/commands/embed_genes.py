@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, positive_float
+from genept_fast.commands._args import int_range, positive_float, url
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="'local' (offline MiniLM, default), 'openai:MODEL', or 'sentence-transformers:NAME'",
     )
     p.add_argument(
-        "--base-url", help="OpenAI-compatible server root, e.g. http://localhost:8000/v1"
+        "--base-url",
+        type=url,
+        help="OpenAI-compatible server root, e.g. http://localhost:8000/v1",
     )
     p.add_argument(
         "--dimensions", type=int_range(), help="output dimension (text-embedding-3-* only)"

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
+from genept_fast._secrets import check_url
 from genept_fast.embed.cache import EmbeddingCache, default_cache_dir
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
-    import os
-
     from genept_fast.embed.base import Embedder
 
 __all__ = ["get_embedder"]
@@ -40,7 +40,9 @@ def get_embedder(
     spec
         ``"local"``, ``"openai:<model>"`` or ``"sentence-transformers:<name-or-path>"``.
     base_url
-        OpenAI-compatible server root (``http://host:port/v1``); ``openai:`` only.
+        OpenAI-compatible server root (``http://host:port/v1``); ``openai:`` only. A
+        malformed URL (bad port, bad IPv6 literal, no scheme) is refused here, as is one in
+        ``$OPENAI_BASE_URL``; credentials in it never reach a message or the cache.
     api_key
         API key (default ``$OPENAI_API_KEY``); never logged or stored.
     dimensions
@@ -69,6 +71,12 @@ def get_embedder(
     Embedder
         Nothing is loaded from the network when it is built; a remote server is first
         contacted by :meth:`Embedder.embed`.
+
+    Raises
+    ------
+    InputError
+        An unknown spec, options that do not apply to it, a malformed ``base_url``
+        (:class:`~genept_fast.errors.InvalidArgumentError`).
     """
     if not isinstance(spec, str) or not spec.strip():
         msg = "embedder spec must be 'local', 'openai:<model>' or 'sentence-transformers:<model>'"
@@ -92,6 +100,10 @@ def get_embedder(
     if provider == "openai":
         from genept_fast.embed.openai_api import OpenAIEmbedder
 
+        if base_url is not None:
+            check_url(base_url, option="base_url")
+        elif os.environ.get("OPENAI_BASE_URL"):
+            check_url(os.environ["OPENAI_BASE_URL"], option="OPENAI_BASE_URL")
         if not name:
             msg = "name the model: 'openai:text-embedding-3-small' (or -3-large, ada-002)"
             raise InputError(msg)
