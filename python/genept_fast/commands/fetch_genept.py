@@ -6,8 +6,16 @@ vector, and the texts they were embedded from:
 
 - ``ada``: ``GenePT_gene_embedding_ada_text.pickle``, text-embedding-ada-002 (1536 d) of the
   NCBI gene summaries (``NCBI_summary_of_genes.json``);
-- ``model3``: ``GenePT_gene_protein_embedding_model_3_text.pickle``, text-embedding-3-large
-  (3072 d) of the NCBI + UniProt summaries (``NCBI_UniProt_summary_of_genes.json``).
+- ``model3``: ``GenePT_gene_protein_embedding_model_3_text.pickle.`` (sic: the published
+  name ends in a dot), text-embedding-3-large (3072 d) of the NCBI + UniProt summaries
+  (``NCBI_UniProt_summary_of_genes.json``).
+
+Members are found by their published names (:attr:`Variant.pickles`: the name as published
+first, then the same name as a repackaged mirror may spell it). Each member read is checked
+before it is unpickled or parsed: its size and sha256 against :data:`PUBLISHED_MEMBERS` where
+the authors' values are known (a mismatch is refused, naming both), and hashed and recorded
+either way, so the provenance of every table says exactly which bytes it came from
+(``source_file_size``, ``source_file_sha256``, ``source_file_verified``).
 
 The zip is downloaded into the cache (``<cache>/genept/``) through a ``.part`` file that a
 rerun resumes with an HTTP ``Range`` request, checked against its size and md5, and only then
@@ -31,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, positive_float
+from genept_fast._secrets import check_url, public_url
+from genept_fast.commands._args import int_range, positive_float, url
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -42,7 +51,15 @@ if TYPE_CHECKING:
 
     from genept_fast.table import GeneEmbeddings
 
-__all__ = ["RELEASE_MD5", "RELEASE_SIZE", "RELEASE_URL", "VARIANTS", "fetch_genept", "register"]
+__all__ = [
+    "PUBLISHED_MEMBERS",
+    "RELEASE_MD5",
+    "RELEASE_SIZE",
+    "RELEASE_URL",
+    "VARIANTS",
+    "fetch_genept",
+    "register",
+]
 
 ZENODO_RECORD = "10833191"
 RELEASE_FILE = "GenePT_emebdding_v2.zip"  # sic: the authors' spelling
@@ -55,30 +72,54 @@ CITATION = (
 )
 
 
+#: Published (size in bytes, sha256) of the release's members, by file name: data that
+#: :func:`fetch_genept` consults before it unpickles or parses a member. A member not listed
+#: here is hashed and its values recorded, unverified.
+PUBLISHED_MEMBERS: dict[str, tuple[int, str]] = {
+    "GenePT_gene_embedding_ada_text.pickle": (
+        460_797_248,
+        "fd297510ddd3040744033fde0b0f2cf15a40ac8b2fd2fb02f10667295e55c862",
+    ),
+    "NCBI_summary_of_genes.json": (
+        10_982_188,
+        "3db721b7cfbc35795428c6a7ab4e8a9c59fb5f5ccb8c64af50dd3c97c2d4de2e",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One of the release's tables and the texts it was embedded from."""
+    """One of the release's tables and the texts it was embedded from.
 
-    pickle: str
-    texts: str
+    ``pickles`` and ``texts`` are the member names that may hold them, the published name
+    first (the model3 pickle's ends in a dot), then the name a repackaged mirror may use.
+    """
+
+    pickles: tuple[str, ...]
+    texts: tuple[str, ...]
     model_id: str
     text_source: str
 
 
 VARIANTS = {
     "ada": Variant(
-        "GenePT_gene_embedding_ada_text.pickle",
-        "NCBI_summary_of_genes.json",
+        ("GenePT_gene_embedding_ada_text.pickle",),
+        ("NCBI_summary_of_genes.json",),
         "openai:text-embedding-ada-002",
         "genept_ncbi",
     ),
     "model3": Variant(
-        "GenePT_gene_protein_embedding_model_3_text.pickle",
-        "NCBI_UniProt_summary_of_genes.json",
+        (
+            "GenePT_gene_protein_embedding_model_3_text.pickle.",
+            "GenePT_gene_protein_embedding_model_3_text.pickle",
+        ),
+        ("NCBI_UniProt_summary_of_genes.json",),
         "openai:text-embedding-3-large",
         "genept_ncbi_uniprot",
     ),
 }
+#: Bytes read at a time while a member is hashed.
+_BLOCK = 1 << 22
 
 
 def _md5(path: Path) -> str:
@@ -132,29 +173,95 @@ def download_release(
             bar.close()
     if size is not None and got != size:
         part.unlink(missing_ok=True)
-        msg = f"{url}: got {got:,} bytes, expected {size:,}; nothing was installed"
+        msg = f"{public_url(url)}: got {got:,} bytes, expected {size:,}; nothing was installed"
         raise InputError(msg)
     digest = _md5(part)
     if md5 is not None and digest != md5.lower():
         part.unlink(missing_ok=True)
         msg = (
-            f"{url}: checksum mismatch (md5 {digest}, expected {md5}); the download was removed "
-            "and nothing was installed. A mirror (--url) must serve the same release, or give "
-            "its checksum with --md5"
+            f"{public_url(url)}: checksum mismatch (md5 {digest}, expected {md5}); the download "
+            "was removed and nothing was installed. A mirror (--url) must serve the same "
+            "release, or give its checksum with --md5"
         )
         raise InputError(msg)
     part.replace(final)
     return final
 
 
-def _member(zf: zipfile.ZipFile, name: str, where: Path) -> str:
-    found = [m for m in zf.namelist() if Path(m).name == name and not m.startswith("__MACOSX/")]
+def _member(zf: zipfile.ZipFile, names: tuple[str, ...], where: Path) -> str:
+    """The one member whose file name is one of ``names`` (outside ``__MACOSX/``)."""
+    found = [
+        m for m in zf.namelist() if m.rsplit("/", 1)[-1] in names and not m.startswith("__MACOSX/")
+    ]
     if len(found) != 1:
         listing = ", ".join(m for m in zf.namelist() if not m.endswith("/"))[:400]
         how = "no" if not found else "more than one"
-        msg = f"{where} has {how} {name} (it holds: {listing})"
+        msg = f"{where} has {how} {' or '.join(names)} (it holds: {listing})"
         raise InputError(msg)
     return found[0]
+
+
+@dataclass(frozen=True)
+class MemberCheck:
+    """What was read of one member: its size and sha256, and whether they are the
+    published values (None: none are published for its name)."""
+
+    member: str
+    size: int
+    sha256: str
+    verified: bool | None
+
+    def provenance(self, prefix: str = "source_file") -> dict[str, Any]:
+        return {
+            prefix: self.member,
+            f"{prefix}_size": self.size,
+            f"{prefix}_sha256": self.sha256,
+            f"{prefix}_verified": self.verified,
+        }
+
+
+def _mismatch(where: str, what: str, got: object, want: object) -> InputError:
+    msg = (
+        f"{where}: {what} {got}, but the published member has {want}; refusing to read it "
+        "(a corrupt download or a different release: delete the cached zip to fetch it again)"
+    )
+    return InputError(msg)
+
+
+def check_member(zf: zipfile.ZipFile, member: str, where: Path) -> MemberCheck:
+    """Size and sha256 of ``member``, checked against :data:`PUBLISHED_MEMBERS` when its name
+    is listed there; read in blocks, before anything parses it.
+
+    Raises
+    ------
+    InputError
+        The member's size or sha256 differs from the published values (a declared size that
+        differs is refused before a byte is decompressed; bytes past it stop the read).
+    """
+    label = f"{where}:{member}"
+    published = PUBLISHED_MEMBERS.get(member.rsplit("/", 1)[-1])
+    declared = zf.getinfo(member).file_size
+    if published is not None and declared != published[0]:
+        raise _mismatch(label, "its size is", f"{declared:,} bytes", f"{published[0]:,}")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with zf.open(member) as fh:
+            while block := fh.read(_BLOCK):
+                size += len(block)
+                if published is not None and size > published[0]:
+                    raise _mismatch(label, "it holds more than", f"{size:,} bytes", published[0])
+                h.update(block)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:  # a CRC error, a truncated member
+        msg = f"{label} cannot be read: {exc}"
+        raise InputError(msg) from None
+    digest = h.hexdigest()
+    if published is not None:
+        if size != published[0]:
+            raise _mismatch(label, "it holds", f"{size:,} bytes", f"{published[0]:,}")
+        if digest != published[1]:
+            raise _mismatch(label, "its sha256 is", digest, published[1])
+    return MemberCheck(member, size, digest, None if published is None else True)
 
 
 def _texts(zf: zipfile.ZipFile, member: str, variant: Variant, where: Path) -> pl.DataFrame:
@@ -225,11 +332,24 @@ def fetch_genept(
     Returns
     -------
     GeneEmbeddings
-        The table written (metadata: model, text source, source URL, file, md5, record).
+        The table written (metadata: model, text source, source URL without credentials or
+        query, the member read with its size and sha256 and whether they are the published
+        ones, the zip's md5, the record; with ``texts`` also the texts member's).
+
+    Raises
+    ------
+    InputError
+        A bad argument or output, a malformed ``url``, a download that is not the release
+        (size or md5), a zip without the table, a member whose size or sha256 differs from
+        the published values (:data:`PUBLISHED_MEMBERS`), a pickle the restricted unpickler
+        refuses.
+    ServiceError
+        The server refused the download or kept failing; it cannot be reached.
     """
     from genept_fast.genes.text import default_cache_dir, write_texts
     from genept_fast.table import GeneEmbeddings
 
+    check_url(url, option="url")
     if which not in VARIANTS:
         msg = f"which must be one of {sorted(VARIANTS)}, got {which!r}"
         raise InputError(msg)
@@ -262,33 +382,43 @@ def fetch_genept(
         msg = f"{zip_path} is not a zip file: {exc}"
         raise InputError(msg) from None
     with zf:
-        member = _member(zf, variant.pickle, zip_path)
+        member = _member(zf, variant.pickles, zip_path)
+        frame = texts_check = None
+        if texts_out is not None:  # checked before the long unpickling: a bad one fails fast
+            texts_member = _member(zf, variant.texts, zip_path)
+            texts_check = check_member(zf, texts_member, zip_path)
+            frame = _texts(zf, texts_member, variant, zip_path)
+        check = check_member(zf, member, zip_path)
         meta = {
             "model_id": variant.model_id,
             "text_source": variant.text_source,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "source": f"GenePT release v2, Zenodo record {ZENODO_RECORD}",
-            "source_url": url.split("?", 1)[0],
-            "source_file": member,
+            "source_url": public_url(url),
+            **check.provenance(),
             "source_md5": md5 or _md5(zip_path),
             "genept_variant": which,
             "citation": CITATION,
         }
+        if texts_check is not None:
+            meta.update(texts_check.provenance("texts_file"))
         with zf.open(member) as fh:
             table = GeneEmbeddings.from_genept_pickle(
                 fh, where=f"{zip_path}:{member}", metadata=meta
             )
-        frame = None
-        if texts_out is not None:
-            frame = _texts(zf, _member(zf, variant.texts, zip_path), variant, zip_path)
     table.metadata["n_genes"] = len(table)
     table.metadata["missing"] = table.missing
     table.write(out, overwrite=overwrite)
-    if texts_out is not None and frame is not None:
+    if texts_out is not None and frame is not None and texts_check is not None:
+        provenance = texts_check.provenance("genept_fast.source_file")
         write_texts(
             frame,
             texts_out,
-            metadata={"genept_fast.text_source": variant.text_source},
+            metadata={
+                "genept_fast.text_source": variant.text_source,
+                "genept_fast.source_url": public_url(url),
+                **{k: str(v) for k, v in provenance.items()},
+            },
             overwrite=overwrite,
         )
     return table
@@ -309,7 +439,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("-o", "--output", required=True, type=Path, help="output .parquet")
     p.add_argument("--which", choices=sorted(VARIANTS), default="ada", help="table (ada)")
     p.add_argument("--texts", type=Path, help="also write the summaries as a gene text table")
-    p.add_argument("--url", default=RELEASE_URL, help="where the zip is (a mirror)")
+    p.add_argument("--url", type=url, default=RELEASE_URL, help="where the zip is (a mirror)")
     p.add_argument("--md5", default=RELEASE_MD5, help="expected md5 of the zip")
     p.add_argument(
         "--size", type=int_range(0), default=RELEASE_SIZE, help="expected bytes of the zip"
