@@ -178,3 +178,15 @@ def test_download_names_the_url_without_credentials(tmp_path):
         assert server.requests[0].headers["authorization"].startswith("Basic ")
         assert err.value.url == f"{server.root}/f.zip"
     assert "PASSWORD-dl-1" not in str(err.value) and err.value.status == 403
+
+
+def test_retry_log_lines_hold_no_echoed_credential(caplog):
+    from servers.echo import HeaderEchoServer
+
+    with HeaderEchoServer(status=503) as server:
+        c = client(server.root.replace("http://", "http://user:PASSWORD-log-1@"), max_retries=1)
+        with caplog.at_level("INFO", logger="genept_fast.http"), pytest.raises(ServiceError):
+            c.get_json("x")
+        sent = server.requests[0].headers["authorization"]
+    assert "retry 1/1" in caplog.text and "you sent headers" in caplog.text
+    assert sent.split()[1] not in caplog.text and "PASSWORD-log-1" not in caplog.text

@@ -187,7 +187,8 @@ def _with_retries(
         except _Retry as retry:
             last = retry
         if attempt < max_retries:
-            log.info("%s: %s: %s; retry %d/%d", who, what, last.problem, attempt + 1, max_retries)
+            problem = scrub(last.problem)
+            log.info("%s: %s: %s; retry %d/%d", who, what, problem, attempt + 1, max_retries)
             delay = last.wait
             if delay is None:
                 delay = backoff * (2**attempt) * (1.0 + 0.25 * random.random())
