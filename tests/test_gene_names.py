@@ -307,3 +307,36 @@ def test_a_clean_pickle_reads_without_a_warning(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         t = GeneEmbeddings.read(path)
     assert t.genes == ["HES4", "CD3E"] and "n_unnamed_dropped" not in t.metadata
+
+
+# -- gene lists read by the identity layer -------------------------------------------------------
+
+
+def test_hgnc_rows_with_a_blank_symbol_or_id_name_no_gene(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genept_fast.genes import hgnc as hgnc_module
+
+    header = (
+        "hgnc_id\tsymbol\tname\tlocus_group\talias_symbol\tprev_symbol\tensembl_gene_id\tentrez_id"
+    )
+    rows = [
+        "HGNC:28208\tHES4\thes family bHLH 4\tprotein-coding gene\t\t\tENSG00000188290\t57801",
+        "HGNC:1\t  \tblank symbol\tprotein-coding gene\t\t\tENSG00000000001\t1",
+        " \tGHOST\tblank id\tprotein-coding gene\t\t\tENSG00000000002\t2",
+    ]
+    path = tmp_path / "hgnc_complete_set.tsv"
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    monkeypatch.setattr(hgnc_module, "hgnc_path", lambda: path)
+    table = hgnc_module.hgnc.__wrapped__()  # the reader itself, not the cached bundled table
+    assert table.symbol == ["HES4"] and table.hgnc_id == ["HGNC:28208"]
+    assert set(table.by_ensembl) == {"ENSG00000188290"}
+
+
+@pytest.mark.parametrize(
+    ("cell", "names"), [("Hes4", True), ("-", False), ("", False), ("  ", False), (None, False)]
+)
+def test_ortholog_table_cells_that_name_no_gene(cell: str | None, names: bool) -> None:
+    from genept_fast.genes.orthologs import _valid_name
+
+    assert _valid_name(cell) is names
