@@ -181,7 +181,7 @@ class Embedder(abc.ABC):
             self.dimension = d
         elif d != self.dimension:
             msg = f"{self.model_id}: {where} vectors of dimension {d}, expected {self.dimension}"
-            raise InputError(msg) if where != "got" else self._vectors_error(msg)
+            raise InputError(msg)
 
     def _check_batch(self, batch: np.ndarray, n: int) -> None:
         """Refuse a batch of ``n`` vectors that is not ``n`` finite, non-zero rows of the
@@ -202,7 +202,11 @@ class Embedder(abc.ABC):
                 " text without embedding, so none of these is stored"
             )
             raise self._vectors_error(msg)
-        self._check_dimension(int(batch.shape[1]), "got")
+        d = int(batch.shape[1])
+        if self.dimension is not None and d != self.dimension:
+            msg = f"{self.model_id}: got vectors of dimension {d}, expected {self.dimension}"
+            raise self._vectors_error(msg)
+        self.dimension = d
 
     def embed(
         self,
