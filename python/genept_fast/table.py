@@ -96,11 +96,12 @@ def _infer_pickle_model(name: str) -> str:
     return "unknown"
 
 
-def _check_names(genes: Sequence[str]) -> None:
-    """Refuse empty names and names that several rows carry (whitespace aside)."""
+def _check_names(genes: Sequence[str], given: Sequence[object]) -> None:
+    """Refuse empty names and names that several rows carry (whitespace aside); ``given``:
+    the names as passed (None, NaN), for the message."""
     blank = [i for i, g in enumerate(genes) if not g.strip()]
     if blank:
-        rows = ", ".join(f"{i} ({genes[i]!r})" for i in blank[:_SHOWN])
+        rows = ", ".join(f"{i} ({given[i]!r})" for i in blank[:_SHOWN])
         more = ", ..." if len(blank) > _SHOWN else ""
         msg = f"empty or missing gene names in the table ({len(blank):,}): rows {rows}{more}"
         raise InputError(msg)
@@ -135,7 +136,8 @@ class GeneEmbeddings:
     def __init__(
         self, genes: Iterable[str], matrix: np.ndarray, metadata: Mapping[str, Any] | None = None
     ) -> None:
-        genes = gene_names(genes)
+        given = list(genes)
+        genes = gene_names(given)
         m = np.asarray(matrix)
         if m.ndim != 2:
             msg = f"matrix must be 2-D (genes × dimension), got shape {m.shape}"
@@ -151,7 +153,7 @@ class GeneEmbeddings:
             bad = genes[int(np.where(~np.isfinite(m).all(axis=1))[0][0])]
             msg = f"the embedding of {bad!r} contains NaN or infinity"
             raise InputError(msg)
-        _check_names(genes)
+        _check_names(genes, given)
         self.genes = genes
         self.matrix = m
         meta = dict(metadata or {})

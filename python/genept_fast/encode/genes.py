@@ -154,26 +154,19 @@ def resolve_gene_symbols(
     InputError
         ``gene_key`` is not a column of ``var``.
     """
-    from genept_fast.genes.match import check_unique_names, gene_names
-
-    names = gene_names(var_names)
-    if gene_key is not None:
-        if var is None or gene_key not in var.columns:
-            msg = f"gene_key {gene_key!r} is not a column of var"
-            raise InputError(msg)
-        symbols = gene_names(var[gene_key].astype(object).tolist())
-        check_unique_names(symbols, source=f"var[{gene_key!r}]", what=what, option=option)
-        return symbols, f"var[{gene_key!r}]"
-    check_unique_names(names, what=what, option=option)
     from genept_fast.genes import looks_like_ensembl, map_genes
-    from genept_fast.genes.match import SYMBOL_COLUMNS
+    from genept_fast.genes.match import SYMBOL_COLUMNS, dataset_identifiers
 
+    # the same first names as GenePT-w's, refused on the same terms
+    ids = dataset_identifiers(var_names, var, gene_key=gene_key, what=what, option=option)
+    if gene_key is not None:
+        return ids.primary, f"var[{gene_key!r}]"
+    names = ids.primary
     if not names or not looks_like_ensembl(names):
         return names, "var_names"
-    if var is not None:
-        for col in SYMBOL_COLUMNS:
-            if col in var.columns:
-                return gene_names(var[col].astype(object).tolist()), f"var[{col!r}]"
+    if var is not None and ids.alternatives is not None:
+        col = next(c for c in SYMBOL_COLUMNS if c in var.columns)
+        return ids.alternatives, f"var[{col!r}]"
     mapped = map_genes(names)
     symbols = [s if s is not None else "" for s in mapped["symbol"].to_list()]
     return symbols, "Ensembl IDs mapped offline"
