@@ -14,9 +14,8 @@ import pytest
 
 from genept_fast.cli import main
 from genept_fast.errors import MalformedResponseError, ServiceError, ServiceUnavailableError
-from genept_fast.genes import gene_texts, read_texts, write_texts
-from genept_fast.genes.text import TEXT_SCHEMA, clean_summary
 from genept_fast.kernels import GeneptError
+from genept_fast.text import TEXT_SCHEMA, clean_summary, gene_texts, read_texts, write_texts
 from servers.chat import ChatServer
 from servers.mygene import MyGeneServer
 from servers.ncbi import Fault, NcbiServer, load_genes

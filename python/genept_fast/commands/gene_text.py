@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     import polars as pl
 
-    from genept_fast.genes.text import gene_texts, write_texts
+    from genept_fast.text import gene_texts, write_texts
 
     genes = read_gene_list(args.genes)
     if not genes:
