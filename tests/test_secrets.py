@@ -141,6 +141,9 @@ def test_api_keys_from_the_environment_and_the_caller_are_masked(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
     assert scrub("key ncbi-key-42 !", ["ncbi-key-42"]) == "key *** !"
     assert scrub("key ncbi-key-42 !") == "key ncbi-key-42 !"  # given for that text only
+    monkeypatch.setenv("OPENAI_API_KEY", "test")  # a placeholder: masked by place only
+    assert scrub("/tmp/pytest-of-root/test_x0/in.h5ad") == "/tmp/pytest-of-root/test_x0/in.h5ad"
+    assert scrub("Authorization: Bearer test") == "Authorization: ***"
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://{USER}:{PASSWORD}@h/v1")
     assert scrub(f"echo {PASSWORD} and {BASIC}") == "echo *** and ***"
 

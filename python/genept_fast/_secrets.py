@@ -21,10 +21,11 @@ URLs (``http://user:password@host/...``). What can carry them, and what this mod
     password also as the base64 of ``user:password``.
 
 Secrets are remembered for the life of the process (in memory only; never written), so a
-message built far from the call that saw the URL is still scrubbed. A remembered secret
-shorter than :data:`MIN_SECRET_LENGTH` characters is masked only where its place says what it
-is (user-info, an ``Authorization`` value): masking every ``a`` in a message would destroy the
-message and protect nothing that a guess would not find.
+message built far from the call that saw the URL is still scrubbed. A secret shorter than
+:data:`MIN_SECRET_LENGTH` characters (a placeholder key such as ``test``) is masked only where
+its place says what it is (user-info, an ``Authorization`` value, the ``Basic`` credential
+built from it, which is longer): masking every ``test`` in a message would mangle file names
+and protect nothing that a guess would not find.
 
 URLs are parsed with :mod:`urllib.parse` (its port and IPv6 checks) and ``httpx.URL`` (the
 client that will call them); the patterns below only find where a URL or a header value sits
@@ -59,7 +60,7 @@ __all__ = [
 
 MASK = "***"
 #: Remembered secrets shorter than this are masked only by their place (see the module doc).
-MIN_SECRET_LENGTH = 4
+MIN_SECRET_LENGTH = 6
 #: Schemes a URL option may name (every client here speaks HTTP).
 URL_SCHEMES = ("http", "https")
 
