@@ -6,8 +6,8 @@ The pipeline reads top to bottom: gene text → gene embeddings → cell embeddi
 - :mod:`genept_fast.tl`: scanpy-shaped tools (``genept_w``, ``genept_s``) on AnnData.
 - :class:`GeneptError` and its branches :class:`InputError` (a ``ValueError``) and
   :class:`ServiceError` (a ``ConnectionError``): the whole family is in :mod:`genept_fast.errors`.
-- Heavier submodules (``tl``, ``genes``, ``embed``, ``table``, ``stream``, ``annotate``, ``eval``,
-  ``dask``) load on first use, so ``import genept_fast`` stays fast.
+- Heavier submodules (``tl``, ``genes``, ``text``, ``embed``, ``table``, ``stream``,
+  ``annotate``, ``eval``, ``dask``) load on first use, so ``import genept_fast`` stays fast.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = [
 _LAZY = {
     "tl",
     "genes",
+    "text",
     "embed",
     "table",
     "preprocess",
