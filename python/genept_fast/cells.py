@@ -567,7 +567,9 @@ class AnnDataSource(_Rows):
         self.validate = validate
         self._request = (layer, use_raw)
         self._store = AnnDataStore(self.path)
-        self.kind = self._store.kind
+        #: "h5ad", "zarr", or "h5ad-legacy": a legacy file's groups are not copied as they are
+        #: into a current-layout file (stream.sinks copies obs of an "h5ad" source with HDF5)
+        self.kind = self._store.kind + ("-legacy" if self._store.legacy else "")
         try:
             self.matrix = choose_matrix(has_raw=self._store.has_raw, layer=layer, use_raw=use_raw)
             self._setup()
