@@ -27,6 +27,7 @@ import pytest
 import scipy.sparse as sp
 
 from genept_fast import tl
+from genept_fast.cli import main
 from genept_fast.embed import get_embedder
 from genept_fast.encode import match_table, resolve_gene_symbols
 from genept_fast.errors import InputError
@@ -121,7 +122,7 @@ def test_many_duplicates_are_listed_in_short(table: GeneEmbeddings) -> None:
         match_table(table, names, what="big.h5ad", option="--gene-key ")
     msg = str(info.value)
     assert len(info.value.names) == 8 and info.value.names["G7"] == list(range(42, 48))
-    assert msg.startswith("big.h5ad gives one name to several genes in var_names: 'G0'")
+    assert msg.startswith("big.h5ad: one name given to several genes in var_names: 'G0'")
     assert "'G0' (columns 0, 1, 2, 3, ...)" in msg and "and 3 more" in msg
     assert "--gene-key COLUMN" in msg
     assert pickle.loads(pickle.dumps(info.value)).names == info.value.names
@@ -234,6 +235,29 @@ def test_encode_w_refuses_duplicate_var_names_and_takes_the_fix(
     expected = tl.genept_w(adata, table, gene_key="gene_id", preprocess="none", copy=True)
     assert expected is not None
     np.testing.assert_array_equal(got, expected.obsm["X_genept_w"])
+
+
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
+def test_encode_s_refuses_duplicate_var_names_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "dup.h5ad"
+    cells(["HES4", "CD3E", "HES4", "GAPDH"]).write_h5ad(data)
+    out = tmp_path / "s.h5ad"
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.setenv("GENEPT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    with OpenAIEmbeddingServer(api_key="k") as server:
+        rc = main(
+            [
+                *("encode", str(data), "--method", "s", "--embedder"),
+                *("openai:text-embedding-3-small", "--base-url", server.url),
+                *("--dimensions", str(DIM), "-o", str(out)),
+            ]
+        )
+        assert server.requests == []
+    err = capsys.readouterr().err
+    assert rc == 2 and "'HES4' (columns 0, 2)" in err and "--gene-key COLUMN" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 # -- empty and duplicate names in a table --------------------------------------------------------

@@ -548,7 +548,7 @@ def check_unique_names(
         )
     listing = describe_duplicates(names, dups)
     msg = (
-        f"{what} gives one name to several genes in {source}: {listing}. Their columns "
+        f"{what}: one name given to several genes in {source}: {listing}. Their columns "
         f"would all be read as one gene (GenePT-w: one embedding; GenePT-s: one word). {fix}"
     )
     raise DuplicateGeneNamesError(msg, dups, source)
