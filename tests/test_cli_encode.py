@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from genept_fast import tl
 from genept_fast.cli import main
 from genept_fast.embed import get_embedder
+from genept_fast.errors import InputError
 from genept_fast.table import GeneEmbeddings
 from servers.openai_api import OpenAIEmbeddingServer, vector_for
 
@@ -182,15 +183,15 @@ def test_w_counts_layer_and_raw_choice(
     assert expected.uns["X_genept_w"]["params"]["preprocess"] != "none"  # counts detected
     assert np.array_equal(emb, expected.obsm["X_genept_w"])
 
-    # no raw, no layer: X, which is scaled -> a warning, and the tool's (warned) result
+    # no raw, no layer: X, which is scaled -> refused (never embedded silently), as by the tool
     capsys.readouterr()
     out_x = tmp_path / "x.parquet"
-    assert main(["encode", str(path), "--genes", str(genes_parquet), "-o", str(out_x)]) == 0
-    assert "negative values" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="negative"):
-        scaled = tl.genept_w(adata, table, copy=True)
-    assert scaled is not None
-    assert np.array_equal(parquet_embeddings(out_x)[1], scaled.obsm["X_genept_w"])
+    assert main(["encode", str(path), "--genes", str(genes_parquet), "-o", str(out_x)]) == 2
+    err = capsys.readouterr().err
+    assert "X has negative values" in err and "--use-raw or --layer" in err
+    assert not out_x.exists()
+    with pytest.raises(InputError, match="negative"):
+        tl.genept_w(adata, table, copy=True)
 
 
 def test_w_dry_run_writes_nothing(

@@ -100,13 +100,13 @@ def test_anndata_lazy_reader_on_cluster(data: dict, client: distributed.Client) 
         assert y.dtype == np.float32 and y.shape == (N_CELLS, DIM)
         got = y.compute()
     np.testing.assert_array_equal(got, data["ref"])
-    # The table was broadcast: both workers hold it (the scheduler's view can lag a moment
-    # behind the replication under load, so poll it briefly).
+    # The encoder (table rows and options) was broadcast: both workers hold it (the
+    # scheduler's view can lag a moment behind the replication under load, so poll it briefly).
     deadline = time.monotonic() + 10
     while True:
         held = client.has_what()
         on_all = len(held) == 2 and all(
-            any(str(k).startswith("_Table-") for k in keys) for keys in held.values()
+            any(str(k).startswith("WeightedEncoder-") for k in keys) for keys in held.values()
         )
         if on_all or time.monotonic() > deadline:
             break

@@ -61,9 +61,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     h5ad = d / "cells.h5ad"
     adata.write_h5ad(h5ad)
     zarr_path = d / "cells.zarr"
+    # Without raw: X, the matrix every path reads by default then (genept_fast.cells).
+    plain = ad.AnnData(X=counts, obs=obs, var=var, layers={"lognorm": lognorm})
+    plain_h5ad, plain_zarr = d / "plain.h5ad", d / "plain.zarr"
+    plain.write_h5ad(plain_h5ad)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 default will change
         adata.write_zarr(zarr_path)
+        plain.write_zarr(plain_zarr)
     rng = np.random.default_rng(3)
     E = rng.standard_normal((N_GENES, DIM)).astype(np.float32)
     E_raw = rng.standard_normal((N_RAW_GENES, DIM)).astype(np.float32)
@@ -71,6 +76,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "dir": d,
         "h5ad": h5ad,
         "zarr": zarr_path,
+        "plain_h5ad": plain_h5ad,
+        "plain_zarr": plain_zarr,
         "counts": counts,
         "raw_counts": raw_counts,
         "lognorm": lognorm,
@@ -106,7 +113,9 @@ def _load(path: Path, key: str = "X_genept_w") -> tuple[np.ndarray, list[str] | 
 @pytest.mark.parametrize("fmt", [".npy", ".zarr", ".parquet", ".h5ad"])
 def test_every_format_equals_in_memory_kernel(data: dict, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"emb{fmt}"
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+    rep = stream.encode_weighted(
+        data["plain_h5ad"], out, data["E"], chunk_size=CHUNK, progress=False
+    )
     assert rep.n_chunks == 6 and rep.chunks_encoded == 6 and rep.chunks_resumed == 0
     assert rep.cells_encoded == N_CELLS and rep.log1p  # counts detected
     emb, names = _load(out)
@@ -119,7 +128,7 @@ def test_every_format_equals_in_memory_kernel(data: dict, tmp_path: Path, fmt: s
         a = ad.read_h5ad(out)
         assert a.n_vars == 0
         pd.testing.assert_series_equal(a.obs["cell_type"], data["obs"]["cell_type"])
-        assert a.uns["X_genept_w"]["params"]["preprocess_applied"] == "log1p"
+        assert a.uns["X_genept_w"]["params"]["preprocess"] == "log1p"
     if fmt == ".parquet":
         import polars as pl
 
@@ -130,9 +139,14 @@ def test_every_format_equals_in_memory_kernel(data: dict, tmp_path: Path, fmt: s
 @pytest.mark.parametrize("fmt", [".npy", ".parquet"])
 def test_float16_output(data: dict, tmp_path: Path, fmt: str) -> None:
     out32, out16 = tmp_path / f"a{fmt}", tmp_path / f"b{fmt}"
-    stream.encode_weighted(data["h5ad"], out32, data["E"], chunk_size=CHUNK, progress=False)
+    stream.encode_weighted(data["plain_h5ad"], out32, data["E"], chunk_size=CHUNK, progress=False)
     stream.encode_weighted(
-        data["h5ad"], out16, data["E"], chunk_size=CHUNK, progress=False, output_dtype="float16"
+        data["plain_h5ad"],
+        out16,
+        data["E"],
+        chunk_size=CHUNK,
+        progress=False,
+        output_dtype="float16",
     )
     emb, _ = _load(out16)
     assert emb.dtype == np.float16
@@ -149,19 +163,19 @@ def test_fused_log1p_equals_the_two_step_path(data: dict) -> None:
 def test_preprocess_modes(data: dict, tmp_path: Path) -> None:
     E = data["E"]
     r = stream.encode_weighted(
-        data["h5ad"], tmp_path / "n.npy", E, preprocess="none", progress=False
+        data["plain_h5ad"], tmp_path / "n.npy", E, preprocess="none", progress=False
     )
     assert not r.log1p
     np.testing.assert_array_equal(
         np.load(tmp_path / "n.npy"), gf.weighted_embedding(data["counts"], E)
     )
     r = stream.encode_weighted(
-        data["h5ad"], tmp_path / "l.npy", E, preprocess="log1p", progress=False
+        data["plain_h5ad"], tmp_path / "l.npy", E, preprocess="log1p", progress=False
     )
     assert r.log1p
     np.testing.assert_array_equal(np.load(tmp_path / "l.npy"), data["ref"])
     with pytest.raises(GeneptError, match="preprocess must be"):
-        stream.encode_weighted(data["h5ad"], tmp_path / "x.npy", E, preprocess="scale")
+        stream.encode_weighted(data["plain_h5ad"], tmp_path / "x.npy", E, preprocess="scale")
 
 
 def test_layer_and_raw(data: dict, tmp_path: Path) -> None:
@@ -196,14 +210,14 @@ def test_zarr_input_and_gene_index(data: dict, tmp_path: Path) -> None:
     gene_index[:10] = -1
     out = tmp_path / "z.zarr"
     stream.encode_weighted(
-        data["zarr"], out, big, gene_index=gene_index, chunk_size=100, progress=False
+        data["plain_zarr"], out, big, gene_index=gene_index, chunk_size=100, progress=False
     )
     expected = gf.weighted_embedding(data["counts"], big, gene_index=gene_index, preprocess="log1p")
     np.testing.assert_array_equal(_load(out)[0], expected)
     with pytest.raises(GeneptError, match="gene_index has 3 entries"):
-        stream.encode_weighted(data["zarr"], tmp_path / "y.npy", big, gene_index=[0, 1, 2])
+        stream.encode_weighted(data["plain_zarr"], tmp_path / "y.npy", big, gene_index=[0, 1, 2])
     with pytest.raises(GeneptError, match="pass gene_index"):
-        stream.encode_weighted(data["zarr"], tmp_path / "y.npy", big)
+        stream.encode_weighted(data["plain_zarr"], tmp_path / "y.npy", big)
 
 
 def test_dense_x_and_csc(data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,13 +252,13 @@ def test_generic_encoder_and_array_source(data: dict, tmp_path: Path) -> None:
         GeneptError, match=r"encoder returned shape \(300, 3\).*expected \(300, 4\)"
     ):
         stream.encode_file(src, tmp_path / "u.npy", encoder=top3, dim=4, chunk_size=300)
-    with pytest.raises(GeneptError, match="ChunkSource selects its own"):
+    with pytest.raises(GeneptError, match="reads its own matrix"):
         stream.encode_file(src, tmp_path / "u.npy", encoder=top3, dim=3, layer="x")
 
 
 def test_h5ad_output_from_zarr_and_array_sources(data: dict, tmp_path: Path) -> None:
     out = tmp_path / "from_zarr.h5ad"
-    stream.encode_weighted(data["zarr"], out, data["E"], chunk_size=CHUNK, progress=False)
+    stream.encode_weighted(data["plain_zarr"], out, data["E"], chunk_size=CHUNK, progress=False)
     a = ad.read_h5ad(out)
     np.testing.assert_array_equal(a.obsm["X_genept_w"], data["ref"])
     pd.testing.assert_frame_equal(a.obs, data["obs"])
@@ -254,7 +268,7 @@ def test_h5ad_output_from_zarr_and_array_sources(data: dict, tmp_path: Path) -> 
     a = ad.read_h5ad(out)
     assert list(a.obs_names) == list(data["obs"].index)
     np.testing.assert_array_equal(a.obsm["X_w"], data["ref_ln"].astype(np.float16))
-    assert a.uns["X_w"]["params"]["output_dtype"] == "float16"
+    assert a.uns["X_w"]["stream"]["output_dtype"] == "float16"
 
 
 def test_empty_input(tmp_path: Path) -> None:
@@ -271,8 +285,8 @@ class _FailAfter:
         self.inner, self.n, self.calls = inner, n, 0
         self.fingerprint = inner.fingerprint
 
-    def begin(self, sample: sp.csr_array, preprocess: str) -> dict:
-        return self.inner.begin(sample, preprocess)
+    def begin(self, preprocess: str) -> None:
+        self.inner.begin(preprocess)
 
     def __call__(self, chunk: sp.csr_array) -> np.ndarray:
         self.calls += 1
@@ -286,7 +300,7 @@ def _crash(data: dict, out: Path, n: int, **kw: object) -> set[int]:
     before = out.stat().st_mtime_ns if out.exists() else None
     with pytest.raises(RuntimeError, match="boom"):
         stream.encode_file(
-            data["h5ad"], out, encoder=enc, dim=DIM, chunk_size=CHUNK, progress=False, **kw
+            data["plain_h5ad"], out, encoder=enc, dim=DIM, chunk_size=CHUNK, progress=False, **kw
         )
     assert (out.stat().st_mtime_ns if out.exists() else None) == before  # output untouched
     manifest = json.loads((out.with_name(out.name + ".partial") / "manifest.json").read_text())
@@ -298,16 +312,18 @@ def test_resume_after_crash_computes_only_missing(data: dict, tmp_path: Path, fm
     out = tmp_path / f"r{fmt}"
     done = _crash(data, out, 4)
     assert done == {0, 1, 2}
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+    rep = stream.encode_weighted(
+        data["plain_h5ad"], out, data["E"], chunk_size=CHUNK, progress=False
+    )
     assert (rep.chunks_resumed, rep.chunks_encoded) == (3, 3)
     assert rep.cells_encoded == N_CELLS - 3 * CHUNK
     np.testing.assert_array_equal(_load(out)[0], data["ref"])
     # Running again over a finished output is refused; with overwrite=True it recomputes and
     # replaces it in place (issue #9).
     with pytest.raises(GeneptError, match="already exists"):
-        stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
+        stream.encode_weighted(data["plain_h5ad"], out, data["E"], chunk_size=CHUNK, progress=False)
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+        data["plain_h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
     )
     assert rep.chunks_encoded == 6
     np.testing.assert_array_equal(_load(out)[0], data["ref"])
@@ -322,7 +338,7 @@ def test_mismatched_partial_state_is_discarded(
     # replaces the previous output: overwrite=True.)
     _crash(data, out, 3, overwrite=True)
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"], chunk_size=100, progress=False, overwrite=True
+        data["plain_h5ad"], out, data["E"], chunk_size=100, progress=False, overwrite=True
     )
     assert rep.chunks_resumed == 0 and "chunk_size: 128 -> 100" in (rep.discarded or "")
     assert "discarding partial state" in caplog.text
@@ -330,12 +346,12 @@ def test_mismatched_partial_state_is_discarded(
     # Another encoder (table): discarded.
     _crash(data, out, 3, overwrite=True)
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"] * 2, chunk_size=CHUNK, progress=False, overwrite=True
+        data["plain_h5ad"], out, data["E"] * 2, chunk_size=CHUNK, progress=False, overwrite=True
     )
     assert rep.chunks_resumed == 0 and "encoder" in (rep.discarded or "")
     # The input changed (mtime): discarded.
     inp = tmp_path / "in.h5ad"
-    shutil.copy(data["h5ad"], inp)
+    shutil.copy(data["plain_h5ad"], inp)
     _crash({**data, "h5ad": inp}, out, 3, overwrite=True)
     os.utime(inp, ns=(time.time_ns(), time.time_ns() + 10**9))
     rep = stream.encode_weighted(
@@ -346,20 +362,26 @@ def test_mismatched_partial_state_is_discarded(
     _crash(data, out, 3, overwrite=True)
     (out.with_name("m.npy.partial") / "manifest.json").write_text("{not json")
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+        data["plain_h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
     )
     assert rep.chunks_resumed == 0 and "unreadable" in (rep.discarded or "")
     _crash(data, out, 3, overwrite=True)
     (out.with_name("m.npy.partial") / "data.npy").unlink()
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
+        data["plain_h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, overwrite=True
     )
     assert rep.chunks_resumed == 0 and "missing" in (rep.discarded or "")
     np.testing.assert_array_equal(np.load(out), data["ref"])
     # resume=False starts over even when the state matches.
     _crash(data, out, 3, overwrite=True)
     rep = stream.encode_weighted(
-        data["h5ad"], out, data["E"], chunk_size=CHUNK, progress=False, resume=False, overwrite=True
+        data["plain_h5ad"],
+        out,
+        data["E"],
+        chunk_size=CHUNK,
+        progress=False,
+        resume=False,
+        overwrite=True,
     )
     assert rep.chunks_resumed == 0
 
@@ -369,7 +391,7 @@ def test_second_job_on_same_output_is_refused(data: dict, tmp_path: Path) -> Non
     holder = PartialState(out.with_name("busy.npy.partial"), {"n_chunks": 1})
     try:
         with pytest.raises(GeneptError, match="in use by another running job"):
-            stream.encode_weighted(data["h5ad"], out, data["E"], progress=False)
+            stream.encode_weighted(data["plain_h5ad"], out, data["E"], progress=False)
     finally:
         holder.release()
 
@@ -383,8 +405,8 @@ KILL_SCRIPT = textwrap.dedent(
     class Slow:
         def __init__(self, inner):
             self.inner, self.fingerprint = inner, inner.fingerprint
-        def begin(self, sample, preprocess):
-            return self.inner.begin(sample, preprocess)
+        def begin(self, preprocess):
+            self.inner.begin(preprocess)
         def __call__(self, chunk):
             time.sleep(0.15)
             return self.inner(chunk)
@@ -407,7 +429,7 @@ def test_kill_9_then_resume_equals_uninterrupted(data: dict, tmp_path: Path) -> 
     manifest = tmp_path / "killed.parquet.partial" / "manifest.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(data["h5ad"]), str(out), str(table)], env=env
+        [sys.executable, str(script), str(data["plain_h5ad"]), str(out), str(table)], env=env
     )
     try:
         deadline = time.monotonic() + 60
@@ -427,11 +449,11 @@ def test_kill_9_then_resume_equals_uninterrupted(data: dict, tmp_path: Path) -> 
     done = set(json.loads(manifest.read_text())["done"])
     n_chunks = -(-N_CELLS // 40)
     assert 4 <= len(done) < n_chunks
-    rep = stream.encode_weighted(data["h5ad"], out, data["E"], chunk_size=40, progress=False)
+    rep = stream.encode_weighted(data["plain_h5ad"], out, data["E"], chunk_size=40, progress=False)
     assert rep.chunks_resumed == len(done)
     assert rep.chunks_encoded == n_chunks - len(done)
     fresh = tmp_path / "fresh.parquet"
-    stream.encode_weighted(data["h5ad"], fresh, data["E"], chunk_size=40, progress=False)
+    stream.encode_weighted(data["plain_h5ad"], fresh, data["E"], chunk_size=40, progress=False)
     resumed, names = _load(out)
     np.testing.assert_array_equal(resumed, _load(fresh)[0])
     np.testing.assert_array_equal(resumed, data["ref"])
@@ -449,7 +471,7 @@ def _chunk_offset(path: Path, dataset: str) -> tuple[int, int]:
 
 def test_truncated_and_corrupt_inputs(data: dict, tmp_path: Path) -> None:
     E = data["E"]
-    src = data["h5ad"]
+    src = data["plain_h5ad"]
     blob = src.read_bytes()
 
     trunc = tmp_path / "trunc.h5ad"

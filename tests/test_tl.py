@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from genept_fast import tl, weighted_embedding
 from genept_fast.embed import CostEstimate, get_embedder
+from genept_fast.errors import InputError
 from genept_fast.genes import map_genes
 from genept_fast.kernels import DEFAULT_PREFIX, GeneptError
 from genept_fast.table import GeneEmbeddings
@@ -144,7 +145,7 @@ def test_w_pbmc_end_to_end_with_ncbi_text(
     assert params["model"] == f"openai:{MODEL}"
     assert params["text_source"] == "ncbi"
     assert params["dimension"] == DIM
-    assert params["matrix"] == "adata.raw.X"
+    assert params["matrix"] == "raw/X"
     assert params["use_raw"] is True
     assert params["preprocess"] == "none"
     assert coverage["n_embedded"] == n_with_text
@@ -250,7 +251,7 @@ def test_w_raw_counts_are_log_normalised_like_scanpy(
     before = csr_bytes(adata.X)
     tl.genept_w(adata, symbol_table)
     assert csr_bytes(adata.X) == before  # the user's matrix is untouched
-    assert adata.uns["X_genept_w"]["params"]["preprocess"] == "normalize_total(1e4) + log1p"
+    assert adata.uns["X_genept_w"]["params"]["preprocess"] == "log1p"
 
     ref = ad.AnnData(X=counts.astype(np.float32), obs=pbmc.obs[[]], var=pbmc.raw.var)
     sc.pp.normalize_total(ref, target_sum=1e4)
@@ -274,9 +275,9 @@ def test_w_layers_and_raw(pbmc: ad.AnnData, symbol_table: GeneEmbeddings) -> Non
     by_raw = tl.genept_w(pbmc, symbol_table, use_raw=True, copy=True)
     by_default = tl.genept_w(pbmc, symbol_table, copy=True)
     for out, matrix in [
-        (by_layer, "adata.layers['lognorm']"),
-        (by_raw, "adata.raw.X"),
-        (by_default, "adata.raw.X"),
+        (by_layer, "layers/lognorm"),
+        (by_raw, "raw/X"),
+        (by_default, "raw/X"),
     ]:
         assert out is not None
         assert np.array_equal(out.obsm["X_genept_w"], expected)
@@ -286,13 +287,13 @@ def test_w_layers_and_raw(pbmc: ad.AnnData, symbol_table: GeneEmbeddings) -> Non
 
     with pytest.raises(GeneptError, match="either layer= or use_raw"):
         tl.genept_w(pbmc, symbol_table, layer="lognorm", use_raw=True)
-    with pytest.raises(GeneptError, match="layer 'nope' not found"):
+    with pytest.raises(GeneptError, match="layer 'nope'"):
         tl.genept_w(pbmc, symbol_table, layer="nope")
     no_raw = ad.AnnData(X=lognorm.copy(), obs=pbmc.obs[[]], var=pbmc.var[[]])
     with pytest.raises(GeneptError, match=r"adata\.raw is None"):
         tl.genept_w(no_raw, symbol_table, use_raw=True)
     tl.genept_w(no_raw, symbol_table)  # no raw: X
-    assert no_raw.uns["X_genept_w"]["params"]["matrix"] == "adata.X"
+    assert no_raw.uns["X_genept_w"]["params"]["matrix"] == "X"
     assert np.array_equal(no_raw.obsm["X_genept_w"], expected)
 
 
@@ -308,18 +309,27 @@ def test_w_raw_with_more_genes_than_x(pbmc: ad.AnnData, symbol_table: GeneEmbedd
     assert np.array_equal(col, np.array([g in in_table for g in hvg.var_names]))
 
 
-def test_w_warns_on_scaled_values(pbmc: ad.AnnData, symbol_table: GeneEmbeddings) -> None:
-    with pytest.warns(UserWarning, match="negative values"):
-        tl.genept_w(pbmc, symbol_table, use_raw=False)
-    # the scaled matrix is used as given (the user asked for it)
-    assert np.array_equal(
-        pbmc.obsm["X_genept_w"], kernel_reference(pbmc.X, symbol_table, pbmc.var_names)
-    )
-    with pytest.raises(GeneptError, match="negative values"):
-        tl.genept_w(pbmc, symbol_table, use_raw=False, preprocess="log1p")
+def test_w_refuses_scaled_values(pbmc: ad.AnnData, symbol_table: GeneEmbeddings) -> None:
+    # Scaled data is never embedded silently (issue 19): refused, naming the matrix and the fix.
+    for preprocess in ("auto", "none", "log1p"):
+        with pytest.raises(InputError, match=r"X has negative values.*use_raw=True or layer="):
+            tl.genept_w(pbmc, symbol_table, use_raw=False, preprocess=preprocess)
+        assert "X_genept_w" not in pbmc.obsm
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tl.genept_w(pbmc, symbol_table)  # the log-normalised .raw: no warning
+
+
+@pytest.mark.parametrize("key", ["", "  ", "a/b"])
+def test_blank_or_path_key_added_is_refused(
+    pbmc: ad.AnnData, symbol_table: GeneEmbeddings, key: str
+) -> None:
+    # the API refuses what the command line refuses (one check: stream.check_key)
+    with pytest.raises(InputError, match="key"):
+        tl.genept_w(pbmc, symbol_table, key_added=key)
+    with pytest.raises(InputError, match="key"):
+        tl.genept_s(pbmc, "local", key_added=key, dry_run=True)
+    assert key not in pbmc.obsm and key not in pbmc.uns
 
 
 def test_w_missing_genes(pbmc: ad.AnnData, symbol_table: GeneEmbeddings) -> None:
@@ -450,12 +460,18 @@ def test_w_backed_equals_in_memory(
         assert tl.genept_w(backed, symbol_table, chunk_size=128) is None
         assert np.array_equal(backed.obsm["X_genept_w"], in_memory.obsm["X_genept_w"])
         assert backed.uns["X_genept_w"] == in_memory.uns["X_genept_w"]
-        # the dense scaled X, read from disk in chunks
-        with pytest.warns(UserWarning, match="negative values"):
+        # the dense scaled X, read from disk: refused as in memory
+        with pytest.raises(InputError, match="negative values"):
             tl.genept_w(backed, symbol_table, use_raw=False, chunk_size=300, key_added="x")
+        # the dense log-normalised X, read from disk in chunks
+        dense = tmp_path / "dense.h5ad"
+        ad.AnnData(X=pbmc.raw.X.toarray(), obs=pbmc.obs[[]], var=pbmc.raw.var[[]]).write_h5ad(dense)
+        dense_backed = ad.read_h5ad(dense, backed="r")
+        tl.genept_w(dense_backed, symbol_table, chunk_size=300, key_added="x")
+        dense_backed.file.close()
     finally:
         backed.file.close()
-    assert np.array_equal(backed.obsm["x"], kernel_reference(pbmc.X, symbol_table, pbmc.var_names))
+    assert np.array_equal(dense_backed.obsm["x"], in_memory.obsm["X_genept_w"])
 
 
 def test_w_table_from_a_path(
@@ -503,7 +519,7 @@ def test_s_sentences_come_from_the_ranking(pbmc: ad.AnnData, server: Server) -> 
     assert p["model"] == f"openai:{MODEL}"
     assert p["dimension"] == DIM
     assert p["top_n"] == 10
-    assert p["matrix"] == "adata.raw.X"
+    assert p["matrix"] == "raw/X"
     assert p["cells_cut_at_token_limit"] == 0
     assert p["distinct_sentences"] == len(set(sentences))
 
@@ -660,7 +676,7 @@ def test_s_copy_semantics(pbmc: ad.AnnData, server: Server) -> None:
     assert np.array_equal(sub.obsm["s8"], out.obsm["s8"])
 
 
-def test_s_backed_equals_in_memory_and_warns_on_scaled(
+def test_s_backed_equals_in_memory_and_refuses_scaled(
     pbmc: ad.AnnData, server: Server, tmp_path: Path
 ) -> None:
     sub = pbmc[:80].copy()
@@ -677,7 +693,7 @@ def test_s_backed_equals_in_memory_and_warns_on_scaled(
         )
         with pytest.raises(GeneptError, match="backed"):
             tl.genept_s(backed, emb, copy=True)
-        with pytest.warns(UserWarning, match="negative values"):
+        with pytest.raises(InputError, match="negative values"):
             tl.genept_s(backed, emb, top_n=3, use_raw=False, key_added="scaled")
     finally:
         backed.file.close()

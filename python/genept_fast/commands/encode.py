@@ -99,20 +99,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from genept_fast.stream import check_key, check_output_paths
+    """What only the command line can get wrong: files, and flags of the other method."""
+    from genept_fast.stream import check_output_args
 
     if not Path(args.input).exists():
         msg = f"input not found: {args.input}"
         raise FileNotFoundError(msg)
-    if args.chunk_size < 1:
-        msg = f"--chunk-size must be at least 1, got {args.chunk_size}"
-        raise InputError(msg)
-    if args.top_n is not None and args.top_n < 1:
-        msg = f"--top-n must be at least 1, got {args.top_n}"
-        raise InputError(msg)
-    if args.max_input_tokens is not None and args.max_input_tokens < 1:
-        msg = f"--max-input-tokens must be at least 1, got {args.max_input_tokens}"
-        raise InputError(msg)
     if args.layer is not None and args.use_raw:
         msg = "give either --layer or --use-raw, not both"
         raise InputError(msg)
@@ -142,8 +134,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if unused:
         msg = f"{', '.join(unused)} do(es) not apply to --method {args.method}"
         raise InputError(msg)
-    if args.key is not None:
-        check_key(args.key)
     require_anndata(args.input)
     if args.method == "w":
         require_table(
@@ -153,85 +143,77 @@ def _check_args(args: argparse.Namespace) -> None:
             expect="a gene-embedding table (parquet from embed-genes, or GenePT's pickle)",
         )
     if not args.dry_run:
-        check_output_paths(args.output, overwrite=args.overwrite, inputs=[args.input, args.genes])
+        check_output_args(
+            args.input,
+            args.output,
+            key=_key(args),
+            output_dtype=args.dtype,
+            overwrite=args.overwrite,
+            inputs=[args.genes],
+        )
+
+
+def _key(args: argparse.Namespace) -> str:
+    return args.key or ("X_genept_w" if args.method == "w" else "X_genept_s")
 
 
 def run(args: argparse.Namespace) -> int:
     from genept_fast import stream
-    from genept_fast.kernels import DEFAULT_PREFIX
 
     _check_args(args)
-    if args.use_raw is None:
-        args.use_raw = args.layer is None and stream.has_raw(args.input)
-    matrix = "raw/X" if args.use_raw else (f"layers/{args.layer}" if args.layer else "X")
-    progress = not args.no_progress and sys.stderr.isatty()
     common: dict[str, Any] = {
         "layer": args.layer,
         "use_raw": args.use_raw,
         "chunk_size": args.chunk_size,
+        "gene_key": args.gene_key,
+        "gene_key_flag": "--gene-key ",
+    }
+    written: dict[str, Any] = {
         "output_dtype": args.dtype,
-        "progress": progress,
+        "key": _key(args),
+        "progress": not args.no_progress and sys.stderr.isatty(),
         "resume": not args.no_resume,
         "overwrite": args.overwrite,
     }
-    _warn_negative(args, matrix)
     if args.method == "w":
-        from genept_fast.encode import match_table, weighted_record
-        from genept_fast.table import GeneEmbeddings
-
-        table = GeneEmbeddings.read(args.genes)
-        var = stream.read_var(args.input, use_raw=args.use_raw)
-        match = match_table(
-            table,
-            list(map(str, var.index)),
-            var,
-            gene_key=args.gene_key,
-            what=str(args.input),
-            option="--gene-key ",
-            table_name=str(args.genes),
-        )
-        print(f"{matrix}, genes by {match.gene_symbols}: {match.coverage}", file=sys.stderr)
         if args.dry_run:
+            from genept_fast.encode import start_weighted
+
+            with start_weighted(
+                args.input, args.genes, preprocess=args.preprocess, **common
+            ) as job:
+                print(job.summary, file=sys.stderr)
             return 0
         report = stream.encode_weighted(
             args.input,
             args.output,
-            match.rows,
-            gene_index=match.index,
+            args.genes,
             n_threads=args.threads,
             preprocess=args.preprocess,
-            key=args.key or "X_genept_w",
-            uns=weighted_record(match, matrix=matrix),
             **common,
+            **written,
         )
+        print(report.summary, file=sys.stderr)
     else:
         emb = _embedder(args)
         options: dict[str, Any] = {
-            "gene_key": args.gene_key,
             "top_n": args.top_n,
-            "prefix": DEFAULT_PREFIX if args.prefix is None else args.prefix,
             "max_input_tokens": args.max_input_tokens,
             "n_threads": args.threads,
+            **({} if args.prefix is None else {"prefix": args.prefix}),
         }
         if args.dry_run or emb.is_paid:
-            est = stream.estimate_sentences(
-                args.input,
-                emb,
-                layer=args.layer,
-                use_raw=args.use_raw,
-                chunk_size=args.chunk_size,
-                **options,
-            )
-            print(f"GenePT-s with {emb.model_id} on {matrix}: {est}", file=sys.stderr)
+            est = stream.estimate_sentences(args.input, emb, **common, **options)
+            print(f"GenePT-s with {emb.model_id}: {est}", file=sys.stderr)
             if args.dry_run:
                 return 0
         report = stream.encode_sentences(
-            args.input, args.output, emb, key=args.key or "X_genept_s", **options, **common
+            args.input, args.output, emb, **common, **options, **written
         )
     print(
-        f"wrote {report.output}: {report.cells_encoded:,} cells encoded from {matrix} in"
-        f" {report.seconds:.2f} s ({report.chunks_resumed} of {report.n_chunks} chunks resumed"
-        " from earlier work)",
+        f"wrote {report.output}: {report.cells_encoded:,} cells encoded from"
+        f" {report.uns['params']['matrix']} in {report.seconds:.2f} s"
+        f" ({report.chunks_resumed} of {report.n_chunks} chunks resumed from earlier work)",
         file=sys.stderr,
     )
     stats = report.encoder_stats
@@ -243,21 +225,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def _warn_negative(args: argparse.Namespace, matrix: str) -> None:
-    """Say so when the first cells have negative values (a scaled matrix, not expression)."""
-    from genept_fast.preprocess import has_negative
-    from genept_fast.stream import open_source
-
-    with open_source(args.input, layer=args.layer, use_raw=args.use_raw) as src:
-        sample = src.read(0, min(src.n_cells, 2000))
-    if has_negative(sample):
-        print(
-            f"warning: {matrix} has negative values (scaled data?); GenePT needs expression"
-            " (log-normalised or counts): use --use-raw or --layer",
-            file=sys.stderr,
-        )
 
 
 def _embedder(args: argparse.Namespace) -> Embedder:

@@ -341,10 +341,11 @@ class SentenceEncoder:
         return out, tokens.tolist()
 
     def __call__(self, X: sp.csr_array, *, row_offset: int = 0) -> np.ndarray:
+        """The embeddings of the sentences of ``X``'s cells (rows ``row_offset:`` of the whole
+        matrix), float32 ``(cells, D)``."""
         sentences, tokens = self.counted_sentences(X, row_offset=row_offset)
         if not self.progress:
-            vectors = self.embedder.embed(sentences, token_counts=tokens)
-            return np.asarray(vectors, dtype=np.float32)
+            return self.embed(sentences, tokens)
         from tqdm.auto import tqdm
 
         bars: list[Any] = []
@@ -363,8 +364,13 @@ class SentenceEncoder:
             bars[0].update(done - bars[0].n)
 
         try:
-            vectors = self.embedder.embed(sentences, token_counts=tokens, on_progress=advance)
+            return self.embed(sentences, tokens, on_progress=advance)
         finally:
             for bar in bars:
                 bar.close()
+
+    def embed(self, sentences: list[str], tokens: list[int], **options: Any) -> np.ndarray:
+        """Embed ``sentences`` with their token counts (no sentence is tokenized again), as
+        float32; ``options`` (``progress``, ``on_progress``) go to the embedder."""
+        vectors = self.embedder.embed(sentences, token_counts=tokens, **options)
         return np.asarray(vectors, dtype=np.float32)

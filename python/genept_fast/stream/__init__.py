@@ -15,7 +15,9 @@ name only ever receives a finished file (``os.replace``).
 :func:`encode_weighted` is the GenePT-w case: the encoder is the Rust kernel
 :func:`genept_fast.weighted_embedding` with a fixed gene-embedding table.
 :func:`encode_sentences` is the GenePT-s case: each chunk's cell sentences embedded by a text
-model (:func:`estimate_sentences` prices it first).
+model (:func:`estimate_sentences` prices it first). Both start their job as ``gf.tl`` and Dask
+do (:mod:`genept_fast.encode`: the matrix by :func:`genept_fast.cells.choose_matrix`, ``raw/X``
+when the file has it; scaled first cells refused; the same encoder, the same provenance).
 
 Modules: :mod:`~genept_fast.stream.pipeline` (:func:`encode_file`, the threads, resume),
 :mod:`~genept_fast.stream.weighted`, :mod:`~genept_fast.stream.sentences`,
@@ -29,12 +31,14 @@ from genept_fast.encode.weighted import WeightedEncoder
 from genept_fast.stream.pipeline import (
     StreamReport,
     check_key,
+    check_output_args,
     check_output_paths,
+    encode_cells,
     encode_file,
     report_dict,
     work_dir,
 )
-from genept_fast.stream.sentences import encode_sentences, estimate_sentences, sentence_encoder
+from genept_fast.stream.sentences import encode_sentences, estimate_sentences
 from genept_fast.stream.sinks import FORMATS, output_format
 from genept_fast.stream.sources import (
     AnnDataSource,
@@ -56,7 +60,9 @@ __all__ = [
     "StreamReport",
     "WeightedEncoder",
     "check_key",
+    "check_output_args",
     "check_output_paths",
+    "encode_cells",
     "encode_file",
     "encode_sentences",
     "encode_weighted",
@@ -68,6 +74,5 @@ __all__ = [
     "read_var",
     "read_var_names",
     "report_dict",
-    "sentence_encoder",
     "work_dir",
 ]

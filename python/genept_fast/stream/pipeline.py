@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -21,21 +22,24 @@ import numpy as np
 
 from genept_fast._outputs import check_output, disk_usage, format_bytes
 from genept_fast.errors import InputError
-from genept_fast.preprocess import AUTO_SAMPLE_CELLS, apply_preprocess, resolve_preprocess
+from genept_fast.preprocess import apply_preprocess
 from genept_fast.stream.sinks import make_work_store, output_format
-from genept_fast.stream.sources import AnnDataSource, ChunkSource, check_chunk_size, open_source
 from genept_fast.stream.state import PartialState, check_work_dir
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Mapping, Sequence
 
+    from genept_fast.cells import ChunkSource
+    from genept_fast.encode import Cells
     from genept_fast.preprocess import Preprocess
 
 __all__ = [
+    "Output",
     "StreamReport",
     "check_key",
+    "check_output_args",
     "check_output_paths",
+    "encode_cells",
     "encode_file",
     "report_dict",
     "work_dir",
@@ -68,6 +72,10 @@ class StreamReport:
     #: Why stored partial state was thrown away, if it was.
     discarded: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: The provenance stored under ``uns[key]`` of the output.
+    uns: dict[str, Any] = field(default_factory=dict)
+    #: One line for people on what was matched (GenePT-w with a table: the coverage).
+    summary: str = ""
     #: What the encoder counted, where it does (GenePT-s, :func:`encode_sentences`: cells
     #: encoded by this call, sentences cut at the token limit, cells without genes).
     encoder_stats: dict[str, Any] = field(default_factory=dict)
@@ -149,24 +157,6 @@ def _encoder_id(encoder: Callable[..., Any], fingerprint: str | None) -> str:
     return f"{mod}.{name}"
 
 
-def _resolve_preprocess(source: ChunkSource, how: str, encoder: Any) -> tuple[str, dict[str, Any]]:
-    """The preprocessing decided once for the file, and the encoder's job record: an encoder
-    with ``begin(sample, preprocess)`` gets the first cells and does the preprocessing itself."""
-    sample: list[Any] = []
-
-    def first_cells() -> Any:
-        if not sample:
-            sample.append(source.read(0, min(source.n_cells, AUTO_SAMPLE_CELLS)))
-        return sample[0]
-
-    resolved = resolve_preprocess(how, first_cells)
-    begin = getattr(encoder, "begin", None)
-    if not callable(begin):
-        return resolved, {}
-    record = dict(begin(first_cells(), resolved) or {})
-    return resolved, record | {"fused_preprocess": True}
-
-
 def work_dir(output: str | os.PathLike[str]) -> Path:
     """The resumable work folder of ``output``: ``<output>.partial/`` beside it."""
     out = Path(output)
@@ -205,15 +195,54 @@ def check_key(key: str) -> str:
     return key
 
 
-def _check_args(chunk_size: int, dim: int, output_dtype: str) -> np.dtype[Any]:
-    check_chunk_size(chunk_size)
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        msg = f"dim must be a positive integer, got {dim!r}"
-        raise InputError(msg)
+@dataclass
+class Output:
+    """Where a streamed job writes (checked by :func:`check_output_args` before any work)."""
+
+    path: Path
+    format: str
+    dtype: np.dtype[Any]
+    key: str
+    overwrite: bool
+
+
+def _input_path(input: Any) -> Any:
+    """The file an input reads, if any (an output may never be it or lie inside it)."""
+    if isinstance(input, (str, os.PathLike)):
+        return input
+    path = getattr(input, "path", None) or getattr(input, "filename", None)
+    return path if isinstance(path, (str, os.PathLike)) else None
+
+
+def check_output_args(
+    input: Any,
+    output: str | os.PathLike[str],
+    *,
+    key: str,
+    output_dtype: str = "float32",
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+) -> Output:
+    """Check a streamed job's output arguments before any work: the format (from the suffix),
+    ``output_dtype``, ``key`` (:func:`check_key`) and the output rule
+    (:func:`check_output_paths`; ``inputs``: other files the job reads)."""
+    out = Path(output)
+    fmt = output_format(out)
     if output_dtype not in ("float32", "float16"):
         msg = f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}"
         raise InputError(msg)
-    return np.dtype(output_dtype)
+    check_key(key)
+    if fmt == ".zarr" and key == "obs_names":
+        msg = "key 'obs_names' is taken by the cell names in a .zarr output; choose another key"
+        raise InputError(msg)
+    check_output_paths(out, overwrite=overwrite, inputs=[_input_path(input), *inputs])
+    return Output(out, fmt, np.dtype(output_dtype), key, overwrite)
+
+
+def _check_dim(dim: Any) -> None:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        msg = f"dim must be a positive integer, got {dim!r}"
+        raise InputError(msg)
 
 
 def encode_file(
@@ -223,7 +252,7 @@ def encode_file(
     encoder: Callable[..., np.ndarray],
     dim: int,
     layer: str | None = None,
-    use_raw: bool = False,
+    use_raw: bool | None = None,
     preprocess: Preprocess = "auto",
     chunk_size: int = 10_000,
     output_dtype: str = "float32",
@@ -239,7 +268,9 @@ def encode_file(
     Parameters
     ----------
     input
-        An ``.h5ad`` file, an AnnData ``.zarr`` store, or any :class:`ChunkSource`.
+        An ``.h5ad`` file or AnnData ``.zarr`` store (current or legacy layout), an AnnData, or
+        any :class:`ChunkSource`; opened by :func:`genept_fast.encode.open_job`, as every path
+        opens its cells.
     output
         Where the embeddings land; the suffix picks the format:
 
@@ -248,18 +279,21 @@ def encode_file(
         - ``.parquet``: one row per cell, columns ``obs_name`` and ``embedding``
           (fixed-size list of ``dim`` floats), one row group per chunk;
         - ``.h5ad``: an AnnData with the input's ``obs``, no ``X``, the embeddings in
-          ``obsm[key]`` and the parameters in ``uns[key]["params"]``.
+          ``obsm[key]`` and the provenance in ``uns[key]``.
     encoder
         Called with each chunk (a CSR array, cells × the file's genes, already preprocessed) and
-        returns a ``(cells, dim)`` float array. It must be deterministic for resumed results to
-        equal uninterrupted ones. An encoder with a ``begin(sample, preprocess)`` method (like
-        :class:`WeightedEncoder`) is first called with the file's first cells and the resolved
-        preprocessing, then gets the chunks as stored and preprocesses them itself; what
-        ``begin`` returns is recorded in the resume manifest.
+        returns a ``(cells, dim)`` float array; called as ``encoder(chunk, row_offset=a)`` when
+        it takes ``row_offset`` (the chunk's first row in the whole matrix, so that its errors
+        name cells there). It must be deterministic for resumed results to equal uninterrupted
+        ones. An encoder with a ``begin(preprocess)`` method (like :class:`WeightedEncoder`)
+        gets the resolved preprocessing first, then the chunks as stored, and preprocesses them
+        itself.
     dim
         Width of the encoder's output.
     layer, use_raw
-        Encode ``layers[layer]`` or ``raw.X`` instead of ``X``.
+        The matrix (:func:`genept_fast.cells.choose_matrix`): ``layers[layer]``; ``raw.X``
+        with ``use_raw=True``; by default ``raw.X`` when the file has it, else ``X``. First
+        cells with negative values (scaled data) are refused.
     preprocess
         ``"auto"`` (log-normalise when the first cells hold raw counts), ``"log1p"`` or
         ``"none"``; see :func:`genept_fast.preprocess.apply_preprocess`. The choice is made once
@@ -282,8 +316,11 @@ def encode_file(
         (then changing what the encoder computes without renaming it would resume a stale job).
     uns
         Provenance to store with the result under ``uns[key]`` (``.h5ad``; the attributes of a
-        ``.zarr`` group, the metadata of a ``.parquet`` file): its ``"params"`` are merged into
-        the run's parameters, other entries (e.g. ``"coverage"``) are stored as given.
+        ``.zarr`` group, the metadata of a ``.parquet`` file), merged with the run's record
+        (:func:`genept_fast.encode.merge_uns`: its ``"params"`` over the record's ``matrix``,
+        ``preprocess`` and ``dimension``; other entries, e.g. ``"coverage"``, as given). How the
+        stream ran (input, chunk size, output format and dtype, encoder) is stored beside them
+        under ``uns[key]["stream"]``.
     overwrite
         Replace an existing ``output`` (a directory only if it is a store genept-fast wrote).
         Without it an existing output is refused before any work; an output equal to or inside
@@ -298,8 +335,8 @@ def encode_file(
     InputError
         Bad arguments; an existing output without ``overwrite``; a missing, truncated or corrupt
         input (the message names the file and what is wrong; cell positions are those of the
-        whole matrix); an encoder returning the wrong shape; another job holding
-        ``<output>.partial/``.
+        whole matrix); scaled first cells; an encoder returning the wrong shape; another job
+        holding ``<output>.partial/``.
 
     Notes
     -----
@@ -310,85 +347,100 @@ def encode_file(
     input is at fault when reading or preprocessing a chunk fails, or when a genept-fast kernel
     called by the encoder rejects a cell of the chunk (its error carries ``exc.cell``).
     """
+    from genept_fast.encode import matrix_params, merge_uns, open_job
+
     t0 = time.perf_counter()
-    out = Path(output)
-    fmt = output_format(out)
-    dtype = _check_args(chunk_size, dim, output_dtype)
-    check_key(key)
-    if fmt == ".zarr" and key == "obs_names":
-        msg = "key 'obs_names' is taken by the cell names in a .zarr output; choose another key"
-        raise InputError(msg)
-    input_path = None if isinstance(input, ChunkSource) else input
-    if isinstance(input, AnnDataSource):
-        input_path = input.path
-    check_output_paths(out, overwrite=overwrite, inputs=[input_path])
-    chunk_size, dim = int(chunk_size), int(dim)
+    out = check_output_args(input, output, key=key, output_dtype=output_dtype, overwrite=overwrite)
+    _check_dim(dim)
     if not callable(encoder):
         msg = f"encoder must be callable, got {type(encoder).__name__}"
         raise InputError(msg)
-
-    own_source = not isinstance(input, ChunkSource)
-    source: ChunkSource
-    if isinstance(input, ChunkSource):
-        if layer is not None or use_raw:
-            msg = "layer= and use_raw= apply to file inputs; a ChunkSource selects its own matrix"
-            raise InputError(msg)
-        source = input
-    else:
-        source = open_source(input, layer=layer, use_raw=use_raw)
-    try:
-        return _encode(
-            source,
+    with open_job(
+        input, layer=layer, use_raw=use_raw, preprocess=preprocess, chunk_size=chunk_size
+    ) as cells:
+        begin = getattr(encoder, "begin", None)
+        if callable(begin):
+            begin(cells.preprocess)
+        record = {"params": {**matrix_params(cells.matrix), "preprocess": cells.preprocess}}
+        return encode_cells(
+            cells,
             out,
-            fmt=fmt,
             encoder=encoder,
-            dim=dim,
-            dtype=dtype,
-            preprocess=preprocess,
-            chunk_size=chunk_size,
-            key=key,
+            dim=int(dim),
+            fused=callable(begin),
+            uns=merge_uns(record, uns),
             progress=progress,
             resume=resume,
             encoder_id=_encoder_id(encoder, fingerprint),
             t0=t0,
-            extra_uns=dict(uns or {}),
         )
-    finally:
-        if own_source:
-            source.close()
 
 
-def _encode(
-    source: ChunkSource,
-    out: Path,
+def _first_chunk(cells: Cells, encoder: Callable[..., np.ndarray], apply: str) -> np.ndarray:
+    """The first chunk's embeddings, when the encoder's width is only known from them."""
+    n = int(cells.source.n_cells)
+    if n == 0:
+        msg = f"{cells.name} has no cells, and the encoder's output width is not known"
+        raise InputError(msg)
+    X, _ = apply_preprocess(cells.source.read(0, min(cells.chunk_size, n)), apply)  # type: ignore[arg-type]
+    emb = np.asarray(_call(encoder, X, 0, cells.name))
+    if emb.ndim != 2 or emb.shape[1] < 1:
+        msg = f"encoder returned shape {emb.shape} for the first chunk; expected (cells, dim)"
+        raise InputError(msg)
+    return emb
+
+
+def _call(encoder: Callable[..., np.ndarray], X: Any, a: int, name: str) -> np.ndarray:
+    """``encoder`` on a chunk starting at row ``a``; a kernel's error names the file."""
+    try:
+        return encoder(X, row_offset=a) if _takes_row_offset(encoder) else encoder(X)
+    except InputError as exc:
+        if _names_a_cell(exc):
+            _add_note(exc, f"while encoding {name}")
+        raise
+
+
+def encode_cells(
+    cells: Cells,
+    out: Output,
     *,
-    fmt: str,
     encoder: Callable[..., np.ndarray],
-    dim: int,
-    dtype: np.dtype[Any],
-    preprocess: str,
-    chunk_size: int,
-    key: str,
-    progress: bool,
-    resume: bool,
-    encoder_id: str,
-    t0: float,
-    extra_uns: dict[str, Any],
+    dim: int | None,
+    fused: bool,
+    uns: dict[str, Any],
+    progress: bool = True,
+    resume: bool = True,
+    encoder_id: str | None = None,
+    t0: float | None = None,
 ) -> StreamReport:
+    """Stream the cells of a started job (:func:`genept_fast.encode.open_job`) through
+    ``encoder`` into ``out`` (:func:`check_output_args`), resumably.
+
+    ``fused``: the encoder preprocesses the chunks itself (else the reader applies
+    ``cells.preprocess``). ``dim=None``: the width is taken from the first chunk's embeddings
+    (a real chunk of the job, never a probe). ``uns``: the provenance record, stored under
+    ``uns[key]`` with ``params["dimension"]`` set and the run's settings under ``"stream"``.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    encoder_id = _encoder_id(encoder, None) if encoder_id is None else encoder_id
+    source, chunk_size = cells.source, cells.chunk_size
     n_cells, n_genes = int(source.n_cells), int(source.n_genes)
-    how, job = _resolve_preprocess(source, preprocess, encoder)
+    apply = "none" if fused else cells.preprocess
+    ready: dict[int, np.ndarray] = {}
+    if dim is None:
+        ready[0] = _first_chunk(cells, encoder, apply)
+        dim = int(ready[0].shape[1])
     n_chunks = math.ceil(n_cells / chunk_size)
     params = {
         "encoder": encoder_id,
         "dim": dim,
-        "preprocess": preprocess,
-        "preprocess_applied": how,
-        "layer": getattr(source, "layer", None),
-        "use_raw": bool(getattr(source, "use_raw", False)),
+        "matrix": cells.matrix,
+        "preprocess": cells.preprocess,
+        "fused_preprocess": fused,
         "chunk_size": chunk_size,
-        "output_dtype": dtype.name,
-        "format": fmt,
-        "key": key if fmt == ".zarr" else None,
+        "output_dtype": out.dtype.name,
+        "format": out.format,
+        "key": out.key if out.format == ".zarr" else None,
     }
     header = {
         "input": source.fingerprint(),
@@ -396,14 +448,19 @@ def _encode(
         "n_cells": n_cells,
         "n_genes": n_genes,
         "n_chunks": n_chunks,
-        "job": job,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = PartialState(work_dir(out), header, resume=resume)
+    out.path.parent.mkdir(parents=True, exist_ok=True)
+    state = PartialState(work_dir(out.path), header, resume=resume)
     blame = _Blame()
     try:
         work = make_work_store(
-            fmt, state.dir, n_cells=n_cells, dim=dim, dtype=dtype, chunk_size=chunk_size, key=key
+            out.format,
+            state.dir,
+            n_cells=n_cells,
+            dim=dim,
+            dtype=out.dtype,
+            chunk_size=chunk_size,
+            key=out.key,
         )
         if state.done and not work.usable():
             state.reset("its data file is missing or has the wrong shape")
@@ -411,54 +468,58 @@ def _encode(
             work.create()
         resumed = len(state.done)
         if resumed:
-            log.info("%s: resuming, %d of %d chunks already done", out, resumed, n_chunks)
+            log.info("%s: resuming, %d of %d chunks already done", out.path, resumed, n_chunks)
         todo = [i for i in range(n_chunks) if i not in state.done]
         cells_todo = sum(min(chunk_size, n_cells - i * chunk_size) for i in todo)
         _run_pipeline(
             source,
             todo,
             encoder=encoder,
-            how="none" if job.get("fused_preprocess") else how,
+            how=apply,
             chunk_size=chunk_size,
             dim=dim,
-            dtype=dtype,
+            dtype=out.dtype,
             work=work,
             state=state,
             progress=progress,
             n_cells=n_cells,
-            label=out.name,
+            label=out.path.name,
             blame=blame,
+            ready=ready,
         )
-        uns_params = {
-            **{k: v for k, v in params.items() if v is not None},
+        record = dict(uns)
+        record["params"] = {**dict(record.get("params") or {}), "dimension": dim}
+        record["stream"] = {
+            **{k: v for k, v in params.items() if v is not None and k != "dim"},
             "input": source.name,
             "n_cells": n_cells,
             "n_genes": n_genes,
         }
-        extra_params = dict(extra_uns.pop("params", None) or {})
-        uns = {key: {**extra_uns, "params": {**uns_params, **extra_params}}}
-        work.finalize(out, source=source, chunk_size=chunk_size, key=key, uns=uns)
+        work.finalize(
+            out.path, source=source, chunk_size=chunk_size, key=out.key, uns={out.key: record}
+        )
         work.close()
         state.remove()
     except BaseException as exc:
         _after_failure(state, exc, input_at_fault=blame.input, n_chunks=n_chunks)
         raise
     return StreamReport(
-        output=out,
-        format=fmt,
+        output=out.path,
+        format=out.format,
         n_cells=n_cells,
         n_genes=n_genes,
         dim=dim,
-        dtype=dtype.name,
+        dtype=out.dtype.name,
         chunk_size=chunk_size,
         n_chunks=n_chunks,
         chunks_encoded=len(todo),
         chunks_resumed=resumed,
         cells_encoded=cells_todo,
-        log1p=how == "log1p",
+        log1p=cells.preprocess == "log1p",
         seconds=time.perf_counter() - t0,
         discarded=state.discarded,
         params=params,
+        uns=record,
     )
 
 
@@ -477,15 +538,16 @@ def _run_pipeline(
     n_cells: int,
     label: str,
     blame: _Blame,
+    ready: dict[int, np.ndarray],
 ) -> None:
     """Reader thread → encoder (this thread) → writer thread, at most two input chunks alive.
 
     Errors name cells by their position in the whole matrix; ``blame.input`` is set when the
     input is at fault (a read or preprocessing error, or a kernel rejecting the chunk).
+    ``ready`` holds chunks already encoded (the first one, when it gave the width).
     """
     from tqdm.auto import tqdm
 
-    offsets = _takes_row_offset(encoder)
     stop = threading.Event()
     slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
     inq: queue.Queue[Any] = queue.Queue()
@@ -555,11 +617,9 @@ def _run_pipeline(
                 raise item.exc
             i, a, b, X, names = item
             try:
-                emb = np.asarray(encoder(X, row_offset=a) if offsets else encoder(X))
+                emb = ready.pop(i) if i in ready else np.asarray(_call(encoder, X, a, source.name))
             except InputError as exc:
-                if _names_a_cell(exc):
-                    blame.input = True
-                    _add_note(exc, f"while encoding {source.name}")
+                blame.input = _names_a_cell(exc)
                 raise
             del X, item
             slots.release()
