@@ -329,3 +329,48 @@ def test_one_line_messages_hold_no_secret():
     exc.add_note(f"key {API_KEY}")
     line = _one_line(exc)
     assert line == "failed at http://***@h: Basic ***; key ***"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    url=st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            "{}://{}{}/{}".format,
+            st.sampled_from(["http", "https", "HTTP", "ftp", "", "h ttp"]),
+            st.sampled_from(["", "u:PASSWORD-h@", "u@", ":@"]),
+            st.text(st.characters(codec="ascii"), max_size=20),
+            st.text(max_size=10),
+        ),
+    )
+)
+def test_check_url_accepts_or_refuses_any_text_and_never_leaks(url: str):
+    try:
+        assert check_url(url, option="--base-url") == url
+    except InvalidArgumentError as exc:
+        assert "PASSWORD-h" not in str(exc) and str(exc).startswith("--base-url: ")
+    else:  # what it accepts, both parsers and the client can use
+        import httpx2
+
+        parts = urllib.parse.urlsplit(url)
+        assert parts.scheme.lower() in ("http", "https") and parts.hostname
+        assert 0 < (parts.port or 80) <= 65535
+        assert httpx2.URL(url).host
+
+
+def test_the_reported_case_end_to_end_in_a_subprocess(texts, tmp_path):
+    """``genept-fast embed-genes --base-url http://u:PASSWORD@127.0.0.1:99999/v1`` as a user
+    runs it: exit 2 naming the URL, no crash log anywhere in TMPDIR, no password."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "genept_fast", "embed-genes", str(texts)]
+    argv += ["-o", str(tmp_path / "o.parquet"), "--embedder", "openai:text-embedding-3-small"]
+    argv += ["--base-url", "http://u:PASSWORD@127.0.0.1:99999/v1"]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "'http://***@127.0.0.1:99999/v1' is not a valid http(s) URL" in done.stderr
+    assert "PASSWORD" not in done.stderr + done.stdout
+    assert crash_logs(tmp_path) == []
