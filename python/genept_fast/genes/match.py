@@ -485,9 +485,11 @@ def duplicate_names(names: Sequence[str]) -> dict[str, list[int]]:
     Names are compared without surrounding whitespace (the matcher reads ``" HES4"`` as
     ``HES4``); empty names name nothing and are left out.
     """
+    keys = [name.strip() for name in names]
+    if len(set(keys)) == len(keys):  # the usual case: one set, no per-name dict work
+        return {}
     where: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        key = name.strip()
+    for i, key in enumerate(keys):
         if key:
             where.setdefault(key, []).append(i)
     return {k: p for k, p in where.items() if len(p) > 1}
