@@ -153,6 +153,21 @@ def test_ncbi_backend_picks_the_class_and_its_url():
     assert NcbiSource(species="mouse", to_human=True).describe()["species"] == "human"
 
 
+def test_llm_cache_namespace_is_that_of_earlier_versions():
+    # describe() is the cache namespace: the same keys as before the sources became objects,
+    # so texts cached by earlier versions are still found
+    source = text_source("llm", model="m", base_url="http://h/v1", temperature=0.0, path="x")
+    assert source.describe() == {
+        "source": "llm",
+        "model": "m",
+        "base_url": "http://h/v1",
+        "prompt": "Tell me about gene {gene}",
+        "system": None,
+        "temperature": 0.0,
+        "max_tokens": None,
+    }
+
+
 @pytest.mark.parametrize("kind", [NcbiSource, LlmSource])
 def test_keys_are_kept_out_of_provenance_and_repr(kind):
     secret = "sk-secret-value-123456"
