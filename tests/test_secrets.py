@@ -26,6 +26,7 @@ from genept_fast._http import JsonClient
 from genept_fast._secrets import check_url, public_url, remember_url, scrub, strip_userinfo
 from genept_fast.cli import _crash_log, _one_line, main
 from genept_fast.embed import get_embedder
+from genept_fast.embed.openai_api import OpenAIEmbedder
 from genept_fast.errors import InvalidArgumentError, ServiceError
 from servers.echo import HeaderEchoServer
 
@@ -211,6 +212,20 @@ def test_every_api_that_takes_a_url_refuses_a_malformed_one(url: str, problem: s
         get_embedder("openai:text-embedding-3-small", base_url=url)
     with pytest.raises(InvalidArgumentError, match=problem):
         JsonClient(url)
+    with pytest.raises(InvalidArgumentError, match=problem):
+        OpenAIEmbedder("text-embedding-3-small", base_url=url)
+
+
+def test_the_openai_embedder_masks_every_secret_it_can_meet(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    emb = OpenAIEmbedder(
+        "text-embedding-3-small",
+        base_url=f"http://u:{PASSWORD}@127.0.0.1:8/v1",
+        api_key="sk-test-0123456789abcdef",
+    )
+    basic = base64.b64encode(f"u:{PASSWORD}".encode()).decode()
+    text = emb.scrub(f"key sk-test-0123456789abcdef; Authorization: Basic {basic}; {PASSWORD}")
+    assert PASSWORD not in text and basic not in text and "0123456789abcdef" not in text
 
 
 def test_a_malformed_openai_base_url_in_the_environment_is_refused(monkeypatch):

@@ -51,6 +51,7 @@ import numpy as np
 import orjson
 
 from genept_fast._http import is_openai_error, openai_error
+from genept_fast._secrets import check_url, scrub
 from genept_fast.cache import default_cache_dir
 from genept_fast.embed.base import Embedder
 from genept_fast.embed.batch import run_batch_job
@@ -169,7 +170,10 @@ class OpenAIEmbedder(Embedder):
         if not model:
             msg = "an OpenAI embedding model name is required, e.g. 'openai:text-embedding-3-small'"
             raise InputError(msg)
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if base_url is not None:
+            base_url = check_url(base_url, option="base_url")
+        elif os.environ.get("OPENAI_BASE_URL"):
+            base_url = check_url(os.environ["OPENAI_BASE_URL"], option="OPENAI_BASE_URL")
         self.model = model
         self.base_url = base_url
         self.official = _is_official(base_url)
@@ -348,11 +352,9 @@ class OpenAIEmbedder(Embedder):
             return self._client_obj
 
     def scrub(self, text: str) -> str:
-        """``text`` with the API key masked."""
-        key = self._api_key or os.environ.get("OPENAI_API_KEY")
-        if key:
-            text = text.replace(key, "***")
-        return text
+        """``text`` with every secret masked: the API key, a password of the server URL and
+        ``Authorization`` values (:func:`genept_fast._secrets.scrub`)."""
+        return scrub(text, [self._api_key])
 
     @property
     def where(self) -> str:
