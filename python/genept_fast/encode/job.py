@@ -101,8 +101,9 @@ def _check_chunk_size(chunk_size: Any) -> int:
 def _refuse_scaled(source: ChunkSource, matrix: str, first: Any, method: str) -> None:
     if not has_negative(first):
         return
+    where = "" if source.name.startswith("<") else f"{source.name}: "  # "<AnnData>": no file
     msg = (
-        f"{source.name}: {matrix} has negative values in its first cells: scaled data, not"
+        f"{where}{matrix} has negative values in its first cells: scaled data, not"
         f" expression. {method} weighs or ranks genes by expression, so embed the log-normalised"
         " or count matrix: use_raw=True or layer='...' (command line: --use-raw or --layer)"
     )
