@@ -278,6 +278,25 @@ def test_gene_text_malformed_llm_url_is_exit_2(tmp_path, capsys):
     assert crash_logs(tmp_path) == []
 
 
+def test_gene_text_llm_url_with_a_bad_port_is_exit_2(tmp_path, capsys):
+    argv = ["gene-text", "CD3E", "-o", str(tmp_path / "t.parquet"), "--source", "llm"]
+    assert main([*argv, "--base-url", f"http://u:{PASSWORD}@127.0.0.1:99999/v1"]) == 2
+    err = capsys.readouterr().err
+    assert "127.0.0.1:99999" in err and "Port out of range" in err and secret_free(err)
+    assert crash_logs(tmp_path) == []
+
+
+def test_text_sources_describe_themselves_without_credentials():
+    from genept_fast.text import text_source
+
+    url = with_credentials("http://127.0.0.1:8000", "/v1")
+    llm = text_source("llm", model="m", base_url=url, api_key="sk-test-0123456789abcdef")
+    ncbi = text_source("ncbi", ncbi_url=with_credentials("http://127.0.0.1:8000", "/eutils"))
+    for described in (llm.describe(), ncbi.describe()):
+        assert secret_free(repr(described)) and "0123456789abcdef" not in repr(described)
+    assert llm.describe()["base_url"] == "http://127.0.0.1:8000/v1"
+
+
 # -- echoed credentials ---------------------------------------------------------------------------
 
 

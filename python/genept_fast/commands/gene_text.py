@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import check_claim, conversion_hint, require_table, sniff
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, positive_float
+from genept_fast.commands._args import int_range, positive_float, url
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -138,8 +138,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--to-human", action="store_true", help="look mouse genes up by human ortholog")
     g = p.add_argument_group("ncbi")
     g.add_argument("--mygene", action="store_true", help="use MyGene.info instead of E-utilities")
-    g.add_argument("--ncbi-url", help="E-utilities base URL (default: NCBI)")
-    g.add_argument("--mygene-url", help="MyGene.info base URL (default: mygene.info/v3)")
+    g.add_argument("--ncbi-url", type=url, help="E-utilities base URL (default: NCBI)")
+    g.add_argument("--mygene-url", type=url, help="MyGene.info base URL (default: mygene.info/v3)")
     g.add_argument("--batch-size", type=int_range(), default=200, help="genes per request batch")
     g.add_argument(
         "--no-fallback",
@@ -148,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     g = p.add_argument_group("llm")
     g.add_argument("--model", default="gpt-4o-mini", help="chat model")
-    g.add_argument("--base-url", help="OpenAI-compatible base URL (default: OpenAI)")
+    g.add_argument("--base-url", type=url, help="OpenAI-compatible base URL (default: OpenAI)")
     g.add_argument("--prompt", default="Tell me about gene {gene}", help="prompt with {gene}")
     g.add_argument("--system", help="system message")
     g.add_argument("--temperature", type=float)

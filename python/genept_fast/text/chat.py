@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from genept_fast._http import is_openai_error, openai_error
+from genept_fast._secrets import check_url, public_url
 from genept_fast.errors import InputError
 
 __all__ = ["ChatClient"]
@@ -54,6 +55,8 @@ class ChatClient:
     ) -> None:
         import openai
 
+        if base_url is not None:
+            base_url = check_url(base_url, option="base_url")
         key = api_key or os.environ.get("OPENAI_API_KEY")
         self._secret = key
         if not key:
@@ -68,7 +71,7 @@ class ChatClient:
             api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
         self.model = model
-        self._where = f"LLM at {base_url or 'the OpenAI API'}"
+        self._where = f"LLM at {public_url(base_url) if base_url else 'the OpenAI API'}"
         self._system = system
         self._timeout = timeout
         self._retries = max_retries

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from genept_fast._secrets import strip_userinfo
 from genept_fast.errors import InputError, ServiceUnavailableError
 from genept_fast.text.base import HGNC_SOURCE, Query, Row, Source, hgnc_rows
 from genept_fast.text.cached import CachedSource, TextCache
@@ -209,7 +210,7 @@ class _RecordSource(CachedSource):
         return {
             "source": self.name,
             "backend": self.backend,
-            "url": self.base_url,
+            "url": strip_userinfo(self.base_url),
             "species": self.lookup_species,
             "template": self.template,
         }
@@ -364,7 +365,7 @@ class LlmSource(CachedSource):
         return {
             "source": self.name,
             "model": self.model,
-            "base_url": self.base_url,
+            "base_url": None if self.base_url is None else strip_userinfo(self.base_url),
             "prompt": self.prompt,
             "system": self.system,
             "temperature": self.temperature,
