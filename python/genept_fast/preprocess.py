@@ -24,6 +24,7 @@ __all__ = [
     "TARGET_SUM",
     "Preprocess",
     "apply_preprocess",
+    "check_preprocess",
     "has_negative",
     "looks_like_counts",
     "normalize_log1p",
@@ -91,16 +92,21 @@ def normalize_log1p(X: Any, *, target_sum: float = TARGET_SUM) -> sp.csr_array:
 AUTO_SAMPLE_CELLS = 2_000
 
 
+def check_preprocess(how: Any) -> str:
+    """``how`` if it is ``"auto"``, ``"log1p"`` or ``"none"``, else an :class:`InputError`."""
+    if how not in ("auto", "log1p", "none"):
+        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
+        raise InputError(msg)
+    return str(how)
+
+
 def resolve_preprocess(how: str, sample: Callable[[], Any]) -> Literal["log1p", "none"]:
     """Decide ``how`` once for a whole matrix, so that every chunk is treated alike.
 
     ``sample`` returns the first cells (about :data:`AUTO_SAMPLE_CELLS`); it is only called for
     ``"auto"``, which becomes ``"log1p"`` when they look like raw counts, else ``"none"``.
     """
-    if how not in ("auto", "log1p", "none"):
-        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
-        raise InputError(msg)
-    if how == "auto":
+    if check_preprocess(how) == "auto":
         return "log1p" if looks_like_counts(sample()) else "none"
     return "log1p" if how == "log1p" else "none"
 
@@ -109,9 +115,6 @@ def apply_preprocess(X: Any, how: Preprocess = "auto") -> tuple[Any, bool]:
     """Apply ``how`` to ``X``; returns the matrix to encode and whether it was log-normalised."""
     if how == "none":
         return X, False
-    if how == "log1p" or (how == "auto" and looks_like_counts(X)):
+    if check_preprocess(how) == "log1p" or (how == "auto" and looks_like_counts(X)):
         return normalize_log1p(X), True
-    if how != "auto":
-        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {how!r}"
-        raise InputError(msg)
     return X, False

@@ -33,7 +33,12 @@ from genept_fast.encode.sentences import SentenceEncoder, as_embedder
 from genept_fast.encode.weighted import WeightedEncoder
 from genept_fast.errors import InputError
 from genept_fast.kernels import DEFAULT_PREFIX
-from genept_fast.preprocess import AUTO_SAMPLE_CELLS, has_negative, resolve_preprocess
+from genept_fast.preprocess import (
+    AUTO_SAMPLE_CELLS,
+    check_preprocess,
+    has_negative,
+    resolve_preprocess,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -144,9 +149,7 @@ def open_job(
         values (scaled data), named with the fix.
     """
     chunk_size = _check_chunk_size(chunk_size)
-    if preprocess not in ("auto", "log1p", "none"):
-        msg = f"preprocess must be 'auto', 'log1p' or 'none', got {preprocess!r}"
-        raise InputError(msg)
+    check_preprocess(preprocess)
     source = open_cells(data, layer=layer, use_raw=use_raw)
     own = source is not data
     try:
