@@ -36,8 +36,8 @@ import anndata as ad  # noqa: E402
 
 from genept_fast import errors, tl  # noqa: E402
 from genept_fast.embed import get_embedder  # noqa: E402
-from genept_fast.genes import gene_texts  # noqa: E402
 from genept_fast.table import GeneEmbeddings  # noqa: E402
+from genept_fast.text import gene_texts  # noqa: E402
 
 for extra_module in ("scanpy", "sklearn", "matplotlib", "dask", "faiss"):
     assert importlib.util.find_spec(extra_module) is None, f"{extra_module} came with the core"

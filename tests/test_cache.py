@@ -14,7 +14,7 @@ import pytest
 
 from genept_fast.cache import DB_NAME, Cache, default_cache_dir, text_key, text_namespace
 from genept_fast.embed import get_embedder
-from genept_fast.genes.text import default_cache_dir as text_cache_dir
+from genept_fast.text import default_cache_dir as text_cache_dir
 
 
 def test_one_folder_rule(tmp_path, monkeypatch):

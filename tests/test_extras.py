@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     from genept_fast import errors, stream, tl
     from genept_fast.cli import main
     from genept_fast.embed import get_embedder
-    from genept_fast.genes import gene_texts
+    from genept_fast.text import gene_texts
     from genept_fast.table import GeneEmbeddings
 
     genes = ["CD3E", "CD19", "MS4A1", "LYZ", "NKG7", "GNLY"]

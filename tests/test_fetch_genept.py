@@ -25,8 +25,8 @@ from genept_fast.cli import main
 from genept_fast.commands import fetch_genept as module
 from genept_fast.commands.fetch_genept import RELEASE_FILE, fetch_genept
 from genept_fast.errors import InvalidArgumentError
-from genept_fast.genes import read_texts
 from genept_fast.table import GeneEmbeddings
+from genept_fast.text import read_texts
 from servers.zenodo import ZenodoServer
 
 GENES = ["CD3E", "TP53", "FAM172A", "CD4", "ACTB", "GAPDH", "NOTEXT"]

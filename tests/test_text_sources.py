@@ -231,8 +231,7 @@ def test_chat_client_needs_a_key_or_a_server(monkeypatch):
 
 
 def test_gene_identity_does_not_import_the_text_layer():
-    # the names genes/__init__ and genes/text.py keep for old import paths are looked up on
-    # first use: no module of the identity layer imports the text layer when it loads
+    # gene identity is the layer below gene text: it never imports it
     graph = import_graph()
     for mod, targets in sorted(graph.items()):
         if mod.split(".")[:2] == ["genept_fast", "genes"]:
@@ -251,17 +250,10 @@ def test_clients_use_only_the_public_http_names():
                 assert names <= set(http.__all__), f"{path.name}: {names - set(http.__all__)}"
 
 
-def test_documented_import_paths_still_work():
+def test_the_text_layer_is_a_lazy_attribute_and_genes_holds_no_text():
     import genept_fast.genes
     import genept_fast.text
 
-    assert genept_fast.genes.gene_texts is genept_fast.text.gene_texts  # the README's path
-    assert genept_fast.genes.write_texts is genept_fast.text.write_texts
     assert genept_fast.text is genept_fast.__getattr__("text")
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        _ = genept_fast.genes.nope
-    from genept_fast.genes.text import TEXT_SCHEMA as old_schema
-    from genept_fast.genes.text import default_cache_dir
-
-    assert old_schema is TEXT_SCHEMA
-    assert default_cache_dir is genept_fast.text.default_cache_dir
+    assert not hasattr(genept_fast.genes, "gene_texts")
+    assert genept_fast.text.TEXT_SCHEMA is TEXT_SCHEMA

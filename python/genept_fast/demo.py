@@ -32,7 +32,7 @@ def gene_texts_offline_first(genes: list[str], source: str = "auto") -> tuple[pl
     """Gene texts from NCBI when it answers, else the HGNC names ("SYMBOL: approved name",
     offline); returns (texts, what was used). ``source`` ``"hgnc"`` or ``"symbol"`` skips NCBI."""
     from genept_fast.errors import ServiceError
-    from genept_fast.genes import gene_texts
+    from genept_fast.text import gene_texts
 
     if source in ("auto", "ncbi"):
         try:

@@ -267,7 +267,7 @@ def check_member(zf: zipfile.ZipFile, member: str, where: Path) -> MemberCheck:
 def _texts(zf: zipfile.ZipFile, member: str, variant: Variant, where: Path) -> pl.DataFrame:
     import polars as pl
 
-    from genept_fast.genes.text import TEXT_SCHEMA
+    from genept_fast.text import TEXT_SCHEMA
 
     try:
         data = json.loads(zf.read(member).decode("utf-8"))
@@ -321,7 +321,7 @@ def fetch_genept(
         None skip that check.
     cache_dir
         Cache root (the zip goes to ``<cache_dir>/genept/``); default
-        :func:`genept_fast.genes.text.default_cache_dir`.
+        :func:`genept_fast.text.default_cache_dir`.
     overwrite
         Replace existing outputs.
     timeout, max_retries, backoff
@@ -346,8 +346,8 @@ def fetch_genept(
     ServiceError
         The server refused the download or kept failing; it cannot be reached.
     """
-    from genept_fast.genes.text import default_cache_dir, write_texts
     from genept_fast.table import GeneEmbeddings
+    from genept_fast.text import default_cache_dir, write_texts
 
     check_url(url, option="url")
     if which not in VARIANTS:
