@@ -4,10 +4,8 @@ For ``weighted_embedding`` (GenePT-w) and ``top_genes`` (GenePT-s ranking) it pr
 the ratio to the reference (scipy ``X @ E`` + numpy row normalisation; numpy per-row
 argpartition + lexsort), the achieved GFLOP/s (2 · nnz · D) against this machine's float32 GEMM
 peak measured in the same run, and whether the results agree with the reference. GenePT-w also
-runs with the dense-gene GEMM for the genes in at least half of the cells (off by default: it
-does not pay with the gather), and on the raw counts of the same cells with
-the fused ``preprocess="log1p"`` against the two-step path (``normalize_log1p``, then the
-kernel) and against log-normalised input.
+runs on the raw counts of the same cells with the fused ``preprocess="log1p"`` against the
+two-step path (``normalize_log1p``, then the kernel) and against log-normalised input.
 
 Reference and kernel are measured interleaved, ``--repeat`` rounds: each line gives the best
 round, the spread over rounds, the load average during the runs, and CPU seconds as well as
@@ -171,12 +169,7 @@ def main() -> None:
     )
     Xref = X[: args.ref_cells]
     peak = gemm_peak(threads)
-    dense = gf.kernels.dense_genes(X[:2000], args.genes, min_fraction=0.5)
-    share = float(np.isin(X.indices[: X.indptr[2000]], dense).mean())
-    print(
-        f"float32 GEMM peak (numpy BLAS, {threads} threads): {peak:.0f} GFLOP/s; dense genes "
-        f"(in ≥ 50% of the first 2,000 cells): {dense.size:,}, {share:.0%} of the nonzeros\n"
-    )
+    print(f"float32 GEMM peak (numpy BLAS, {threads} threads): {peak:.0f} GFLOP/s\n")
     head = args.ref_cells
 
     table = []
@@ -185,11 +178,6 @@ def main() -> None:
         runs = Runs()
         runs.add("scipy", Xref.shape[0], lambda E=E: reference_weighted(Xref, E))
         runs.add("kernel", X.shape[0], lambda E=E: gf.weighted_embedding(X, E))
-        runs.add(
-            "kernel, dense GEMM for genes in ≥ 50% of cells",
-            X.shape[0],
-            lambda E=E: gf.weighted_embedding(X, E, dense_genes=dense),
-        )
         runs.add(
             "raw counts, fused log1p",
             X.shape[0],

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import genept_fast as gf
-from genept_fast import GeneptError
+from genept_fast import GeneptError, _core
 from genept_fast.preprocess import normalize_log1p
 
 settings.register_profile("ci", max_examples=120, deadline=None)
@@ -222,28 +222,26 @@ def _chunks(X: object, n: int, cuts: list[int]) -> list[object]:
     d=st.integers(1, 110),
     normalize=st.booleans(),
     seed=st.integers(0, 2**31),
-    dense_draw=st.lists(st.booleans(), min_size=15, max_size=15),
     cuts=st.lists(st.integers(0, 30), max_size=3),
     threads=st.integers(1, 3),
 )
-def test_dense_gene_path_matches_reference_and_is_bitwise_stable(
-    m, d, normalize, seed, dense_draw, cuts, threads
+def test_weighted_embedding_is_bitwise_stable_across_chunks_and_threads(
+    m, d, normalize, seed, cuts, threads
 ):
-    """With a dense-gene set (the GEMM path): the reference to float32 rounding, the scatter-
-    only path likewise, and the same bits for any chunking and thread count."""
+    """The reference to float32 rounding, and the same bits for any chunking and thread count
+    (chunks named by their row_offset, which must not change the result)."""
     X, dense = m
     n, g = dense.shape
     E = np.random.default_rng(seed).standard_normal((g, d)).astype(np.float32)
-    rows = np.flatnonzero(dense_draw[:g]).astype(np.int64)
-    got = gf.weighted_embedding(X, E, normalize=normalize, dense_genes=rows, n_threads=threads)
+    got = gf.weighted_embedding(X, E, normalize=normalize, n_threads=threads)
     want = reference_weighted(dense, E, normalize)
     bound = _bound(dense, E, normalize)
     assert np.all(np.abs(got - want) <= bound)
-    plain = gf.weighted_embedding(X, E, normalize=normalize, dense_genes=None)
-    assert np.all(np.abs(got - plain) <= 2 * bound)
+    chunks = _chunks(X, n, cuts)
+    starts = [0, *itertools.accumulate(c.shape[0] for c in chunks)]
     parts = [
-        gf.weighted_embedding(c, E, normalize=normalize, dense_genes=rows, n_threads=1)
-        for c in _chunks(X, n, cuts)
+        gf.weighted_embedding(c, E, normalize=normalize, n_threads=1, row_offset=a)
+        for c, a in zip(chunks, starts, strict=False)
     ]
     stacked = np.concatenate(parts) if parts else got[:0]
     assert stacked.tobytes() == got.tobytes()  # bitwise, +0.0 and -0.0 told apart
@@ -254,28 +252,25 @@ def test_dense_gene_path_matches_reference_and_is_bitwise_stable(
     m=matrices(counts=True, max_cells=30),
     d=st.integers(1, 100),
     seed=st.integers(0, 2**31),
-    use_dense=st.booleans(),
     cuts=st.lists(st.integers(0, 30), max_size=3),
     threads=st.integers(1, 3),
 )
-def test_fused_log1p_matches_two_step_path_and_reference(m, d, seed, use_dense, cuts, threads):
+def test_fused_log1p_matches_two_step_path_and_reference(m, d, seed, cuts, threads):
     """preprocess='log1p' on raw counts (duplicates, unsorted, int64, float32/64, empty rows):
     the float64 reference and the two-step path (normalize_log1p, then the kernel) to float32
     rounding, and the same bits for any chunking and thread count."""
     X, dense = m
     n, g = dense.shape
     E = np.random.default_rng(seed).standard_normal((g, d)).astype(np.float32)
-    rows = np.arange(0, g, 2, dtype=np.int64) if use_dense else None
-    got = gf.weighted_embedding(X, E, preprocess="log1p", dense_genes=rows, n_threads=threads)
+    got = gf.weighted_embedding(X, E, preprocess="log1p", n_threads=threads)
     lognorm = reference_log1p(dense)
     bound = _bound(lognorm, E, True)
     assert np.all(np.abs(got - reference_weighted(lognorm, E, True)) <= bound)
-    two_step = gf.weighted_embedding(normalize_log1p(X), E, dense_genes=rows)
+    two_step = gf.weighted_embedding(normalize_log1p(X), E)
     assert np.all(np.abs(got - two_step) <= 2 * bound)
     assert np.all(got[dense.sum(axis=1) == 0] == 0)  # zero total: zero embedding
     parts = [
-        gf.weighted_embedding(c, E, preprocess="log1p", dense_genes=rows, n_threads=1)
-        for c in _chunks(X, n, cuts)
+        gf.weighted_embedding(c, E, preprocess="log1p", n_threads=1) for c in _chunks(X, n, cuts)
     ]
     stacked = np.concatenate(parts) if parts else got[:0]
     assert stacked.tobytes() == got.tobytes()
@@ -340,35 +335,17 @@ def test_fused_log1p_rejects_negative_counts_and_bad_options():
         gf.weighted_embedding(X, E, preprocess="log1p")
     with pytest.raises(GeneptError, match="preprocess must be"):
         gf.weighted_embedding(X, E, preprocess="auto")
-    with pytest.raises(GeneptError, match=r"dense_genes\[0\] = 5 is outside"):
-        gf.weighted_embedding(X, E, dense_genes=[5])
-    with pytest.raises(GeneptError, match="strictly ascending"):
-        gf.weighted_embedding(X, E, dense_genes=[1, 0])
 
 
-def test_dense_genes_chosen_by_frequency():
-    """With a threshold, the genes expressed in at least that share of the first 2,000 cells;
-    by default (and so with 'auto') none: the dense GEMM is off."""
-    rng = np.random.default_rng(4)
-    X = sp.random(3000, 40, density=0.2, format="csr", random_state=rng, dtype=np.float32)
-    X = X.tolil()
-    X[:, 7] = 1.0  # in every cell
-    X[::2, 30] = 2.0  # in half of them
-    X[2000:, 12] = 3.0  # common only after the first 2,000 cells
-    X = X.tocsr()
-    assert gf.kernels.dense_genes(X[:2000], 40, min_fraction=0.5).tolist() == [7, 30]
-    assert gf.kernels.dense_genes(X[:2000], 40).size == 0  # the default: off
-    # a job's sample is read only when a threshold is set
-    calls: list[int] = []
-    assert gf.kernels.dense_genes(lambda: calls.append(1), 40).size == 0
-    assert calls == []
-    assert gf.kernels.dense_genes(lambda: X[:2000], 40, min_fraction=0.5).tolist() == [7, 30]
-    E = rng.standard_normal((40, 8)).astype(np.float32)
-    auto = gf.weighted_embedding(X, E)
-    np.testing.assert_array_equal(auto, gf.weighted_embedding(X, E, dense_genes=None))
-    dense = gf.weighted_embedding(X, E, dense_genes=[7, 30])
-    np.testing.assert_allclose(auto, dense, atol=1e-6)
-    # through gene_index: table rows, not X's columns
-    gi = np.arange(40)[::-1].copy()
-    assert gf.kernels.dense_genes(X[:2000], 40, gene_index=gi, min_fraction=0.5).tolist() == [9, 32]
-    assert gf.kernels.dense_genes(X[:63], 40, min_fraction=0.5).size == 0  # too few cells
+def test_dense_gemm_path_is_gone():
+    """The dense-gene GEMM was removed (measured a wash against the gather): its parameter is
+    a TypeError, its helpers are gone, and results are those it gave with no dense genes."""
+    X = sp.csr_array(np.array([[1.0, 2.0], [0.0, 3.0]], dtype=np.float32))
+    E = np.eye(2, dtype=np.float32)
+    with pytest.raises(TypeError, match="dense_genes"):
+        gf.weighted_embedding(X, E, dense_genes=None)
+    assert not hasattr(gf.kernels, "dense_genes")
+    assert not hasattr(gf.kernels, "DENSE_MIN_FRACTION")
+    assert not hasattr(_core, "choose_dense_genes")
+    with pytest.raises(TypeError, match="dense_genes"):
+        _core.weighted_embedding(X.indptr, X.indices, X.data, 2, E, dense_genes=None)

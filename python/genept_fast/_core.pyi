@@ -26,7 +26,6 @@ __all__ = [
     "PreparedEmbeddings",
     "__version__",
     "cell_sentences",
-    "choose_dense_genes",
     "l2_normalize",
     "resolved_threads",
     "sentences_from_top",
@@ -63,22 +62,10 @@ def weighted_embedding(
     n_threads: int | None = None,
     out: npt.NDArray[np.float32] | None = None,
     block_rows: int = 512,
-    dense_genes: npt.NDArray[np.int64] | None = None,
     preprocess: str = "none",
     target_sum: float = 10000.0,
     row_offset: int = 0,
 ) -> npt.NDArray[np.float32]: ...
-def choose_dense_genes(
-    indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
-    indices: npt.NDArray[np.int32] | npt.NDArray[np.int64],
-    data: npt.NDArray[np.float32] | npt.NDArray[np.float64],
-    n_cols: int,
-    n_emb: int,
-    gene_index: npt.NDArray[np.int64] | None = None,
-    min_fraction: float = 0.5,
-    max_genes: int = 2048,
-    n_threads: int | None = None,
-) -> npt.NDArray[np.int64]: ...
 def top_genes(
     indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
     indices: npt.NDArray[np.int32] | npt.NDArray[np.int64],

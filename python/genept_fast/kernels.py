@@ -21,12 +21,9 @@ an :class:`~genept_fast.errors.InvalidArgumentError` saying how much it would ne
 gene at fault as ``exc.cell`` and ``exc.gene``; the ``row_offset`` of a call (a chunk's first
 row) is added to the cell in Rust, so attributes and messages give positions in the whole matrix.
 
-GenePT-w sums the genes expressed in most cells (the *dense genes*) with a small dense GEMM and
-the rest by a cell-major gather over ranges of 512 genes; each cell's sum runs in a fixed order
-(its dense genes, then its other genes, each in ascending table row), so results are bitwise
-identical for any thread count and for any chunking that uses the same dense genes. A job that
-encodes a matrix in pieces chooses them once (:func:`dense_genes` on its first cells) and passes
-them with every piece; ``tl``, ``stream``, ``dask`` and ``genept-fast encode`` do.
+GenePT-w sums each cell's genes in a fixed order (ascending table row, stored duplicates in
+stored order), so results are bitwise identical for any thread count and any chunking of the
+cells: encoding rows ``a:b`` gives the bits of rows ``a:b`` of the whole-matrix call.
 """
 
 from __future__ import annotations
@@ -49,7 +46,7 @@ from genept_fast.errors import (
     MalformedMatrixError,
     ShapeError,
 )
-from genept_fast.preprocess import AUTO_SAMPLE_CELLS, TARGET_SUM
+from genept_fast.preprocess import TARGET_SUM
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,7 +62,6 @@ __all__ = [
     "as_embeddings",
     "as_gene_index",
     "cell_sentences",
-    "dense_genes",
     "is_kernel_error",
     "l2_normalize",
     "offset_cells",
@@ -80,14 +76,6 @@ __all__ = [
 
 #: The sentence prefix of GenePT-s.
 DEFAULT_PREFIX = "A cell with genes ranked by expression: "
-
-#: A gene is dense when expressed in at least this fraction of the sampled cells; ``None``
-#: (the default): no gene is, the dense GEMM is off. With the cell-major gather for the other
-#: genes it no longer pays on atlas-like data: on the quiet 2-core machine, 0.5 (1,162 dense
-#: genes, 46% of the nonzeros) measured -9% to +9% against no dense genes (README "Kernels and
-#: their speed"), within noise, while its set fixes the last bits of a job's results. Pass
-#: ``min_fraction=0.5`` to :func:`dense_genes` to use it.
-DENSE_MIN_FRACTION: float | None = None
 
 _SMALL_INTS = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16)
 
@@ -324,73 +312,6 @@ def offset_cells(exc: GeneptError, offset: int, *, where: str | None = None) -> 
     return moved
 
 
-def _head(csr: CsrParts, rows: int) -> CsrParts:
-    """The first ``rows`` cells of ``csr`` as views (no copy)."""
-    m = min(rows, csr.n_cells)
-    nnz = int(csr.indptr[m])
-    return CsrParts(csr.indptr[: m + 1], csr.indices[:nnz], csr.data[:nnz], (m, csr.n_genes))
-
-
-def dense_genes(
-    X: Any,
-    n_table_rows: int,
-    *,
-    gene_index: npt.ArrayLike | None = None,
-    min_fraction: float | None = DENSE_MIN_FRACTION,
-    n_threads: int | None = None,
-) -> np.ndarray:
-    """The table rows that :func:`weighted_embedding` should sum by its dense GEMM.
-
-    The rows (of a gene-embedding table with ``n_table_rows`` rows) whose genes have a nonzero
-    value in at least ``min_fraction`` of the cells of ``X``, at most 2,048 (the most frequent),
-    ascending int64. None when ``X`` has fewer than 64 cells. Pass a job's first cells (about
-    2,000), then the result as ``dense_genes=`` with every chunk: the summation order, and so
-    the last bit of the results, depends on this set. ``min_fraction=None`` (the default,
-    :data:`DENSE_MIN_FRACTION`): no rows, the dense GEMM is off. ``X`` may also be a function
-    returning the cells, called only when a threshold is set (so a job reads no sample for
-    nothing).
-    """
-    if min_fraction is None:
-        return np.empty(0, dtype=np.int64)
-    gi = as_gene_index(gene_index)
-    cells = X() if callable(X) else X
-    return _choose_dense(as_csr(cells), int(n_table_rows), gi, min_fraction, n_threads)
-
-
-def _choose_dense(
-    csr: CsrParts, n_rows: int, gi: np.ndarray | None, min_fraction: float, n_threads: int | None
-) -> np.ndarray:
-    return _core.choose_dense_genes(
-        csr.indptr,
-        csr.indices,
-        csr.data,
-        csr.n_genes,
-        n_rows,
-        gene_index=gi,
-        min_fraction=float(min_fraction),
-        n_threads=_check_threads(n_threads),
-    )
-
-
-def _dense_arg(
-    dense: Any, csr: CsrParts, n_rows: int, gi: np.ndarray | None, n_threads: int | None
-) -> np.ndarray | None:
-    if dense is None:
-        return None
-    if isinstance(dense, str):
-        if dense != "auto":
-            msg = f"dense_genes must be 'auto', None or an array of table rows, got {dense!r}"
-            raise InvalidArgumentError(msg)
-        return dense_genes(
-            lambda: _head(csr, AUTO_SAMPLE_CELLS), n_rows, gene_index=gi, n_threads=n_threads
-        )
-    rows = np.asarray(dense)
-    if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
-        msg = f"dense_genes must be a 1-D integer array, got shape {rows.shape} dtype {rows.dtype}"
-        raise InvalidArgumentError(msg)
-    return _aligned(rows, np.int64)
-
-
 def _preprocess_arg(preprocess: str) -> str:
     if preprocess not in ("none", "log1p"):
         msg = f"preprocess must be 'none' or 'log1p', got {preprocess!r}"
@@ -408,7 +329,6 @@ def weighted_embedding(
     out: np.ndarray | None = None,
     row_offset: int = 0,
     preprocess: str = "none",
-    dense_genes: npt.ArrayLike | str | None = "auto",
 ) -> np.ndarray:
     """GenePT-w cell embeddings: ``X @ gene_embeddings``, each row L2-normalised.
 
@@ -431,18 +351,14 @@ def weighted_embedding(
         Optional C-contiguous float32 ``(n_cells, D)`` array to write into (for example a
         memory map); it is returned.
     row_offset
-        Position of ``X``'s first row in a larger matrix: error messages name cells there.
+        Position of ``X``'s first row in a larger matrix: errors name cells there (``exc.cell``
+        and the message). The result does not depend on it: rows ``a:b`` of a matrix encoded
+        alone give the same bits as in a call on the whole matrix.
     preprocess
         ``"none"``: use the values as they are; ``"log1p"``: ``X`` holds raw counts, and each
         cell is normalised to 10,000 total counts and ``log1p``-transformed as the kernel reads
         it (``sc.pp.normalize_total(target_sum=1e4)`` + ``sc.pp.log1p``, duplicates summed
         first), without a copy of ``X``. Negative values are then an error.
-    dense_genes
-        Table rows to sum by the dense GEMM: ``"auto"`` chooses them from the first 2,000
-        cells of ``X`` (:func:`dense_genes` with its default threshold, which is now off:
-        none), ``None`` uses none, or give the rows. Results
-        are the same to float32 rounding whatever the choice; they are bitwise identical
-        across calls (chunks) that pass the same rows.
 
     Returns
     -------
@@ -452,7 +368,7 @@ def weighted_embedding(
     ------
     InputError
         Bad input: :class:`~genept_fast.errors.ShapeError`,
-        :class:`~genept_fast.errors.NonFiniteError` (NaN/inf with its cell and gene),
+        :class:`~genept_fast.errors.NonFiniteError` (NaN/inf; ``exc.cell``, ``exc.gene``),
         :class:`~genept_fast.errors.MalformedMatrixError`, or
         :class:`~genept_fast.errors.InvalidArgumentError` (a dtype, an option, a result larger
         than this machine's memory).
@@ -472,16 +388,11 @@ def weighted_embedding(
     offset = _check_offset(row_offset)
     threads = _check_threads(n_threads)
     pre = _preprocess_arg(preprocess)
-    n_rows = E.n_genes if isinstance(E, PreparedEmbeddings) else int(E.shape[0])
     if out is None:
         dim = E.dim if isinstance(E, PreparedEmbeddings) else int(E.shape[1])
         _check_result_size(
             csr.n_cells, dim, 4, "the GenePT-w result", "encode the cells in chunks (out=)"
         )
-    try:
-        dense = _dense_arg(dense_genes, csr, n_rows, gi, threads)
-    except GeneptError as exc:
-        raise offset_cells(exc, offset) from None
     return _core.weighted_embedding(
         csr.indptr,
         csr.indices,
@@ -492,7 +403,6 @@ def weighted_embedding(
         normalize=bool(normalize),
         n_threads=threads,
         out=out,
-        dense_genes=dense,
         preprocess=pre,
         target_sum=TARGET_SUM,
         row_offset=offset,

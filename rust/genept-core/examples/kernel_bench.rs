@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use genept_core::simd::Isa;
 use genept_core::tiled::TiledEmbeddings;
-use genept_core::weighted::{self, DenseGenes, GeneMap, Preprocess, Table, WeightedOptions};
+use genept_core::weighted::{self, GeneMap, Preprocess, Table, WeightedOptions};
 use genept_core::{CsrView, EmbeddingView};
 
 struct Rng(u64);
@@ -100,8 +100,6 @@ fn cpu_seconds() -> f64 {
 struct Variant {
     name: String,
     isa: Isa,
-    /// Dense-gene threshold (fraction of sampled cells); above 1: no dense genes.
-    dense: f64,
     block_rows: usize,
     log1p: bool,
 }
@@ -132,14 +130,6 @@ fn main() {
     let tiled = pool.install(|| TiledEmbeddings::new(&EmbeddingView::new(&e, g, d).unwrap()));
     let xl = CsrView::new(&ip, &ix, &logs, g).unwrap();
     let xc = CsrView::new_counts(&ip, &ix, &counts, g).unwrap();
-    let sample = 2000.min(n);
-    let xs = CsrView::new(
-        &ip[..=sample],
-        &ix[..ip[sample] as usize],
-        &logs[..ip[sample] as usize],
-        g,
-    )
-    .unwrap();
 
     if let Ok(n_top) = std::env::var("TOPN") {
         let n_top: usize = n_top.parse().unwrap();
@@ -166,10 +156,8 @@ fn main() {
         return;
     }
     // VARIANTS: comma-separated; each is an instruction set (best, avx2, portable), optionally
-    // followed by `@threshold` (dense genes; `@none` for none), `/block_rows`, `+log1p` (raw
-    // counts, fused normalisation). Default: the old structure against the new one.
-    let spec =
-        std::env::var("VARIANTS").unwrap_or_else(|_| "avx2@none,avx2,best,best+log1p".into());
+    // followed by `/block_rows` and `+log1p` (raw counts, fused normalisation).
+    let spec = std::env::var("VARIANTS").unwrap_or_else(|_| "avx2,best,best+log1p".into());
     let isas = Isa::available();
     let mut variants = Vec::new();
     for name in spec.split(',') {
@@ -181,11 +169,7 @@ fn main() {
             Some((h, b)) => (h, b.parse().unwrap()),
             None => (head, weighted::DEFAULT_BLOCK_ROWS),
         };
-        let (isa_name, dense) = match head.split_once('@') {
-            Some((i, "none")) => (i, 2.0),
-            Some((i, t)) => (i, t.parse().unwrap()),
-            None => (head, weighted::DENSE_MIN_FRACTION),
-        };
+        let isa_name = head;
         let isa = match isa_name {
             "best" => *isas.last().unwrap(),
             "avx2" => *isas
@@ -198,30 +182,10 @@ fn main() {
         variants.push(Variant {
             name: format!("{name} ({})", isa.name()),
             isa,
-            dense,
             block_rows,
             log1p,
         });
     }
-    let dense_sets: Vec<DenseGenes> = variants
-        .iter()
-        .map(|v| {
-            if v.dense > 1.0 {
-                DenseGenes::none()
-            } else {
-                pool.install(|| {
-                    DenseGenes::choose(
-                        &xs,
-                        GeneMap::Identity,
-                        g,
-                        v.dense,
-                        weighted::DENSE_MAX_GENES,
-                    )
-                })
-                .unwrap()
-            }
-        })
-        .collect();
     let mut out = vec![0.0f32; n * d];
     let mut wall = vec![f64::INFINITY; variants.len()];
     let mut cpu = vec![f64::INFINITY; variants.len()];
@@ -247,7 +211,6 @@ fn main() {
                     x,
                     Table::Tiled(&tiled),
                     GeneMap::Identity,
-                    &dense_sets[i],
                     opts,
                     &mut out,
                 )
@@ -273,9 +236,8 @@ fn main() {
     for (i, v) in variants.iter().enumerate() {
         let flops = 2.0 * ix.len() as f64 * d as f64;
         println!(
-            "{:<32} dense {:>4}  wall {:>7.0} cells/s  cpu {:>7.0} cells/cpu-s  {:>5.1} GFLOP/cpu-s",
+            "{:<32} wall {:>7.0} cells/s  cpu {:>7.0} cells/cpu-s  {:>5.1} GFLOP/cpu-s",
             v.name,
-            dense_sets[i].len(),
             n as f64 / wall[i],
             n as f64 / cpu[i],
             flops / cpu[i] / 1e9

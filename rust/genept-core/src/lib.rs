@@ -21,4 +21,4 @@ pub mod weighted;
 pub use csr::{CsrView, EmbeddingView, Index, Value};
 pub use error::{GeneptError, Result};
 pub use tiled::TiledEmbeddings;
-pub use weighted::{DenseGenes, GeneMap, Preprocess, WeightedOptions};
+pub use weighted::{GeneMap, Preprocess, WeightedOptions};

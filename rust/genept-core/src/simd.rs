@@ -2,8 +2,7 @@
 //!
 //! Wheels are built for generic x86-64, so the wide code is compiled with `#[target_feature]`
 //! and chosen at run time: AVX-512F (Zen 4 runs it as two 256-bit halves, Zen 5 at full width;
-//! its 32 vector registers hold a 12-cell × 32-dimension register tile in the dense GEMM while
-//! the sparse gather holds a cell's 96-float output row), AVX2+FMA, or portable Rust.
+//! six of its registers hold a cell's 96-float output row), AVX2+FMA, or portable Rust.
 //!
 //! The sparse genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
 //! registers while its genes of one gene range are added (one load and one multiply-add per
@@ -16,8 +15,7 @@
 //! crate-private and check their bounds in release builds, once per call (not per entry): the
 //! gather takes [`CellLists`], whose largest gene was found once when they were built and is
 //! checked against the table's length per call (the cell rows against the output's), and
-//! reads each list through a checked slice; the GEMM checks every buffer
-//! length against its shape at entry.
+//! reads each list through a checked slice.
 //!
 //! Every path computes each output element as the same sequence of operations in the same
 //! order. The two fused-multiply-add paths (AVX-512 and AVX2) therefore give identical bits;
@@ -77,24 +75,6 @@ impl Isa {
             Level::Avx512 => "avx512",
             Level::Avx2Fma => "avx2+fma",
             Level::Portable => "portable",
-        }
-    }
-
-    /// Cells per register tile of the dense GEMM.
-    pub(crate) fn mr(self) -> usize {
-        match self.0 {
-            Level::Avx512 => 12,
-            Level::Avx2Fma => 6,
-            Level::Portable => 4,
-        }
-    }
-
-    /// Dimensions per register tile of the dense GEMM (the width of a packed panel strip).
-    pub(crate) fn nr(self) -> usize {
-        match self.0 {
-            Level::Avx512 => 32,
-            Level::Avx2Fma => 16,
-            Level::Portable => 8,
         }
     }
 }
@@ -322,94 +302,6 @@ fn gather_slices(
     }
 }
 
-/// The shape of one dense GEMM call: `rows` cells (a multiple of `isa.mr()`), `k` dense genes,
-/// `strips` panel strips of `isa.nr()` dimensions, output rows `stride` floats apart.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct GemmShape {
-    pub rows: usize,
-    pub k: usize,
-    pub strips: usize,
-    pub stride: usize,
-}
-
-/// `out[r*stride + j] = Σ_k v[r, k] · panel[k, j]` for `r < rows`, `j < strips·nr`, summed in
-/// ascending `k` (the output is overwritten).
-///
-/// Layouts (both packed by `weighted`): `v` holds groups of `mr` cells, `k`-major within a
-/// group (`v[(g·k + kk)·mr + c]` is cell `g·mr + c`, gene `kk`); `panel` holds strips of `nr`
-/// dimensions, `k`-major within a strip (`panel[(s·k + kk)·nr + j]`).
-///
-/// # Panics
-/// When a buffer is shorter than the shape needs (a bug in this crate): checked once per call.
-pub(crate) fn dense_gemm(isa: Isa, sh: GemmShape, v: &[f32], panel: &[f32], out: &mut [f32]) {
-    let (mr, nr) = (isa.mr(), isa.nr());
-    let fits = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|n| n <= len);
-    assert!(
-        sh.rows.is_multiple_of(mr)
-            && sh.stride >= sh.strips * nr
-            && fits(v.len(), sh.rows, sh.k)
-            && fits(panel.len(), sh.strips * nr, sh.k)
-            && fits(out.len(), sh.rows, sh.stride),
-        "dense_gemm: inconsistent lengths"
-    );
-    if sh.rows == 0 || sh.strips == 0 {
-        return;
-    }
-    /// One register tile: `k`, the group's values, the strip's panel, the output, its stride.
-    type Tile = unsafe fn(usize, *const f32, *const f32, *mut f32, usize);
-    let tile: Tile = match isa.0 {
-        // Only detection makes these Isa values, after checking the CPU's features.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => x86::avx512::gemm::<12, 2>,
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2Fma => x86::avx2::gemm::<6, 2>,
-        _ => return portable_gemm::<4, 8>(sh, v, panel, out),
-    };
-    for g in 0..sh.rows / mr {
-        for s in 0..sh.strips {
-            // SAFETY: the CPU has the tile's features (see above). The group reads
-            // v[g·k·mr ..][.. k·mr] and panel[s·k·nr ..][.. k·nr], and writes mr rows of nr
-            // floats at out[(g·mr)·stride + s·nr ..]: all inside the lengths checked above
-            // (rows·k, strips·nr·k, rows·stride with stride >= strips·nr).
-            unsafe {
-                tile(
-                    sh.k,
-                    v.as_ptr().add(g * sh.k * mr),
-                    panel.as_ptr().add(s * sh.k * nr),
-                    out.as_mut_ptr().add(g * mr * sh.stride + s * nr),
-                    sh.stride,
-                );
-            }
-        }
-    }
-}
-
-fn portable_gemm<const MR: usize, const NR: usize>(
-    sh: GemmShape,
-    v: &[f32],
-    panel: &[f32],
-    out: &mut [f32],
-) {
-    for g in 0..sh.rows / MR {
-        let vg = &v[g * sh.k * MR..(g + 1) * sh.k * MR];
-        for s in 0..sh.strips {
-            let ps = &panel[s * sh.k * NR..(s + 1) * sh.k * NR];
-            let mut acc = [[0.0f32; NR]; MR];
-            for (vk, pk) in vg.chunks_exact(MR).zip(ps.chunks_exact(NR)) {
-                for (a, &x) in acc.iter_mut().zip(vk) {
-                    for (a, &e) in a.iter_mut().zip(pk) {
-                        *a += x * e;
-                    }
-                }
-            }
-            for (c, a) in acc.iter().enumerate() {
-                let o = (g * MR + c) * sh.stride + s * NR;
-                out[o..o + NR].copy_from_slice(a);
-            }
-        }
-    }
-}
-
 /// Hints the CPU to start loading `bytes` bytes at `p` into L2.
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const f32, bytes: usize) {
@@ -574,41 +466,6 @@ macro_rules! x86_kernels {
         ) -> super::super::CountScan {
             super::super::scan_counts_body(idx, val, limit)
         }
-
-        /// One `MR × LANES·NV` register tile of the dense GEMM over `k` genes.
-        ///
-        /// # Safety
-        /// The CPU has the features; `v` holds `k·MR` floats, `p` holds `k·LANES·NV`, and
-        /// `out + c·stride` holds `LANES·NV` floats for `c < MR`.
-        #[target_feature(enable = $feature)]
-        pub(crate) unsafe fn gemm<const MR: usize, const NV: usize>(
-            k: usize,
-            v: *const f32,
-            p: *const f32,
-            out: *mut f32,
-            stride: usize,
-        ) {
-            let mut acc: [[$vec; NV]; MR] = [[$zero(); NV]; MR];
-            for kk in 0..k {
-                let pk = p.add(kk * $lanes * NV);
-                let mut e: [$vec; NV] = [$zero(); NV];
-                for (j, x) in e.iter_mut().enumerate() {
-                    *x = $load(pk.add($lanes * j));
-                }
-                let vk = v.add(kk * MR);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    let b = $set1(*vk.add(c));
-                    for (a, x) in a.iter_mut().zip(&e) {
-                        *a = $fmadd(b, *x, *a);
-                    }
-                }
-            }
-            for (c, a) in acc.iter().enumerate() {
-                for (j, x) in a.iter().enumerate() {
-                    $store(out.add(c * stride + $lanes * j), *x);
-                }
-            }
-        }
     };
 }
 
@@ -751,62 +608,5 @@ mod tests {
             8,
             Prefetch::none(),
         );
-    }
-
-    /// Packs a dense rows × k matrix and a k × n panel, runs the GEMM, compares with f64.
-    #[test]
-    fn gemm_paths_agree_with_arithmetic_and_fma_paths_agree_bitwise() {
-        let mut results = Vec::new();
-        for isa in Isa::available() {
-            let (mr, nr) = (isa.mr(), isa.nr());
-            let (rows, k, n) = (2 * mr, 37, 96usize);
-            let strips = n.div_ceil(nr);
-            let a = |r: usize, kk: usize| ((r * 7 + kk * 3) % 11) as f32 * 0.25 - 1.0;
-            let b = |kk: usize, j: usize| ((kk * 5 + j) % 13) as f32 * 0.5 - 3.0;
-            let mut v = vec![0.0f32; rows * k];
-            for r in 0..rows {
-                for kk in 0..k {
-                    v[((r / mr) * k + kk) * mr + r % mr] = a(r, kk);
-                }
-            }
-            let mut panel = vec![0.0f32; strips * nr * k];
-            for s in 0..strips {
-                for kk in 0..k {
-                    for j in 0..nr {
-                        if s * nr + j < n {
-                            panel[(s * k + kk) * nr + j] = b(kk, s * nr + j);
-                        }
-                    }
-                }
-            }
-            let stride = strips * nr;
-            let mut out = vec![f32::NAN; rows * stride];
-            let sh = GemmShape {
-                rows,
-                k,
-                strips,
-                stride,
-            };
-            dense_gemm(isa, sh, &v, &panel, &mut out);
-            let mut got = vec![0.0f32; rows * n];
-            for r in 0..rows {
-                for j in 0..n {
-                    let want: f64 = (0..k).map(|kk| f64::from(a(r, kk) * b(kk, j))).sum();
-                    let x = out[r * stride + j];
-                    assert!((f64::from(x) - want).abs() < 1e-3, "{isa:?} r={r} j={j}");
-                    got[r * n + j] = x;
-                }
-            }
-            results.push((isa, got));
-        }
-        let fma: Vec<_> = results
-            .iter()
-            .filter(|(isa, _)| *isa != Isa::portable())
-            .collect();
-        for w in fma.windows(2) {
-            // Rows are padded to each path's own mr, so compare the rows both computed.
-            let n = w[0].1.len().min(w[1].1.len());
-            assert_eq!(w[0].1[..n], w[1].1[..n], "{:?} vs {:?}", w[0].0, w[1].0);
-        }
     }
 }

@@ -12,18 +12,15 @@
 //! load and one store of the output per multiply-add, about 30% of peak; the gather reaches
 //! about 38%).
 //!
-//! Genes expressed in most cells ([`DenseGenes`], chosen once per job from gene frequencies)
-//! are instead summed by a small dense GEMM per block (values of absent genes are zeros), whose
-//! register tiles do one load per several multiply-adds.
-//!
 //! Summation order, and why results do not depend on blocks or threads: each output element
-//! is accumulated over the cell's dense genes in ascending table row, then over its other genes
-//! in ascending table row (stored duplicates in stored order). Which cells share a block only
-//! decides how the work is grouped, never that order. A zero value (a dense gene the cell does
-//! not express) adds an exact zero, which can change nothing but the sign of a zero sum; every
-//! output zero is written as +0.0, so the bits are the same whatever is grouped with what.
-//! The dense set itself does change the order, so a job fixes it once ([`DenseGenes::choose`]
-//! on its first cells) and passes the same set with every chunk.
+//! starts at +0.0 and is accumulated over the cell's genes in ascending table row (stored
+//! duplicates in stored order). Which cells share a block only decides how the work is
+//! grouped, never that order, and every output zero is written as +0.0, so the bits are the
+//! same whatever is grouped with what: any chunking of a matrix gives the bits of one call.
+//!
+//! (A dense GEMM for the genes expressed in most cells ran beside the gather until it was
+//! measured a wash against it: -9% to +9% on a quiet machine, +2% to +4% CPU time on a loaded
+//! one; it was removed, and git keeps it.)
 //!
 //! With [`Preprocess::Log1p`] the kernel reads raw counts and applies scanpy's
 //! `normalize_total(target_sum)` + `log1p` per cell while regrouping the block (duplicates are
@@ -34,11 +31,9 @@
 
 use rayon::prelude::*;
 
-use crate::csr::{strictly_increasing, CsrView, EmbeddingView, Index, Value};
+use crate::csr::{CsrView, EmbeddingView, Index, Value};
 use crate::error::{GeneptError, Result};
-use crate::simd::{
-    dense_gemm, gather_range, pack_entry, scan_counts, CellLists, GemmShape, Isa, Prefetch, TILE,
-};
+use crate::simd::{gather_range, pack_entry, scan_counts, CellLists, Isa, Prefetch, TILE};
 use crate::tiled::TiledEmbeddings;
 
 /// Table rows per gene range of the sparse gather: a range's tiles (512 × 384 bytes) stay in
@@ -53,15 +48,6 @@ pub const DEFAULT_BLOCK_ROWS: usize = 512;
 
 /// scanpy's `normalize_total` default target in GenePT: 10,000 counts per cell.
 pub const TARGET_SUM: f64 = 1e4;
-
-/// Fraction of sampled cells a gene must be expressed in to be summed by the dense GEMM.
-pub const DENSE_MIN_FRACTION: f64 = 0.5;
-
-/// At most this many dense genes (the most frequent; bounds per-thread memory).
-pub const DENSE_MAX_GENES: usize = 2048;
-
-/// Fewer sampled cells than this choose no dense genes (frequencies would mean little).
-pub const DENSE_MIN_CELLS: usize = 64;
 
 /// How X's columns map to rows of the embedding table.
 #[derive(Clone, Copy, Debug)]
@@ -177,237 +163,61 @@ impl Default for WeightedOptions {
     }
 }
 
-/// The embedding-table rows whose genes are summed by the dense GEMM, ascending.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DenseGenes {
-    rows: Vec<u32>,
-}
-
-impl DenseGenes {
-    /// No dense genes: every gene goes through the gather.
-    pub fn none() -> Self {
-        DenseGenes::default()
-    }
-
-    /// A given set of table rows (strictly ascending, each in `[0, n_emb)`).
-    pub fn new(rows: &[i64], n_emb: usize) -> Result<Self> {
-        if let Some(i) = rows.iter().position(|&g| g < 0 || g >= n_emb as i64) {
-            return Err(GeneptError::InvalidArgument(format!(
-                "dense_genes[{i}] = {} is outside [0, {n_emb})",
-                rows[i]
-            )));
-        }
-        if let Some(i) = rows.windows(2).position(|w| w[1] <= w[0]) {
-            return Err(GeneptError::InvalidArgument(format!(
-                "dense_genes must be strictly ascending; dense_genes[{}] = {} follows {}",
-                i + 1,
-                rows[i + 1],
-                rows[i]
-            )));
-        }
-        if n_emb > (DENSE - 1) as usize {
-            return Err(GeneptError::InvalidArgument(format!(
-                "{n_emb} table rows are more than the kernel addresses"
-            )));
-        }
-        Ok(DenseGenes {
-            rows: rows.iter().map(|&g| g as u32).collect(),
-        })
-    }
-
-    /// The table rows expressed (a nonzero value) in at least `min_fraction` of the cells of
-    /// `x`, at most `max_genes` of them (the most frequent, ties to the lower row); none when
-    /// `x` has fewer than [`DENSE_MIN_CELLS`] cells. Pass the first cells of a job (for
-    /// example 2,000), then the same set with every chunk.
-    pub fn choose<I: Index, V: Value>(
-        x: &CsrView<'_, I, V>,
-        map: GeneMap<'_>,
-        n_emb: usize,
-        min_fraction: f64,
-        max_genes: usize,
-    ) -> Result<Self> {
-        map.check(x.n_cols(), n_emb)?;
-        if !(0.0..=1.0).contains(&min_fraction) || min_fraction.is_nan() {
-            return Err(GeneptError::InvalidArgument(format!(
-                "min_fraction must be in [0, 1], got {min_fraction}"
-            )));
-        }
-        let n = x.n_rows();
-        if n < DENSE_MIN_CELLS || max_genes == 0 {
-            return Ok(DenseGenes::none());
-        }
-        let counts = (0..n)
-            .into_par_iter()
-            .with_min_len(256)
-            .fold(
-                || (vec![0u32; n_emb], vec![u32::MAX; n_emb]),
-                |(mut count, mut seen), r| {
-                    let (idx, val) = x.row(r);
-                    for (&j, &v) in idx.iter().zip(val) {
-                        if v.to_f64() == 0.0 {
-                            continue;
-                        }
-                        if let Some(g) = map.row_of(j.to_usize().unwrap_or(0)) {
-                            if seen[g] != r as u32 {
-                                seen[g] = r as u32;
-                                count[g] += 1;
-                            }
-                        }
-                    }
-                    (count, seen)
-                },
-            )
-            .map(|(c, _)| c)
-            .reduce(
-                || vec![0u32; n_emb],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
-        let need = ((min_fraction * n as f64).ceil() as u32).max(1);
-        let mut rows: Vec<u32> = (0..n_emb as u32)
-            .filter(|&g| counts[g as usize] >= need)
-            .collect();
-        if rows.len() > max_genes {
-            rows.sort_by_key(|&g| (std::cmp::Reverse(counts[g as usize]), g));
-            rows.truncate(max_genes);
-            rows.sort_unstable();
-        }
-        let rows: Vec<i64> = rows.into_iter().map(i64::from).collect();
-        DenseGenes::new(&rows, n_emb)
-    }
-
-    pub fn rows(&self) -> &[u32] {
-        &self.rows
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-}
-
-/// Column codes: skipped, dense (slot in the low bits) or sparse (the table row).
+/// The column code of a gene without an embedding (any other code is the gene's table row).
 const SKIP: u32 = u32::MAX;
-const DENSE: u32 = 1 << 31;
 
-/// One tile of embedding dimensions: where it starts, its width, the packed panel's strips,
-/// the output tile's row stride and where its panel lies in [`Plan::panels`].
+/// The most table rows the kernel addresses (a row is packed in 32 bits, below [`SKIP`]).
+const MAX_ROWS: usize = (1 << 31) - 1;
+
+/// One tile of embedding dimensions: where it starts, its width and the output tile's row
+/// stride (the width rounded up to 16 floats, so that rows start on 64-byte lines).
 #[derive(Clone, Copy, Debug)]
 struct TileInfo {
     t0: usize,
     w: usize,
-    strips: usize,
     stride: usize,
-    panel: usize,
 }
 
-/// Everything a call shares between threads: column codes and the dense genes' packed panels.
+/// Everything a call shares between threads: the column codes and the tiles.
 struct Plan<'a> {
     emb: Table<'a>,
     code: Vec<u32>,
-    k: usize,
-    panels: Vec<f32>,
     tiles: Vec<TileInfo>,
     isa: Isa,
-    /// Sparse genes are summed per range of [`RANGE_GENES`] table rows (cell-major within a
-    /// range); `n_ranges` ranges cover the table.
+    /// Genes are summed per range of [`RANGE_GENES`] table rows (cell-major within a range);
+    /// `n_ranges` ranges cover the table.
     n_ranges: usize,
-    /// No two columns share a dense gene's slot (so a row with ascending columns stores its
-    /// dense values instead of adding them).
-    dense_injective: bool,
 }
 
 impl<'a> Plan<'a> {
-    fn new(
-        emb: Table<'a>,
-        map: GeneMap<'_>,
-        dense: &DenseGenes,
-        isa: Isa,
-        n_cols: usize,
-    ) -> Result<Self> {
+    fn new(emb: Table<'a>, map: GeneMap<'_>, isa: Isa, n_cols: usize) -> Result<Self> {
         let n_emb = emb.n_rows();
-        if dense.rows.last().is_some_and(|&g| g as usize >= n_emb) {
-            return Err(GeneptError::InvalidArgument(format!(
-                "dense_genes has table row {} but gene_embeddings has {n_emb} rows",
-                dense.rows[dense.len() - 1]
-            )));
-        }
-        if n_emb > (DENSE - 1) as usize {
+        if n_emb > MAX_ROWS {
             return Err(GeneptError::InvalidArgument(format!(
                 "{n_emb} table rows are more than the kernel addresses"
             )));
         }
-        let mut slot = vec![SKIP; n_emb];
-        for (s, &g) in dense.rows.iter().enumerate() {
-            slot[g as usize] = DENSE | s as u32;
-        }
         let code: Vec<u32> = (0..n_cols)
-            .map(|j| match map.row_of(j) {
-                None => SKIP,
-                Some(g) if slot[g] != SKIP => slot[g],
-                Some(g) => g as u32,
+            .map(|j| map.row_of(j).map_or(SKIP, |g| g as u32))
+            .collect();
+        let d = emb.dim();
+        let tiles = (0..d)
+            .step_by(TILE)
+            .map(|t0| {
+                let w = TILE.min(d - t0);
+                TileInfo {
+                    t0,
+                    w,
+                    stride: w.next_multiple_of(16),
+                }
             })
             .collect();
-        let (d, k, nr) = (emb.dim(), dense.len(), isa.nr());
-        let mut tiles = Vec::new();
-        let (mut t0, mut panel) = (0, 0);
-        while t0 < d {
-            let w = TILE.min(d - t0);
-            let strips = w.div_ceil(nr);
-            tiles.push(TileInfo {
-                t0,
-                w,
-                strips,
-                stride: strips * nr,
-                panel,
-            });
-            panel += if k > 0 { strips * nr * k } else { 0 };
-            t0 += w;
-        }
-        let mut panels = vec![0.0f32; panel];
-        if k > 0 {
-            // Pack each tile's panel: strips of nr dimensions, gene-major within a strip.
-            let mut parts: Vec<&mut [f32]> = Vec::with_capacity(tiles.len());
-            let mut rest = panels.as_mut_slice();
-            for t in &tiles {
-                let (a, b) = rest.split_at_mut(t.strips * nr * k);
-                parts.push(a);
-                rest = b;
-            }
-            parts.into_par_iter().zip(&tiles).for_each(|(dst, t)| {
-                let (base, stride) = emb.tile(t.t0);
-                for (kk, &g) in dense.rows.iter().enumerate() {
-                    let src = &base[g as usize * stride..g as usize * stride + t.w];
-                    for (s, chunk) in src.chunks(nr).enumerate() {
-                        let o = (s * k + kk) * nr;
-                        dst[o..o + chunk.len()].copy_from_slice(chunk);
-                    }
-                }
-            });
-        }
-        let mut uses = vec![0u8; k];
-        let mut dense_injective = true;
-        for &c in &code {
-            if c != SKIP && c & DENSE != 0 {
-                let u = &mut uses[(c & !DENSE) as usize];
-                dense_injective &= *u == 0;
-                *u = 1;
-            }
-        }
         Ok(Plan {
             emb,
             code,
-            k,
-            panels,
             tiles,
             isa,
             n_ranges: (n_emb >> RANGE_SHIFT) + 1,
-            dense_injective,
         })
     }
 }
@@ -529,8 +339,6 @@ fn small_index<V: Value>(x: V) -> usize {
 
 /// Per-thread buffers, reused from block to block.
 struct Scratch {
-    /// Dense values of the block (zeros for absent genes), in the GEMM's layout.
-    dense_v: Vec<f32>,
     /// Output of one tile of the block.
     tile: Vec<f32>,
     counts: CountRows,
@@ -554,7 +362,6 @@ struct Scratch {
 impl Scratch {
     fn new() -> Self {
         Scratch {
-            dense_v: Vec::new(),
             tile: Vec::new(),
             counts: CountRows::default(),
             memo: Log1pMemo::new(),
@@ -572,14 +379,12 @@ impl Scratch {
 }
 
 /// Computes `out = X @ E` (then row L2 normalisation if asked) into `out`, row-major
-/// `n_cells × dim`, summing the genes of `dense` by the dense GEMM. Runs on the current rayon
-/// pool. With [`Preprocess::Log1p`], `x` must have been checked for negative values
+/// `n_cells × dim`. Runs on the current rayon pool. With [`Preprocess::Log1p`], `x` must have been checked for negative values
 /// ([`CsrView::new_counts`]).
 pub fn weighted_embedding<I: Index, V: Value>(
     x: &CsrView<'_, I, V>,
     emb: Table<'_>,
     map: GeneMap<'_>,
-    dense: &DenseGenes,
     opts: WeightedOptions,
     out: &mut [f32],
 ) -> Result<()> {
@@ -609,7 +414,7 @@ pub fn weighted_embedding<I: Index, V: Value>(
             ));
         }
     }
-    let plan = Plan::new(emb, map, dense, opts.isa, x.n_cols())?;
+    let plan = Plan::new(emb, map, opts.isa, x.n_cols())?;
     if n == 0 || d == 0 {
         return Ok(());
     }
@@ -655,10 +460,8 @@ fn encode_block<I: Index, V: Value>(
     if rows == 0 {
         return Ok(());
     }
-    let rows_p = rows.div_ceil(isa.mr()) * isa.mr();
-    group_block(x, plan, opts.preprocess, r0, r1, rows_p, s);
+    group_block(x, plan, opts.preprocess, r0, r1, s);
     let Scratch {
-        dense_v,
         tile,
         rents,
         rstart,
@@ -670,16 +473,17 @@ fn encode_block<I: Index, V: Value>(
     let lists = CellLists::new(rents, rstart, rows);
     let max_stride = plan.tiles.iter().map(|t| t.stride).max().unwrap_or(0);
     tile.clear();
-    tile.resize(rows_p * max_stride + 16, 0.0);
+    tile.resize(rows * max_stride + 16, 0.0);
     // 64-byte aligned (max_stride is a multiple of 16), so that no vector load or store splits
     // a cache line.
     let skip = tile.as_ptr().align_offset(64).min(16);
-    let tile = &mut tile[skip..skip + rows_p * max_stride];
+    let tile = &mut tile[skip..skip + rows * max_stride];
     let ranges = lists.ranges();
     for (ti, t) in plan.tiles.iter().enumerate() {
         let (table, tstride) = plan.emb.tile(t.t0);
-        let buf = &mut tile[..rows_p * t.stride];
-        tile_gemm(plan, dense_v, rows_p, t, buf);
+        let buf = &mut tile[..rows * t.stride];
+        // Every sum starts at +0.0 (the gather adds to the row; an empty list leaves it).
+        buf.fill(0.0);
         for range in 0..ranges {
             // While a range is gathered, its successor's tiles (or the next tile's first
             // range) are brought into L2.
@@ -710,24 +514,6 @@ fn encode_block<I: Index, V: Value>(
     finish_rows(out, d, r0, opts.normalize)
 }
 
-/// The dense GEMM of tile `t` of a block (`rows_p` rows) into `buf`, or zeros without dense
-/// genes.
-fn tile_gemm(plan: &Plan<'_>, dense_v: &[f32], rows_p: usize, t: &TileInfo, buf: &mut [f32]) {
-    let (isa, k) = (plan.isa, plan.k);
-    if k == 0 {
-        buf.fill(0.0);
-        return;
-    }
-    let panel = &plan.panels[t.panel..t.panel + t.strips * isa.nr() * k];
-    let sh = GemmShape {
-        rows: rows_p,
-        k,
-        strips: t.strips,
-        stride: t.stride,
-    };
-    dense_gemm(isa, sh, dense_v, panel, buf);
-}
-
 /// What placing a cell's sparse entries marks besides its list: the genes present in the
 /// block (`seen`, a byte per table row) and, per gene range `r`, the position after the
 /// range's last entry so far (`bound[r + 1]`). Entries that are not kept mark the dummy last
@@ -750,112 +536,35 @@ impl Marks<'_> {
     }
 }
 
-/// [`place_row`] without dense genes (every code is [`SKIP`] or a table row), in about half
-/// its instructions per entry.
-#[inline(always)]
-fn place_sparse(
-    vals: impl Iterator<Item = (usize, f32)>,
-    code: &[u32],
-    ents: &mut [u64],
-    n: &mut usize,
-    marks: &mut Marks<'_>,
-) -> bool {
-    let mut prev = 0u32;
-    let mut unsorted = false;
-    let mut m = *n;
-    for (j, v) in vals {
-        let c = code[j];
-        let keep = c != SKIP;
-        marks.mark(c, keep, m);
-        ents[m] = pack_entry(c, v);
-        m += usize::from(keep);
-        unsorted |= keep & (c < prev);
-        prev = if keep { c } else { prev };
-    }
-    *n = m;
-    unsorted
-}
-
-/// Places one cell's values without branching on the gene: a dense gene's value goes to
-/// `dense[base + slot * mr]` (anything else to the dummy slot at its end; added when the row
-/// may hold duplicates, else stored), a sparse gene's entry is written at `ents[*n]` and kept
-/// by advancing `*n`, and marked ([`Marks`]). Returns whether the cell's sparse genes were out
-/// of ascending order.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn place_row(
-    vals: impl Iterator<Item = (usize, f32)>,
-    code: &[u32],
-    dense: &mut [f32],
-    base: usize,
-    mr: usize,
-    ents: &mut [u64],
-    n: &mut usize,
-    marks: &mut Marks<'_>,
-    duplicates: bool,
-) -> bool {
-    let dummy = dense.len() - 1;
-    let mut prev = 0u32;
-    let mut unsorted = false;
-    let mut m = *n;
-    for (j, v) in vals {
-        let c = code[j];
-        let is_dense = (c & DENSE != 0) & (c != SKIP);
-        let sparse = c & DENSE == 0;
-        marks.mark(c, sparse, m);
-        let di = if is_dense {
-            base + (c & !DENSE) as usize * mr
-        } else {
-            dummy
-        };
-        if duplicates {
-            dense[di] += v;
-        } else {
-            dense[di] = v;
-        }
-        ents[m] = pack_entry(c, v);
-        m += usize::from(sparse);
-        unsorted |= sparse & (c < prev);
-        prev = if sparse { c } else { prev };
-    }
-    *n = m;
-    unsorted
-}
-
-/// Where one cell's values go (see [`place_row`] and [`place_sparse`]).
+/// Where one cell's entries go: `ents[*n..]`, marked in `marks`.
 struct RowOut<'a, 'b> {
     code: &'a [u32],
-    dense: &'a mut [f32],
-    base: usize,
-    mr: usize,
-    k: usize,
     ents: &'a mut [u64],
     n: &'a mut usize,
     marks: Marks<'b>,
 }
 
 impl RowOut<'_, '_> {
-    /// Places the cell's `(column, value)` pairs, adding duplicates of dense genes if
-    /// `duplicates`; returns whether its sparse genes were out of ascending order.
+    /// Places one cell's `(column, value)` pairs without branching on the gene: an entry
+    /// (table row, value) is written at `ents[*n]` and kept by advancing `*n` unless its gene
+    /// has no embedding ([`SKIP`]), and marked ([`Marks`]). Returns whether the cell's genes
+    /// were out of ascending order.
     #[inline(always)]
-    fn place(&mut self, vals: impl Iterator<Item = (usize, f32)>, duplicates: bool) -> bool {
-        let o = self;
-        if o.k == 0 {
-            place_sparse(vals, o.code, o.ents, o.n, &mut o.marks)
-        } else {
-            let (d, b, mr) = (&mut *o.dense, o.base, o.mr);
-            place_row(
-                vals,
-                o.code,
-                d,
-                b,
-                mr,
-                o.ents,
-                o.n,
-                &mut o.marks,
-                duplicates,
-            )
+    fn place(&mut self, vals: impl Iterator<Item = (usize, f32)>) -> bool {
+        let mut prev = 0u32;
+        let mut unsorted = false;
+        let mut m = *self.n;
+        for (j, v) in vals {
+            let c = self.code[j];
+            let keep = c != SKIP;
+            self.marks.mark(c, keep, m);
+            self.ents[m] = pack_entry(c, v);
+            m += usize::from(keep);
+            unsorted |= keep & (c < prev);
+            prev = if keep { c } else { prev };
         }
+        *self.n = m;
+        unsorted
     }
 }
 
@@ -867,14 +576,8 @@ fn col<I: Index>(j: I) -> usize {
 /// Places one cell of values as they are. Not inlined (nor is [`place_counts`]): each loop
 /// gets the registers to itself.
 #[inline(never)]
-fn place_values<I: Index, V: Value>(
-    out: &mut RowOut<'_, '_>,
-    idx: &[I],
-    val: &[V],
-    injective: bool,
-) -> bool {
-    let vals = idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f32()));
-    out.place(vals, !injective || !strictly_increasing(idx))
+fn place_values<I: Index, V: Value>(out: &mut RowOut<'_, '_>, idx: &[I], val: &[V]) -> bool {
+    out.place(idx.iter().zip(val).map(|(&j, &v)| (col(j), v.to_f32())))
 }
 
 /// Places one cell of raw counts as `log1p(x * target / total)`: the row's total and kind
@@ -891,7 +594,6 @@ fn place_counts<I: Index, V: Value>(
     target: f64,
     memo: &mut Log1pMemo,
     counts: &mut CountRows,
-    injective: bool,
     isa: Isa,
 ) -> bool {
     let scan = scan_counts(isa, idx, val, SMALL);
@@ -903,33 +605,25 @@ fn place_counts<I: Index, V: Value>(
     memo.next_row();
     let max = scan.small_max;
     let small = max < SMALL;
-    let dup = !injective;
     if !scan.canonical {
         counts.merge(idx, val);
         let merged = counts.cols.iter().zip(&counts.vals);
-        out.place(merged.map(|(&j, &v)| (j, memo.get(v, scale))), dup)
+        out.place(merged.map(|(&j, &v)| (j, memo.get(v, scale))))
     } else if small && (max + 1) * EAGER_COST <= idx.len() {
         memo.fill(max, scale);
         let memo = &*memo;
-        out.place(
-            idx.iter().zip(val).map(|(&j, &v)| (col(j), memo.filled(v))),
-            dup,
-        )
+        out.place(idx.iter().zip(val).map(|(&j, &v)| (col(j), memo.filled(v))))
     } else if small {
         let vals = idx.iter().zip(val);
-        out.place(vals.map(|(&j, &v)| (col(j), memo.get_small(v, scale))), dup)
+        out.place(vals.map(|(&j, &v)| (col(j), memo.get_small(v, scale))))
     } else {
         let vals = idx.iter().zip(val);
-        out.place(
-            vals.map(|(&j, &v)| (col(j), memo.get(v.to_f64(), scale))),
-            dup,
-        )
+        out.place(vals.map(|(&j, &v)| (col(j), memo.get(v.to_f64(), scale))))
     }
 }
 
-/// Regroups cells `r0..r1` for the gather: the dense genes' values into `dense_v` (`rows_p`
-/// rows, zeros for absent genes, the GEMM's layout), the other entries (gene, value) into one
-/// list per (gene range, cell), range-major, each list's genes ascending (stably: duplicates
+/// Regroups cells `r0..r1` for the gather: their entries (gene, value) into one list per
+/// (gene range, cell), range-major, each list's genes ascending (stably: duplicates
 /// in stored order), in `rents`/`rstart` (see [`CellLists`]); the genes present, per range, in
 /// `present`/`pstart`.
 fn group_block<I: Index, V: Value>(
@@ -938,14 +632,11 @@ fn group_block<I: Index, V: Value>(
     pre: Preprocess,
     r0: usize,
     r1: usize,
-    rows_p: usize,
     s: &mut Scratch,
 ) {
-    let (k, mr) = (plan.k, plan.isa.mr());
     let rows = r1 - r0;
     let (shift, nr) = (RANGE_SHIFT, plan.n_ranges);
     let code = &plan.code[..];
-    let injective = plan.dense_injective;
     let target = match pre {
         Preprocess::Log1p { target_sum } => Some(target_sum),
         Preprocess::None => None,
@@ -962,15 +653,12 @@ fn group_block<I: Index, V: Value>(
     let (nb, nbs) = (nr + 1, nr + 2);
     s.cursor.clear();
     s.cursor.resize(nbs * rows, 0);
-    s.dense_v.clear();
-    s.dense_v.resize(rows_p * k + 1, 0.0);
     let mut unsorted = false;
     let mut n = 0usize;
     {
         let Scratch {
             cents,
             cell_at,
-            dense_v,
             counts,
             memo,
             seen,
@@ -983,28 +671,20 @@ fn group_block<I: Index, V: Value>(
             let bound = &mut cursor[lr * nbs..(lr + 1) * nbs];
             bound.fill(n as u32);
             let marks = Marks { seen, bound };
-            let base = (lr / mr) * k * mr + lr % mr;
             let (idx, val) = x.row(r);
             let mut out = RowOut {
                 code,
-                dense: dense_v,
-                base,
-                mr,
-                k,
                 ents: cents,
                 n: &mut n,
                 marks,
             };
             unsorted |= match target {
-                Some(target) => place_counts(
-                    &mut out, idx, val, target, memo, counts, injective, plan.isa,
-                ),
-                None => place_values(&mut out, idx, val, injective),
+                Some(target) => place_counts(&mut out, idx, val, target, memo, counts, plan.isa),
+                None => place_values(&mut out, idx, val),
             };
         }
         cell_at.push(n as u32);
     }
-    s.dense_v.truncate(rows_p * k);
     if unsorted {
         // Rows whose genes are not ascending (a reordering gene map, unsorted X): sort each
         // cell's entries by gene, stably (duplicates keep their stored order), and mark the
@@ -1210,7 +890,7 @@ mod tests {
         }
     }
 
-    /// Rows with a few frequent genes (dense candidates) and rare ones, unsorted, duplicated,
+    /// Rows with a few frequent genes and rare ones, unsorted, duplicated,
     /// with many ties and zeros; every fifth row empty. Values are counts (integers) or halves.
     fn random_csr(
         rng: &mut Lcg,
@@ -1248,7 +928,6 @@ mod tests {
         d: usize,
         normalize: bool,
         log1p: bool,
-        dense: bool,
     }
 
     /// Runs every instruction set, block shape and both table layouts on one input; checks
@@ -1268,12 +947,6 @@ mod tests {
         };
         let ev = tiled(&e, c.n_emb, c.d);
         let gm = map.map_or(GeneMap::Identity, GeneMap::Table);
-        let dense = if c.dense {
-            DenseGenes::choose(&x, gm, c.n_emb, 0.5, 4).unwrap()
-        } else {
-            DenseGenes::none()
-        };
-        assert_eq!(dense.is_empty(), !c.dense || c.n_emb == 0);
         let (want, bound) = reference(&ip, &ix, &v, &e, c.d, map, c.normalize, c.log1p);
         let mut fma_result: Option<Vec<f32>> = None;
         for isa in Isa::available() {
@@ -1296,7 +969,7 @@ mod tests {
                     Table::Rows(EmbeddingView::new(&e, c.n_emb, c.d).unwrap()),
                 ] {
                     let mut out = vec![f32::NAN; n * c.d];
-                    weighted_embedding(&x, table, gm, &dense, opts, &mut out).unwrap();
+                    weighted_embedding(&x, table, gm, opts, &mut out).unwrap();
                     match &first {
                         None => first = Some(out),
                         Some(f) => assert_eq!(
@@ -1333,19 +1006,12 @@ mod tests {
     #[test]
     fn matches_reference_all_paths() {
         for d in [1, 5, 64, 100, 200] {
-            for (normalize, log1p, dense) in [
-                (true, false, false),
-                (false, false, false),
-                (true, false, true),
-                (false, true, true),
-                (true, true, false),
-            ] {
+            for (normalize, log1p) in [(true, false), (false, false), (false, true), (true, true)] {
                 let c = Case {
                     n_emb: 50,
                     d,
                     normalize,
                     log1p,
-                    dense,
                 };
                 run(c, None);
             }
@@ -1366,19 +1032,17 @@ mod tests {
                 }
             })
             .collect();
-        for (log1p, dense, m) in [
-            (false, false, None),
-            (false, true, None),
-            (true, true, None),
-            (false, true, Some(&map[..])),
-            (true, false, Some(&map[..])),
+        for (log1p, m) in [
+            (false, None),
+            (true, None),
+            (false, Some(&map[..])),
+            (true, Some(&map[..])),
         ] {
             let c = Case {
                 n_emb,
                 d: 100,
                 normalize: true,
                 log1p,
-                dense,
             };
             run(c, m);
         }
@@ -1389,67 +1053,15 @@ mod tests {
         let map: Vec<i64> = (0..60)
             .map(|j| if j % 7 == 0 { -1 } else { (j * 13) % 40 })
             .collect();
-        for (log1p, dense) in [(false, false), (true, true), (false, true)] {
+        for log1p in [false, true] {
             let c = Case {
                 n_emb: 40,
                 d: 70,
                 normalize: true,
                 log1p,
-                dense,
             };
             run(c, Some(&map));
         }
-    }
-
-    #[test]
-    fn dense_genes_are_chosen_by_frequency_and_checked() {
-        // Gene 0 in every cell, gene 1 in half of them, gene 2 in one.
-        let n = 100;
-        let mut ip = vec![0i64];
-        let mut ix = vec![];
-        for r in 0..n {
-            ix.push(0);
-            if r % 2 == 0 {
-                ix.push(1);
-            }
-            if r == 7 {
-                ix.push(2);
-            }
-            ip.push(ix.len() as i64);
-        }
-        let v = vec![1.0f32; ix.len()];
-        let x = CsrView::new(&ip, &ix, &v, 3).unwrap();
-        let pick = |f: f64, max: usize| {
-            DenseGenes::choose(&x, GeneMap::Identity, 3, f, max)
-                .unwrap()
-                .rows()
-                .to_vec()
-        };
-        assert_eq!(pick(0.5, 10), vec![0, 1]);
-        assert_eq!(pick(0.51, 10), vec![0]);
-        assert_eq!(pick(0.0, 10), vec![0, 1, 2]);
-        assert_eq!(pick(0.0, 1), vec![0]);
-        let few =
-            CsrView::new(&ip[..11], &ix[..ip[10] as usize], &v[..ip[10] as usize], 3).unwrap();
-        assert!(DenseGenes::choose(&few, GeneMap::Identity, 3, 0.5, 10)
-            .unwrap()
-            .is_empty());
-        assert!(DenseGenes::choose(&x, GeneMap::Identity, 3, 1.5, 10).is_err());
-        assert!(DenseGenes::new(&[0, 2, 1], 3).is_err());
-        assert!(DenseGenes::new(&[0, 3], 3).is_err());
-        assert!(DenseGenes::new(&[-1], 3).is_err());
-        let d = DenseGenes::new(&[0, 2], 3).unwrap();
-        let e = [1.0f32; 4];
-        let mut out = vec![0.0; 2 * n];
-        let err = weighted_embedding(
-            &x,
-            Table::Rows(EmbeddingView::new(&e, 2, 2).unwrap()),
-            GeneMap::Table(&[0, 1, -1]),
-            &d,
-            WeightedOptions::default(),
-            &mut out,
-        );
-        assert!(err.unwrap_err().to_string().contains("dense_genes"));
     }
 
     #[test]
@@ -1459,8 +1071,6 @@ mod tests {
         let e: Vec<f32> = (0..300 * 130).map(|_| rng.unit() as f32 - 0.5).collect();
         let x = CsrView::new(&ip, &ix, &v, 300).unwrap();
         let ev = tiled(&e, 300, 130);
-        let dense = DenseGenes::choose(&x, GeneMap::Identity, 300, 0.5, 100).unwrap();
-        assert!(!dense.is_empty());
         let o = WeightedOptions::default();
         let mut results = Vec::new();
         for (threads, block_rows) in [(1, 3), (2, 1000), (3, 64)] {
@@ -1474,7 +1084,6 @@ mod tests {
                     &x,
                     Table::Tiled(&ev),
                     GeneMap::Identity,
-                    &dense,
                     WeightedOptions { block_rows, ..o },
                     &mut a,
                 )
@@ -1549,26 +1158,11 @@ mod tests {
             ..WeightedOptions::default()
         };
         let table = Table::Rows(EmbeddingView::new(&e, 2, 2).unwrap());
-        weighted_embedding(
-            &x,
-            table,
-            GeneMap::Identity,
-            &DenseGenes::none(),
-            opts,
-            &mut out,
-        )
-        .unwrap();
+        weighted_embedding(&x, table, GeneMap::Identity, opts, &mut out).unwrap();
         assert_eq!(out, vec![2f64.ln() as f32, 4f64.ln() as f32, 0.0, 0.0]);
         // A view not checked for negatives is refused.
         let unchecked = CsrView::new(&ip, &ix, &[1.0f32, 3.0, 0.0, 0.0], 2).unwrap();
-        let r = weighted_embedding(
-            &unchecked,
-            table,
-            GeneMap::Identity,
-            &DenseGenes::none(),
-            opts,
-            &mut out,
-        );
+        let r = weighted_embedding(&unchecked, table, GeneMap::Identity, opts, &mut out);
         assert!(r.is_err());
     }
 
@@ -1578,20 +1172,12 @@ mod tests {
         let e = vec![1.0f32; 4];
         let ev = tiled(&e, 2, 2);
         let mut out = vec![7.0; 4];
-        let none = DenseGenes::none();
         let o = WeightedOptions::default();
-        weighted_embedding(&x, Table::Tiled(&ev), GeneMap::Identity, &none, o, &mut out).unwrap();
+        weighted_embedding(&x, Table::Tiled(&ev), GeneMap::Identity, o, &mut out).unwrap();
         assert_eq!(out, vec![0.0; 4]);
         assert!(out.iter().all(|v| v.to_bits() == 0), "zeros are +0.0");
         let ev3 = tiled(&[1.0f32; 6], 3, 2);
-        let err = weighted_embedding(
-            &x,
-            Table::Tiled(&ev3),
-            GeneMap::Identity,
-            &none,
-            o,
-            &mut out,
-        );
+        let err = weighted_embedding(&x, Table::Tiled(&ev3), GeneMap::Identity, o, &mut out);
         assert!(err.unwrap_err().to_string().contains("2 genes"));
     }
 
@@ -1604,7 +1190,6 @@ mod tests {
             &x,
             Table::Tiled(&ev),
             GeneMap::Identity,
-            &DenseGenes::none(),
             WeightedOptions::default(),
             &mut out,
         );

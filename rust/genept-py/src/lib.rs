@@ -15,8 +15,7 @@ use genept_core::simd::Isa;
 use genept_core::tiled::TiledEmbeddings;
 use genept_core::weighted::Table;
 use genept_core::{
-    sentences, topn, weighted, CsrView, DenseGenes, EmbeddingView, GeneMap, Preprocess,
-    WeightedOptions,
+    sentences, topn, weighted, CsrView, EmbeddingView, GeneMap, Preprocess, WeightedOptions,
 };
 use numpy::ndarray::Array2;
 use numpy::{
@@ -264,7 +263,7 @@ fn preprocess_arg(preprocess: &str, target_sum: f64) -> PyResult<Preprocess> {
 
 /// GenePT-w: `X @ E`, rows L2-normalised when `normalize`. Returns float32 (n_cells, dim).
 #[pyfunction]
-#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512, dense_genes=None, preprocess="none", target_sum=1e4, row_offset=0))]
+#[pyo3(signature = (indptr, indices, data, n_cols, embeddings, gene_index=None, normalize=true, n_threads=None, out=None, block_rows=512, preprocess="none", target_sum=1e4, row_offset=0))]
 #[allow(clippy::too_many_arguments)]
 fn weighted_embedding<'py>(
     py: Python<'py>,
@@ -278,7 +277,6 @@ fn weighted_embedding<'py>(
     n_threads: Option<usize>,
     out: Option<Bound<'py, PyArray2<f32>>>,
     block_rows: usize,
-    dense_genes: Option<PyReadonlyArray1<'py, i64>>,
     preprocess: &str,
     target_sum: f64,
     row_offset: usize,
@@ -308,7 +306,6 @@ fn weighted_embedding<'py>(
         TableArg::Array(_) => None,
     };
     let map_arr = opt_slice(&gene_index, "gene_index")?;
-    let dense_arr = opt_slice(&dense_genes, "dense_genes")?;
     let n_cells = indptr.len()?.saturating_sub(1);
     let opts = WeightedOptions {
         normalize,
@@ -327,13 +324,8 @@ fn weighted_embedding<'py>(
                     Preprocess::Log1p { .. } => CsrView::new_counts(p, i, d, n_cols)?,
                 };
                 let map = map_arr.map_or(GeneMap::Identity, GeneMap::Table);
-                let n_emb = prepared_table.map_or(raw.map_or(0, |r| r.1), |t| t.n_rows());
-                let dense = match dense_arr {
-                    Some(rows) => DenseGenes::new(rows, n_emb)?,
-                    None => DenseGenes::none(),
-                };
                 let run = |table: Table<'_>, buf: &mut [f32]| {
-                    weighted::weighted_embedding(&x, table, map, &dense, opts, buf)
+                    weighted::weighted_embedding(&x, table, map, opts, buf)
                 };
                 match (prepared_table, raw) {
                     (Some(t), _) => run(Table::Tiled(t), buf),
@@ -390,39 +382,6 @@ fn into_2d<T: Element>(
     let a = Array2::from_shape_vec((rows, cols), v)
         .map_err(|e| InternalError::new_err(format!("internal shape error: {e}")))?;
     Ok(a.into_pyarray(py))
-}
-
-/// The table rows expressed in at least `min_fraction` of the cells of X (at most `max_genes`,
-/// the most frequent), ascending int64: the dense genes of a GenePT-w job.
-#[pyfunction]
-// The defaults are weighted::DENSE_MIN_FRACTION and DENSE_MAX_GENES (literals, so that Python
-// shows them).
-#[pyo3(signature = (indptr, indices, data, n_cols, n_emb, gene_index=None, min_fraction=0.5, max_genes=2048, n_threads=None))]
-#[allow(clippy::too_many_arguments)]
-fn choose_dense_genes<'py>(
-    py: Python<'py>,
-    indptr: &Bound<'py, PyAny>,
-    indices: &Bound<'py, PyAny>,
-    data: &Bound<'py, PyAny>,
-    n_cols: usize,
-    n_emb: usize,
-    gene_index: Option<PyReadonlyArray1<'py, i64>>,
-    min_fraction: f64,
-    max_genes: usize,
-    n_threads: Option<usize>,
-) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let map_arr = opt_slice(&gene_index, "gene_index")?;
-    let rows = with_csr!(indptr, indices, data, |p, i, d| detached(
-        py,
-        n_threads,
-        || {
-            let x = CsrView::new(p, i, d, n_cols)?;
-            let map = map_arr.map_or(GeneMap::Identity, GeneMap::Table);
-            DenseGenes::choose(&x, map, n_emb, min_fraction, max_genes)
-        }
-    ))?;
-    let v: Vec<i64> = rows.rows().iter().map(|&g| i64::from(g)).collect();
-    Ok(v.into_pyarray(py))
 }
 
 /// Per cell, the indices of the `n` genes with the largest positive values (int32, -1 padded).
@@ -574,7 +533,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PreparedEmbeddings>()?;
     m.add_function(wrap_pyfunction!(weighted_embedding, m)?)?;
-    m.add_function(wrap_pyfunction!(choose_dense_genes, m)?)?;
     m.add_function(wrap_pyfunction!(top_genes, m)?)?;
     m.add_function(wrap_pyfunction!(cell_sentences, m)?)?;
     m.add_function(wrap_pyfunction!(sentences_from_top, m)?)?;
