@@ -87,6 +87,10 @@ class InputError(GeneptError, ValueError):
 
     cell: int | None
     gene: int | None
+    #: The message with ``{cell}`` where the cell number stands, set by the Rust binding on an
+    #: error that names a cell, so that :func:`genept_fast.kernels.offset_cells` can move the
+    #: cell without parsing the text.
+    _cell_message: str | None = None
 
     def __init__(
         self, message: str = "", *, cell: int | None = None, gene: int | None = None

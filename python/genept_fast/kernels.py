@@ -297,7 +297,7 @@ def offset_cells(exc: GeneptError, offset: int, *, where: str | None = None) -> 
     if not isinstance(exc, InputError) or not is_kernel_error(exc) or not (offset or where):
         return exc
     cell, text = exc.cell, str(exc)
-    template: str | None = getattr(exc, "_cell_message", None)  # set by _core with a cell
+    template = exc._cell_message
     if offset and cell is not None:
         cell += offset
         if template is not None:
@@ -308,7 +308,7 @@ def offset_cells(exc: GeneptError, offset: int, *, where: str | None = None) -> 
             template = where.replace("{", "{{").replace("}", "}}") + ": " + template
     moved = type(exc)(text, cell=cell, gene=exc.gene)  # the same class
     if template is not None:
-        moved._cell_message = template  # type: ignore[attr-defined]
+        moved._cell_message = template
     return moved
 
 

@@ -4,7 +4,7 @@
 //! and chosen at run time: AVX-512F (Zen 4 runs it as two 256-bit halves, Zen 5 at full width;
 //! six of its registers hold a cell's 96-float output row), AVX2+FMA, or portable Rust.
 //!
-//! The sparse genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
+//! The genes are gathered cell by cell ([`gather_range`]): a cell's output row stays in
 //! registers while its genes of one gene range are added (one load and one multiply-add per
 //! register per gene, no store), and the range's embedding tiles (512 genes × 384 bytes)
 //! stay in L2 while the block's cells pass over them.
