@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -446,62 +447,21 @@ def download(
     path = Path(part)
     path.parent.mkdir(parents=True, exist_ok=True)
     public = public_url(url)
-    who = name or public.partition("://")[2].split("/", 1)[0]
+    job = _Download(
+        url=url,
+        path=path,
+        size=size,
+        timeout=timeout,
+        progress=progress,
+        who=name or public.partition("://")[2].split("/", 1)[0],
+        public=public,
+    )
     headers = {"User-Agent": "genept-fast", "Accept-Encoding": "identity"}
-
-    def refuse(msg: str, status: int) -> NoReturn:
-        raise ServiceError(scrub(msg), service=who, url=public, status=status)
-
-    def try_once(client: httpx.Client) -> int:
-        have = path.stat().st_size if path.exists() else 0
-        if size is not None and have > size:
-            path.unlink()
-            have = 0
-        if size is not None and have == size:
-            return have
-        if progress is not None:
-            progress.n = have
-            progress.refresh()
-        extra = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with client.stream("GET", url, headers=extra) as response:
-                status = response.status_code
-                if status == 416 and size is not None and have == size:
-                    return have
-                if status >= 400:
-                    problem = f"HTTP {status} {response.reason_phrase}".rstrip()
-                    if status not in RETRY_STATUSES:
-                        refuse(f"{who}: GET {public} failed: {problem}", status)
-                    raise _Retry(problem, status)
-                start = _content_range_start(response.headers.get("Content-Range"))
-                if status == 206 and start != have:
-                    refuse(
-                        f"{who}: GET {public} answered bytes from {start}, asked from {have}", 206
-                    )
-                mode = "ab" if status == 206 else "wb"  # 200: the whole file again
-                with path.open(mode) as fh:
-                    if mode == "wb" and progress is not None:
-                        progress.n = 0
-                        progress.refresh()
-                    for chunk in response.iter_raw():  # as received: a drop keeps it all
-                        fh.write(chunk)
-                        if progress is not None:
-                            progress.update(len(chunk))
-        except hx.HTTPError as exc:
-            raise _transport_problem(
-                exc, who=who, public=public, timeout=timeout, mask=scrub
-            ) from None
-        got = path.stat().st_size
-        if size is None or got == size:
-            return got
-        problem = f"the connection closed after {got:,} of {size:,} bytes"
-        raise _Retry(problem)
-
     with hx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
         return int(
             _with_retries(
-                lambda: try_once(client),
-                who=who,
+                lambda: job.try_once(client),
+                who=job.who,
                 what=f"GET {public}",
                 public=public,
                 max_retries=max_retries,
@@ -509,6 +469,86 @@ def download(
                 max_backoff=30.0,
             )
         )
+
+
+@dataclass(frozen=True)
+class _Download:
+    """One :func:`download` job: the file, what is expected, and who to name in messages."""
+
+    url: str
+    path: Path
+    size: int | None
+    timeout: float
+    progress: Any
+    who: str
+    public: str
+
+    def try_once(self, client: httpx.Client) -> int:
+        """One try: ask for the missing bytes and append them; the bytes in ``path`` after it.
+
+        Raises :class:`_Retry` when the transfer stopped short or the server asks to retry.
+        """
+        have = self._resume_point()
+        if self.size is not None and have == self.size:
+            return have
+        self._restart_progress(have)
+        extra = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with client.stream("GET", self.url, headers=extra) as response:
+                if response.status_code == 416 and self.size is not None and have == self.size:
+                    return have
+                self._check_status(response, have)
+                self._write_body(response, append=response.status_code == 206)
+        except _httpx().HTTPError as exc:
+            raise _transport_problem(
+                exc, who=self.who, public=self.public, timeout=self.timeout, mask=scrub
+            ) from None
+        got = self.path.stat().st_size
+        if self.size is None or got == self.size:
+            return got
+        problem = f"the connection closed after {got:,} of {self.size:,} bytes"
+        raise _Retry(problem)
+
+    def _resume_point(self) -> int:
+        """Bytes already in ``path``; a file longer than ``size`` is deleted (start over)."""
+        have = self.path.stat().st_size if self.path.exists() else 0
+        if self.size is not None and have > self.size:
+            self.path.unlink()
+            have = 0
+        return have
+
+    def _restart_progress(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.n = n
+            self.progress.refresh()
+
+    def _check_status(self, response: httpx.Response, have: int) -> None:
+        """Refuse a 4xx or a range that starts elsewhere; :class:`_Retry` on a status worth it."""
+        status = response.status_code
+        if status >= 400:
+            problem = f"HTTP {status} {response.reason_phrase}".rstrip()
+            if status not in RETRY_STATUSES:
+                self._refuse(f"{self.who}: GET {self.public} failed: {problem}", status)
+            raise _Retry(problem, status)
+        start = _content_range_start(response.headers.get("Content-Range"))
+        if status == 206 and start != have:
+            self._refuse(
+                f"{self.who}: GET {self.public} answered bytes from {start}, asked from {have}",
+                206,
+            )
+
+    def _refuse(self, msg: str, status: int) -> NoReturn:
+        raise ServiceError(scrub(msg), service=self.who, url=self.public, status=status)
+
+    def _write_body(self, response: httpx.Response, *, append: bool) -> None:
+        """Append the body (206) or replace the file with it (200: the whole file again)."""
+        with self.path.open("ab" if append else "wb") as fh:
+            if not append:
+                self._restart_progress(0)
+            for chunk in response.iter_raw():  # as received: a drop keeps it all
+                fh.write(chunk)
+                if self.progress is not None:
+                    self.progress.update(len(chunk))
 
 
 # -- the openai client's exceptions --------------------------------------------------------------
