@@ -102,6 +102,149 @@ def _server_label(base_url: str) -> str:
     return f"{host}{port}{parts.path.rstrip('/')}"
 
 
+# -- option checks of OpenAIEmbedder (each raises InputError naming the option) ------------------
+
+
+def _resolve_base_url(base_url: str | None) -> str | None:
+    """``base_url`` checked, else ``$OPENAI_BASE_URL`` checked, else ``None`` (OpenAI)."""
+    if base_url is not None:
+        return check_url(base_url, option="base_url")
+    if os.environ.get("OPENAI_BASE_URL"):
+        return check_url(os.environ["OPENAI_BASE_URL"], option="OPENAI_BASE_URL")
+    return None
+
+
+def _check_dimensions(model: str, dimensions: int | None, *, official: bool) -> int | None:
+    """``dimensions`` as an int: positive, and within what an OpenAI model can shorten to."""
+    if dimensions is None:
+        return None
+    if int(dimensions) < 1:
+        msg = f"dimensions must be positive, got {dimensions}"
+        raise InputError(msg)
+    if official and model == "text-embedding-ada-002":
+        msg = "text-embedding-ada-002 does not support 'dimensions'"
+        raise InputError(msg)
+    top = _SHORTENABLE.get(model)
+    if official and top is not None and dimensions > top:
+        msg = f"{model} supports at most {top} dimensions, got {dimensions}"
+        raise InputError(msg)
+    return int(dimensions)
+
+
+def _check_encoding_format(encoding_format: str | None) -> str:
+    """``"float"`` or ``"base64"`` (the default)."""
+    if encoding_format is None:
+        return "base64"
+    if encoding_format not in ("float", "base64"):
+        msg = f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
+        raise InputError(msg)
+    return encoding_format
+
+
+def _check_batch_size(batch_size: int | None, *, official: bool) -> int:
+    """Inputs per request: 1 to 2048 (default 2048 for OpenAI, 32 for other servers)."""
+    default_batch = 2048 if official else 32
+    size = int(batch_size or default_batch)
+    if not 1 <= size <= 2048:
+        msg = f"batch_size must be between 1 and 2048, got {size}"
+        raise InputError(msg)
+    return size
+
+
+def _check_token_limits(max_tokens_per_request: int, max_input_tokens: int) -> tuple[int, int]:
+    """Both limits positive; the input limit no larger than the request limit."""
+    per_request = int(max_tokens_per_request)
+    if min(max_tokens_per_request, max_input_tokens) < 1:
+        msg = "max_tokens_per_request and max_input_tokens must be positive"
+        raise InputError(msg)
+    return per_request, min(int(max_input_tokens), per_request)
+
+
+def _check_concurrency(max_concurrency: int) -> int:
+    if max_concurrency < 1:
+        msg = f"max_concurrency must be at least 1, got {max_concurrency}"
+        raise InputError(msg)
+    return int(max_concurrency)
+
+
+def _price(model: str, usd_per_million_tokens: float | None, *, official: bool) -> float:
+    """The price given, else OpenAI's list price of a known model on OpenAI, else 0."""
+    if usd_per_million_tokens is None:
+        known = price_per_million(model) if official else None
+        usd_per_million_tokens = known or 0.0
+    return float(usd_per_million_tokens)
+
+
+def _check_poll_interval(batch_poll_interval: float) -> float:
+    if batch_poll_interval < 0:
+        msg = f"batch_poll_interval must not be negative, got {batch_poll_interval}"
+        raise InputError(msg)
+    return float(batch_poll_interval)
+
+
+def _batch_state_dir(
+    batch_state_dir: str | os.PathLike[str] | None, cache: EmbeddingCache | None
+) -> Path:
+    """Where batch job files go (default: ``batches/`` in the cache directory)."""
+    if batch_state_dir is None:
+        base = cache.directory if cache is not None else default_cache_dir()
+        batch_state_dir = base / "batches"
+    return Path(batch_state_dir).expanduser()
+
+
+# -- checks of an embeddings answer (each raises _Malformed saying what is wrong) ----------------
+
+
+def _rows_by_index(data: list[Any], n: int) -> list[np.ndarray]:
+    """The vectors of the items of ``data``, placed by their ``index`` (default: position)."""
+    rows: list[np.ndarray | None] = [None] * n
+    for pos, item in enumerate(data):
+        if not isinstance(item, dict):
+            msg = "an item of 'data' is not an object"
+            raise _Malformed(msg)
+        idx = item.get("index", pos)
+        if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
+            msg = f"bad or repeated index {idx!r}"
+            raise _Malformed(msg)
+        vec = _decode_embedding(item.get("embedding"))
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused later
+            rows[idx] = vec.astype(np.float32)
+    return [r for r in rows if r is not None]
+
+
+def _decode_embedding(emb: Any) -> np.ndarray:
+    """One ``embedding`` value: base64 little-endian float32, or a flat list of numbers."""
+    if isinstance(emb, str):
+        try:
+            return np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
+        except (binascii.Error, ValueError):
+            msg = "an embedding is not valid base64 float32"
+            raise _Malformed(msg) from None
+    if isinstance(emb, list):
+        try:
+            vec = np.asarray(emb, dtype=np.float64)
+        except (TypeError, ValueError):
+            msg = "an embedding is not a list of numbers"
+            raise _Malformed(msg) from None
+        if vec.ndim != 1:
+            msg = "an embedding is not a flat list of numbers"
+            raise _Malformed(msg)
+        return vec
+    msg = "an item has no 'embedding'"
+    raise _Malformed(msg)
+
+
+def _check_values(rows: list[np.ndarray], n: int) -> None:
+    """No vector holds NaN or infinity, none is all zeros (GenePT's "no text")."""
+    if not all(np.isfinite(r).all() for r in rows):
+        msg = "an embedding contains NaN or infinity"
+        raise _Malformed(msg)
+    zero = sum(not r.any() for r in rows)
+    if zero:
+        msg = f"{zero} of {n} embeddings are all zeros"
+        raise _Malformed(msg)
+
+
 class OpenAIEmbedder(Embedder):
     """Embed texts with an OpenAI (or OpenAI-compatible) embeddings endpoint.
 
@@ -170,67 +313,29 @@ class OpenAIEmbedder(Embedder):
         if not model:
             msg = "an OpenAI embedding model name is required, e.g. 'openai:text-embedding-3-small'"
             raise InputError(msg)
-        if base_url is not None:
-            base_url = check_url(base_url, option="base_url")
-        elif os.environ.get("OPENAI_BASE_URL"):
-            base_url = check_url(os.environ["OPENAI_BASE_URL"], option="OPENAI_BASE_URL")
         self.model = model
-        self.base_url = base_url
-        self.official = _is_official(base_url)
+        self.base_url = _resolve_base_url(base_url)
+        self.official = _is_official(self.base_url)
         self._api_key = api_key
-        if dimensions is not None:
-            if int(dimensions) < 1:
-                msg = f"dimensions must be positive, got {dimensions}"
-                raise InputError(msg)
-            if self.official and model == "text-embedding-ada-002":
-                msg = "text-embedding-ada-002 does not support 'dimensions'"
-                raise InputError(msg)
-            top = _SHORTENABLE.get(model)
-            if self.official and top is not None and dimensions > top:
-                msg = f"{model} supports at most {top} dimensions, got {dimensions}"
-                raise InputError(msg)
-        self.dimensions = None if dimensions is None else int(dimensions)
+        self.dimensions = _check_dimensions(model, dimensions, official=self.official)
         self.dimension = self.dimensions or NATIVE_DIMENSIONS.get(model)
         #: Whether the format was chosen here (and may fall back to float once).
         self._format_chosen = encoding_format is None
-        if encoding_format is None:
-            encoding_format = "base64"
-        if encoding_format not in ("float", "base64"):
-            msg = f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
-            raise InputError(msg)
-        self.encoding_format = encoding_format
-        default_batch = 2048 if self.official else 32
-        self.batch_size = int(batch_size or default_batch)
-        if not 1 <= self.batch_size <= 2048:
-            msg = f"batch_size must be between 1 and 2048, got {self.batch_size}"
-            raise InputError(msg)
-        self.max_tokens_per_request = int(max_tokens_per_request)
-        if min(max_tokens_per_request, max_input_tokens) < 1:
-            msg = "max_tokens_per_request and max_input_tokens must be positive"
-            raise InputError(msg)
-        self.max_input_tokens = min(int(max_input_tokens), self.max_tokens_per_request)
-        if max_concurrency < 1:
-            msg = f"max_concurrency must be at least 1, got {max_concurrency}"
-            raise InputError(msg)
-        self.max_concurrency = int(max_concurrency)
+        self.encoding_format = _check_encoding_format(encoding_format)
+        self.batch_size = _check_batch_size(batch_size, official=self.official)
+        self.max_tokens_per_request, self.max_input_tokens = _check_token_limits(
+            max_tokens_per_request, max_input_tokens
+        )
+        self.max_concurrency = _check_concurrency(max_concurrency)
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
-        if usd_per_million_tokens is None:
-            known = price_per_million(model) if self.official else None
-            usd_per_million_tokens = known or 0.0
-        self.usd_per_million_tokens = float(usd_per_million_tokens)
+        self.usd_per_million_tokens = _price(model, usd_per_million_tokens, official=self.official)
         self.is_paid = self.usd_per_million_tokens > 0
         self.model_id = f"openai:{model}"
         self.use_batch = bool(use_batch)
-        if batch_poll_interval < 0:
-            msg = f"batch_poll_interval must not be negative, got {batch_poll_interval}"
-            raise InputError(msg)
-        self.batch_poll_interval = float(batch_poll_interval)
+        self.batch_poll_interval = _check_poll_interval(batch_poll_interval)
         self.batch_max_wait = None if batch_max_wait is None else float(batch_max_wait)
-        if batch_state_dir is None:
-            base = cache.directory if cache is not None else default_cache_dir()
-            batch_state_dir = base / "batches"
-        self.batch_state_dir = Path(batch_state_dir).expanduser()
+        self.batch_state_dir = _batch_state_dir(batch_state_dir, cache)
         self._counter = get_token_counter()
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
@@ -447,37 +552,14 @@ class OpenAIEmbedder(Embedder):
         fast = self._float_rows(data)
         if fast is not None:
             return fast
-        rows: list[np.ndarray | None] = [None] * n
-        for pos, item in enumerate(data):
-            if not isinstance(item, dict):
-                msg = "an item of 'data' is not an object"
-                raise _Malformed(msg)
-            idx = item.get("index", pos)
-            if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
-                msg = f"bad or repeated index {idx!r}"
-                raise _Malformed(msg)
-            emb = item.get("embedding")
-            if isinstance(emb, str):
-                try:
-                    vec = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
-                except (binascii.Error, ValueError):
-                    msg = "an embedding is not valid base64 float32"
-                    raise _Malformed(msg) from None
-            elif isinstance(emb, list):
-                try:
-                    vec = np.asarray(emb, dtype=np.float64)
-                except (TypeError, ValueError):
-                    msg = "an embedding is not a list of numbers"
-                    raise _Malformed(msg) from None
-                if vec.ndim != 1:
-                    msg = "an embedding is not a flat list of numbers"
-                    raise _Malformed(msg)
-            else:
-                msg = "an item has no 'embedding'"
-                raise _Malformed(msg)
-            with np.errstate(over="ignore"):  # past float32's range: inf, refused below
-                rows[idx] = vec.astype(np.float32)
-        lengths = {int(r.shape[0]) for r in rows if r is not None}
+        rows = _rows_by_index(data, n)
+        self._check_lengths(rows)
+        _check_values(rows, n)
+        return np.stack(rows)
+
+    def _check_lengths(self, rows: list[np.ndarray]) -> None:
+        """All vectors of one positive length, the expected one where it is known."""
+        lengths = {int(r.shape[0]) for r in rows}
         expected = self.dimension
         if len(lengths) != 1 or 0 in lengths or (expected is not None and lengths != {expected}):
             got = ", ".join(str(x) for x in sorted(lengths))
@@ -486,14 +568,6 @@ class OpenAIEmbedder(Embedder):
                 f" (dimensions={self.dimensions} requested)" if self.dimensions else ""
             )
             raise MalformedResponseError(msg, service=self.where)
-        if not all(np.isfinite(r).all() for r in rows if r is not None):
-            msg = "an embedding contains NaN or infinity"
-            raise _Malformed(msg)
-        zero = sum(not r.any() for r in rows if r is not None)
-        if zero:
-            msg = f"{zero} of {n} embeddings are all zeros"
-            raise _Malformed(msg)
-        return np.stack([r for r in rows if r is not None])
 
     def _float_rows(self, data: list[Any]) -> np.ndarray | None:
         """The common well-formed ``float`` body in one conversion, else ``None``.
