@@ -203,7 +203,6 @@ class Output:
     format: str
     dtype: np.dtype[Any]
     key: str
-    overwrite: bool
 
 
 def _input_path(input: Any) -> Any:
@@ -236,7 +235,7 @@ def check_output_args(
         msg = "key 'obs_names' is taken by the cell names in a .zarr output; choose another key"
         raise InputError(msg)
     check_output_paths(out, overwrite=overwrite, inputs=[_input_path(input), *inputs])
-    return Output(out, fmt, np.dtype(output_dtype), key, overwrite)
+    return Output(out, fmt, np.dtype(output_dtype), key)
 
 
 def _check_dim(dim: Any) -> None:
