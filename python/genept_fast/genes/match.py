@@ -342,20 +342,68 @@ def match_genes(
     sp = detect_species(names) if species == "auto" else species
     hits = [_find(n, r, index) for n, r in zip(names, resolve(names, species=sp), strict=True)]
     if alternatives is not None:
-        alts = ["" if a is None else str(a) for a in alternatives]
-        if len(alts) != len(names):
-            msg = f"{len(alts)} alternative identifiers for {len(names)} genes"
-            raise InputError(msg)
-        todo = [i for i, h in enumerate(hits) if h.row < 0 and alts[i].strip()]
-        if todo:
-            alt_names = [alts[i] for i in todo]
-            alt_sp = detect_species(alt_names) if species == "auto" else species
-            for i, r in zip(todo, resolve(alt_names, species=alt_sp), strict=True):
-                h = _find(alts[i], r, index)
-                if h.row >= 0 and (hits[i].key is None or hits[i].key == h.key):
-                    hits[i] = h
+        _try_alternatives(hits, names, alternatives, index, species=species)
+    shared, shadowed = _shadow_indirect(hits, names, index)
+    nz = np.ones(len(index.keys), dtype=bool) if nonzero is None else np.asarray(nonzero, bool)
+    out = np.full(len(names), -1, dtype=np.int64)
+    tally = _Tally()
+    for i, h in enumerate(hits):
+        if not tally.add(names[i], h):
+            continue
+        if nz[h.row]:
+            out[i] = h.row
+        else:  # matched, but the table has no text for it: not embedded
+            tally.n_zero += 1
+    cov = Coverage(
+        n_query=len(names),
+        n_matched=tally.n_matched,
+        n_zero=tally.n_zero,
+        unmatched=tally.unmatched,
+        n_case_insensitive=tally.by_method["case"],
+        by_method={m: n for m, n in tally.by_method.items() if n},
+        ambiguous=tally.ambiguous,
+        shared=shared,
+        shadowed=shadowed,
+        one_to_many=tally.one_to_many,
+        methods=tally.methods,
+        species=sp,
+    )
+    return out, cov
 
-    # shared table genes: a direct match shadows indirect ones of the same table gene
+
+def _try_alternatives(
+    hits: list[_Hit],
+    names: list[str],
+    alternatives: Sequence[str | None],
+    index: KeyIndex,
+    *,
+    species: str,
+) -> None:
+    """Replace in ``hits`` each miss whose second identifier finds a table gene (the same
+    canonical gene, where the first identifier resolved to one)."""
+    alts = ["" if a is None else str(a) for a in alternatives]
+    if len(alts) != len(names):
+        msg = f"{len(alts)} alternative identifiers for {len(names)} genes"
+        raise InputError(msg)
+    todo = [i for i, h in enumerate(hits) if h.row < 0 and alts[i].strip()]
+    if not todo:
+        return
+    alt_names = [alts[i] for i in todo]
+    alt_sp = detect_species(alt_names) if species == "auto" else species
+    for i, r in zip(todo, resolve(alt_names, species=alt_sp), strict=True):
+        h = _find(alts[i], r, index)
+        if h.row >= 0 and (hits[i].key is None or hits[i].key == h.key):
+            hits[i] = h
+
+
+def _shadow_indirect(
+    hits: list[_Hit], names: list[str], index: KeyIndex
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Table genes matched by several dataset genes: a direct match shadows the indirect ones
+    of the same table gene (their hits in ``hits`` become ``"shadowed"``).
+
+    Returns the table key → dataset names sharing it, and each shadowed name → its table key.
+    """
     groups: dict[int, list[int]] = {}
     for i, h in enumerate(hits):
         if h.row >= 0:
@@ -371,48 +419,37 @@ def match_genes(
                 if hits[i].method not in DIRECT:
                     shadowed[names[i]] = index.keys[row]
                     hits[i] = _Hit(method="shadowed")
+    return shared, shadowed
 
-    nz = np.ones(len(index.keys), dtype=bool) if nonzero is None else np.asarray(nonzero, bool)
-    out = np.full(len(names), -1, dtype=np.int64)
-    by_method = dict.fromkeys(METHODS, 0)
-    unmatched: list[str] = []
-    ambiguous: dict[str, list[str]] = {}
-    one_to_many: list[str] = []
-    methods: list[str | None] = []
-    n_matched = n_zero = 0
-    for i, h in enumerate(hits):
+
+@dataclass
+class _Tally:
+    """The counts and lists of :class:`Coverage`, gathered hit by hit."""
+
+    by_method: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METHODS, 0))
+    unmatched: list[str] = field(default_factory=list)
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
+    one_to_many: list[str] = field(default_factory=list)
+    methods: list[str | None] = field(default_factory=list)
+    n_matched: int = 0
+    n_zero: int = 0
+
+    def add(self, name: str, h: _Hit) -> bool:
+        """Count the hit of dataset gene ``name``; whether it found a table row."""
         if h.row < 0:
-            methods.append(None)
+            self.methods.append(None)
             if h.ambiguous:
-                ambiguous[names[i]] = list(h.ambiguous)
+                self.ambiguous[name] = list(h.ambiguous)
             elif h.method != "shadowed":
-                unmatched.append(names[i])
-            continue
+                self.unmatched.append(name)
+            return False
         assert h.method is not None
-        methods.append(h.method)
-        by_method[h.method] += 1
-        n_matched += 1
+        self.methods.append(h.method)
+        self.by_method[h.method] += 1
+        self.n_matched += 1
         if h.one_to_many:
-            one_to_many.append(names[i])
-        if nz[h.row]:
-            out[i] = h.row
-        else:
-            n_zero += 1
-    cov = Coverage(
-        n_query=len(names),
-        n_matched=n_matched,
-        n_zero=n_zero,
-        unmatched=unmatched,
-        n_case_insensitive=by_method["case"],
-        by_method={m: n for m, n in by_method.items() if n},
-        ambiguous=ambiguous,
-        shared=shared,
-        shadowed=shadowed,
-        one_to_many=one_to_many,
-        methods=methods,
-        species=sp,
-    )
-    return out, cov
+            self.one_to_many.append(name)
+        return True
 
 
 # -- a dataset's identifiers --------------------------------------------------------------------
