@@ -470,7 +470,7 @@ def encode_cells(
             log.info("%s: resuming, %d of %d chunks already done", out.path, resumed, n_chunks)
         todo = [i for i in range(n_chunks) if i not in state.done]
         cells_todo = sum(min(chunk_size, n_cells - i * chunk_size) for i in todo)
-        _run_pipeline(
+        _Pipeline(
             source,
             todo,
             encoder=encoder,
@@ -480,12 +480,9 @@ def encode_cells(
             dtype=out.dtype,
             work=work,
             state=state,
-            progress=progress,
-            n_cells=n_cells,
-            label=out.path.name,
             blame=blame,
             ready=ready,
-        )
+        ).run(progress=progress, label=out.path.name)
         record = dict(uns)
         record["params"] = {**dict(record.get("params") or {}), "dimension": dim}
         record["stream"] = {
@@ -522,137 +519,174 @@ def encode_cells(
     )
 
 
-def _run_pipeline(
-    source: ChunkSource,
-    todo: list[int],
-    *,
-    encoder: Callable[..., np.ndarray],
-    how: str,
-    chunk_size: int,
-    dim: int,
-    dtype: np.dtype[Any],
-    work: Any,
-    state: PartialState,
-    progress: bool,
-    n_cells: int,
-    label: str,
-    blame: _Blame,
-    ready: dict[int, np.ndarray],
-) -> None:
-    """Reader thread → encoder (this thread) → writer thread, at most two input chunks alive.
+class _Pipeline:
+    """Reader thread → encoder (the calling thread) → writer thread, at most two input chunks
+    alive.
 
     Errors name cells by their position in the whole matrix; ``blame.input`` is set when the
-    input is at fault (a read or preprocessing error, or a kernel rejecting the chunk).
+    input is at fault (a read or preprocessing error, or a kernel rejecting a cell of a chunk).
     ``ready`` holds chunks already encoded (the first one, when it gave the width).
     """
-    from tqdm.auto import tqdm
 
-    stop = threading.Event()
-    slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
-    inq: queue.Queue[Any] = queue.Queue()
-    outq: queue.Queue[Any] = queue.Queue(maxsize=1)  # results alive: encoding, queued, writing
-    writer_error: list[BaseException] = []
-    needs_names = work.needs_obs_names
-    done_cells = n_cells - sum(min(chunk_size, n_cells - i * chunk_size) for i in todo)
-    bar = tqdm(
-        total=n_cells,
-        initial=done_cells,
-        unit="cell",
-        unit_scale=True,
-        desc=f"encode {label}",
-        disable=not progress,
-        smoothing=0.1,
-    )
+    def __init__(
+        self,
+        source: ChunkSource,
+        todo: list[int],
+        *,
+        encoder: Callable[..., np.ndarray],
+        how: str,
+        chunk_size: int,
+        dim: int,
+        dtype: np.dtype[Any],
+        work: Any,
+        state: PartialState,
+        blame: _Blame,
+        ready: dict[int, np.ndarray],
+    ) -> None:
+        self.source, self.todo, self.encoder, self.how = source, todo, encoder, how
+        self.chunk_size, self.dim, self.dtype = chunk_size, dim, dtype
+        self.work, self.state, self.blame, self.ready = work, state, blame, ready
+        self.n_cells = int(source.n_cells)
+        self.stop = threading.Event()
+        self.slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
+        self.inq: queue.Queue[Any] = queue.Queue()
+        # results alive: one encoding, one queued, one being written
+        self.outq: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self.writer_error: list[BaseException] = []
+        self.bar: Any = None
 
-    def reader() -> None:
-        for i in todo:
-            while not slots.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            if stop.is_set():
+    def run(self, *, progress: bool, label: str) -> None:
+        from tqdm.auto import tqdm
+
+        n, size = self.n_cells, self.chunk_size
+        self.bar = tqdm(
+            total=n,
+            initial=n - sum(min(size, n - i * size) for i in self.todo),
+            unit="cell",
+            unit_scale=True,
+            desc=f"encode {label}",
+            disable=not progress,
+            smoothing=0.1,
+        )
+        rt = threading.Thread(target=self._reader, name="genept-stream-reader", daemon=True)
+        wt = threading.Thread(target=self._writer, name="genept-stream-writer", daemon=True)
+        rt.start()
+        wt.start()
+        try:
+            self._encode_all()
+        finally:
+            self._shut_down(rt, wt)
+        self._check_writer()
+
+    # -- the reader thread ------------------------------------------------------------------
+
+    def _reader(self) -> None:
+        for i in self.todo:
+            if not self._take_slot():
                 return
-            a, b = i * chunk_size, min((i + 1) * chunk_size, n_cells)
+            a, b = i * self.chunk_size, min((i + 1) * self.chunk_size, self.n_cells)
             try:
-                X = source.read(a, b)
-                if X.shape != (b - a, source.n_genes):
-                    msg = f"{source.name}: read({a}, {b}) returned shape {X.shape}"
-                    raise InputError(msg)
-                X, _ = apply_preprocess(X, how)  # type: ignore[arg-type]
-                names = source.obs_names(a, b) if needs_names else None
+                X, names = self._read(a, b)
             except BaseException as e:
-                inq.put(_Failure(e))
+                self.inq.put(_Failure(e))
                 return
-            inq.put((i, a, b, X, names))
-        inq.put(_END)
+            self.inq.put((i, a, b, X, names))
+        self.inq.put(_END)
 
-    def writer() -> None:
+    def _take_slot(self) -> bool:
+        while not self.slots.acquire(timeout=0.1):
+            if self.stop.is_set():
+                return False
+        return not self.stop.is_set()
+
+    def _read(self, a: int, b: int) -> tuple[Any, list[str] | None]:
+        source = self.source
+        X = source.read(a, b)
+        if X.shape != (b - a, source.n_genes):
+            msg = f"{source.name}: read({a}, {b}) returned shape {X.shape}"
+            raise InputError(msg)
+        X, _ = apply_preprocess(X, self.how)  # type: ignore[arg-type]
+        return X, source.obs_names(a, b) if self.work.needs_obs_names else None
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _writer(self) -> None:
         while True:
-            item = outq.get()
+            item = self.outq.get()
             if item is None:
                 return
             i, a, b, emb, names = item
             try:
-                work.write(a, b, emb, names)
-                state.mark_done(i)
+                self.work.write(a, b, emb, names)
+                self.state.mark_done(i)
             except BaseException as e:
-                writer_error.append(e)
-                stop.set()
+                self.writer_error.append(e)
+                self.stop.set()
                 return
-            bar.update(b - a)
+            self.bar.update(b - a)
 
-    rt = threading.Thread(target=reader, name="genept-stream-reader", daemon=True)
-    wt = threading.Thread(target=writer, name="genept-stream-writer", daemon=True)
-    rt.start()
-    wt.start()
-    try:
+    def _check_writer(self) -> None:
+        if self.writer_error:
+            raise self.writer_error[0]
+
+    # -- the calling thread -----------------------------------------------------------------
+
+    def _encode_all(self) -> None:
         while True:
-            if writer_error:
-                raise writer_error[0]
-            item = inq.get()
+            self._check_writer()
+            item = self.inq.get()
             if item is _END:
-                break
+                return
             if isinstance(item, _Failure):
-                blame.input = isinstance(item.exc, InputError)
+                self.blame.input = isinstance(item.exc, InputError)
                 raise item.exc
             i, a, b, X, names = item
-            try:
-                emb = ready.pop(i) if i in ready else np.asarray(_call(encoder, X, a, source.name))
-            except InputError as exc:
-                blame.input = _names_a_cell(exc)
-                raise
-            del X, item
-            slots.release()
-            if emb.shape != (b - a, dim):
-                msg = (
-                    f"encoder returned shape {emb.shape} for cells {a}:{b}; "
-                    f"expected ({b - a}, {dim})"
-                )
-                raise InputError(msg)
-            emb = np.ascontiguousarray(emb, dtype=dtype)
-            while True:
-                if writer_error:
-                    raise writer_error[0]
-                try:
-                    outq.put((i, a, b, emb, names), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            del item
+            emb = self._encode(i, a, b, X)
+            del X
+            self.slots.release()
+            self._hand_over((i, a, b, emb, names))
             del emb
-    finally:
-        stop.set()
+
+    def _encode(self, i: int, a: int, b: int, X: Any) -> np.ndarray:
+        try:
+            if i in self.ready:
+                emb = self.ready.pop(i)
+            else:
+                emb = np.asarray(_call(self.encoder, X, a, self.source.name))
+        except InputError as exc:
+            self.blame.input = _names_a_cell(exc)
+            raise
+        if emb.shape != (b - a, self.dim):
+            msg = (
+                f"encoder returned shape {emb.shape} for cells {a}:{b}; "
+                f"expected ({b - a}, {self.dim})"
+            )
+            raise InputError(msg)
+        return np.ascontiguousarray(emb, dtype=self.dtype)
+
+    def _hand_over(self, item: tuple[Any, ...]) -> None:
+        while True:
+            self._check_writer()
+            try:
+                self.outq.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _shut_down(self, rt: threading.Thread, wt: threading.Thread) -> None:
+        self.stop.set()
         # Let the writer finish what is already encoded (saved work survives an interrupt).
         while wt.is_alive():
             try:
-                outq.put(None, timeout=0.1)
+                self.outq.put(None, timeout=0.1)
                 break
             except queue.Full:
                 continue
         wt.join()
-        slots.release()
+        self.slots.release()
         rt.join(timeout=5)
-        bar.close()
-    if writer_error:
-        raise writer_error[0]
+        self.bar.close()
 
 
 def report_dict(report: StreamReport) -> dict[str, Any]:
