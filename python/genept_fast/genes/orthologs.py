@@ -114,15 +114,29 @@ def mouse() -> MouseTable:
     bm = _read("biomart/mouse_to_human.csv")
     hc = _read("hcop/mouse_to_human.csv")
     t = MouseTable()
+    _add_biomart_names(t, bm)
+    _add_hcop_names(t, hc)
+    _index_symbols(t)
+    t.evidence = _evidence(t, bm, hc)
+    return t
+
+
+def _add_biomart_names(t: MouseTable, bm: pl.DataFrame) -> None:
+    """BioMart's ID → name (a named row of an ID wins over an unnamed one)."""
     for gid, name in (
         bm.select(bm.columns[0], bm.columns[1]).unique(maintain_order=True).iter_rows()
     ):
         if _valid_name(gid) and (_valid_name(name) or gid not in t.id_to_symbol):
             t.id_to_symbol[gid] = name if _valid_name(name) else None
+
+
+def _add_hcop_names(t: MouseTable, hc: pl.DataFrame) -> None:
+    """HCOP's ID → name over BioMart's: HCOP's IDs are primary, a BioMart name it replaces is
+    remembered as the previous symbol."""
     for gid, name in (
         hc.select("Gene stable ID", "Gene name").unique(maintain_order=True).iter_rows()
     ):
-        if not _valid_name(gid):  # "-": a gene HCOP knows by name only (see below)
+        if not _valid_name(gid):  # "-": a gene HCOP knows by name only (see _evidence)
             continue
         t.primary.add(gid)
         if not _valid_name(name):
@@ -132,6 +146,10 @@ def mouse() -> MouseTable:
         if old and old != name:
             t.previous.setdefault(old, name)
         t.id_to_symbol[gid] = name
+
+
+def _index_symbols(t: MouseTable) -> None:
+    """Symbol → IDs, upper-case symbol → symbols, and previous symbols that no gene still has."""
     for gid, name in t.id_to_symbol.items():
         if name:
             t.symbol_to_ids.setdefault(name, []).append(gid)
@@ -140,6 +158,13 @@ def mouse() -> MouseTable:
     for name in t.symbol_to_ids:
         t.upper.setdefault(name.upper(), []).append(name)
 
+
+def _evidence(
+    t: MouseTable, bm: pl.DataFrame, hc: pl.DataFrame
+) -> dict[str, dict[str, frozenset[str]]]:
+    """Mouse ID → {human ID: the databases that call the pair}: HCOP's supporting sources,
+    plus ``Ensembl`` for Ensembl Compara's calls in BioMart. A mouse gene HCOP knows by name
+    only is added to ``t`` under a :data:`NAME_ONLY` key."""
     evidence: dict[str, dict[str, set[str]]] = {}
     pairs = hc.select("Gene stable ID", "Gene name", "Human gene stable ID", "supporting_source")
     for mid, name, hid, sources in pairs.iter_rows():
@@ -158,8 +183,7 @@ def mouse() -> MouseTable:
     for mid, hid in bm.select(bm.columns[0], bm.columns[3]).iter_rows():
         if mid and hid:
             evidence.setdefault(mid, {}).setdefault(hid, set()).add("Ensembl")
-    t.evidence = {m: {h: frozenset(s) for h, s in c.items()} for m, c in evidence.items()}
-    return t
+    return {m: {h: frozenset(s) for h, s in c.items()} for m, c in evidence.items()}
 
 
 @functools.lru_cache(maxsize=1)
