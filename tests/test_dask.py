@@ -151,3 +151,23 @@ def test_errors(data: dict, tmp_path: Path) -> None:
         gdask.weighted_embedding(x, data["E"], n_threads=0)
     with pytest.raises(GeneptError, match="input not found"):
         gdask.read_csr(tmp_path / "missing.h5ad")
+
+
+def test_the_encoder_travels_before_use_and_names_whole_matrix_cells(data: dict) -> None:
+    """What Dask ships: the plain rows, gene index and options (laid out once per process)."""
+    import pickle
+
+    from genept_fast.encode import WeightedEncoder
+
+    enc = WeightedEncoder(data["E"], preprocess="log1p", n_threads=1)
+    clone = pickle.loads(pickle.dumps(enc))
+    assert clone.fingerprint == enc.fingerprint and clone.preprocess == "log1p"
+    np.testing.assert_array_equal(clone(data["counts"]), data["ref_counts"])
+    enc(data["counts"][:10])  # lays the table out here and drops the plain rows
+    with pytest.raises(GeneptError, match="build a new one"):
+        pickle.dumps(enc)
+    bad = data["counts"][:20].copy()
+    bad.data[bad.indptr[7]] = np.nan  # cell 7 of this block
+    with pytest.raises(GeneptError, match="NaN") as info:
+        clone(bad, row_offset=300)
+    assert info.value.cell == 307  # type: ignore[attr-defined]

@@ -132,3 +132,24 @@ def test_a_file_without_symbols_is_refused_naming_the_option(tmp_path: Path) -> 
     ad.AnnData(sp.csr_array(np.ones((3, 2), dtype=np.float32)), var=var).write_h5ad(path)
     with pytest.raises(InputError, match=r"has a symbol \(var\['name'\]\).*--gene-key"):
         stream.encode_sentences(path, tmp_path / "o.npy", "local", gene_key="name")
+
+
+def test_an_unknown_dimension_comes_from_the_first_chunk_not_a_probe(
+    h5ad: Path, server: OpenAIEmbeddingServer, tmp_path: Path
+) -> None:
+    """A model the client does not know the width of: the first real chunk tells it; no extra
+    (possibly paid) request is sent to learn it, and no sentence is embedded twice."""
+    from genept_fast.kernels import DEFAULT_PREFIX
+
+    emb = get_embedder("openai:my-model", base_url=server.url, api_key="test", use_cache=False)
+    assert emb.dimension is None
+    out = tmp_path / "o.npy"
+    rep = stream.encode_sentences(
+        h5ad, out, emb, top_n=6, chunk_size=50, progress=False, use_raw=True
+    )
+    sent = [t for r in server.requests for t in r.inputs]
+    assert all(t.startswith(DEFAULT_PREFIX) for t in sent)  # cell sentences only
+    assert len(sent) <= N_CELLS and rep.encoder_stats["n_cells"] == N_CELLS
+    got = np.load(out)
+    assert got.shape == (N_CELLS, server.default_dimension) == (N_CELLS, emb.dimension)
+    assert rep.dim == emb.dimension and np.abs(got).sum() > 0
