@@ -542,3 +542,22 @@ def test_a_table_matches_the_files_genes_as_tl_does(tmp_path: Path) -> None:
     assert n_embedded == adata.uns["X_genept_w"]["coverage"]["n_embedded"] > 30
     with pytest.raises(GeneptError, match="gene_key 'nope'"):
         stream.encode_weighted(path, tmp_path / "x.npy", table, gene_key="nope", progress=False)
+
+
+def test_a_kernel_error_names_the_whole_matrix_cell_and_the_file(
+    data: dict, tmp_path: Path
+) -> None:
+    """A NaN in the third chunk: exc.cell is its row in the file (row_offset, no message
+    surgery), a note names the file, and the partial work is dropped (the input is at fault)."""
+    X = data["lognorm"].copy()
+    cell = 2 * CHUNK + 17
+    X.data[X.indptr[cell]] = np.nan
+    path = tmp_path / "nan.h5ad"
+    ad.AnnData(X=X, obs=data["obs"]).write_h5ad(path)
+    out = tmp_path / "o.npy"
+    with pytest.raises(GeneptError, match="NaN") as info:
+        stream.encode_weighted(path, out, data["E"], chunk_size=CHUNK, progress=False)
+    assert info.value.cell == cell  # type: ignore[attr-defined]
+    notes = getattr(info.value, "__notes__", [])
+    assert sys.version_info < (3, 11) or any(str(path) in n for n in notes)
+    assert not out.exists() and not out.with_name("o.npy.partial").exists()
