@@ -241,3 +241,33 @@ def test_genept_s_local_model_same_bits_and_provenance(
             "distinct_sentences",
         }
     assert pd.Index(streamed.obs_names).equals(adata.obs_names)
+
+
+@pytest.mark.parametrize("name", ["shipped", "zarr"])
+def test_genept_s_on_the_legacy_file_with_a_loopback_server(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """All 700 cells of the file as shipped (legacy layout) and re-saved, through tl, the
+    stream and the command, with the loopback OpenAI-compatible server (deterministic)."""
+    from servers.openai_api import OpenAIEmbeddingServer
+
+    path = files[name]
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("GENEPT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    with OpenAIEmbeddingServer(api_key="test") as server:
+        spec = "openai:text-embedding-3-small"
+        emb = get_embedder(spec, base_url=server.url, dimensions=DIM, use_cache=False)
+        adata = _read(path)
+        tl.genept_s(adata, emb, top_n=10)
+        ref, ref_uns = adata.obsm["X_genept_s"], _plain(adata.uns["X_genept_s"])
+        assert ref.shape == (N_CELLS, DIM) and ref_uns["params"]["matrix"] == "raw/X"
+        out = tmp_path / "stream.h5ad"
+        stream.encode_sentences(path, out, emb, top_n=10, chunk_size=CHUNK, progress=False)
+        cli_out = tmp_path / "cli.h5ad"
+        args = ["encode", str(path), "--method", "s", "--embedder", spec, "--base-url"]
+        args += [server.url, "--dimensions", str(DIM), "--top-n", "10", "-o", str(cli_out)]
+        assert main([*args, "--no-progress"]) == 0
+    for where, got in (("stream", _read(out)), ("cli", _read(cli_out))):
+        assert np.array_equal(got.obsm["X_genept_s"], ref), where
+        mine = _plain(got.uns["X_genept_s"])["params"]
+        assert mine == {k: v for k, v in ref_uns["params"].items() if k in mine}, where
