@@ -88,76 +88,95 @@ class JsonServer(LoopbackServer):
 
 
 def _make_handler(server: JsonServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
-        # client's delayed ACK hold each keep-alive answer for ~40 ms.
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def _serve(self, method: str) -> None:
-            parts = urllib.parse.urlsplit(self.path)
-            query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            form = {k: list(v) for k, v in query.items()}
-            body_json = None
-            ctype = self.headers.get("Content-Type", "")
-            if raw and "json" in ctype:
-                try:
-                    body_json = json.loads(raw)
-                except ValueError:
-                    body_json = None
-            elif raw:
-                for k, v in urllib.parse.parse_qs(raw.decode(), keep_blank_values=True).items():
-                    form.setdefault(k, []).extend(v)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            req = Request(method, parts.path, query, form, headers, body_json)
-            with server.lock:
-                server.requests.append(req)
-                n = len(server.requests)
-                fault = server.faults.popleft() if server.faults else None
-            if server.fail_from is not None and n >= server.fail_from:
-                fault = Fault("status", 500, body={"error": "injected failure"})
-            if fault is not None and fault.kind == "delay":
-                time.sleep(fault.delay)
-                fault = None
-            if fault is not None and fault.kind == "status":
-                self._send(fault.status, fault.headers, fault.body)
-                return
-            if fault is not None and fault.kind == "malformed":
-                self._send(200, {}, b'{"result": {"uids": ["7157"], "7157": {"name": "TP')
-                return
-            status, headers, body = server.handle(req)
-            self._send(status, headers, body)
-
-        def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
-            if isinstance(body, bytes):
-                data = body
-            elif body is None:
-                data = b""
-            else:
-                data = json.dumps(body).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout tests)
-                pass
+    class Handler(_JsonHandler):
+        json_server = server
 
     return Handler
+
+
+class _JsonHandler(BaseHTTPRequestHandler):
+    """Reads a request into a :class:`Request`, logs it, applies the next fault, and otherwise
+    sends what :meth:`JsonServer.handle` answers."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK hold each keep-alive answer for ~40 ms.
+    disable_nagle_algorithm = True
+    json_server: JsonServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        req = self._read_request(method)
+        fault = self._next_fault(req)
+        if fault is not None and fault.kind == "status":
+            self._send(fault.status, fault.headers, fault.body)
+            return
+        if fault is not None and fault.kind == "malformed":
+            self._send(200, {}, b'{"result": {"uids": ["7157"], "7157": {"name": "TP')
+            return
+        status, headers, body = self.json_server.handle(req)
+        self._send(status, headers, body)
+
+    def _read_request(self, method: str) -> Request:
+        """The request: URL query, body fields (form) or JSON body, headers in lower case."""
+        parts = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        form = {k: list(v) for k, v in query.items()}
+        body_json = None
+        ctype = self.headers.get("Content-Type", "")
+        if raw and "json" in ctype:
+            try:
+                body_json = json.loads(raw)
+            except ValueError:
+                body_json = None
+        elif raw:
+            for k, v in urllib.parse.parse_qs(raw.decode(), keep_blank_values=True).items():
+                form.setdefault(k, []).extend(v)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        return Request(method, parts.path, query, form, headers, body_json)
+
+    def _next_fault(self, req: Request) -> Fault | None:
+        """Log ``req`` and take the fault it gets: the next injected one, or a failure from
+        ``fail_from`` on; a delay is slept here (then the request is answered normally)."""
+        server = self.json_server
+        with server.lock:
+            server.requests.append(req)
+            n = len(server.requests)
+            fault = server.faults.popleft() if server.faults else None
+        if server.fail_from is not None and n >= server.fail_from:
+            fault = Fault("status", 500, body={"error": "injected failure"})
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.delay)
+            fault = None
+        return fault
+
+    def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
+        if isinstance(body, bytes):
+            data = body
+        elif body is None:
+            data = b""
+        else:
+            data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout tests)
+            pass
 
 
 # -- NCBI ----------------------------------------------------------------------------------------
