@@ -45,63 +45,79 @@ class ZenodoServer(LoopbackServer):
     def handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
-            # client's delayed ACK hold each keep-alive answer for ~40 ms.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _log(self, status: int) -> None:
-                with server._lock:
-                    server.requests.append(Hit(self.path, self.headers.get("Range"), status))
-
-            def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
-                self._log(status)
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path).path.strip("/").split("/")
-                if len(parts) == 4 and parts[:3] == ["records", server.record, "files"]:
-                    target = f"/api/records/{server.record}/files/{parts[3]}/content"
-                    return self._empty(302, {"Location": target})
-                ok = len(parts) == 6 and parts[:3] == ["api", "records", server.record]
-                if not ok or parts[5] != "content" or parts[4] not in server.files:
-                    return self._empty(404)
-                data = server.files[parts[4]]
-                start = 0
-                wanted = self.headers.get("Range")
-                if wanted and not server.ignore_range:
-                    if not wanted.startswith("bytes=") or not wanted[6:].endswith("-"):
-                        return self._empty(400)
-                    start = int(wanted[6:-1])
-                    if start >= len(data):
-                        return self._empty(416, {"Content-Range": f"bytes */{len(data)}"})
-                status = 206 if start else 200
-                self._log(status)
-                self.send_response(status)
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data) - start))
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.end_headers()
-                stop = len(data)
-                with server._lock:
-                    drops = [d for d in server.drop_after if start < d < len(data)]
-                    if drops:
-                        stop = min(drops)
-                        server.drop_after.remove(stop)
-                self.wfile.write(data[start:stop])
-                self.wfile.flush()
-                if stop < len(data):  # the connection dies mid-body
-                    self.close_connection = True
-                return None
+        class Handler(_ZenodoHandler):
+            zenodo = server
 
         return Handler
+
+
+class _ZenodoHandler(BaseHTTPRequestHandler):
+    """The record's redirect and its files' content (with ranges and injected drops)."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK hold each keep-alive answer for ~40 ms.
+    disable_nagle_algorithm = True
+    zenodo: ZenodoServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _log(self, status: int) -> None:
+        with self.zenodo._lock:
+            self.zenodo.requests.append(Hit(self.path, self.headers.get("Range"), status))
+
+    def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self._log(status)
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        record = self.zenodo.record
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) == 4 and parts[:3] == ["records", record, "files"]:
+            target = f"/api/records/{record}/files/{parts[3]}/content"
+            return self._empty(302, {"Location": target})
+        ok = len(parts) == 6 and parts[:3] == ["api", "records", record]
+        if not ok or parts[5] != "content" or parts[4] not in self.zenodo.files:
+            return self._empty(404)
+        data = self.zenodo.files[parts[4]]
+        start = 0
+        wanted = self.headers.get("Range")
+        if wanted and not self.zenodo.ignore_range:
+            if not wanted.startswith("bytes=") or not wanted[6:].endswith("-"):
+                return self._empty(400)
+            start = int(wanted[6:-1])
+            if start >= len(data):
+                return self._empty(416, {"Content-Range": f"bytes */{len(data)}"})
+        return self._send_file(data, start)
+
+    def _send_file(self, data: bytes, start: int) -> None:
+        """``data`` from ``start`` (206, or 200 from 0), cut at the next drop point listed."""
+        status = 206 if start else 200
+        self._log(status)
+        self.send_response(status)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data) - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        stop = self._drop_point(start, len(data))
+        self.wfile.write(data[start:stop])
+        self.wfile.flush()
+        if stop < len(data):  # the connection dies mid-body
+            self.close_connection = True
+
+    def _drop_point(self, start: int, size: int) -> int:
+        """Where this answer stops: the first listed drop after ``start`` (used up), or ``size``."""
+        with self.zenodo._lock:
+            drops = [d for d in self.zenodo.drop_after if start < d < size]
+            if not drops:
+                return size
+            stop = min(drops)
+            self.zenodo.drop_after.remove(stop)
+            return stop
