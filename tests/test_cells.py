@@ -347,3 +347,26 @@ def test_every_combination_of_rule_and_input_agrees(
             else:
                 with open_cells(data, layer=layer, use_raw=use_raw) as src:
                     assert src.matrix == expected
+
+
+def test_reading_a_files_rows_does_not_import_anndata(files: dict[str, Path]) -> None:
+    """Reading a file keeps anndata (130 MB resident, see stream/sources.py) out of the job."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from genept_fast.cells import open_cells\n"
+        "for path in sys.argv[1:]:\n"
+        "    with open_cells(path) as src:\n"
+        "        src.read(0, src.n_cells); src.obs_names(); src.var_names; src.fingerprint()\n"
+        "print(sorted(m for m in ('anndata', 'pandas') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(files["h5ad"]), str(files["zarr"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert proc.stdout.strip() == "[]"
