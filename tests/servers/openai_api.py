@@ -40,11 +40,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from servers.base import LoopbackServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: Native dimension of each model the server knows; other models get ``default_dimension``.
 NATIVE_DIMENSIONS = {
@@ -611,233 +614,291 @@ def _poll_batch(server: OpenAIEmbeddingServer, batch_id: str) -> dict[str, Any] 
 
 
 def _make_handler(server: OpenAIEmbeddingServer) -> type[BaseHTTPRequestHandler]:
-    state = server._state
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
-        # client's delayed ACK hold each keep-alive answer for ~40 ms.
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout)
-                pass
-
-        def _json(self, status: int, obj: object, headers: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(obj).encode(), headers)
-
-        def _authorized(self) -> bool:
-            if server.api_key is None:
-                return True
-            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            if sent == server.api_key:
-                return True
-            msg = f"Incorrect API key provided: {sent}."
-            self._json(401, _error(msg, "invalid_request_error", "invalid_api_key"))
-            return False
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0].rstrip("/")
-            parts = path.split("/")
-            if not self._authorized():
-                return
-            if path == "/v1/batches":
-                with state.lock:
-                    data = [dict(b) for b in reversed(state.batches.values())]
-                self._json(
-                    200,
-                    {
-                        "object": "list",
-                        "data": data,
-                        "first_id": data[0]["id"] if data else None,
-                        "last_id": data[-1]["id"] if data else None,
-                        "has_more": False,
-                    },
-                )
-                return
-            if len(parts) == 4 and parts[:3] == ["", "v1", "batches"]:
-                batch = _poll_batch(server, parts[3])
-                if batch is None:
-                    msg = f"No batch found with id '{parts[3]}'."
-                    self._json(404, _error(msg, "invalid_request_error", None))
-                else:
-                    self._json(200, batch)
-                return
-            if len(parts) in (4, 5) and parts[:3] == ["", "v1", "files"]:
-                with state.lock:
-                    obj = state.files.get(parts[3])
-                    data_bytes = state.file_data.get(parts[3], b"")
-                if obj is None:
-                    msg = f"No such File object: {parts[3]}"
-                    self._json(404, _error(msg, "invalid_request_error", None))
-                elif len(parts) == 5 and parts[4] == "content":
-                    self._send(200, data_bytes, {"Content-Type": "application/octet-stream"})
-                elif len(parts) == 4:
-                    self._json(200, obj)
-                else:
-                    self._json(
-                        404, _error(f"Unknown path {self.path}", "invalid_request_error", None)
-                    )
-                return
-            self._json(404, _error(f"Unknown path {self.path}", "invalid_request_error", None))
-
-        def _upload(self, raw: bytes) -> None:
-            fields = _parse_multipart(self.headers.get("Content-Type") or "", raw)
-            purpose = fields.get("purpose", (None, b""))[1].decode()
-            filename, data = fields.get("file", (None, b""))
-            if "file" not in fields or purpose not in ("batch", "assistants", "fine-tune"):
-                msg = "'file' and a valid 'purpose' are required"
-                self._json(400, _error(msg, "invalid_request_error", None))
-                return
-            with state.lock:
-                obj = _add_file(state, data, filename or "upload", purpose)
-            self._json(200, obj)
-
-        def _create_batch(self, raw: bytes) -> None:
-            try:
-                body = json.loads(raw)
-            except json.JSONDecodeError:
-                msg = "We could not parse the JSON body"
-                self._json(400, _error(msg, "invalid_request_error", None))
-                return
-            fid = body.get("input_file_id")
-            with state.lock:
-                file_obj = state.files.get(fid) if isinstance(fid, str) else None
-            problem = None
-            if file_obj is None or file_obj["purpose"] != "batch":
-                problem = f"Invalid 'input_file_id': {fid!r}."
-            elif body.get("endpoint") not in _BATCH_ENDPOINTS:
-                problem = f"Invalid 'endpoint': {body.get('endpoint')!r}."
-            elif body.get("completion_window") != "24h":
-                problem = "Invalid 'completion_window': only '24h' is supported."
-            if problem is not None:
-                self._json(400, _error(problem, "invalid_request_error", None))
-                return
-            model = None
-            first = state.file_data[fid].split(b"\n", 1)[0]
-            try:
-                model = json.loads(first)["body"]["model"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                model = None
-            now = int(time.time())
-            with state.lock:
-                bid = _new_id(state, "batch_")
-                outcome = state.outcomes.pop(0) if state.outcomes else "completed"
-                batch = {
-                    "id": bid,
-                    "object": "batch",
-                    "endpoint": body["endpoint"],
-                    "errors": None,
-                    "input_file_id": fid,
-                    "completion_window": "24h",
-                    "status": "validating",
-                    "output_file_id": None,
-                    "error_file_id": None,
-                    "created_at": now,
-                    "in_progress_at": None,
-                    "expires_at": now + 86400,
-                    "completed_at": None,
-                    "failed_at": None,
-                    "expired_at": None,
-                    "cancelled_at": None,
-                    "request_counts": {"total": 0, "completed": 0, "failed": 0},
-                    "metadata": body.get("metadata"),
-                    "model": model,
-                }
-                state.batches[bid] = batch
-                state.batch_meta[bid] = {"polls": 0, "outcome": outcome}
-                answer = dict(batch)
-            self._json(200, answer)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
-            path = self.path.rstrip("/")
-            if path in ("/v1/files", "/v1/batches"):
-                if self._authorized():
-                    (self._upload if path == "/v1/files" else self._create_batch)(raw)
-                return
-            if self.path.rstrip("/") not in ("/v1/embeddings", "/embeddings"):
-                self._json(404, _error(f"Unknown path {self.path}", "invalid_request_error", None))
-                return
-            try:
-                body = json.loads(raw)
-            except json.JSONDecodeError:
-                self._json(
-                    400, _error("We could not parse the JSON body", "invalid_request_error", None)
-                )
-                return
-            rec = RequestRecord.of(body, authorization=self.headers.get("Authorization"), raw=raw)
-            with state.lock:
-                state.requests.append(rec)
-                index = len(state.requests)
-                state.inflight += 1
-                state.max_inflight = max(state.max_inflight, state.inflight)
-                block = state.block_after is not None and index > state.block_after
-            try:
-                if block:
-                    state.release.wait()
-                    rec.status = 503
-                    self._json(503, _error("server shutting down", "server_error", None))
-                    return
-                self._answer(body, rec)
-            finally:
-                with state.lock:
-                    state.inflight -= 1
-
-        def _answer(self, body: dict[str, Any], rec: RequestRecord) -> None:
-            if server.api_key is not None:
-                sent = (rec.authorization or "").removeprefix("Bearer ")
-                if sent != server.api_key:
-                    rec.status = 401
-                    msg = f"Incorrect API key provided: {sent}."
-                    self._json(401, _error(msg, "invalid_request_error", "invalid_api_key"))
-                    return
-            fault = server._next_fault()
-            if fault is not None and fault.kind == "429":
-                rec.status = 429
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                msg = "Rate limit reached for requests"
-                self._json(429, _error(msg, "requests", "rate_limit_exceeded"), headers)
-                return
-            if fault is not None and fault.kind == "500":
-                rec.status = 500
-                self._json(500, _error("The server had an error", "server_error", None))
-                return
-            if fault is not None and fault.kind == "error":
-                rec.status = fault.status
-                self._json(fault.status, _error(fault.message, "invalid_request_error", None))
-                return
-            if fault is not None and fault.kind == "delay":
-                time.sleep(fault.delay)
-            model = str(rec.model)
-            err = _validate(server, rec)
-            if err is not None:
-                rec.status = 400
-                self._json(400, _error(err, "invalid_request_error", None))
-                return
-            dim = rec.dimensions or NATIVE_DIMENSIONS.get(model, server.default_dimension)
-            if fault is not None and fault.kind == "wrong_dim":
-                dim += 1
-            if server.latency:
-                time.sleep(server.latency)
-            payload = json.dumps(_embeddings_body(rec, model, dim, fault)).encode()
-            if fault is not None and fault.kind == "malformed":
-                payload = payload[: len(payload) // 2]
-            rec.status = 200
-            self._send(200, payload)
-            rec.answered = True
+    class Handler(_Handler):
+        api = server
 
     return Handler
+
+
+def _unknown_path(path: str) -> dict[str, Any]:
+    return _error(f"Unknown path {path}", "invalid_request_error", None)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """The routes of :class:`OpenAIEmbeddingServer`: one method per route, and one per fault
+    that answers an embeddings request in place of the server (:data:`_FAULT_ANSWERS`)."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+    # client's delayed ACK hold each keep-alive answer for ~40 ms.
+    disable_nagle_algorithm = True
+    api: OpenAIEmbeddingServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- sending -------------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout)
+            pass
+
+    def _json(self, status: int, obj: object, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), headers)
+
+    def _authorized(self) -> bool:
+        if self.api.api_key is None:
+            return True
+        sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        if sent == self.api.api_key:
+            return True
+        msg = f"Incorrect API key provided: {sent}."
+        self._json(401, _error(msg, "invalid_request_error", "invalid_api_key"))
+        return False
+
+    # -- GET: batches and files ----------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        parts = path.split("/")
+        if not self._authorized():
+            return
+        if path == "/v1/batches":
+            self._list_batches()
+        elif len(parts) == 4 and parts[:3] == ["", "v1", "batches"]:
+            self._get_batch(parts[3])
+        elif len(parts) in (4, 5) and parts[:3] == ["", "v1", "files"]:
+            self._get_file(parts[3], parts[4:])
+        else:
+            self._json(404, _unknown_path(self.path))
+
+    def _list_batches(self) -> None:
+        with self.api._state.lock:
+            data = [dict(b) for b in reversed(self.api._state.batches.values())]
+        self._json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            },
+        )
+
+    def _get_batch(self, batch_id: str) -> None:
+        batch = _poll_batch(self.api, batch_id)
+        if batch is None:
+            msg = f"No batch found with id '{batch_id}'."
+            self._json(404, _error(msg, "invalid_request_error", None))
+        else:
+            self._json(200, batch)
+
+    def _get_file(self, file_id: str, rest: list[str]) -> None:
+        """``/v1/files/{id}`` (the file object) or ``/v1/files/{id}/content`` (its bytes)."""
+        state = self.api._state
+        with state.lock:
+            obj = state.files.get(file_id)
+            data_bytes = state.file_data.get(file_id, b"")
+        if obj is None:
+            msg = f"No such File object: {file_id}"
+            self._json(404, _error(msg, "invalid_request_error", None))
+        elif rest == ["content"]:
+            self._send(200, data_bytes, {"Content-Type": "application/octet-stream"})
+        elif not rest:
+            self._json(200, obj)
+        else:
+            self._json(404, _unknown_path(self.path))
+
+    # -- POST: uploads, batches, embeddings ----------------------------------------------------
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        path = self.path.rstrip("/")
+        if path in ("/v1/files", "/v1/batches"):
+            if self._authorized():
+                (self._upload if path == "/v1/files" else self._create_batch)(raw)
+            return
+        if path not in ("/v1/embeddings", "/embeddings"):
+            self._json(404, _unknown_path(self.path))
+            return
+        self._embeddings(raw)
+
+    def _upload(self, raw: bytes) -> None:
+        fields = _parse_multipart(self.headers.get("Content-Type") or "", raw)
+        purpose = fields.get("purpose", (None, b""))[1].decode()
+        filename, data = fields.get("file", (None, b""))
+        if "file" not in fields or purpose not in ("batch", "assistants", "fine-tune"):
+            msg = "'file' and a valid 'purpose' are required"
+            self._json(400, _error(msg, "invalid_request_error", None))
+            return
+        with self.api._state.lock:
+            obj = _add_file(self.api._state, data, filename or "upload", purpose)
+        self._json(200, obj)
+
+    def _create_batch(self, raw: bytes) -> None:
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            msg = "We could not parse the JSON body"
+            self._json(400, _error(msg, "invalid_request_error", None))
+            return
+        problem = self._batch_problem(body)
+        if problem is not None:
+            self._json(400, _error(problem, "invalid_request_error", None))
+            return
+        self._json(200, _new_batch(self.api._state, body))
+
+    def _batch_problem(self, body: dict[str, Any]) -> str | None:
+        """Why a batch cannot be created from ``body`` (``None``: it can)."""
+        fid = body.get("input_file_id")
+        with self.api._state.lock:
+            file_obj = self.api._state.files.get(fid) if isinstance(fid, str) else None
+        if file_obj is None or file_obj["purpose"] != "batch":
+            return f"Invalid 'input_file_id': {fid!r}."
+        if body.get("endpoint") not in _BATCH_ENDPOINTS:
+            return f"Invalid 'endpoint': {body.get('endpoint')!r}."
+        if body.get("completion_window") != "24h":
+            return "Invalid 'completion_window': only '24h' is supported."
+        return None
+
+    def _embeddings(self, raw: bytes) -> None:
+        """``POST /v1/embeddings``: logged, counted in flight, held when blocked, answered."""
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            self._json(
+                400, _error("We could not parse the JSON body", "invalid_request_error", None)
+            )
+            return
+        rec = RequestRecord.of(body, authorization=self.headers.get("Authorization"), raw=raw)
+        state = self.api._state
+        with state.lock:
+            state.requests.append(rec)
+            index = len(state.requests)
+            state.inflight += 1
+            state.max_inflight = max(state.max_inflight, state.inflight)
+            block = state.block_after is not None and index > state.block_after
+        try:
+            if block:
+                state.release.wait()
+                rec.status = 503
+                self._json(503, _error("server shutting down", "server_error", None))
+                return
+            self._answer(rec)
+        finally:
+            with state.lock:
+                state.inflight -= 1
+
+    def _answer(self, rec: RequestRecord) -> None:
+        if not self._key_matches(rec):
+            return
+        fault = self.api._next_fault()
+        answer = _FAULT_ANSWERS.get(fault.kind) if fault is not None else None
+        if fault is not None and answer is not None:
+            answer(self, rec, fault)
+            return
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.delay)
+        err = _validate(self.api, rec)
+        if err is not None:
+            rec.status = 400
+            self._json(400, _error(err, "invalid_request_error", None))
+            return
+        self._vectors(rec, fault)
+
+    def _key_matches(self, rec: RequestRecord) -> bool:
+        """Whether the request carries the server's key (else it is answered 401)."""
+        if self.api.api_key is None:
+            return True
+        sent = (rec.authorization or "").removeprefix("Bearer ")
+        if sent == self.api.api_key:
+            return True
+        rec.status = 401
+        msg = f"Incorrect API key provided: {sent}."
+        self._json(401, _error(msg, "invalid_request_error", "invalid_api_key"))
+        return False
+
+    def _vectors(self, rec: RequestRecord, fault: Fault | None) -> None:
+        """The 200 answer (a wrong dimension, spoilt vectors or a cut body where the fault
+        says so)."""
+        model = str(rec.model)
+        dim = rec.dimensions or NATIVE_DIMENSIONS.get(model, self.api.default_dimension)
+        if fault is not None and fault.kind == "wrong_dim":
+            dim += 1
+        if self.api.latency:
+            time.sleep(self.api.latency)
+        payload = json.dumps(_embeddings_body(rec, model, dim, fault)).encode()
+        if fault is not None and fault.kind == "malformed":
+            payload = payload[: len(payload) // 2]
+        rec.status = 200
+        self._send(200, payload)
+        rec.answered = True
+
+    # -- faults that answer in place of the server ---------------------------------------------
+    def _rate_limited(self, rec: RequestRecord, fault: Fault) -> None:
+        rec.status = 429
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+        msg = "Rate limit reached for requests"
+        self._json(429, _error(msg, "requests", "rate_limit_exceeded"), headers)
+
+    def _server_error(self, rec: RequestRecord, fault: Fault) -> None:
+        rec.status = 500
+        self._json(500, _error("The server had an error", "server_error", None))
+
+    def _refusal(self, rec: RequestRecord, fault: Fault) -> None:
+        rec.status = fault.status
+        self._json(fault.status, _error(fault.message, "invalid_request_error", None))
+
+
+#: Fault kind -> the handler method that answers instead of the server.
+_FAULT_ANSWERS: dict[str, Callable[[_Handler, RequestRecord, Fault], None]] = {
+    "429": _Handler._rate_limited,
+    "500": _Handler._server_error,
+    "error": _Handler._refusal,
+}
+
+
+def _new_batch(state: _State, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a batch (``validating``) of a checked ``POST /v1/batches`` body; a copy of it."""
+    fid = body["input_file_id"]
+    first = state.file_data[fid].split(b"\n", 1)[0]
+    try:
+        model = json.loads(first)["body"]["model"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        model = None
+    now = int(time.time())
+    with state.lock:
+        bid = _new_id(state, "batch_")
+        outcome = state.outcomes.pop(0) if state.outcomes else "completed"
+        batch = {
+            "id": bid,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": fid,
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+            "model": model,
+        }
+        state.batches[bid] = batch
+        state.batch_meta[bid] = {"polls": 0, "outcome": outcome}
+        return dict(batch)
