@@ -27,6 +27,7 @@ from genept_fast.annotate import (
     HnswIndex,
     IvfIndex,
     ReferenceIndex,
+    _index,
     build_reference,
     combine,
     exact_search,
@@ -333,10 +334,15 @@ def test_corrupted_index_is_refused(ref_query, tmp_path, backend):
         ReferenceIndex.load(truncated)
 
 
-def test_index_of_another_format_version_is_refused(ref_query, tmp_path):
+def test_index_of_another_format_version_is_refused(ref_query, tmp_path, monkeypatch):
     path = build_reference(ref_query[0], label_key="cell_type").save(tmp_path / "r.index")
-    with h5py.File(path, "r+") as f:
+    with h5py.File(path, "r+") as f:  # an edit behind the header's back is corruption
         f.attrs["format_version"] = 99
+    with pytest.raises(GeneptError, match=r"corrupted.*Rebuild it"):
+        ReferenceIndex.load(path)
+    monkeypatch.setattr(_index, "FORMAT_VERSION", 99)
+    _index._write_header(path)  # a header that says version 99, checksums in order
+    monkeypatch.undo()
     with pytest.raises(GeneptError, match=r"format version 99.*Rebuild"):
         ReferenceIndex.load(path)
     with pytest.raises(GeneptError, match="format version 99"):
@@ -404,7 +410,9 @@ def test_different_embedding_models_are_refused(ref_query):
     r, q = ref.copy(), query.copy()
     r.uns["X_genept_w"] = {"params": {"model": "text-embedding-3-small"}}
     q.uns["X_genept_w"] = {"params": {"model": "local:all-MiniLM-L6-v2"}}
-    with pytest.raises(GeneptError, match="the query's model is 'local:all-MiniLM-L6-v2'"):
+    with pytest.raises(
+        GeneptError, match=r"model 'local:all-MiniLM-L6-v2' \(query\) vs 'text-embedding-3-small'"
+    ):
         transfer_labels(q, r, label_key="cell_type")
 
 

@@ -4,11 +4,15 @@
   label, its confidence and the parameters into the query AnnData.
 - :func:`build_reference` (also ``gf.tl.build_reference``): index a labelled reference once
   (exact search for small references, a faiss IVF index over float16 codes for large ones); the
-  :class:`ReferenceIndex` saves to and loads from one checksummed file.
+  :class:`ReferenceIndex` saves to and loads from one file whose SHA-256 is checked before
+  HDF5 parses it. Reference cells with an all-zero embedding are left out (with a warning).
 - :class:`EmbeddingSource`: embeddings of an ``.h5ad`` / ``.zarr`` read by row chunks (queries
   larger than memory).
 
-See docs/annotation.md for the methods, the confidence and the measurements.
+A reference label that reads like the reject label (``"Unknown"``) is refused, and so is a query
+embedded differently from the reference (:class:`ProvenanceMismatchError`, unless
+``allow_mismatch=True``). See docs/annotation.md for the methods, the confidence and the
+measurements.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from genept_fast.annotate._search import (
     exact_search,
     ivf_nlist,
 )
-from genept_fast.annotate._transfer import UNKNOWN, Predictions, predict, transfer_labels, vote
+from genept_fast.annotate._transfer import (
+    UNKNOWN,
+    Predictions,
+    ProvenanceMismatchError,
+    predict,
+    transfer_labels,
+    vote,
+)
 
 __all__ = [
     "EXACT_MAX_CELLS",
@@ -43,6 +54,7 @@ __all__ = [
     "IvfIndex",
     "LogregModel",
     "Predictions",
+    "ProvenanceMismatchError",
     "ReferenceIndex",
     "build_reference",
     "combine",

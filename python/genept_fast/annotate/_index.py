@@ -3,13 +3,19 @@
 :func:`build_reference` turns the labelled cells of a reference (an AnnData, or an ``.h5ad`` /
 ``.zarr`` file streamed by chunks) into a :class:`ReferenceIndex`: the searched vectors (each
 embedding L2-normalised, concatenated), the labels, an exact, IVF or HNSW search structure and,
-optionally, a fitted logistic-regression model.
+optionally, a fitted logistic-regression model. Reference cells whose embedding is all zero (a
+GenePT-w cell without an embedded gene) are left out, with a warning that counts them.
 
-The saved file is HDF5 (h5py), every dataset chunked with HDF5's Fletcher-32 checksum:
+The saved file (format version 2) is an HDF5 file behind a 512-byte header that HDF5 keeps as its
+"user block":
 
 ======================  =====================================================================
+header (bytes 0-511)    ``genept-fast reference index\n``, one JSON line (``format_version``,
+                        ``payload_bytes``, ``sha256`` of every byte after the header), zero
+                        padding, and the SHA-256 of the header's first 480 bytes in its last 32
 ``attrs``               ``format``, ``format_version``, ``meta`` (JSON: keys, dimensions,
-                        labels, backend and its parameters, fingerprint, provenance, checksum)
+                        labels, backend and its parameters, fingerprint, provenance, the number
+                        of all-zero reference cells left out)
 ``labels``              int32 label code of each reference cell
 ``classes``             the label names, sorted (codes index them)
 ``obs_names``           the reference cells' names
@@ -19,10 +25,16 @@ The saved file is HDF5 (h5py), every dataset chunked with HDF5's Fletcher-32 che
 ``logreg/*``            coefficients, intercepts, standardisation (when fitted)
 ======================  =====================================================================
 
-Two hashes (BLAKE2b-128): the **fingerprint** identifies the content (obsm keys, dimensions,
-label key, labels, float16 vectors), so the same reference gives the same fingerprint whatever
-the backend; the **checksum** covers the stored bytes and is verified on load, before faiss reads
-anything, so a corrupted file is refused with a :class:`~genept_fast.InputError`.
+:meth:`ReferenceIndex.load` reads the header with plain file reads, checks it, the file's size
+and the SHA-256 of everything after it **before HDF5 parses a byte**: a flipped bit or a
+truncated file is an :class:`~genept_fast.InputError` ("corrupted ... rebuild it"), never a hang
+in HDF5's metadata parser or a crash in faiss's reader. Loading is bounded: one pass over the
+file's bytes, then HDF5 and faiss read exactly the bytes that were written. A file of format
+version 1 (an HDF5 file with no header, whose checksum could only be checked after HDF5 had parsed
+it) is refused with the command that rebuilds it.
+
+The **fingerprint** (BLAKE2b-128) identifies the content (obsm keys, dimensions, label key,
+labels, float16 vectors), so the same reference gives the same fingerprint whatever the backend.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,9 +52,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from genept_fast._atomic import atomic_path
-from genept_fast._core import __version__ as _version
 from genept_fast._extras import missing_extra
 from genept_fast._outputs import check_output
+from genept_fast._version import __version__ as _version
+from genept_fast._version import versions
 from genept_fast.annotate._io import (
     AnnDataEmbeddings,
     EmbeddingSource,
@@ -60,7 +74,7 @@ from genept_fast.annotate._search import (
     ivf_nlist,
     threads,
 )
-from genept_fast.errors import InputError
+from genept_fast.errors import InputError, InternalError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -79,8 +93,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "genept-fast reference index"
-#: Bumped whenever the file layout changes; a file of another version is refused.
-FORMAT_VERSION = 1
+#: Bumped whenever the file layout changes; a file of another version is refused. Version 2
+#: put the checked header in front of the HDF5 data (version 1 had none).
+FORMAT_VERSION = 2
+
+#: The header in front of the HDF5 data (HDF5's user block: a power of two, at least 512).
+HEADER_BYTES = 512
+MAGIC = FORMAT.encode() + b"\n"
+#: The header's own SHA-256 sits in its last bytes and covers the bytes before them.
+_HEADER_HASHED = HEADER_BYTES - 32
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 #: ``backend="auto"`` searches exactly up to this many reference cells, with IVF above
 #: (benches/bench_annotate.py --mode threshold, D = 384, 2 threads: at 10,000 cells exact search
@@ -96,6 +118,8 @@ TRAIN_PER_LIST = 40
 SAMPLE_BLOCK = 1_000
 
 _READ_BYTES = 1 << 22
+#: Bytes hashed at a time when a file is checked.
+_HASH_BYTES = 1 << 22
 
 Backend = Literal["auto", "exact", "ivf", "hnsw"]
 BACKENDS = ("auto", "exact", "ivf", "hnsw")
@@ -169,7 +193,10 @@ class ReferenceIndex:
         BLAKE2b-128 of the content (see the module docstring).
     provenance
         Where the reference came from, when it was built, with which versions, and what made
-        each embedding (model, text source) when the reference recorded it.
+        each embedding (method, model, dimension, text source) when the reference recorded it.
+    n_zero_excluded
+        Reference cells left out because their embedding is all zero (they would vote for
+        every query with the same similarity, 0).
     """
 
     def __init__(
@@ -187,6 +214,7 @@ class ReferenceIndex:
         vectors: np.ndarray | None = None,
         ann: FaissIndex | None = None,
         logreg: LogregModel | None = None,
+        n_zero_excluded: int = 0,
     ) -> None:
         self.label_key = label_key
         self.obsm_keys = obsm_keys
@@ -200,6 +228,7 @@ class ReferenceIndex:
         self._vectors = vectors
         self._ann = ann
         self.logreg = logreg
+        self.n_zero_excluded = int(n_zero_excluded)
         self.path: Path | None = None
 
     def __repr__(self) -> str:
@@ -268,78 +297,82 @@ class ReferenceIndex:
 
     # -- files -----------------------------------------------------------------------------
 
-    def _meta(self, checksum: str) -> dict[str, Any]:
+    def _meta(self) -> dict[str, Any]:
         return {
             "label_key": self.label_key,
             "obsm_keys": self.obsm_keys,
             "dims": self.dims,
             "n_cells": self.n_cells,
             "n_labels": len(self.classes),
+            "n_zero_excluded": self.n_zero_excluded,
             "backend": self.backend,
             "backend_params": self.params(),
             "fingerprint": self.fingerprint,
-            "checksum": checksum,
             "logreg": None if self.logreg is None else self.logreg.params,
             "provenance": self.provenance,
         }
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the index to one HDF5 file, atomically (see the module docstring).
+        """Write the index to one file, atomically (see the module docstring).
 
         An existing ``path`` is refused unless ``overwrite=True``.
         """
         import h5py
 
         dest = check_output(path, overwrite=overwrite)
-        with atomic_path(dest) as tmp, h5py.File(tmp, "w") as f:
-            check = hashlib.blake2b(digest_size=16)
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            _dataset(f, "labels", self.labels.astype(np.int32), check)
-            f.create_dataset(
-                "classes", data=np.array(self.classes, dtype=object), dtype=h5py.string_dtype()
-            )
-            f.create_dataset(
-                "obs_names", data=np.array(self.obs_names, dtype=object), dtype=h5py.string_dtype()
-            )
-            check.update(json.dumps([self.classes, self.obs_names]).encode())
-            if self._vectors is not None:
-                _dataset(f, "vectors", self._vectors.astype(np.float16, copy=False), check)
-            else:
-                assert self._ann is not None
-                ds = f.create_dataset(
-                    "faiss",
-                    shape=(0,),
-                    maxshape=(None,),
-                    dtype=np.uint8,
-                    chunks=(_READ_BYTES,),
-                    fletcher32=True,
-                )
-
-                def append(data: bytes) -> None:
-                    n = ds.shape[0]
-                    ds.resize((n + len(data),))
-                    ds[n:] = np.frombuffer(data, dtype=np.uint8)
-                    check.update(data)
-
-                self._ann.write(append)
-            if self.logreg is not None:
-                g = f.create_group("logreg")
-                for name in ("coef", "intercept", "mean", "scale"):
-                    _dataset(g, name, getattr(self.logreg, name), check)
-            f.attrs["meta"] = json.dumps(self._meta(check.hexdigest()))
+        with atomic_path(dest) as tmp:
+            with h5py.File(tmp, "w", userblock_size=HEADER_BYTES) as f:
+                self._write_hdf5(f)
+            _write_header(tmp)
         self.path = dest
         return dest
 
+    def _write_hdf5(self, f: Any) -> None:
+        import h5py
+
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        _dataset(f, "labels", self.labels.astype(np.int32))
+        for name in ("classes", "obs_names"):
+            data = np.array(getattr(self, name), dtype=object)
+            f.create_dataset(name, data=data, dtype=h5py.string_dtype())
+        if self._vectors is not None:
+            _dataset(f, "vectors", self._vectors.astype(np.float16, copy=False))
+        else:
+            assert self._ann is not None
+            ds = f.create_dataset(
+                "faiss",
+                shape=(0,),
+                maxshape=(None,),
+                dtype=np.uint8,
+                chunks=(_READ_BYTES,),
+                fletcher32=True,
+            )
+
+            def append(data: bytes) -> None:
+                n = ds.shape[0]
+                ds.resize((n + len(data),))
+                ds[n:] = np.frombuffer(data, dtype=np.uint8)
+
+            self._ann.write(append)
+        if self.logreg is not None:
+            g = f.create_group("logreg")
+            for name in ("coef", "intercept", "mean", "scale"):
+                _dataset(g, name, getattr(self.logreg, name))
+        f.attrs["meta"] = json.dumps(self._meta())
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceIndex:
-        """Read an index written by :meth:`save`, checking format version and checksum.
+        """Read an index written by :meth:`save`, after checking its header and SHA-256.
+
+        The whole file is checked before HDF5 or faiss parses any of it (see the module
+        docstring).
 
         Raises
         ------
         InputError
-            Not an index file, another format version, or corrupted (checksum mismatch,
-            unreadable data).
+            Not an index file, another format version, or corrupted (header, size or SHA-256
+            mismatch), or changed while it was read.
         """
         import h5py
 
@@ -347,13 +380,15 @@ class ReferenceIndex:
         if not src.is_file():
             msg = f"reference index not found: {src}"
             raise FileNotFoundError(msg)
+        before = _identity(src)
+        verify_file(src)
         try:
             f = h5py.File(src, "r")
-        except OSError as exc:
-            msg = f"{src}: not a readable reference index (corrupted, or not an HDF5 file): {exc}"
+        except OSError as exc:  # the bytes were checked: only a file replaced meanwhile
+            msg = f"{src}: reference index cannot be opened ({exc}); was it replaced?"
             raise InputError(msg) from exc
         try:
-            return cls._read(f, src)
+            index = cls._read(f, src)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             if isinstance(exc, InputError):
                 raise
@@ -361,62 +396,31 @@ class ReferenceIndex:
             raise InputError(msg) from exc
         finally:
             f.close()
+        if _identity(src) != before:
+            msg = f"{src}: the reference index changed while it was read; load it again"
+            raise InputError(msg)
+        return index
 
     @classmethod
     def _read(cls, f: Any, src: Path) -> ReferenceIndex:
         fmt = f.attrs.get("format")
-        if fmt != FORMAT:
-            msg = f"{src}: not a genept-fast reference index (format {fmt!r})"
-            raise InputError(msg)
         version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            msg = (
-                f"{src}: reference index format version {version}; this genept-fast "
-                f"({_version}) reads version {FORMAT_VERSION}. Rebuild it with "
-                "`genept-fast build-reference`"
-            )
+        if fmt != FORMAT or version != FORMAT_VERSION:
+            msg = f"{src}: the header says format {FORMAT_VERSION}, the HDF5 data {fmt!r} {version}"
             raise InputError(msg)
         meta = json.loads(f.attrs["meta"])
-        check = hashlib.blake2b(digest_size=16)
-        labels = _read_dataset(f["labels"], check).astype(np.int32)
+        labels = np.asarray(f["labels"][()]).astype(np.int32)
         classes = _strings(f["classes"])
         obs_names = _strings(f["obs_names"])
-        check.update(json.dumps([classes, obs_names]).encode())
-        vectors = _read_dataset(f["vectors"], check) if "vectors" in f else None
-        blob = None
-        if "faiss" in f:
-            ds = f["faiss"]
-            for a in range(0, ds.shape[0], _READ_BYTES):
-                check.update(ds[a : a + _READ_BYTES].tobytes())
-            blob = ds
+        vectors = np.asarray(f["vectors"][()]) if "vectors" in f else None
         logreg = None
         if "logreg" in f:
             g = f["logreg"]
-            arrays = {n: _read_dataset(g[n], check) for n in ("coef", "intercept", "mean", "scale")}
+            arrays = {n: np.asarray(g[n][()]) for n in ("coef", "intercept", "mean", "scale")}
             logreg = LogregModel(**arrays, params=dict(meta.get("logreg") or {}))
-        if check.hexdigest() != meta["checksum"]:
-            msg = (
-                f"{src}: reference index is corrupted (checksum {check.hexdigest()} != "
-                f"{meta['checksum']} recorded when it was saved); rebuild it"
-            )
-            raise InputError(msg)
-        ann: FaissIndex | None = None
-        if blob is not None:
-            pos = 0
-
-            def read(n: int) -> bytes:
-                nonlocal pos
-                data = blob[pos : pos + n].tobytes()
-                pos += len(data)
-                return data
-
-            kinds: dict[str, Any] = {"hnsw": HnswIndex, "ivf": IvfIndex}
-            if meta["backend"] not in kinds:
-                msg = f"{src}: unknown backend {meta['backend']!r} (corrupted?)"
-                raise InputError(msg)
-            ann = kinds[meta["backend"]].read(read, meta["backend_params"])
+        ann = _read_ann(f["faiss"], meta, src) if "faiss" in f else None
         n = int(meta["n_cells"])
-        if len(labels) != n or (ann is not None and ann.n_cells != n):
+        if len(labels) != n or len(obs_names) != n or (ann is not None and ann.n_cells != n):
             msg = f"{src}: reference index is corrupted (holds a different number of cells)"
             raise InputError(msg)
         index = cls(
@@ -432,27 +436,145 @@ class ReferenceIndex:
             vectors=vectors,
             ann=ann,
             logreg=logreg,
+            n_zero_excluded=int(meta.get("n_zero_excluded", 0)),
         )
         index.path = src
         return index
 
 
-def _dataset(group: Any, name: str, data: np.ndarray, check: Any) -> None:
+def _read_ann(blob: Any, meta: dict[str, Any], src: Path) -> FaissIndex:
+    """The faiss index serialised in ``blob``, read by faiss's own reader."""
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        data = blob[pos : pos + n].tobytes()
+        pos += len(data)
+        return data
+
+    kinds: dict[str, Any] = {"hnsw": HnswIndex, "ivf": IvfIndex}
+    if meta["backend"] not in kinds:
+        msg = f"{src}: unknown backend {meta['backend']!r} (corrupted?)"
+        raise InputError(msg)
+    return kinds[meta["backend"]].read(read, meta["backend_params"])
+
+
+def _dataset(group: Any, name: str, data: np.ndarray) -> None:
     data = np.ascontiguousarray(data)
     group.create_dataset(
         name, data=data, chunks=True if data.size else None, fletcher32=bool(data.size)
     )
-    check.update(data.tobytes())
 
 
 def _strings(ds: Any) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[:]]
 
 
-def _read_dataset(ds: Any, check: Any) -> np.ndarray:
-    out = np.asarray(ds[()])
-    check.update(np.ascontiguousarray(out).tobytes())
-    return out
+# -- the checked header --------------------------------------------------------------------------
+
+
+def _write_header(path: Path) -> None:
+    """Fill the user block of the HDF5 file at ``path`` with the header (module docstring)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("r+b") as fh:
+        fh.seek(HEADER_BYTES)
+        while block := fh.read(_HASH_BYTES):
+            digest.update(block)
+            size += len(block)
+        fields = {"format_version": FORMAT_VERSION, "payload_bytes": size}
+        line = json.dumps({**fields, "sha256": digest.hexdigest()}).encode() + b"\n"
+        head = (MAGIC + line).ljust(_HEADER_HASHED, b"\0")
+        if len(head) != _HEADER_HASHED:  # pragma: no cover - the line is under 150 bytes
+            msg = "reference index header too long"
+            raise InternalError(msg)
+        fh.seek(0)
+        fh.write(head + hashlib.sha256(head).digest())
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _rebuild(src: Path, what: str) -> InputError:
+    return InputError(f"{src}: {what}. Rebuild it with `genept-fast build-reference`")
+
+
+def read_header(src: Path, head: bytes) -> dict[str, Any]:
+    """The fields of an index header (its first :data:`HEADER_BYTES` bytes), checked.
+
+    Raises
+    ------
+    InputError
+        Not an index, an index of another format version, or a damaged header.
+    """
+    if not head.startswith(MAGIC):
+        if head.startswith(_HDF5_SIGNATURE):
+            msg = (
+                f"{src}: not a genept-fast reference index of format version {FORMAT_VERSION} "
+                "(an HDF5 file without the index header: an AnnData, or an index of format "
+                "version 1, whose checksum could only be checked after HDF5 had parsed the "
+                f"file, which this genept-fast, {_version}, does not do). Rebuild such an index "
+                "with `genept-fast build-reference`"
+            )
+            raise InputError(msg)
+        if len(head) == HEADER_BYTES and _HDF5_SIGNATURE in head[-len(_HDF5_SIGNATURE) :]:
+            raise _rebuild(src, "reference index is corrupted (its header is damaged)")
+        msg = f"{src}: not a genept-fast reference index (no index header)"
+        raise InputError(msg)
+    if len(head) < HEADER_BYTES:
+        raise _rebuild(src, "reference index is corrupted (truncated inside its header)")
+    if hashlib.sha256(head[:_HEADER_HASHED]).digest() != head[_HEADER_HASHED:]:
+        raise _rebuild(src, "reference index is corrupted (its header fails its checksum)")
+    try:
+        line = head[len(MAGIC) : _HEADER_HASHED].split(b"\n", 1)[0]
+        fields = json.loads(line)
+        version = int(fields["format_version"])
+        size, sha = int(fields["payload_bytes"]), str(fields["sha256"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _rebuild(src, f"reference index header is unreadable ({exc})") from exc
+    if version != FORMAT_VERSION:
+        what = (
+            f"reference index format version {version}; this genept-fast ({_version}) reads "
+            f"version {FORMAT_VERSION}"
+        )
+        raise _rebuild(src, what)
+    return {"format_version": version, "payload_bytes": size, "sha256": sha}
+
+
+def verify_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check an index file's header, size and SHA-256 with plain reads (no HDF5).
+
+    Returns the header's fields.
+
+    Raises
+    ------
+    InputError
+        Not an index, another format version, or corrupted.
+    """
+    src = Path(path)
+    with src.open("rb") as fh:
+        header = read_header(src, fh.read(HEADER_BYTES))
+        size = os.fstat(fh.fileno()).st_size - HEADER_BYTES
+        if size != header["payload_bytes"]:
+            what = (
+                f"reference index is corrupted ({size:,} bytes after the header where "
+                f"{header['payload_bytes']:,} were written: truncated or appended to)"
+            )
+            raise _rebuild(src, what)
+        digest = hashlib.sha256()
+        left = size
+        while left > 0 and (block := fh.read(min(_HASH_BYTES, left))):
+            digest.update(block)
+            left -= len(block)
+    if left or digest.hexdigest() != header["sha256"]:
+        what = (
+            f"reference index is corrupted (SHA-256 {digest.hexdigest()[:16]}... of its "
+            f"contents, {header['sha256'][:16]}... when it was saved)"
+        )
+        raise _rebuild(src, what)
+    return header
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -480,13 +602,81 @@ def _training_sample(src: Any, n_sample: int, n_threads: int | None) -> np.ndarr
         )
         for a in starts
     ]
-    return np.concatenate(parts)
+    sample = np.concatenate(parts)
+    return sample[sample.any(axis=1)]  # all-zero cells are left out of the index
 
 
 def _iter_blocks(src: Any, chunk: int, n_threads: int | None) -> Iterator[tuple[int, np.ndarray]]:
     for a in range(0, src.n_cells, chunk):
         b = min(a + chunk, src.n_cells)
         yield a, combine(src.read(a, b), src.keys, start=a, where=src.where, n_threads=n_threads)
+
+
+def _add_cells(
+    src: Any, chunk: int, n_threads: int | None, vectors: np.ndarray | None, ann: Any
+) -> tuple[np.ndarray, bytes]:
+    """Put the reference's cells, in order, into ``vectors`` (from its first row) or ``ann``,
+    leaving out those whose searched vector is all zero.
+
+    Returns which cells were kept and the BLAKE2b-128 of the kept float16 vectors.
+    """
+    kept = np.zeros(src.n_cells, dtype=bool)
+    digest = hashlib.blake2b(digest_size=16)
+    m = 0
+    for a, block in _iter_blocks(src, chunk, n_threads):
+        nonzero = block.any(axis=1)
+        kept[a : a + len(block)] = nonzero
+        if not nonzero.all():
+            block = block[nonzero]
+        half = block.astype(np.float16)
+        digest.update(half.tobytes())
+        if vectors is not None:
+            vectors[m : m + len(block)] = half
+        elif len(block):
+            ann.add(block)
+        m += len(block)
+    return kept, digest.digest()
+
+
+def _without_zero_cells(
+    kept: np.ndarray,
+    codes: np.ndarray,
+    classes: list[str],
+    names: list[str],
+    label_key: str,
+    keys: list[str],
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Labels, label names and cell names of the ``kept`` cells, with a warning that counts the
+    others (cells whose embedding is all zero: no similarity to anything, yet they would vote).
+    """
+    n, m = len(kept), int(kept.sum())
+    what = (
+        f"{n - m:,} of {n:,} reference cells have an all-zero embedding in obsm {keys} (for "
+        "GenePT-w: none of their genes has an embedding)"
+    )
+    if m == 0:
+        msg = f"{what}: there is nothing to search"
+        raise InputError(msg)
+    codes = codes[kept]
+    present = np.unique(codes)
+    if len(present) < 2:
+        msg = (
+            f"{what}; the other cells carry {len(present)} label of obs[{label_key!r}] "
+            f"({classes[int(present[0])]!r}); transferring labels needs at least 2"
+        )
+        raise InputError(msg)
+    lost = [c for i, c in enumerate(classes) if i not in set(present.tolist())]
+    if lost:
+        remap = np.full(len(classes), -1, dtype=np.int32)
+        remap[present] = np.arange(len(present), dtype=np.int32)
+        codes = remap[codes]
+        classes = [classes[int(i)] for i in present]
+    warnings.warn(
+        f"{what}: they are left out of the index"
+        + (f"; labels left without a cell, so never predicted: {lost}" if lost else ""),
+        stacklevel=3,
+    )
+    return codes, classes, [name for name, k in zip(names, kept.tolist(), strict=True) if k]
 
 
 def build_reference(
@@ -534,7 +724,6 @@ def build_reference(
     -------
     A :class:`ReferenceIndex`.
     """
-    from genept_fast.eval._io import versions
 
     keys = obsm_keys_arg(obsm_key, ["X_genept_w"])
     if backend not in BACKENDS:
@@ -562,9 +751,6 @@ def build_reference(
             msg = "the reference has no cells"
             raise InputError(msg)
         chosen = backend if backend != "auto" else ("exact" if n <= EXACT_MAX_CELLS else "ivf")
-        fp = hashlib.blake2b(digest_size=16)
-        fp.update(json.dumps([FORMAT_VERSION, keys, src.dims, label_key, classes]).encode())
-        fp.update(codes.tobytes())
         vectors: np.ndarray | None = None
         ann: FaissIndex | None = None
         with threads(n_threads):
@@ -577,14 +763,7 @@ def build_reference(
                 ivf = IvfIndex(dim, **params)
                 ivf.train(_training_sample(src, TRAIN_PER_LIST * ivf.nlist, n_threads))
                 ann = ivf
-            for a, block in _iter_blocks(src, int(chunk_size), n_threads):
-                half = block.astype(np.float16)
-                fp.update(half.tobytes())
-                if vectors is not None:
-                    vectors[a : a + len(block)] = half
-                else:
-                    assert ann is not None
-                    ann.add(block)
+            kept, digest = _add_cells(src, int(chunk_size), n_threads, vectors, ann)
         provenance = {
             **source,
             "embeddings": src.params,
@@ -593,6 +772,15 @@ def build_reference(
         }
     finally:
         src.close()
+    n_zero = n - int(kept.sum())
+    if n_zero:
+        codes, classes, names = _without_zero_cells(kept, codes, classes, names, label_key, keys)
+        if vectors is not None:
+            vectors.resize((n - n_zero, dim), refcheck=False)  # in place: no second copy
+    fp = hashlib.blake2b(digest_size=16)
+    fp.update(json.dumps([FORMAT_VERSION, keys, src.dims, label_key, classes]).encode())
+    fp.update(codes.tobytes())
+    fp.update(digest)
     index = ReferenceIndex(
         label_key=label_key,
         obsm_keys=keys,
@@ -605,6 +793,7 @@ def build_reference(
         provenance=provenance,
         vectors=vectors,
         ann=ann,
+        n_zero_excluded=n_zero,
     )
     if logreg:
         with threads(n_threads):

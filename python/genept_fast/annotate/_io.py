@@ -126,19 +126,30 @@ def label_codes(
 
 
 def embedding_params(uns: Any, key: str) -> dict[str, Any]:
-    """What made ``obsm[key]``: model, text source and method from ``uns[key]["params"]``."""
+    """What made ``obsm[key]``: method, model, dimension and text source (the fields of
+    :mod:`genept_fast.encode.provenance`'s record that a query and its reference must share)
+    from ``uns[key]["params"]``, as text.
+
+    ``uns[key]`` may also be the attributes of encode's zarr store, which hold the record under
+    the key itself (``{key: {"params": ...}, ...}``); parameters kept as JSON text (encode's
+    zarr and parquet stores) are parsed.
+    """
     try:
-        params = uns[key]["params"]
+        record = uns[key]
+        if hasattr(record, "get") and "params" not in record and key in record:
+            record = record[key]
+        params = record["params"]
     except (KeyError, TypeError, IndexError):
         return {}
-    if isinstance(params, str):  # encode's zarr and parquet stores keep JSON text
+    if isinstance(params, str):
         try:
             params = json.loads(params)
         except ValueError:
             return {}
     if not hasattr(params, "get"):
         return {}
-    return {f: str(params[f]) for f in ("method", "model", "text_source") if f in params}
+    fields = ("method", "model", "dimension", "text_source")
+    return {f: str(params[f]) for f in fields if f in params}
 
 
 class AnnDataEmbeddings:

@@ -14,20 +14,40 @@ Methods:
 
 Ties go to the label that sorts first. A query cell whose embedding is all zero (a GenePT-w cell
 without an embedded gene, a GenePT-s cell without a gene) has no neighbours worth the name: it
-gets ``"Unknown"`` and confidence 0. With ``min_confidence``, every prediction below it becomes
-``"Unknown"``.
+gets the reject label (``"Unknown"`` unless ``unknown_label`` says otherwise) and confidence 0.
+With ``min_confidence``, every prediction below it gets the reject label too.
+
+Before anything is predicted, three rules keep an answer from being silently wrong:
+
+- a reference label that reads like the reject label (``"Unknown"``, ``" unknown"``: compared
+  stripped and case-folded) is refused, since a prediction and a rejection would look the same:
+  pass another ``unknown_label``, or rename or drop those reference cells;
+- the query must hold the reference's embeddings with the same dimensions, and where both sides
+  recorded what made an embedding (``uns[key]["params"]``: method, model, dimension, text source),
+  the same provenance; a difference raises :class:`ProvenanceMismatchError` naming both sides,
+  unless ``allow_mismatch=True`` (then a warning, and ``uns[key_added]["params"]`` records it);
+- reference cells whose embedding is all zero are not in the index (:func:`build_reference`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from genept_fast.annotate._index import CHUNK_CELLS, FORMAT, ReferenceIndex, build_reference
+from genept_fast.annotate._index import (
+    _HDF5_SIGNATURE,
+    CHUNK_CELLS,
+    FORMAT,
+    HEADER_BYTES,
+    MAGIC,
+    ReferenceIndex,
+    build_reference,
+)
 from genept_fast.annotate._io import (
     AnnDataEmbeddings,
     EmbeddingSource,
@@ -47,6 +67,9 @@ if TYPE_CHECKING:
 __all__ = [
     "UNKNOWN",
     "Predictions",
+    "ProvenanceMismatchError",
+    "check_compatible",
+    "check_unknown_label",
     "is_index_file",
     "jsonable",
     "predict",
@@ -95,17 +118,21 @@ class Predictions:
         self.n_zero = 0
         self.n_below = 0
 
-    def categorical(self, classes: list[str], with_unknown: bool) -> pd.Categorical[str]:
+    def categorical(
+        self, classes: list[str], with_unknown: bool, unknown_label: str = UNKNOWN
+    ) -> pd.Categorical[str]:
+        """The predictions as labels; rejected cells get ``unknown_label``, a category of its
+        own (:func:`check_unknown_label` keeps it apart from every reference label)."""
         import pandas as pd
 
         cats = list(classes)
         codes = self.codes.copy()
         if with_unknown or (codes < 0).any():
-            if UNKNOWN in cats:
-                codes[codes < 0] = cats.index(UNKNOWN)
-            else:
-                codes[codes < 0] = len(cats)
-                cats.append(UNKNOWN)
+            if unknown_label in cats:
+                msg = f"the reject label {unknown_label!r} is also a reference label"
+                raise InputError(msg)
+            codes[codes < 0] = len(cats)
+            cats.append(unknown_label)
         return pd.Categorical.from_codes(codes, categories=pd.Index(cats))
 
 
@@ -122,12 +149,84 @@ def _check_method(method: str, weights: str, k: int, min_confidence: float | Non
         raise InputError(msg)
 
 
+def check_unknown_label(index: ReferenceIndex, unknown_label: str) -> str:
+    """``unknown_label``, after checking that no reference label reads like it.
+
+    Labels are compared stripped and case-folded (``"unknown "`` clashes with ``"Unknown"``): a
+    cell predicted as such a label and a rejected cell would look the same.
+
+    Raises
+    ------
+    InputError
+        ``unknown_label`` is empty or not text, or a reference label reads like it.
+    """
+    if not isinstance(unknown_label, str) or not unknown_label.strip():
+        msg = f"unknown_label must be a non-empty label, got {unknown_label!r}"
+        raise InputError(msg)
+    norm = unknown_label.strip().casefold()
+    clash = [c for c in index.classes if c.strip().casefold() == norm]
+    if clash:
+        counts = index.label_counts()
+        named = ", ".join(f"{c!r} ({counts[c]:,} cells)" for c in clash)
+        msg = (
+            f"the reference has the label {named} in obs[{index.label_key!r}], which reads like "
+            f"the reject label {unknown_label!r}: a cell predicted as it and a cell left "
+            "unannotated would look the same. Give another reject label (unknown_label=..., "
+            "--unknown-label), or rename or drop those reference cells"
+        )
+        raise InputError(msg)
+    return unknown_label
+
+
+class ProvenanceMismatchError(InputError):
+    """The query's embedding was made differently from the reference's.
+
+    Attributes
+    ----------
+    key
+        The ``obsm`` key.
+    differences
+        ``{field: (query value, reference value)}`` for each field that differs (``method``,
+        ``model``, ``dimension``, ``text_source``).
+    """
+
+    def __init__(self, key: str, differences: dict[str, tuple[str, str]]) -> None:
+        self.key = key
+        self.differences = differences
+        super().__init__(
+            f"obsm[{key!r}] of the query and of the reference were made differently: "
+            f"{_describe(differences)}; their similarities mean nothing. Embed both with the "
+            "same gene table, model and method, or pass allow_mismatch=True (--allow-mismatch) "
+            "to annotate anyway"
+        )
+
+
+def _describe(differences: dict[str, tuple[str, str]]) -> str:
+    return "; ".join(f"{f} {q!r} (query) vs {r!r} (reference)" for f, (q, r) in differences.items())
+
+
 def check_compatible(
     index: ReferenceIndex,
     src: AnnDataEmbeddings | EmbeddingSource,
     keys: Sequence[str],
-) -> None:
-    """The query holds the reference's embeddings, with the same dimensions and models."""
+    *,
+    allow_mismatch: bool = False,
+) -> list[str]:
+    """The query holds the reference's embeddings, with the same dimensions and provenance.
+
+    The provenance fields both sides recorded (method, model, dimension, text source) must
+    agree; a key that only one side documents is checked by dimension alone, with a warning.
+
+    Returns
+    -------
+    The provenance differences that ``allow_mismatch=True`` let through (each
+    ``"key: field query vs reference"``, also given as a warning); empty when all agree.
+
+    Raises
+    ------
+    ProvenanceMismatchError
+        A difference, without ``allow_mismatch``.
+    """
     if list(keys) != index.obsm_keys:
         msg = f"the reference holds obsm {index.obsm_keys}, the query {list(keys)}"
         raise InputError(msg)
@@ -138,16 +237,29 @@ def check_compatible(
                 "query and reference must be embedded by the same model"
             )
             raise InputError(msg)
-    ref_params = index.provenance.get("embeddings", {})
+    ref_params = index.provenance.get("embeddings") or {}
+    allowed = []
     for key in keys:
-        q, r = src.params.get(key, {}), ref_params.get(key, {})
-        for field in ("model", "text_source", "method"):
-            if field in q and field in r and q[field] != r[field]:
-                msg = (
-                    f"obsm[{key!r}]: the query's {field} is {q[field]!r} but the reference's is "
-                    f"{r[field]!r}; embed both the same way"
-                )
-                raise InputError(msg)
+        q, r = src.params.get(key) or {}, ref_params.get(key) or {}
+        if bool(q) != bool(r):
+            side = "reference" if r else "query"
+            warnings.warn(
+                f"obsm[{key!r}]: only the {side} records what made it (uns[{key!r}]"
+                '["params"]); the other side\'s model and gene table cannot be checked',
+                stacklevel=3,
+            )
+        diff = {f: (str(q[f]), str(r[f])) for f in q if f in r and str(q[f]) != str(r[f])}
+        if not diff:
+            continue
+        if not allow_mismatch:
+            raise ProvenanceMismatchError(key, diff)
+        allowed.append(f"{key}: {_describe(diff)}")
+        warnings.warn(
+            f"obsm[{key!r}] of the query and of the reference were made differently "
+            f"({_describe(diff)}); annotating anyway, as allow_mismatch asks",
+            stacklevel=3,
+        )
+    return allowed
 
 
 def predict(
@@ -206,15 +318,24 @@ def summary(
     min_confidence: float | None,
     exact: bool,
     categories: pd.Categorical[str],
+    unknown_label: str = UNKNOWN,
+    mismatches: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What ``uns[key_added]`` holds: parameters, the reference, and what was predicted."""
+    """What ``uns[key_added]`` holds: parameters, the reference, and what was predicted.
+
+    ``mismatches`` are the provenance differences ``allow_mismatch`` let through
+    (:func:`check_compatible`), recorded as ``params["provenance_mismatch"]``.
+    """
     counts = categories.value_counts()
     params: dict[str, Any] = {
         "method": method,
         "label_key": index.label_key,
         "obsm_keys": list(index.obsm_keys),
         "min_confidence": "none" if min_confidence is None else float(min_confidence),
+        "unknown_label": unknown_label,
     }
+    if mismatches:
+        params["provenance_mismatch"] = list(mismatches)
     if method == "knn":
         params.update(
             k=int(k),
@@ -230,6 +351,7 @@ def summary(
         "reference": {
             "n_cells": index.n_cells,
             "n_labels": len(index.classes),
+            "n_zero_embedding_excluded": index.n_zero_excluded,
             "label_counts": _count_frame(index.label_counts()),
             "fingerprint": index.fingerprint,
             "backend": index.backend,
@@ -311,19 +433,29 @@ def as_index(
 def is_index_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a saved reference index (any format version) rather than an AnnData.
 
-    A file that is not HDF5 at all counts as an index when its name ends in ``.index``, so that
-    loading it reports the corruption instead of "not an AnnData".
+    An index of the current format is recognised by its header, with plain reads (also when the
+    header is damaged: HDF5's signature then follows the 512 bytes that HDF5 keeps for it), so a
+    corrupted index is never handed to HDF5 before it is checked. An HDF5 file without the
+    header is an index of format version 1 when its attributes say so. A file that is neither
+    counts as an index when its name ends in ``.index``, so that loading it reports the
+    corruption instead of "not an AnnData".
     """
     import h5py
 
     p = Path(path)
     if not p.is_file():
         return False
-    try:
-        with h5py.File(p, "r") as f:
-            return f.attrs.get("format") == FORMAT
-    except OSError:
-        return p.suffix == ".index"
+    with p.open("rb") as fh:
+        head = fh.read(HEADER_BYTES + len(_HDF5_SIGNATURE))
+    if head.startswith(MAGIC) or head[HEADER_BYTES:] == _HDF5_SIGNATURE:
+        return True
+    if head.startswith(_HDF5_SIGNATURE):
+        try:
+            with h5py.File(p, "r") as f:
+                return bool(f.attrs.get("format") == FORMAT)
+        except OSError:
+            pass
+    return p.suffix == ".index"
 
 
 def transfer_labels(
@@ -338,6 +470,8 @@ def transfer_labels(
     min_confidence: float | None = None,
     key_added: str | None = None,
     exact: bool = False,
+    unknown_label: str = UNKNOWN,
+    allow_mismatch: bool = False,
     chunk_size: int = CHUNK_CELLS,
     n_threads: int | None = None,
     copy: bool = False,
@@ -364,11 +498,18 @@ def transfer_labels(
     weights
         kNN vote: ``"distance"`` (1 / cosine distance) or ``"uniform"``.
     min_confidence
-        Predictions with a lower confidence become ``"Unknown"``.
+        Predictions with a lower confidence get the reject label.
     key_added
         Where the result goes (default ``f"{label_key}_pred"``).
     exact
         Search exactly even when the index is approximate (IVF, HNSW).
+    unknown_label
+        The reject label, for cells left unannotated (all-zero embedding, or below
+        ``min_confidence``). A reference label that reads like it is refused.
+    allow_mismatch
+        Annotate even when the query's embedding was made differently from the reference's
+        (method, model, dimension or text source in ``uns[key]["params"]``); with a warning,
+        and recorded in ``uns[key_added]["params"]["provenance_mismatch"]``.
     chunk_size
         Query cells searched at a time (bounds memory).
     n_threads
@@ -380,21 +521,30 @@ def transfer_labels(
     -------
     ``None``, or the copy with ``copy=True``. Sets
 
-    - ``adata.obs[key_added]``: categorical over the reference's labels (plus ``"Unknown"``
+    - ``adata.obs[key_added]``: categorical over the reference's labels (plus ``unknown_label``
       when a cell is left unannotated or ``min_confidence`` is given);
     - ``adata.obs[f"{key_added}_confidence"]``: float32 in [0, 1];
     - ``adata.uns[key_added]``: ``params``, ``reference`` (size, label counts, fingerprint),
       ``prediction_counts`` (count tables: DataFrames with ``label`` and ``n_cells``, which
-      survive ``write_h5ad`` whatever the labels) and the counts of cells left "Unknown".
+      survive ``write_h5ad`` whatever the labels), the counts of cells left unannotated and of
+      reference cells left out of the index for an all-zero embedding.
+
+    Raises
+    ------
+    ProvenanceMismatchError
+        The query's embedding was made differently (without ``allow_mismatch``).
+    InputError
+        Among others: a reference label that reads like ``unknown_label``.
     """
     _check_method(method, weights, k, min_confidence)
     chunk_size = positive_int(chunk_size, "chunk_size")
     index, keys = as_index(
         reference, label_key=label_key, obsm_key=obsm_key, method=method, n_threads=n_threads
     )
+    check_unknown_label(index, unknown_label)
     target = adata.copy() if copy else adata
     src = AnnDataEmbeddings(target, keys, what="query ")
-    check_compatible(index, src, keys)
+    mismatches = check_compatible(index, src, keys, allow_mismatch=allow_mismatch)
     pred = predict(
         index,
         src,
@@ -407,7 +557,7 @@ def transfer_labels(
         n_threads=n_threads,
     )
     key = key_added or f"{index.label_key}_pred"
-    cats = pred.categorical(index.classes, with_unknown=min_confidence is not None)
+    cats = pred.categorical(index.classes, min_confidence is not None, unknown_label)
     target.obs[key] = cats
     target.obs[f"{key}_confidence"] = pred.confidence
     target.uns[key] = summary(
@@ -419,5 +569,7 @@ def transfer_labels(
         min_confidence=min_confidence,
         exact=exact,
         categories=cats,
+        unknown_label=unknown_label,
+        mismatches=mismatches,
     )
     return target if copy else None

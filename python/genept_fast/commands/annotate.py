@@ -38,8 +38,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "encode) from REF (an .h5ad / .zarr with labels and the same embedding, or an index "
             "from build-reference), by cosine kNN or logistic regression. The query is read and "
             "annotated by chunks. OUT is an .h5ad (the query's obs with the predictions and their "
-            "confidence; no matrix) or a .parquet (one row per cell). An existing OUT is refused "
-            "unless --overwrite."
+            "confidence; no matrix) or a .parquet (one row per cell). A query embedded differently "
+            "from the reference (method, model, dimension, text source) is refused unless "
+            "--allow-mismatch; a reference label that reads like the reject label (Unknown) is "
+            "refused. An existing OUT is refused unless --overwrite."
         ),
     )
     p.add_argument("query", type=Path, help="query .h5ad / .zarr with the embedding")
@@ -70,6 +72,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="predictions below this confidence (0..1) become Unknown",
     )
     p.add_argument("--key-added", help="obs column of the prediction (default LABEL_pred)")
+    p.add_argument(
+        "--unknown-label",
+        default="Unknown",
+        help="label of the cells left unannotated (Unknown); a reference label that reads "
+        "like it is refused",
+    )
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="annotate even when the query's embedding was made differently from the "
+        "reference's (method, model, dimension or text source); recorded in the output",
+    )
     p.add_argument("--exact", action="store_true", help="exact search even with an HNSW index")
     p.add_argument("--chunk-size", type=int_range(), default=10_000, help="query cells per chunk")
     p.add_argument("--threads", type=int_range(), help="threads (default: all cores)")
@@ -104,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         _check_method,
         as_index,
         check_compatible,
+        check_unknown_label,
         jsonable,
         predict,
         summary,
@@ -119,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
         n_threads=args.threads,
     )
     print(f"reference: {index}", file=sys.stderr)
+    check_unknown_label(index, args.unknown_label)
     with EmbeddingSource(args.query, keys) as src:
-        check_compatible(index, src, keys)
+        mismatches = check_compatible(index, src, keys, allow_mismatch=args.allow_mismatch)
         pred = predict(
             index,
             src,
@@ -134,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         )
         obs = src.obs_frame()
     key = args.key_added or f"{index.label_key}_pred"
-    cats = pred.categorical(index.classes, with_unknown=args.min_confidence is not None)
+    cats = pred.categorical(index.classes, args.min_confidence is not None, args.unknown_label)
     uns = summary(
         index,
         pred,
@@ -144,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         exact=args.exact,
         categories=cats,
+        unknown_label=args.unknown_label,
+        mismatches=mismatches,
     )
     uns["query"] = str(args.query)
     clash = [c for c in (key, f"{key}_confidence") if c in obs.columns]
@@ -156,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     n_unknown = uns["n_unknown"]
     print(
         f"annotated {len(obs):,} cells ({args.method}, mean confidence "
-        f"{uns['mean_confidence']:.3f}, {n_unknown:,} Unknown); wrote {args.output}",
+        f"{uns['mean_confidence']:.3f}, {n_unknown:,} {args.unknown_label}); wrote {args.output}",
         file=sys.stderr,
     )
     return 0

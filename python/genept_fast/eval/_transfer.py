@@ -220,6 +220,8 @@ def evaluate_transfer(
     backend: str = "auto",
     exclude_labels: Iterable[str] = DEFAULT_EXCLUDE_LABELS,
     compare_exact: bool = True,
+    unknown_label: str = "Unknown",
+    allow_mismatch: bool = False,
     n_threads: int | None = None,
 ) -> TransferEvalReport:
     """Transfer labels from ``reference`` to ``query`` and score them against the query's own.
@@ -249,6 +251,10 @@ def evaluate_transfer(
     compare_exact
         With an approximate (IVF, HNSW) reference, also predict by exact search and report the
         agreement.
+    unknown_label, allow_mismatch
+        As in :func:`~genept_fast.annotate.transfer_labels`: a reference label that reads like
+        the reject label is refused, and so is a query embedded differently from the reference
+        unless ``allow_mismatch`` (then the report's notes say so).
     n_threads
         Threads (BLAS and faiss).
     """
@@ -257,6 +263,7 @@ def evaluate_transfer(
     from genept_fast.annotate._transfer import (
         _check_method,
         check_compatible,
+        check_unknown_label,
         is_index_file,
         predict,
     )
@@ -321,9 +328,11 @@ def evaluate_transfer(
                 n_threads=n_threads,
             )
         assert index is not None
+        check_unknown_label(index, unknown_label)
         backends.add(index.backend)
         src = AnnDataEmbeddings(sub, keys, what="query ")
-        check_compatible(index, src, keys)
+        for diff in check_compatible(index, src, keys, allow_mismatch=allow_mismatch):
+            notes.append(f"provenance differs, scored anyway (allow_mismatch): {diff}")
         per: dict[str, dict[str, Any]] = {}
         for method in methods:
             pred = predict(
@@ -335,7 +344,7 @@ def evaluate_transfer(
                 min_confidence=min_confidence,
                 n_threads=n_threads,
             )
-            cats = pred.categorical(index.classes, with_unknown=True)
+            cats = pred.categorical(index.classes, True, unknown_label)
             y_pred = np.asarray(cats.astype(str))
             res: dict[str, Any] = _scores(truth, y_pred)
             res["unknown_fraction"] = float((pred.codes < 0).mean())
@@ -353,7 +362,8 @@ def evaluate_transfer(
                 )
                 res["exact_agreement"] = float((ex.codes == pred.codes).mean())
                 res["exact_accuracy"] = _scores(
-                    truth, np.asarray(ex.categorical(index.classes, True).astype(str))
+                    truth,
+                    np.asarray(ex.categorical(index.classes, True, unknown_label).astype(str)),
                 )["accuracy"]
             per[method] = res
             confusion[(name, method)] = _confusion(truth, y_pred, index.classes)
@@ -367,6 +377,11 @@ def evaluate_transfer(
         notes.append(
             f"{n_unseen} query cells have labels the reference lacks (always wrong): {unseen}"
         )
+    if index.n_zero_excluded:
+        notes.append(
+            f"{index.n_zero_excluded} reference cells with an all-zero embedding were left out "
+            "of the index"
+        )
     settings = {
         "label_key": label_key,
         "query_label_key": qkey,
@@ -377,6 +392,7 @@ def evaluate_transfer(
         "min_confidence": "none" if min_confidence is None else float(min_confidence),
         "backend": ", ".join(sorted(backends)),
         "exclude_labels": list(exclude),
+        "unknown_label": unknown_label,
         "versions": versions("genept-fast", "scikit-learn", "faiss-cpu", "numpy"),
     }
     labels_q, counts_q = np.unique(truth, return_counts=True)
@@ -386,6 +402,7 @@ def evaluate_transfer(
         "n_excluded_label": int(excluded.sum()),
         "n_missing_label": int(missing.sum()),
         "n_reference": index.n_cells,
+        "n_reference_zero_excluded": index.n_zero_excluded,
         "reference_label_counts": ref_counts,
         "query_label_counts": {str(a): int(b) for a, b in zip(labels_q, counts_q, strict=True)},
         "labels_not_in_reference": unseen,
