@@ -251,6 +251,22 @@ def test_a_flip_in_the_hdf5_metadata_is_exit_2_from_the_shell(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+def test_a_damaged_magic_is_still_recognised_as_a_corrupted_index(tmp_path, capsys):
+    ref, query = clustered(100, seed=3), clustered(20, seed=4)
+    path = build_reference(ref, label_key="cell_type").save(tmp_path / "ref.index")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x01  # "gene" -> "genf": the HDF5 signature still follows the header
+    bad = tmp_path / "ref.h5"  # not named .index: recognised by its layout, not its name
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"corrupted \(its header is damaged\)\. Rebuild it"):
+        ReferenceIndex.load(bad)
+    out = tmp_path / "o.h5ad"
+    argv = ["annotate", str(tmp_path / "q.h5ad"), "--reference", str(bad), "-o", str(out)]
+    assert main(argv) == 2 and not out.exists()
+    assert "its header is damaged" in capsys.readouterr().err
+
+
 def test_the_header_is_plain_and_the_payload_checksum_is_sha256(tmp_path):
     index = build_reference(clustered(50, seed=5), label_key="cell_type")
     path = index.save(tmp_path / "r.index")

@@ -502,7 +502,9 @@ def _rebuild(src: Path, what: str) -> InputError:
 
 
 def read_header(src: Path, head: bytes) -> dict[str, Any]:
-    """The fields of an index header (its first :data:`HEADER_BYTES` bytes), checked.
+    """The fields of an index header, checked: ``head`` is the file's first
+    :data:`HEADER_BYTES` bytes and the 8 after them (where HDF5's signature follows a header
+    whose first bytes were damaged).
 
     Raises
     ------
@@ -519,13 +521,13 @@ def read_header(src: Path, head: bytes) -> dict[str, Any]:
                 "with `genept-fast build-reference`"
             )
             raise InputError(msg)
-        if len(head) == HEADER_BYTES and _HDF5_SIGNATURE in head[-len(_HDF5_SIGNATURE) :]:
+        if head[HEADER_BYTES:] == _HDF5_SIGNATURE:
             raise _rebuild(src, "reference index is corrupted (its header is damaged)")
         msg = f"{src}: not a genept-fast reference index (no index header)"
         raise InputError(msg)
     if len(head) < HEADER_BYTES:
         raise _rebuild(src, "reference index is corrupted (truncated inside its header)")
-    if hashlib.sha256(head[:_HEADER_HASHED]).digest() != head[_HEADER_HASHED:]:
+    if hashlib.sha256(head[:_HEADER_HASHED]).digest() != head[_HEADER_HASHED:HEADER_BYTES]:
         raise _rebuild(src, "reference index is corrupted (its header fails its checksum)")
     try:
         line = head[len(MAGIC) : _HEADER_HASHED].split(b"\n", 1)[0]
@@ -555,7 +557,8 @@ def verify_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     src = Path(path)
     with src.open("rb") as fh:
-        header = read_header(src, fh.read(HEADER_BYTES))
+        header = read_header(src, fh.read(HEADER_BYTES + len(_HDF5_SIGNATURE)))
+        fh.seek(HEADER_BYTES)
         size = os.fstat(fh.fileno()).st_size - HEADER_BYTES
         if size != header["payload_bytes"]:
             what = (
