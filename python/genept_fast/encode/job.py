@@ -107,10 +107,11 @@ def _refuse_scaled(source: ChunkSource, matrix: str, first: Any, method: str) ->
     if not has_negative(first):
         return
     where = "" if source.name.startswith("<") else f"{source.name}: "  # "<AnnData>": no file
+    verb = "ranks" if method == "GenePT-s" else "weighs"
     msg = (
         f"{where}{matrix} has negative values in its first cells: scaled data, not"
-        f" expression. {method} weighs or ranks genes by expression, so embed the log-normalised"
-        " or count matrix: use_raw=True or layer='...' (command line: --use-raw or --layer)"
+        f" expression. {method} {verb} genes by expression, so embed the log-normalised or"
+        " count matrix: use_raw=True or layer='...' (command line: --use-raw or --layer)"
     )
     raise InputError(msg)
 
