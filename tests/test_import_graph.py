@@ -119,7 +119,7 @@ def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert f"{NAME}.embed.batch" in graph[f"{NAME}.embed.openai_api"]
     assert f"{NAME}.cli" in graph[f"{NAME}.__main__"]
-    assert f"{NAME}.genes.text" in graph[f"{NAME}.commands.gene_text"]  # inside run()
+    assert f"{NAME}.text" in graph[f"{NAME}.commands.gene_text"]  # inside run()
 
 
 def test_no_import_circles():
@@ -128,3 +128,70 @@ def test_no_import_circles():
 
 def test_the_batch_runner_does_not_import_the_embedder():
     assert f"{NAME}.embed.openai_api" not in import_graph()[f"{NAME}.embed.batch"]
+
+
+# The layers, bottom first: a module may import its own layer and those below, never above.
+# Each entry is a module or a package prefix (``genes`` covers ``genes.*``); every module of
+# the package must be in exactly one layer, so a new module is placed on purpose.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # the floor: errors, the compiled core (imported only by kernels and _version), file and
+    # secret helpers that know nothing of genes or cells
+    ("errors", "_core", "_version", "_atomic", "_extras", "_secrets", "_outputs", "_inputs"),
+    # pure computation and the HTTP client
+    ("preprocess", "kernels", "_http", "cache"),
+    # what a gene is, gene tables, reading cells from AnnData
+    ("genes", "table", "cells", "stream.sources"),
+    # gene text and text embedding (network clients at this edge)
+    ("text", "embed"),
+    # cells × genes → embeddings: the one engine
+    ("encode",),
+    # where chunks come from and go: streaming, Dask, annotation from a reference
+    ("stream", "dask", "annotate"),
+    # scanpy-shaped tools and evaluation
+    ("tl", "eval"),
+    # the front: the package's lazy attributes, the demo, the command line
+    ("__init__", "demo", "commands", "cli", "__main__"),
+)
+
+#: The only modules that import the compiled core directly.
+CORE_IMPORTERS = {f"{NAME}.kernels", f"{NAME}._version"}
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of ``genept_fast.x.y``: its longest matching entry in :data:`LAYERS`."""
+    rel = module.removeprefix(NAME).lstrip(".") or "__init__"
+    best: tuple[int, int] | None = None
+    for i, layer in enumerate(LAYERS):
+        for entry in layer:
+            matches = rel == entry or rel.startswith(entry + ".")
+            if matches and (best is None or len(entry) > best[1]):
+                best = (i, len(entry))
+    return None if best is None else best[0]
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in import_graph() if layer_of(m) is None] == []
+
+
+def test_no_import_runs_up_the_layers():
+    graph = import_graph()
+    up = [
+        f"{a} (layer {layer_of(a)}) -> {b} (layer {layer_of(b)})"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if (layer_of(b) or 0) > (layer_of(a) or 0)
+    ]
+    assert up == []
+
+
+def test_only_the_kernels_touch_the_compiled_core():
+    graph = import_graph()
+    users = {a for a, targets in graph.items() if f"{NAME}._core" in targets}
+    assert users <= CORE_IMPORTERS
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of(f"{NAME}.annotate._index") == layer_of(f"{NAME}.stream.pipeline")
+    assert layer_of(f"{NAME}.stream.sources") < layer_of(f"{NAME}.stream.pipeline")
+    assert layer_of(f"{NAME}.eval._io") > layer_of(f"{NAME}.annotate._index")  # an up-edge
+    assert layer_of(NAME) == len(LAYERS) - 1

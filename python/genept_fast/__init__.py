@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._core import __version__ as __version__
+from genept_fast._version import __version__ as __version__
 from genept_fast.errors import GeneptError, InputError, ServiceError
 from genept_fast.kernels import (
     DEFAULT_PREFIX,
