@@ -258,58 +258,17 @@ def evaluate_transfer(
     n_threads
         Threads (BLAS and faiss).
     """
-    from genept_fast.annotate import ReferenceIndex, build_reference
+    from genept_fast.annotate import build_reference
     from genept_fast.annotate._io import AnnDataEmbeddings
-    from genept_fast.annotate._transfer import (
-        _check_method,
-        check_compatible,
-        check_unknown_label,
-        is_index_file,
-        predict,
-    )
+    from genept_fast.annotate._transfer import check_compatible, check_unknown_label
 
-    methods = list(methods)
-    if not methods:
-        msg = "methods names no method"
-        raise InputError(msg)
-    for m in methods:
-        _check_method(m, weights, k, min_confidence)
-    from genept_fast.annotate._index import BACKENDS
-
-    if backend not in BACKENDS:
-        msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
-        raise InputError(msg)
-    given_index = None
-    if isinstance(reference, ReferenceIndex):
-        given_index = reference
-    elif isinstance(reference, (str, os.PathLike)) and is_index_file(reference):
-        given_index = ReferenceIndex.load(reference)
-    if given_index is not None:
-        if label_key is not None and label_key != given_index.label_key:
-            msg = f"the reference index holds labels from obs[{given_index.label_key!r}]"
-            raise InputError(msg)
-        label_key = given_index.label_key
-        entries = _entries(obsm_keys, given_index.obsm_keys)
-    else:
-        if label_key is None:
-            msg = "label_key is required when the reference is not a saved index"
-            raise InputError(msg)
-        entries = _entries(obsm_keys, ["X_genept_w"])
+    methods = _check_methods(methods, weights, k, min_confidence, backend)
+    given_index, label_key, entries = _reference_entries(reference, label_key, obsm_keys)
     qkey = query_label_key or label_key
-    if qkey not in query.obs:
-        msg = f"query obs has no column {qkey!r}; available: {list(query.obs.columns)}"
-        raise InputError(msg)
     exclude = tuple(str(x) for x in exclude_labels)
-    exclude_cf = {x.strip().casefold() for x in exclude}
-    truth_all, missing = _as_str_labels(query.obs[qkey].to_numpy())
-    excluded = np.array([t.strip().casefold() in exclude_cf for t in truth_all], dtype=bool)
-    excluded &= ~missing
-    keep = ~missing & ~excluded
-    if not keep.any():
-        msg = f"no query cell has a label in obs[{qkey!r}] to score against"
-        raise InputError(msg)
-    truth = truth_all[keep].astype(str)
-    sub = query[keep]
+    q = _query_truth(query, qkey, exclude)
+    sub = query[q.keep]
+    opts = _PredictOptions(k, weights, min_confidence, unknown_label, compare_exact, n_threads)
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     confusion: dict[tuple[str, str], tuple[list[str], list[str], np.ndarray]] = {}
@@ -333,55 +292,16 @@ def evaluate_transfer(
         src = AnnDataEmbeddings(sub, keys, what="query ")
         for diff in check_compatible(index, src, keys, allow_mismatch=allow_mismatch):
             notes.append(f"provenance differs, scored anyway (allow_mismatch): {diff}")
-        per: dict[str, dict[str, Any]] = {}
+        results[name] = {}
         for method in methods:
-            pred = predict(
-                index,
-                src,
-                k=k,
-                method=method,  # type: ignore[arg-type]
-                weights=weights,  # type: ignore[arg-type]
-                min_confidence=min_confidence,
-                n_threads=n_threads,
-            )
-            cats = pred.categorical(index.classes, True, unknown_label)
-            y_pred = np.asarray(cats.astype(str))
-            res: dict[str, Any] = _scores(truth, y_pred)
-            res["unknown_fraction"] = float((pred.codes < 0).mean())
-            res["mean_confidence"] = float(pred.confidence.mean())
-            if method == "knn" and index.backend != "exact" and compare_exact:
-                ex = predict(
-                    index,
-                    src,
-                    k=k,
-                    method="knn",
-                    weights=weights,  # type: ignore[arg-type]
-                    min_confidence=min_confidence,
-                    exact=True,
-                    n_threads=n_threads,
-                )
-                res["exact_agreement"] = float((ex.codes == pred.codes).mean())
-                res["exact_accuracy"] = _scores(
-                    truth,
-                    np.asarray(ex.categorical(index.classes, True, unknown_label).astype(str)),
-                )["accuracy"]
-            per[method] = res
-            confusion[(name, method)] = _confusion(truth, y_pred, index.classes)
-        results[name] = per
+            res, y_pred = _score_method(index, src, q.truth, method, opts)
+            results[name][method] = res
+            confusion[(name, method)] = _confusion(q.truth, y_pred, index.classes)
 
     assert index is not None
     ref_counts = index.label_counts()
-    unseen = sorted(set(truth.tolist()) - set(ref_counts))
-    if unseen:
-        n_unseen = int(np.isin(truth, unseen).sum())
-        notes.append(
-            f"{n_unseen} query cells have labels the reference lacks (always wrong): {unseen}"
-        )
-    if index.n_zero_excluded:
-        notes.append(
-            f"{index.n_zero_excluded} reference cells with an all-zero embedding were left out "
-            "of the index"
-        )
+    unseen = sorted(set(q.truth.tolist()) - set(ref_counts))
+    notes += _reference_notes(index, q.truth, unseen)
     settings = {
         "label_key": label_key,
         "query_label_key": qkey,
@@ -395,12 +315,12 @@ def evaluate_transfer(
         "unknown_label": unknown_label,
         "versions": versions("genept-fast", "scikit-learn", "faiss-cpu", "numpy"),
     }
-    labels_q, counts_q = np.unique(truth, return_counts=True)
+    labels_q, counts_q = np.unique(q.truth, return_counts=True)
     cells = {
         "n_query": int(query.n_obs),
-        "n_evaluated": int(keep.sum()),
-        "n_excluded_label": int(excluded.sum()),
-        "n_missing_label": int(missing.sum()),
+        "n_evaluated": int(q.keep.sum()),
+        "n_excluded_label": int(q.excluded.sum()),
+        "n_missing_label": int(q.missing.sum()),
         "n_reference": index.n_cells,
         "n_reference_zero_excluded": index.n_zero_excluded,
         "reference_label_counts": ref_counts,
@@ -410,6 +330,131 @@ def evaluate_transfer(
     return TransferEvalReport(
         settings=settings, cells=cells, results=results, confusion=confusion, notes=notes
     )
+
+
+def _check_methods(
+    methods: Sequence[str], weights: str, k: int, min_confidence: float | None, backend: str
+) -> list[str]:
+    from genept_fast.annotate._index import BACKENDS
+    from genept_fast.annotate._transfer import _check_method
+
+    methods = list(methods)
+    if not methods:
+        msg = "methods names no method"
+        raise InputError(msg)
+    for m in methods:
+        _check_method(m, weights, k, min_confidence)
+    if backend not in BACKENDS:
+        msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+        raise InputError(msg)
+    return methods
+
+
+def _reference_entries(
+    reference: Any, label_key: str | None, obsm_keys: Iterable[str | Sequence[str]] | None
+) -> tuple[ReferenceIndex | None, str, list[list[str]]]:
+    """The saved index given (if one is), the reference label column and the embeddings
+    to score."""
+    from genept_fast.annotate import ReferenceIndex
+    from genept_fast.annotate._transfer import is_index_file
+
+    given_index = None
+    if isinstance(reference, ReferenceIndex):
+        given_index = reference
+    elif isinstance(reference, (str, os.PathLike)) and is_index_file(reference):
+        given_index = ReferenceIndex.load(reference)
+    if given_index is None:
+        if label_key is None:
+            msg = "label_key is required when the reference is not a saved index"
+            raise InputError(msg)
+        return None, label_key, _entries(obsm_keys, ["X_genept_w"])
+    if label_key is not None and label_key != given_index.label_key:
+        msg = f"the reference index holds labels from obs[{given_index.label_key!r}]"
+        raise InputError(msg)
+    return given_index, given_index.label_key, _entries(obsm_keys, given_index.obsm_keys)
+
+
+@dataclass
+class _Truth:
+    """The query cells scored (``keep``), their true labels, and those left out."""
+
+    keep: np.ndarray
+    truth: np.ndarray
+    excluded: np.ndarray
+    missing: np.ndarray
+
+
+def _query_truth(query: AnnData, qkey: str, exclude: tuple[str, ...]) -> _Truth:
+    if qkey not in query.obs:
+        msg = f"query obs has no column {qkey!r}; available: {list(query.obs.columns)}"
+        raise InputError(msg)
+    exclude_cf = {x.strip().casefold() for x in exclude}
+    truth_all, missing = _as_str_labels(query.obs[qkey].to_numpy())
+    excluded = np.array([t.strip().casefold() in exclude_cf for t in truth_all], dtype=bool)
+    excluded &= ~missing
+    keep = ~missing & ~excluded
+    if not keep.any():
+        msg = f"no query cell has a label in obs[{qkey!r}] to score against"
+        raise InputError(msg)
+    return _Truth(keep, truth_all[keep].astype(str), excluded, missing)
+
+
+@dataclass
+class _PredictOptions:
+    k: int
+    weights: str
+    min_confidence: float | None
+    unknown_label: str
+    compare_exact: bool
+    n_threads: int | None
+
+
+def _score_method(
+    index: ReferenceIndex, src: Any, truth: np.ndarray, method: str, opts: _PredictOptions
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The scores of one method on one embedding, and its predicted labels."""
+    from genept_fast.annotate._transfer import predict
+
+    def run(method: str, *, exact: bool = False) -> Any:
+        return predict(
+            index,
+            src,
+            k=opts.k,
+            method=method,  # type: ignore[arg-type]
+            weights=opts.weights,  # type: ignore[arg-type]
+            min_confidence=opts.min_confidence,
+            exact=exact,
+            n_threads=opts.n_threads,
+        )
+
+    def labels(pred: Any) -> np.ndarray:
+        return np.asarray(pred.categorical(index.classes, True, opts.unknown_label).astype(str))
+
+    pred = run(method)
+    y_pred = labels(pred)
+    res: dict[str, Any] = _scores(truth, y_pred)
+    res["unknown_fraction"] = float((pred.codes < 0).mean())
+    res["mean_confidence"] = float(pred.confidence.mean())
+    if method == "knn" and index.backend != "exact" and opts.compare_exact:
+        ex = run("knn", exact=True)
+        res["exact_agreement"] = float((ex.codes == pred.codes).mean())
+        res["exact_accuracy"] = _scores(truth, labels(ex))["accuracy"]
+    return res, y_pred
+
+
+def _reference_notes(index: ReferenceIndex, truth: np.ndarray, unseen: list[str]) -> list[str]:
+    notes = []
+    if unseen:
+        n_unseen = int(np.isin(truth, unseen).sum())
+        notes.append(
+            f"{n_unseen} query cells have labels the reference lacks (always wrong): {unseen}"
+        )
+    if index.n_zero_excluded:
+        notes.append(
+            f"{index.n_zero_excluded} reference cells with an all-zero embedding were left out "
+            "of the index"
+        )
+    return notes
 
 
 def _confusion(
