@@ -124,26 +124,28 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
 # -- libraries -----------------------------------------------------------------------------------
 
 
-def bench_libraries(args: argparse.Namespace) -> dict[str, Any]:
-    """Each library on the same data; build once per graph setting, sweep the search setting."""
-    from genept_fast.annotate import exact_search
+class _LibraryBench:
+    """Each library on the same data: build once per graph setting, sweep the search setting."""
 
-    syn = Synthetic(args.dim)
-    n, k = args.cells, 15
-    X, _ = syn.rows(0, n)
-    Q, _ = syn.rows(n, n + args.queries)
-    sample = Q[: args.recall_sample]
-    truth = exact_search(sample, X, k)[1]
-    out: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ann_", dir=args.tmp))
-    libs = set(args.libraries)
+    def __init__(self, args: argparse.Namespace) -> None:
+        from genept_fast.annotate import exact_search
 
-    def report(name: str, build: tuple[float, float], query_fn: Any, size: int) -> None:
+        syn = Synthetic(args.dim)
+        self.args, self.n, self.k = args, args.cells, 15
+        self.X, _ = syn.rows(0, self.n)
+        self.Q, _ = syn.rows(self.n, self.n + args.queries)
+        self.sample = self.Q[: args.recall_sample]
+        self.truth = exact_search(self.sample, self.X, self.k)[1]
+        self.out: dict[str, Any] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench_ann_", dir=args.tmp))
+
+    def report(self, name: str, build: tuple[float, float], query_fn: Any, size: int) -> None:
+        Q = self.Q
         t, c = time.perf_counter(), cpu_s()
         idx = query_fn(Q)
         wall, cpu = time.perf_counter() - t, cpu_s() - c
-        r = recall(idx[: len(sample)], truth)
-        out[name] = {
+        r = recall(idx[: len(self.sample)], self.truth)
+        self.out[name] = {
             "build_s": build[0],
             "build_cpu_s": build[1],
             "recall@15": r,
@@ -157,69 +159,74 @@ def bench_libraries(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
 
+    @staticmethod
     def timed(fn: Any) -> tuple[float, float]:
         t, c = time.perf_counter(), cpu_s()
         fn()
         return time.perf_counter() - t, cpu_s() - c
 
-    import faiss
+    def faiss_hnsw(self) -> None:
+        import faiss
 
-    faiss.omp_set_num_threads(args.threads)
-    if "faiss-hnsw" in libs:
+        args, tmp = self.args, self.tmp
         for M in args.hnsw_m:
             ix = faiss.IndexHNSWSQ(
                 args.dim, faiss.ScalarQuantizer.QT_fp16, M, faiss.METRIC_INNER_PRODUCT
             )
             ix.hnsw.efConstruction = args.ef_construction
-            b = timed(lambda ix=ix: ix.add(X))
+            b = self.timed(lambda ix=ix: ix.add(self.X))
             faiss.write_index(ix, str(tmp / "f.index"))
             for efs in args.ef_search:
                 sp = faiss.SearchParametersHNSW(efSearch=efs)
-                report(
+                self.report(
                     f"faiss {faiss.__version__} HNSWSQfp16 M={M} efC={args.ef_construction} "
                     f"efS={efs}",
                     b,
-                    lambda q, ix=ix, sp=sp: ix.search(q, k, params=sp)[1],
+                    lambda q, ix=ix, sp=sp: ix.search(q, self.k, params=sp)[1],
                     (tmp / "f.index").stat().st_size,
                 )
             del ix
-    if "faiss-ivf" in libs:
+
+    def faiss_ivf(self) -> None:
+        import faiss
+
+        args, n, tmp = self.args, self.n, self.tmp
         nlist = int(4 * np.sqrt(n))
         quant = faiss.IndexFlatIP(args.dim)
         ivf = faiss.IndexIVFScalarQuantizer(
             quant, args.dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
         )
-        b = timed(lambda: (ivf.train(X[: min(n, 50 * nlist)]), ivf.add(X)))
+        b = self.timed(lambda: (ivf.train(self.X[: min(n, 50 * nlist)]), ivf.add(self.X)))
         faiss.write_index(ivf, str(tmp / "ivf.index"))
         for nprobe in args.nprobe:
             ivf.nprobe = nprobe
-            report(
+            self.report(
                 f"faiss IVF{nlist},SQfp16 nprobe={nprobe}",
                 b,
-                lambda q: ivf.search(q, k)[1],
+                lambda q: ivf.search(q, self.k)[1],
                 (tmp / "ivf.index").stat().st_size,
             )
-        del ivf
-    if "hnswlib" in libs:
+
+    def hnswlib(self) -> None:
         try:
             import hnswlib
         except ImportError:
             print("hnswlib not installed; skipped")
-        else:
-            h = hnswlib.Index(space="ip", dim=args.dim)
-            h.init_index(max_elements=n, M=16, ef_construction=100)
-            h.set_num_threads(args.threads)
-            b = timed(lambda: h.add_items(X))
-            h.save_index(str(tmp / "h.bin"))
-            h.set_ef(96)
-            report(
-                "hnswlib 0.8.0 M=16 efC=100 ef=96 (float32)",
-                b,
-                lambda q: h.knn_query(q, k=k)[0],
-                (tmp / "h.bin").stat().st_size,
-            )
-            del h
-    if "pynndescent" in libs:
+            return
+        h = hnswlib.Index(space="ip", dim=self.args.dim)
+        h.init_index(max_elements=self.n, M=16, ef_construction=100)
+        h.set_num_threads(self.args.threads)
+        b = self.timed(lambda: h.add_items(self.X))
+        h.save_index(str(self.tmp / "h.bin"))
+        h.set_ef(96)
+        self.report(
+            "hnswlib 0.8.0 M=16 efC=100 ef=96 (float32)",
+            b,
+            lambda q: h.knn_query(q, k=self.k)[0],
+            (self.tmp / "h.bin").stat().st_size,
+        )
+
+    def pynndescent(self) -> None:
         import pickle
 
         import pynndescent
@@ -228,25 +235,47 @@ def bench_libraries(args: argparse.Namespace) -> dict[str, Any]:
 
         def build() -> None:
             holder["nnd"] = pynndescent.NNDescent(
-                X, metric="dot", n_neighbors=30, n_jobs=args.threads, random_state=0
+                self.X, metric="dot", n_neighbors=30, n_jobs=self.args.threads, random_state=0
             )
             holder["nnd"].prepare()
 
-        b = timed(build)
+        b = self.timed(build)
         nnd = holder["nnd"]
-        nnd.query(Q[:10], k=k)  # JIT compile of the query, not timed
-        with (tmp / "p.pkl").open("wb") as f:
+        nnd.query(self.Q[:10], k=self.k)  # JIT compile of the query, not timed
+        with (self.tmp / "p.pkl").open("wb") as f:
             pickle.dump(nnd, f)
-        report(
+        self.report(
             f"pynndescent {pynndescent.__version__} n_neighbors=30 (float32, pickle)",
             b,
-            lambda q: nnd.query(q, k=k)[0],
-            (tmp / "p.pkl").stat().st_size,
+            lambda q: nnd.query(q, k=self.k)[0],
+            (self.tmp / "p.pkl").stat().st_size,
         )
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
-    return out
+
+    def close(self) -> None:
+        for f in self.tmp.iterdir():
+            f.unlink()
+        self.tmp.rmdir()
+
+
+def bench_libraries(args: argparse.Namespace) -> dict[str, Any]:
+    """Each library on the same data; build once per graph setting, sweep the search setting."""
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    bench = _LibraryBench(args)
+    runs = {
+        "faiss-hnsw": bench.faiss_hnsw,
+        "faiss-ivf": bench.faiss_ivf,
+        "hnswlib": bench.hnswlib,
+        "pynndescent": bench.pynndescent,
+    }
+    try:
+        for name, run in runs.items():
+            if name in set(args.libraries):
+                run()
+    finally:
+        bench.close()
+    return bench.out
 
 
 class SyntheticSource:
