@@ -370,3 +370,16 @@ def test_reading_a_files_rows_does_not_import_anndata(files: dict[str, Path]) ->
         check=True,
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_string_matrix_in_a_file_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "strings.h5ad"
+    ad.AnnData(X=np.ones((2, 2), np.float32)).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        attrs = dict(f["X"].attrs)
+        del f["X"]
+        f.create_dataset("X", data=np.array([["a", "b"], ["c", "d"]], dtype=object),
+                         dtype=h5py.string_dtype())  # fmt: skip
+        f["X"].attrs.update(attrs)
+    with pytest.raises(InputError, match=r"strings.h5ad: X has dtype object"):
+        open_cells(path)

@@ -21,6 +21,7 @@ import scanpy
 
 from genept_fast.annotate import EmbeddingSource
 from genept_fast.cells import AnnDataStore, has_raw, open_cells, read_obs_names, read_var
+from genept_fast.errors import InputError
 from genept_fast.table import GeneEmbeddings
 
 SHIPPED = Path(scanpy.__file__).parent / "datasets" / "10x_pbmc68k_reduced.h5ad"
@@ -266,3 +267,35 @@ def test_build_reference_annotate_and_transfer_on_the_shipped_file(
         "evaluate", SHIPPED, "--reference", "ref.index", "--label", "bulk_labels",
         "--obsm", "X_pca", "--no-plots", "--methods", "knn", "-o", "rep", cwd=tmp_path,
     )  # fmt: skip
+
+
+def test_legacy_categories_follow_anndatas_rule_and_bad_codes_are_named(tmp_path: Path) -> None:
+    """Codes that do not fit ``uns/<column>_categories`` stay numbers (anndata's rule); a code
+    below -1 (-1 is missing) is a corrupt table, named."""
+    path = tmp_path / "legacy.h5ad"
+    obs = np.array(
+        [(b"c0", 0, 5), (b"c1", 1, 0), (b"c2", -1, 1)],
+        dtype=[("index", "S2"), ("kind", "i1"), ("big", "i1")],
+    )
+    with h5py.File(path, "w") as f:
+        f["X"] = np.ones((3, 2), np.float32)
+        f["obs"] = obs
+        f["var"] = np.array([(b"g0",), (b"g1",)], dtype=[("index", "S2")])
+        f["uns/kind_categories"] = np.array([b"B", b"T"])
+        f["uns/big_categories"] = np.array([b"x", b"y"])
+    with open_cells(path) as src:
+        frame = src.obs_frame()
+        assert frame["kind"].dtype == "category"
+        assert list(frame["kind"][:2]) == ["B", "T"] and pd.isna(frame["kind"].iloc[2])
+        assert frame["big"].tolist() == [5, 0, 1]  # 5 >= 2 categories: left as numbers
+        assert src.var_names == ["g0", "g1"] and src.obs_names() == ["c0", "c1", "c2"]
+    with h5py.File(path, "r+") as f:
+        bad = obs.copy()
+        bad["kind"][0] = -3
+        del f["obs"]
+        f["obs"] = bad
+    with (
+        AnnDataStore(path) as store,
+        pytest.raises(InputError, match=r"legacy\.h5ad: cannot read obs"),
+    ):
+        store.frame("obs")

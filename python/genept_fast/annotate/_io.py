@@ -2,11 +2,13 @@
 
 :class:`EmbeddingSource` reads ``obsm/<key>`` of an ``.h5ad`` (h5py) or AnnData ``.zarr``, and the
 flat zarr store that ``genept-fast encode -o out.zarr`` writes (``obs_names`` and ``<key>`` at the
-root), one block of rows at a time, so a query larger than memory streams. :func:`combine` turns
-the blocks of one or more embeddings into the vectors that are searched: each embedding
-L2-normalised, concatenated, and the concatenation L2-normalised again (so the inner product is
-the cosine similarity; with several embeddings it is the mean of their cosines, the GenePT
-paper's "ensemble"). All-zero rows stay zero.
+root), one block of rows at a time, so a query larger than memory streams. Files are read through
+the reading layer (:class:`genept_fast.cells.AnnDataStore`), so the legacy on-disk layout (one
+structured array for ``obsm``, structured-array ``obs``) reads like the current one.
+:func:`combine` turns the blocks of one or more embeddings into the vectors that are searched:
+each embedding L2-normalised, concatenated, and the concatenation L2-normalised again (so the
+inner product is the cosine similarity; with several embeddings it is the mean of their cosines,
+the GenePT paper's "ensemble"). All-zero rows stay zero.
 """
 
 from __future__ import annotations
