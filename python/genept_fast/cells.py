@@ -615,6 +615,7 @@ class AnnDataSource(_Rows):
             msg = f"{self.path}: cannot read {self.matrix} (truncated or corrupt file?): {e}"
             raise InputError(msg) from e
         self._var_names: list[str] | None = None
+        self._var: pd.DataFrame | None = None
 
     def _init_matrix(self, elem: Any) -> None:
         if _is_group(elem):
@@ -689,7 +690,9 @@ class AnnDataSource(_Rows):
     @property
     def var(self) -> pd.DataFrame:
         """The var table of the matrix read (``raw/var`` for ``raw/X``), in memory."""
-        return self._store.frame(self._var_key)
+        if self._var is None:  # read once: every path asks for it (gene matching, provenance)
+            self._var = self._store.frame(self._var_key)
+        return self._var
 
     def var_frame(self) -> pd.DataFrame:
         """The var table of the matrix read (the former name of :attr:`var`)."""
