@@ -383,3 +383,12 @@ def test_a_string_matrix_in_a_file_is_refused_by_name(tmp_path: Path) -> None:
         f["X"].attrs.update(attrs)
     with pytest.raises(InputError, match=r"strings.h5ad: X has dtype object"):
         open_cells(path)
+
+
+def test_a_dask_matrix_in_memory_is_read_by_chunks() -> None:
+    da = pytest.importorskip("dask.array")
+    X = np.random.default_rng(0).random((30, 5)).astype(np.float16)
+    a = ad.AnnData(X=da.from_array(X, chunks=(7, 5)))
+    for data, rows in ((a, X), (a[::2], X[::2])):
+        with open_cells(data) as src:
+            np.testing.assert_array_equal(_rows(src, 4), rows.astype(np.float32))
