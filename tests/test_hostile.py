@@ -351,9 +351,11 @@ def test_nan_found_mid_job_names_the_global_cell_and_leaves_nothing(
         assert main([*argv, "--chunk-size", "20", "--no-progress"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         errors = [line for line in err if "error" in line]
-        # cell 45 of the file (the third chunk starts at 40); X is named with the file
+        # cell 45 of the file (the third chunk starts at 40); the file is named by a note, the
+        # kernel's message is never rewritten
         assert errors == [
-            f"genept-fast encode: error: {files['nan']}: X contains NaN at cell 45, gene 3"
+            f"genept-fast encode: error: X contains NaN at cell 45, gene 3;"
+            f" while encoding {files['nan']}"
         ]
         assert "Traceback" not in "\n".join(err)
         assert _tree(work) == before  # the partial state is gone too
