@@ -410,6 +410,29 @@ class AnnDataStore:
             msg = f"{self.path}: cannot read {key} (truncated or corrupt?): {e}"
             raise InputError(msg) from e
 
+    def column(self, key: str, name: str) -> Any:
+        """One column of the table ``key`` (``obs``, ``var``), read on its own in the current
+        layout (the legacy layout reads the whole table)."""
+        table = self.require(key, " table")
+        if not _is_group(table):
+            frame = self.frame(key)
+            if name not in frame.columns:
+                msg = f"{self.path}: {key} has no column {name!r}; available: {list(frame.columns)}"
+                raise InputError(msg)
+            return frame[name].to_numpy()
+        index = _attr(table, "_index") or "_index"
+        if name not in table or name == index:
+            have = [c for c in table if c != index]
+            msg = f"{self.path}: {key} has no column {name!r}; available: {have}"
+            raise InputError(msg)
+        try:
+            from anndata.io import read_elem
+
+            return read_elem(table[name])
+        except Exception as e:  # anndata raises its own AnnDataReadError on a corrupt column
+            msg = f"{self.path}: cannot read {key}[{name!r}] (truncated or corrupt?): {e}"
+            raise InputError(msg) from e
+
     def _legacy_frame(self, table: Any, *, categories: bool) -> pd.DataFrame:
         import pandas as pd
 

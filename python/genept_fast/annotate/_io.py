@@ -288,27 +288,10 @@ class EmbeddingSource:
 
     def obs_column(self, name: str) -> np.ndarray:
         """One ``obs`` column, read on its own (the legacy layout reads the whole table)."""
-        obs = None if self.flat else self._store.get("obs")
-        if obs is not None and not _is_group(obs):
-            frame = self._store.frame("obs")
-            if name not in frame.columns:
-                msg = f"{self.path}: obs has no column {name!r}; available: {list(frame.columns)}"
-                raise InputError(msg)
-            return np.asarray(frame[name].to_numpy(), dtype=object)
-        from anndata.io import read_elem
-
-        if obs is None or name not in obs or name == (_attr(obs, "_index") or "_index"):
-            have = (
-                [] if obs is None else [c for c in obs if c != (_attr(obs, "_index") or "_index")]
-            )
-            msg = f"{self.path}: obs has no column {name!r}; available: {have}"
+        if self.flat:
+            msg = f"{self.path}: obs has no column {name!r}; available: []"
             raise InputError(msg)
-        try:
-            values = read_elem(obs[name])
-        except Exception as e:
-            msg = f"{self.path}: cannot read obs[{name!r}] (truncated or corrupt?): {e}"
-            raise InputError(msg) from e
-        return np.asarray(values, dtype=object)
+        return np.asarray(self._store.column("obs", name), dtype=object)
 
     def fingerprint(self) -> dict[str, Any]:
         return self._store.fingerprint()
