@@ -392,3 +392,24 @@ def test_a_dask_matrix_in_memory_is_read_by_chunks() -> None:
     for data, rows in ((a, X), (a[::2], X[::2])):
         with open_cells(data) as src:
             np.testing.assert_array_equal(_rows(src, 4), rows.astype(np.float32))
+
+
+def test_encode_reads_a_float16_file_like_its_float32_copy(tmp_path: Path) -> None:
+    """issue 20 through the command: a float16 dense X is encoded, as its upcast copy is."""
+    from genept_fast.cli import main
+    from genept_fast.table import GeneEmbeddings
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((50, 20)) * 3).astype(np.float16)
+    X[X < 1.5] = 0
+    var = pd.DataFrame(index=[f"G{j}" for j in range(20)])
+    ad.AnnData(X=X, var=var).write_h5ad(tmp_path / "half.h5ad")
+    ad.AnnData(X=X.astype(np.float32), var=var).write_h5ad(tmp_path / "single.h5ad")
+    table = GeneEmbeddings(list(var.index), rng.standard_normal((20, 4)), {"model_id": "t"})
+    genes = table.write(tmp_path / "genes.parquet")
+    for name in ("half", "single"):
+        args = ["encode", str(tmp_path / f"{name}.h5ad"), "--genes", str(genes)]
+        assert main([*args, "-o", str(tmp_path / f"{name}.npy")]) == 0
+    half, single = np.load(tmp_path / "half.npy"), np.load(tmp_path / "single.npy")
+    np.testing.assert_array_equal(half, single)
+    assert np.abs(half).sum() > 0
