@@ -527,6 +527,21 @@ def test_allow_mismatch_annotates_with_a_warning_and_records_it(two_tables, tmp_
     ]
 
 
+def test_evaluate_with_a_reference_refuses_a_mismatch_unless_allowed(two_tables, tmp_path):
+    d, _, _ = two_tables
+    argv = ["evaluate", str(d / "other.h5ad"), "--reference", str(d / "ref.h5ad")]
+    argv += ["--label", "cell_type", "--methods", "knn", "--no-plots"]
+    proc = shell(*argv, "-o", str(tmp_path / "r1"))
+    assert proc.returncode == 2, proc.stderr
+    assert "text_source 'symbol' (query) vs 'ncbi' (reference)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r1").exists()
+    proc = shell(*argv, "--allow-mismatch", "--unknown-label", "none", "-o", str(tmp_path / "r2"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["settings"]["unknown_label"] == "none"
+    assert any("provenance differs" in note for note in report["notes"])
+
+
 def test_the_api_refuses_another_model_with_the_error_carrying_both(two_tables):
     import genept_fast as gf
 

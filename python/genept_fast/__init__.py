@@ -46,6 +46,7 @@ __all__ = [
 
 _LAZY = {
     "tl",
+    "cells",
     "genes",
     "text",
     "embed",

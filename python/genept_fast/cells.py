@@ -53,6 +53,7 @@ __all__ = [
     "ArraySource",
     "CellSource",
     "ChunkSource",
+    "check_chunk_size",
     "choose_matrix",
     "has_raw",
     "open_cells",
@@ -71,6 +72,18 @@ _READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexErr
 
 
 # -- the rule ----------------------------------------------------------------------------------
+
+
+def check_chunk_size(chunk_size: Any) -> int:
+    """``chunk_size`` (cells per chunk read) as an int; an :class:`InputError` unless it is a
+    positive integer."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
+        raise InputError(msg)
+    if chunk_size < 1:
+        msg = f"chunk_size must be at least 1, got {chunk_size}"
+        raise InputError(msg)
+    return int(chunk_size)
 
 
 def choose_matrix(*, has_raw: bool, layer: str | None, use_raw: bool | None) -> str:
@@ -504,6 +517,19 @@ class AnnDataStore:
         except Exception as e:
             msg = f"{self.path}: cannot read obsm (truncated or corrupt?): {e}"
             raise InputError(msg) from e
+
+    def params(self, key: str) -> Any:
+        """``uns[key]["params"]`` (what made ``obsm[key]``: the provenance record), in memory;
+        ``None`` when the file has none or it cannot be read (provenance never blocks a job)."""
+        try:
+            from anndata.io import read_elem
+
+            uns = self.get("uns")
+            if uns is None or not _is_group(uns) or key not in uns or "params" not in uns[key]:
+                return None
+            return read_elem(uns[key]["params"])
+        except Exception:
+            return None
 
     def fingerprint(self) -> dict[str, Any]:
         return {"path": str(self.path.resolve()), **_path_fingerprint(self.path)}

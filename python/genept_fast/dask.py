@@ -217,7 +217,7 @@ def _read_csr(
 ) -> da.Array:
     from pathlib import Path
 
-    from genept_fast.stream.sources import check_chunk_size
+    from genept_fast.cells import check_chunk_size
 
     check_chunk_size(chunk_size)
     reader = _RowReader(str(Path(path).resolve()), layer, use_raw, src)

@@ -262,15 +262,8 @@ class EmbeddingSource:
     def _params(self, key: str) -> dict[str, Any]:
         if self.flat:
             return embedding_params({key: dict(self._store.root.attrs)}, key)
-        try:
-            from anndata.io import read_elem
-
-            uns = self._store.get("uns")
-            if uns is None or key not in uns or "params" not in uns[key]:
-                return {}
-            return embedding_params({key: {"params": read_elem(uns[key]["params"])}}, key)
-        except Exception:  # provenance only: an unreadable uns never blocks annotation
-            return {}
+        params = self._store.params(key)
+        return {} if params is None else embedding_params({key: {"params": params}}, key)
 
     def obs_names(self) -> list[str]:
         if self.flat:

@@ -87,6 +87,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--weights", choices=["distance", "uniform"], default="distance")
     t.add_argument("--min-confidence", type=probability, default=None)
     t.add_argument("--backend", choices=["auto", "exact", "ivf", "hnsw"], default="auto")
+    t.add_argument(
+        "--unknown-label",
+        default="Unknown",
+        help="label of the cells left unannotated (Unknown); a reference label that reads "
+        "like it is refused",
+    )
+    t.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="score even when the query's embedding was made differently from the "
+        "reference's (method, model, dimension or text source); the report's notes say so",
+    )
     add_overwrite_argument(p)
     p.set_defaults(func=run)
 
@@ -126,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _read_for_evaluation(path: Path) -> AnnData:
-    """``obs`` and ``obsm`` of an .h5ad/.zarr AnnData, either on-disk layout (``X`` is not read)."""
+    """``obs``, ``obsm`` and each embedding's provenance (``uns[key]["params"]``) of an
+    .h5ad/.zarr AnnData, either on-disk layout (``X`` is not read)."""
     import anndata as ad
 
     from genept_fast.cells import AnnDataStore
@@ -135,7 +148,8 @@ def _read_for_evaluation(path: Path) -> AnnData:
     with AnnDataStore(path) as store:
         obs = store.frame("obs")
         obsm = store.obsm_dict()
-    return ad.AnnData(obs=obs, obsm=obsm)
+        uns = {k: {"params": p} for k in obsm if (p := store.params(k)) is not None}
+    return ad.AnnData(obs=obs, obsm=obsm, uns=uns)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,6 +252,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         backend=args.backend,
         exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
+        unknown_label=args.unknown_label,
+        allow_mismatch=args.allow_mismatch,
     )
     written = report.write(args.out, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast.cells import open_cells, source_matrix, source_var
+from genept_fast.cells import check_chunk_size, open_cells, source_matrix, source_var
 from genept_fast.encode.genes import load_table, match_table, resolve_gene_symbols
 from genept_fast.encode.provenance import sentence_record, weighted_record
 from genept_fast.encode.sentences import SentenceEncoder, as_embedder
@@ -95,14 +95,6 @@ class Cells:
         self.close()
 
 
-def _check_chunk_size(chunk_size: Any) -> int:
-    # The one check (shared with the stream's sources); imported here, not at the top:
-    # genept_fast.stream imports this package.
-    from genept_fast.stream.sources import check_chunk_size
-
-    return check_chunk_size(chunk_size)
-
-
 def _refuse_scaled(source: ChunkSource, matrix: str, first: Any, method: str) -> None:
     if not has_negative(first):
         return
@@ -149,7 +141,7 @@ def open_job(
         A bad argument, a missing matrix or file, a corrupt file, or first cells with negative
         values (scaled data), named with the fix.
     """
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     check_preprocess(preprocess)
     source = open_cells(data, layer=layer, use_raw=use_raw)
     own = source is not data

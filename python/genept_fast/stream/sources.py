@@ -35,9 +35,7 @@ corruption checks (header, monotone ``indptr``, column indices in range).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from genept_fast.cells import (
     DENSE_BLOCK_VALUES,
@@ -45,6 +43,7 @@ from genept_fast.cells import (
     AnnDataSource,
     ArraySource,
     ChunkSource,
+    check_chunk_size,
     has_raw,
     read_obs_names,
     read_var,
@@ -52,7 +51,6 @@ from genept_fast.cells import (
     source_matrix,
     source_var,
 )
-from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     import os
@@ -72,18 +70,6 @@ __all__ = [
     "source_matrix",
     "source_var",
 ]
-
-
-def check_chunk_size(chunk_size: Any) -> int:
-    """``chunk_size`` (cells per chunk read) as an int; an :class:`InputError` unless it is a
-    positive integer."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        msg = f"chunk_size must be a positive integer, got {chunk_size!r}"
-        raise InputError(msg)
-    if chunk_size < 1:
-        msg = f"chunk_size must be at least 1, got {chunk_size}"
-        raise InputError(msg)
-    return int(chunk_size)
 
 
 def open_source(
