@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from genept_fast import _secrets
@@ -378,6 +378,7 @@ def test_one_line_messages_hold_no_secret():
         ),
     )
 )
+@example("://u:PASSWORD-h@/")  # no scheme: the user-info was shown (found by hypothesis)
 def test_check_url_accepts_or_refuses_any_text_and_never_leaks(url: str):
     try:
         assert check_url(url, option="--base-url") == url

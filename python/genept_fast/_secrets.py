@@ -68,7 +68,7 @@ _lock = threading.Lock()
 _remembered: set[str] = set()
 
 # ``scheme://`` then the authority up to its last ``@`` (as urllib.parse splits user-info).
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#\"'<>]*@")
+_USERINFO = re.compile(r"(?i)((?:\b[a-z][a-z0-9+.\-]*)?://)[^\s/?#\"'<>]*@")
 # An Authorization header value, as a header line, a JSON or Python mapping entry, a repr.
 _AUTH_VALUE = re.compile(
     r"(?i)(\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*(?:b?[\"'])?)"
@@ -116,8 +116,11 @@ def _userinfo(url: str) -> tuple[str, str] | None:
     except ValueError:
         parts = None
     if parts is not None and parts.password is None and parts.username is None:
-        return None
-    if parts is None:  # unparsable (a bad IPv6 literal): take the user-info by hand
+        if not parts.netloc and "://" in url:  # no scheme ("://u:pw@h"): by hand below
+            parts = None
+        else:
+            return None
+    if parts is None:  # unparsable (a bad IPv6 literal) or no scheme: the user-info by hand
         netloc = url.partition("://")[2].split("/", 1)[0]
         if "@" not in netloc:
             return None
