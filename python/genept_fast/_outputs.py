@@ -53,6 +53,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from genept_fast._version import __version__
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ __all__ = [
     "OVERWRITE_HINT",
     "STORE_MARKER",
     "add_overwrite_argument",
+    "check_key",
     "check_output",
     "disk_usage",
     "format_bytes",
@@ -81,10 +83,22 @@ OVERWRITE_HINT = "use --overwrite (overwrite=True in Python) to replace it"
 OutputKind = Literal["file", "store", "folder"]
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a plain name for an array or ``obsm`` entry (no path, no dot segments)."""
+    if not isinstance(key, str) or not key.strip():
+        msg = f"key must be a non-empty name, got {key!r}"
+        raise InputError(msg)
+    if "/" in key or "\\" in key or key.startswith(".") or any(ord(c) < 32 for c in key):
+        msg = (
+            f"key {key!r} is not a plain name (no '/', '\\', leading '.' or control characters):"
+            " it names an array inside the output, never a path"
+        )
+        raise InputError(msg)
+    return key
+
+
 def store_attrs() -> dict[str, Any]:
     """The attributes that mark a store as genept-fast's (merge them into the store's attrs)."""
-    from genept_fast._version import __version__
-
     return {STORE_MARKER: {"writer": f"genept-fast {__version__}", "version": 1}}
 
 

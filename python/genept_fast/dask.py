@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast._extras import missing_extra
-from genept_fast.cells import open_cells
+from genept_fast.cells import check_chunk_size, open_cells
 from genept_fast.encode import WeightedEncoder, start_weighted
 from genept_fast.errors import InputError
 
@@ -216,8 +216,6 @@ def _read_csr(
     src: ChunkSource | None,
 ) -> da.Array:
     from pathlib import Path
-
-    from genept_fast.cells import check_chunk_size
 
     check_chunk_size(chunk_size)
     reader = _RowReader(str(Path(path).resolve()), layer, use_raw, src)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from genept_fast import kernels
+from genept_fast._outputs import check_key
 from genept_fast.annotate import build_reference, transfer_labels
 from genept_fast.encode import (
     SentenceBuilder,
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 
 
 def _start(adata: ad.AnnData, key_added: str, copy: bool) -> ad.AnnData:
-    from genept_fast.stream.pipeline import check_key
-
     check_key(key_added)
     if copy:
         if adata.isbacked:

@@ -9,6 +9,9 @@ import argparse
 import math
 from typing import TYPE_CHECKING
 
+from genept_fast._secrets import check_url
+from genept_fast.errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -41,9 +44,6 @@ def int_range(lo: int = 1, hi: int = INT_MAX) -> Callable[[str], int]:
 def url(text: str) -> str:
     """An argparse ``type``: an http(s) URL a client can call (see
     :func:`genept_fast._secrets.check_url`); its password is remembered for the scrubber."""
-    from genept_fast._secrets import check_url
-    from genept_fast.errors import InvalidArgumentError
-
     try:
         return check_url(text, option="URL")
     except InvalidArgumentError as exc:

@@ -28,6 +28,7 @@ __all__ = ["TableMatch", "compact_table", "load_table", "match_table", "resolve_
 
 def load_table(gene_embeddings: GeneEmbeddings | str | Path) -> GeneEmbeddings:
     """A :class:`~genept_fast.table.GeneEmbeddings` table, or one read from a path."""
+    # Imported here: the table module loads polars and the identity layer (see match_table).
     from genept_fast.table import GeneEmbeddings
 
     if isinstance(gene_embeddings, GeneEmbeddings):
@@ -154,6 +155,7 @@ def resolve_gene_symbols(
     InputError
         ``gene_key`` is not a column of ``var``.
     """
+    # Imported here for the reason given in match_table.
     from genept_fast.genes import looks_like_ensembl, map_genes
     from genept_fast.genes.match import SYMBOL_COLUMNS, dataset_identifiers
 

@@ -30,6 +30,8 @@ __all__ = ["SentenceBuilder", "SentenceEncoder", "as_embedder"]
 def as_embedder(embedder: Embedder | str) -> Embedder:
     """An :class:`~genept_fast.embed.Embedder`, or the one a spec names
     (:func:`~genept_fast.embed.get_embedder`: ``"local"``, ``"openai:MODEL"``)."""
+    # Imported here: the embedders load the cache (sqlite), tokenizers and clients, which a
+    # GenePT-w job never needs.
     from genept_fast.embed import Embedder, get_embedder
 
     emb = get_embedder(embedder) if isinstance(embedder, str) else embedder

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genept_fast._outputs import check_output, disk_usage, format_bytes
+from genept_fast._outputs import check_key, check_output, disk_usage, format_bytes
+from genept_fast.encode import matrix_params, merge_uns, open_job
 from genept_fast.errors import InputError
 from genept_fast.preprocess import apply_preprocess
 from genept_fast.stream.sinks import make_work_store, output_format
@@ -181,20 +182,6 @@ def check_output_paths(
     return out
 
 
-def check_key(key: str) -> str:
-    """``key`` if it is a plain name for an array or ``obsm`` entry (no path, no dot segments)."""
-    if not isinstance(key, str) or not key.strip():
-        msg = f"key must be a non-empty name, got {key!r}"
-        raise InputError(msg)
-    if "/" in key or "\\" in key or key.startswith(".") or any(ord(c) < 32 for c in key):
-        msg = (
-            f"key {key!r} is not a plain name (no '/', '\\', leading '.' or control characters):"
-            " it names an array inside the output, never a path"
-        )
-        raise InputError(msg)
-    return key
-
-
 @dataclass
 class Output:
     """Where a streamed job writes (checked by :func:`check_output_args` before any work)."""
@@ -346,8 +333,6 @@ def encode_file(
     input is at fault when reading or preprocessing a chunk fails, or when a genept-fast kernel
     called by the encoder rejects a cell of the chunk (its error carries ``exc.cell``).
     """
-    from genept_fast.encode import matrix_params, merge_uns, open_job
-
     t0 = time.perf_counter()
     out = check_output_args(input, output, key=key, output_dtype=output_dtype, overwrite=overwrite)
     _check_dim(dim)

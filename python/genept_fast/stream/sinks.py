@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genept_fast._outputs import install, store_attrs
+from genept_fast.cells import AnnDataSource
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -227,8 +228,6 @@ class NpyWork(WorkStore):
         import h5py
         import pandas as pd
         from anndata.io import write_elem
-
-        from genept_fast.stream.sources import AnnDataSource
 
         with h5py.File(tmp, "w") as f:
             f.attrs["encoding-type"] = "anndata"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from genept_fast._atomic import atomic_path
+from genept_fast._outputs import check_output
 from genept_fast.errors import InputError
 from genept_fast.text.base import TEXT_SCHEMA
 
@@ -51,8 +52,6 @@ def write_texts(
     pathlib.Path
         The written file.
     """
-    from genept_fast._outputs import check_output
-
     _check(df, "write_texts")
     out = check_output(path, overwrite=overwrite)
     meta = {"genept_fast.table": "gene_texts", **(metadata or {})}
