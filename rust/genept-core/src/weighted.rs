@@ -635,27 +635,49 @@ fn group_block<I: Index, V: Value>(
     s: &mut Scratch,
 ) {
     let rows = r1 - r0;
-    let (shift, nr) = (RANGE_SHIFT, plan.n_ranges);
-    let code = &plan.code[..];
-    let target = match pre {
-        Preprocess::Log1p { target_sum } => Some(target_sum),
-        Preprocess::None => None,
-    };
-    let need = x.nnz_rows(r0, r1) + 1;
-    if s.cents.len() < need {
-        s.cents.resize(need, 0);
+    let nr = plan.n_ranges;
+    let (n, unsorted) = s.place_rows(x, plan, pre, r0, r1);
+    if unsorted {
+        s.sort_cells(rows, nr + 2);
     }
-    s.cell_at.clear();
-    // Marks (see [`Marks`]): a byte per table row and a dummy one; per cell, `nr + 1` range
-    // bounds and a dummy slot (cell-major).
-    s.seen.clear();
-    s.seen.resize(plan.emb.n_rows() + 1, 0);
-    let (nb, nbs) = (nr + 1, nr + 2);
-    s.cursor.clear();
-    s.cursor.resize(nbs * rows, 0);
-    let mut unsorted = false;
-    let mut n = 0usize;
-    {
+    s.count_ranges(rows, nr);
+    s.copy_range_runs(rows, nr, n);
+    s.collect_present(nr);
+}
+
+impl Scratch {
+    /// Places the entries of cells `r0..r1` cell after cell in `cents` (preprocessed, genes
+    /// coded), marking the genes present in `seen` and each cell's range bounds in `cursor`
+    /// (see [`Marks`]). Returns the number of entries and whether some row was unsorted.
+    #[inline]
+    fn place_rows<I: Index, V: Value>(
+        &mut self,
+        x: &CsrView<'_, I, V>,
+        plan: &Plan<'_>,
+        pre: Preprocess,
+        r0: usize,
+        r1: usize,
+    ) -> (usize, bool) {
+        let rows = r1 - r0;
+        let code = &plan.code[..];
+        let target = match pre {
+            Preprocess::Log1p { target_sum } => Some(target_sum),
+            Preprocess::None => None,
+        };
+        let need = x.nnz_rows(r0, r1) + 1;
+        if self.cents.len() < need {
+            self.cents.resize(need, 0);
+        }
+        self.cell_at.clear();
+        // Marks (see [`Marks`]): a byte per table row and a dummy one; per cell, `nr + 1`
+        // range bounds and a dummy slot (cell-major).
+        self.seen.clear();
+        self.seen.resize(plan.emb.n_rows() + 1, 0);
+        let nbs = plan.n_ranges + 2;
+        self.cursor.clear();
+        self.cursor.resize(nbs * rows, 0);
+        let mut unsorted = false;
+        let mut n = 0usize;
         let Scratch {
             cents,
             cell_at,
@@ -664,7 +686,7 @@ fn group_block<I: Index, V: Value>(
             seen,
             cursor,
             ..
-        } = s;
+        } = self;
         for r in r0..r1 {
             let lr = r - r0;
             cell_at.push(n as u32);
@@ -684,78 +706,95 @@ fn group_block<I: Index, V: Value>(
             };
         }
         cell_at.push(n as u32);
+        (n, unsorted)
     }
-    if unsorted {
-        // Rows whose genes are not ascending (a reordering gene map, unsorted X): sort each
-        // cell's entries by gene, stably (duplicates keep their stored order), and mark the
-        // ranges' bounds again.
+
+    /// Rows whose genes are not ascending (a reordering gene map, unsorted X): sorts each
+    /// cell's entries by gene, stably (duplicates keep their stored order), and marks the
+    /// ranges' bounds again (`nbs` slots per cell).
+    #[cold]
+    fn sort_cells(&mut self, rows: usize, nbs: usize) {
         for c in 0..rows {
-            let (a, b) = (s.cell_at[c] as usize, s.cell_at[c + 1] as usize);
-            s.cents[a..b].sort_by_key(|&e| e as u32);
-            let bound = &mut s.cursor[c * nbs..(c + 1) * nbs];
+            let (a, b) = (self.cell_at[c] as usize, self.cell_at[c + 1] as usize);
+            self.cents[a..b].sort_by_key(|&e| e as u32);
+            let bound = &mut self.cursor[c * nbs..(c + 1) * nbs];
             bound.fill(a as u32);
-            for (i, &e) in s.cents[a..b].iter().enumerate() {
-                bound[((e as u32) >> shift) as usize + 1] = (a + i + 1) as u32;
+            for (i, &e) in self.cents[a..b].iter().enumerate() {
+                bound[((e as u32) >> RANGE_SHIFT) as usize + 1] = (a + i + 1) as u32;
             }
         }
     }
-    // Where each cell's genes of each range start (`bound[r]`; a running maximum fills the
-    // empty ranges), how many there are (range-major).
-    s.cpos.clear();
-    s.cpos.resize(nr * rows + 1, 0);
-    for c in 0..rows {
-        let bound = &mut s.cursor[c * nbs..c * nbs + nb];
-        let mut run = s.cell_at[c];
-        for x in bound.iter_mut() {
-            run = run.max(*x);
-            *x = run;
-        }
-        for (rr, w) in bound.windows(2).enumerate() {
-            s.cpos[rr * rows + c] = w[1] - w[0];
-        }
-    }
-    // The lists' starts, then each cell's run of each range (one run: its genes are ascending)
-    // copied to its list.
-    s.rstart.clear();
-    let mut acc = 0u32;
-    for &cnt in &s.cpos {
-        s.rstart.push(acc);
-        acc += cnt;
-    }
-    if s.rents.len() < n {
-        s.rents.resize(n, 0);
-    }
-    for c in 0..rows {
-        let bound = &s.cursor[c * nbs..c * nbs + nb];
-        for (r, w) in bound.windows(2).enumerate() {
-            let (from, to) = (w[0] as usize, w[1] as usize);
-            if to > from {
-                let at = s.rstart[r * rows + c] as usize;
-                s.rents[at..at + (to - from)].copy_from_slice(&s.cents[from..to]);
+
+    /// Where each cell's genes of each range start (`bound[r]`; a running maximum fills the
+    /// empty ranges), and how many there are, range-major, in `cpos`.
+    #[inline]
+    fn count_ranges(&mut self, rows: usize, nr: usize) {
+        let (nb, nbs) = (nr + 1, nr + 2);
+        self.cpos.clear();
+        self.cpos.resize(nr * rows + 1, 0);
+        for c in 0..rows {
+            let bound = &mut self.cursor[c * nbs..c * nbs + nb];
+            let mut run = self.cell_at[c];
+            for x in bound.iter_mut() {
+                run = run.max(*x);
+                *x = run;
+            }
+            for (rr, w) in bound.windows(2).enumerate() {
+                self.cpos[rr * rows + c] = w[1] - w[0];
             }
         }
     }
-    s.rents.truncate(n);
-    // The present genes, range by range (the dummy byte dropped).
-    s.present.clear();
-    s.pstart.clear();
-    s.pstart.push(0);
-    s.seen.pop();
-    s.seen.resize(s.seen.len().next_multiple_of(8), 0);
-    for (wi, word) in s.seen.chunks_exact(8).enumerate() {
-        let mut bytes = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
-        while bytes != 0 {
-            let at = bytes.trailing_zeros() / 8;
-            bytes &= !(0xff << (8 * at));
-            let g = (wi * 8) as u32 + at;
-            while s.pstart.len() <= (g >> shift) as usize {
-                s.pstart.push(s.present.len() as u32);
-            }
-            s.present.push(g);
+
+    /// The lists' starts (`rstart`), then each cell's run of each range (one run: its genes
+    /// are ascending) copied to its list in `rents`.
+    #[inline]
+    fn copy_range_runs(&mut self, rows: usize, nr: usize, n: usize) {
+        let (nb, nbs) = (nr + 1, nr + 2);
+        self.rstart.clear();
+        let mut acc = 0u32;
+        for &cnt in &self.cpos {
+            self.rstart.push(acc);
+            acc += cnt;
         }
+        if self.rents.len() < n {
+            self.rents.resize(n, 0);
+        }
+        for c in 0..rows {
+            let bound = &self.cursor[c * nbs..c * nbs + nb];
+            for (r, w) in bound.windows(2).enumerate() {
+                let (from, to) = (w[0] as usize, w[1] as usize);
+                if to > from {
+                    let at = self.rstart[r * rows + c] as usize;
+                    self.rents[at..at + (to - from)].copy_from_slice(&self.cents[from..to]);
+                }
+            }
+        }
+        self.rents.truncate(n);
     }
-    while s.pstart.len() <= nr {
-        s.pstart.push(s.present.len() as u32);
+
+    /// The present genes, range by range, in `present`/`pstart` (the dummy byte dropped).
+    #[inline]
+    fn collect_present(&mut self, nr: usize) {
+        self.present.clear();
+        self.pstart.clear();
+        self.pstart.push(0);
+        self.seen.pop();
+        self.seen.resize(self.seen.len().next_multiple_of(8), 0);
+        for (wi, word) in self.seen.chunks_exact(8).enumerate() {
+            let mut bytes = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            while bytes != 0 {
+                let at = bytes.trailing_zeros() / 8;
+                bytes &= !(0xff << (8 * at));
+                let g = (wi * 8) as u32 + at;
+                while self.pstart.len() <= (g >> RANGE_SHIFT) as usize {
+                    self.pstart.push(self.present.len() as u32);
+                }
+                self.present.push(g);
+            }
+        }
+        while self.pstart.len() <= nr {
+            self.pstart.push(self.present.len() as u32);
+        }
     }
 }
 
