@@ -580,3 +580,20 @@ def test_provenance_on_one_side_only_is_said(two_tables):
         warnings.simplefilter("always")
         transfer_labels(query, ref, label_key="cell_type")
     assert any("only the reference records what made it" in str(w.message) for w in rec)
+
+
+@pytest.mark.parametrize("key", ["", " ", "a/b", ".x"])
+def test_an_empty_or_path_like_key_added_is_refused_by_the_api_and_the_cli(key, tmp_path):
+    rng = np.random.default_rng(0)
+    ref = ad.AnnData(np.zeros((30, 2), dtype=np.float32))
+    ref.obsm["X_genept_w"] = rng.standard_normal((30, 8)).astype(np.float32)
+    ref.obs["cell_type"] = pd.Categorical(rng.choice(["A", "B"], 30))
+    query = ref.copy()
+    with pytest.raises(InputError, match="key"):
+        transfer_labels(query, ref, label_key="cell_type", key_added=key)
+    assert list(query.obs.columns) == ["cell_type"]
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    argv = ["annotate", str(tmp_path / "ref.h5ad"), "--reference", str(tmp_path / "ref.h5ad")]
+    argv += ["--label", "cell_type", "--key-added", key, "-o", str(tmp_path / "p.h5ad")]
+    assert main(argv) == 2
+    assert not (tmp_path / "p.h5ad").exists()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from genept_fast._outputs import check_key
 from genept_fast.annotate._index import (
     _HDF5_SIGNATURE,
     CHUNK_CELLS,
@@ -500,7 +501,7 @@ def transfer_labels(
     min_confidence
         Predictions with a lower confidence get the reject label.
     key_added
-        Where the result goes (default ``f"{label_key}_pred"``).
+        Where the result goes (default ``f"{label_key}_pred"``); a plain non-empty name.
     exact
         Search exactly even when the index is approximate (IVF, HNSW).
     unknown_label
@@ -537,6 +538,8 @@ def transfer_labels(
         Among others: a reference label that reads like ``unknown_label``.
     """
     _check_method(method, weights, k, min_confidence)
+    if key_added is not None:
+        check_key(key_added)
     chunk_size = positive_int(chunk_size, "chunk_size")
     index, keys = as_index(
         reference, label_key=label_key, obsm_key=obsm_key, method=method, n_threads=n_threads

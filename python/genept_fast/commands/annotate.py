@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import require_anndata
-from genept_fast._outputs import add_overwrite_argument, check_output, is_own_store
+from genept_fast._outputs import add_overwrite_argument, check_key, check_output, is_own_store
 from genept_fast.commands._args import int_range, probability
 from genept_fast.errors import InputError
 
@@ -110,6 +110,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.output.suffix.lower() not in OUTPUT_FORMATS:
         msg = f"output {args.output}: use one of {', '.join(OUTPUT_FORMATS)}"
         raise InputError(msg)
+    if args.key_added is not None:
+        check_key(args.key_added)
 
 
 def run(args: argparse.Namespace) -> int:
