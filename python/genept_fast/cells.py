@@ -616,9 +616,8 @@ class AnnDataSource(_Rows):
         self.validate = validate
         self._request = (layer, use_raw)
         self._store = AnnDataStore(self.path)
-        #: "h5ad", "zarr", or "h5ad-legacy": a legacy file's groups are not copied as they are
-        #: into a current-layout file (stream.sinks copies obs of an "h5ad" source with HDF5)
-        self.kind = self._store.kind + ("-legacy" if self._store.legacy else "")
+        #: "h5ad" or "zarr"
+        self.kind = self._store.kind
         try:
             self.matrix = choose_matrix(has_raw=self._store.has_raw, layer=layer, use_raw=use_raw)
             self._setup()
@@ -638,10 +637,15 @@ class AnnDataSource(_Rows):
         """Whether the file has the legacy on-disk layout (see :class:`AnnDataStore`)."""
         return self._store.legacy
 
-    @property
-    def _root(self) -> Any:
-        # the open h5py/zarr root: stream.sinks copies a current-layout obs group from it
-        return self._store.root
+    def copy_obs(self, dest: Any) -> bool:
+        """Copy the ``obs`` group into the h5py group ``dest`` inside HDF5 (column by column,
+        no pandas) when that gives a current-layout ``obs``: an ``.h5ad`` file in the current
+        layout. Returns whether it did; the caller writes :meth:`obs_frame` otherwise."""
+        if self.kind != "h5ad" or self.legacy:
+            return False
+        root = self._store.root
+        root.copy(root["obs"], dest, name="obs")
+        return True
 
     def _setup(self) -> None:
         self._var_key = "raw/var" if self.matrix == "raw/X" else "var"

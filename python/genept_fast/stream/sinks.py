@@ -232,9 +232,8 @@ class NpyWork(WorkStore):
         with h5py.File(tmp, "w") as f:
             f.attrs["encoding-type"] = "anndata"
             f.attrs["encoding-version"] = "0.1.0"
-            if isinstance(source, AnnDataSource) and source.kind == "h5ad":
-                # HDF5 copies the obs group inside the library, column by column.
-                source._root.copy(source._root["obs"], f, name="obs")
+            if isinstance(source, AnnDataSource) and source.copy_obs(f):
+                pass  # HDF5 copied the obs group inside the library, column by column
             elif hasattr(source, "obs_frame"):
                 write_elem(f, "obs", source.obs_frame())
             else:
