@@ -123,6 +123,16 @@ def test_zero_dimensional_vectors_are_a_malformed_response(tmp_path, capsys):
     assert rows(tmp_path / "c") == 0 and rows(tmp_path / "cache") == 0
 
 
+@pytest.mark.parametrize("kind", ["strings", "bools"])
+def test_numbers_sent_as_strings_or_booleans_are_a_malformed_response(server, tmp_path, kind):
+    # numpy would read "0.1" and true as numbers; the JSON must hold numbers
+    server.add_fault(kind, times=10)
+    emb = make(server, tmp_path, model="nomic-embed-text", encoding_format="float")
+    with pytest.raises(MalformedResponseError, match="not a flat list of numbers"):
+        emb.embed(["a", "b"])
+    assert EmbeddingCache(tmp_path / "cache").count() == 0
+
+
 def test_dimensions_that_differ_in_one_answer_or_from_the_request(server, tmp_path):
     server.add_fault("ragged", rows=1)
     with pytest.raises(MalformedResponseError, match="dimension 64, 65"):

@@ -95,7 +95,10 @@ def _encoding() -> Any:
 #: vectors of the answer, or all of them): all zeros, a NaN, an infinity, a value past float32's
 #: range (written as ``1e39`` in a float body, as infinity in base64), no dimension, or (for
 #: ``ragged``) one element more than the others.
-VECTOR_FAULTS = ("zero", "nan", "inf", "overflow", "zero_dim", "ragged")
+VECTOR_FAULTS = ("zero", "nan", "inf", "overflow", "zero_dim", "ragged", "strings", "bools")
+#: Vector faults that only a JSON list of floats can carry (``encoding_format="float"``): the
+#: numbers sent as JSON strings, or as booleans.
+JSON_FAULTS = ("strings", "bools")
 
 
 @dataclass
@@ -341,6 +344,8 @@ def _spoil(v: np.ndarray, kind: str) -> np.ndarray:
         return v[:0]
     if kind == "ragged":
         return np.append(v, 0.5)
+    if kind in JSON_FAULTS:
+        return v  # spoilt as JSON by _embeddings_body
     out = v.copy()
     out[len(out) // 2] = {"nan": np.nan, "inf": -np.inf, "overflow": 1e39}[kind]
     return out
@@ -362,6 +367,10 @@ def _embeddings_body(
         if rec.encoding_format == "base64":
             with np.errstate(over="ignore"):  # 1e39 is infinity in float32
                 emb = base64.b64encode(v.astype("<f4").tobytes()).decode()
+        elif spoil == "strings" and i < n_spoilt:
+            emb = [repr(float(x)) for x in v]
+        elif spoil == "bools" and i < n_spoilt:
+            emb = [bool(x > 0) for x in v]
         else:
             emb = [float(x) for x in v]  # json writes NaN, Infinity and 1e+39 as they are
         data.append({"object": "embedding", "index": i, "embedding": emb})

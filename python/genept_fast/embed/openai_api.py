@@ -212,6 +212,13 @@ def _rows_by_index(data: list[Any], n: int) -> list[np.ndarray]:
     return [r for r in rows if r is not None]
 
 
+def _numbers(values: list[Any]) -> bool:
+    """Whether every value is a JSON number. numpy would also read ``"0.1"`` (a string) and
+    ``true`` (a bool) as numbers; checking costs about twice the conversion (256 vectors of
+    1536: 26 ms against 12 ms), paid only on the ``float`` format, a fallback to base64."""
+    return all(type(x) is float or type(x) is int for x in values)
+
+
 def _decode_embedding(emb: Any) -> np.ndarray:
     """One ``embedding`` value: base64 little-endian float32, or a flat list of numbers."""
     if isinstance(emb, str):
@@ -221,15 +228,10 @@ def _decode_embedding(emb: Any) -> np.ndarray:
             msg = "an embedding is not valid base64 float32"
             raise _Malformed(msg) from None
     if isinstance(emb, list):
-        try:
-            vec = np.asarray(emb, dtype=np.float64)
-        except (TypeError, ValueError):
-            msg = "an embedding is not a list of numbers"
-            raise _Malformed(msg) from None
-        if vec.ndim != 1:
+        if not _numbers(emb):
             msg = "an embedding is not a flat list of numbers"
             raise _Malformed(msg)
-        return vec
+        return np.asarray(emb, dtype=np.float64)
     msg = "an item has no 'embedding'"
     raise _Malformed(msg)
 
@@ -584,6 +586,8 @@ class OpenAIEmbedder(Embedder):
             if not isinstance(emb, list):
                 return None
             lists.append(emb)
+        if not all(_numbers(emb) for emb in lists):
+            return None  # the item-by-item path says what is wrong
         try:
             with np.errstate(over="ignore"):  # past float32's range: inf, refused below
                 out = np.array(lists, dtype=np.float32)
