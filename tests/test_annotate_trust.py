@@ -597,3 +597,16 @@ def test_an_empty_or_path_like_key_added_is_refused_by_the_api_and_the_cli(key, 
     argv += ["--label", "cell_type", "--key-added", key, "-o", str(tmp_path / "p.h5ad")]
     assert main(argv) == 2
     assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_an_ivf_reference_of_mostly_zero_cells_says_why_it_cannot_train():
+    rng = np.random.default_rng(1)
+    ref = ad.AnnData(np.zeros((2000, 2), dtype=np.float32))  # 51 IVF lists
+    E = np.zeros((2000, 8), dtype=np.float32)
+    E[:20] = rng.standard_normal((20, 8))  # 1,980 cells with no gene embedded
+    ref.obsm["X_genept_w"] = E
+    ref.obs["cell_type"] = pd.Categorical(rng.choice(["A", "B"], 2000))
+    with pytest.raises(InputError, match=r"51 lists needs at least 51 cells with a nonzero") as e:
+        build_reference(ref, label_key="cell_type", backend="ivf")
+    assert "has 20 (all-zero cells are left out)" in str(e.value)
+    assert "backend='exact'" in str(e.value)

@@ -768,7 +768,16 @@ def build_reference(
             else:
                 params = {"nlist": ivf_nlist(n), **IVF_DEFAULTS, **(ann_params or {})}
                 ivf = IvfIndex(dim, **params)
-                ivf.train(_training_sample(src, TRAIN_PER_LIST * ivf.nlist, n_threads))
+                sample = _training_sample(src, TRAIN_PER_LIST * ivf.nlist, n_threads)
+                if len(sample) < ivf.nlist:
+                    msg = (
+                        f"an IVF index of {ivf.nlist} lists needs at least {ivf.nlist} cells"
+                        f" with a nonzero embedding to train on; the reference's sample has"
+                        f" {len(sample)} (all-zero cells are left out): use backend='exact'"
+                        " (--backend exact), or fewer lists (ann_params={'nlist': ...}, --nlist)"
+                    )
+                    raise InputError(msg)
+                ivf.train(sample)
                 ann = ivf
             kept, digest = _add_cells(src, int(chunk_size), n_threads, vectors, ann)
         provenance = {
