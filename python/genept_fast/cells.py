@@ -56,6 +56,7 @@ __all__ = [
     "check_chunk_size",
     "choose_matrix",
     "has_raw",
+    "matrix_options",
     "open_cells",
     "read_obs_names",
     "read_var",
@@ -135,6 +136,12 @@ def choose_matrix(*, has_raw: bool, layer: str | None, use_raw: bool | None) -> 
 
 def _layer_of(matrix: str) -> str | None:
     return matrix[len("layers/") :] if matrix.startswith("layers/") else None
+
+
+def matrix_options(matrix: str) -> tuple[str | None, bool]:
+    """The ``(layer, use_raw)`` that :func:`choose_matrix` maps to ``matrix`` (its inverse):
+    what to pass to open the same matrix again, elsewhere (a Dask worker)."""
+    return _layer_of(matrix), matrix == "raw/X"
 
 
 def check_dtype(dtype: Any, matrix: str, where: str = "") -> np.dtype[Any]:
@@ -624,8 +631,7 @@ class AnnDataSource(_Rows):
         except BaseException:
             self.close()
             raise
-        self.layer = _layer_of(self.matrix)
-        self.use_raw = self.matrix == "raw/X"
+        self.layer, self.use_raw = matrix_options(self.matrix)
 
     @property
     def element(self) -> str:
@@ -859,8 +865,7 @@ class AnnDataObjectSource(_Rows):
     ) -> None:
         self._adata = adata
         self.matrix = choose_matrix(has_raw=adata.raw is not None, layer=layer, use_raw=use_raw)
-        self.layer = _layer_of(self.matrix)
-        self.use_raw = self.matrix == "raw/X"
+        self.layer, self.use_raw = matrix_options(self.matrix)
         if self.layer is not None and self.layer not in adata.layers:
             have = ", ".join(map(str, adata.layers.keys())) or "none"
             msg = f"the AnnData has no layer {self.layer!r} (layers: {have})"

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast._extras import missing_extra
-from genept_fast.cells import check_chunk_size, open_cells
+from genept_fast.cells import check_chunk_size, matrix_options, open_cells
 from genept_fast.encode import WeightedEncoder, start_weighted
 from genept_fast.errors import InputError
 
@@ -269,8 +269,6 @@ def encode_h5ad_dask(
         normalize=normalize,
         n_threads=_task_threads(n_threads),
     ) as job:
-        matrix = job.cells.matrix
-        layer = matrix.removeprefix("layers/") if matrix.startswith("layers/") else None
-        use_raw = matrix == "raw/X"
+        layer, use_raw = matrix_options(job.cells.matrix)
         x = _read_csr(path, layer, use_raw, chunk_size, job.cells.source)
     return _map(x, job.encoder)
