@@ -1,11 +1,16 @@
 """The optional parts of genept-fast and the one error that names the extra to install.
 
-``pip install genept-fast`` is the core: GenePT-w/-s, the local and OpenAI embedders, gene text
-and identifiers, file I/O and streaming. The rest comes with an extra::
+genept-fast is not on PyPI: it is installed from a clone (``pip install .``) or from a wheel
+built with ``make wheel``. That is the core: GenePT-w/-s, the local and OpenAI embedders, gene
+text and identifiers, file I/O and streaming. The rest comes with an extra, added to an
+environment where genept-fast is installed (pip reads the extra from the installed package)::
 
     pip install 'genept-fast[eval]'   # evaluation, plots, the demo (scanpy, scikit-learn, ...)
     pip install 'genept-fast[dask]'   # genept_fast.dask
     pip install 'genept-fast[annotate]'  # cell-type annotation (faiss-cpu, scikit-learn)
+    pip install 'genept-fast[soma]'   # TileDB-SOMA / CELLxGENE Census experiments as a source
+
+or at install time, from a clone: ``pip install '.[eval]'``.
 
 What needs an extra calls :func:`require_extra` before it starts (or turns the import's
 failure into :func:`missing_extra`), so a missing one is a
@@ -26,6 +31,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "eval": ("scanpy", "sklearn", "matplotlib", "igraph", "pynndescent"),
     "dask": ("dask", "distributed"),
     "annotate": ("faiss", "threadpoolctl", "sklearn"),
+    "soma": ("tiledbsoma", "somacore"),
 }
 _DISTRIBUTION = {"sklearn": "scikit-learn", "faiss": "faiss-cpu"}
 
@@ -40,7 +46,10 @@ def _installed(module: str) -> bool:
 def missing_extra(extra: str, what: str, modules: tuple[str, ...] = ()) -> MissingDependencyError:
     """The error for ``what`` (``"genept-fast evaluate"``) lacking ``modules`` of ``extra``."""
     names = ", ".join(_DISTRIBUTION.get(m, m) for m in modules or EXTRAS[extra])
-    msg = f"{what} needs {names} (the {extra!r} extra): pip install 'genept-fast[{extra}]'"
+    msg = (
+        f"{what} needs {names} (the {extra!r} extra): pip install 'genept-fast[{extra}]' adds it"
+        f" to this environment's genept-fast (in a clone: pip install '.[{extra}]')"
+    )
     return MissingDependencyError(msg)
 
 
