@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SRC := python tests benches
 
-.PHONY: help venv install dev test check lint fmt typecheck rust-test pytest wheel wheel-smoke bench demo clean
+.PHONY: help venv install dev test check lint fmt typecheck rust-test pytest docs wheel wheel-smoke bench demo clean
 
 help:
-	@echo "make test    - set up $(VENV), build, run every check (fmt, clippy, cargo test, ruff, mypy, stubtest, pytest)"
+	@echo "make test    - set up $(VENV), build, run every check (fmt, clippy, cargo test, ruff, mypy, stubtest, pytest, docs)"
 	@echo "make demo    - set up $(VENV) and run the offline demo (genept-fast demo)"
 	@echo "make dev     - rebuild the extension in place after a Rust change (maturin develop --release)"
+	@echo "make docs    - build the API reference and the guide into site/ (mkdocs --strict)"
 	@echo "make bench   - kernel benchmark (release build)"
 	@echo "make wheel-smoke - build the abi3 wheel, install it in a fresh venv with no Rust on PATH, smoke-test it"
 
@@ -23,6 +24,7 @@ venv: $(PY)
 # Editable install: maturin builds the Rust extension (release profile) into python/genept_fast.
 # The test extra pulls the eval, dask and annotate extras (everything the tests exercise).
 install: $(PY)
+	@echo "installing genept-fast in $(VENV) (editable, building the Rust extension) with the test extra (scanpy, scikit-learn, dask, faiss-cpu, tiledbsoma, mkdocs, pytest, ...) — several minutes on first run"
 	$(PIP) install -q -e ".[test]"
 
 dev: $(PY)
@@ -31,7 +33,7 @@ dev: $(PY)
 
 test: install check
 
-check: lint typecheck rust-test pytest
+check: lint typecheck rust-test pytest docs
 
 lint:
 	cargo fmt --all --check
@@ -54,6 +56,10 @@ rust-test:
 pytest:
 	$(PY) -m pytest -q
 
+# The API reference from the docstrings, and the guide (docs/): every warning is an error.
+docs:
+	$(VENV)/bin/mkdocs build --strict
+
 wheel: $(PY)
 	$(PIP) install -q "maturin>=1.9,<2"
 	rm -rf dist
@@ -74,8 +80,9 @@ bench:
 # --overwrite: a second `make demo` replaces the demo's own files in genept-demo/ (nothing else).
 # The demo extra is the core plus evaluation and plots (scanpy, scikit-learn, matplotlib, igraph).
 demo: $(PY)
+	@echo "installing genept-fast in $(VENV) (building the Rust extension) with the demo extra (scanpy, scikit-learn, matplotlib, igraph, ...) — about 3 minutes on first run"
 	$(PIP) install -q ".[demo]"
 	$(VENV)/bin/genept-fast demo --overwrite
 
 clean:
-	rm -rf target dist .wheel-venv python/genept_fast/*.so
+	rm -rf target dist site .wheel-venv python/genept_fast/*.so

@@ -520,15 +520,15 @@ def transfer_labels(
 
     Returns
     -------
-    ``None``, or the copy with ``copy=True``. Sets
-
-    - ``adata.obs[key_added]``: categorical over the reference's labels (plus ``unknown_label``
-      when a cell is left unannotated or ``min_confidence`` is given);
-    - ``adata.obs[f"{key_added}_confidence"]``: float32 in [0, 1];
-    - ``adata.uns[key_added]``: ``params``, ``reference`` (size, label counts, fingerprint),
-      ``prediction_counts`` (count tables: DataFrames with ``label`` and ``n_cells``, which
-      survive ``write_h5ad`` whatever the labels), the counts of cells left unannotated and of
-      reference cells left out of the index for an all-zero embedding.
+    AnnData or None
+        ``None``, or the copy with ``copy=True``. Sets ``adata.obs[key_added]`` (categorical
+        over the reference's labels, plus ``unknown_label`` when a cell is left unannotated or
+        ``min_confidence`` is given), ``adata.obs[f"{key_added}_confidence"]`` (float32 in
+        [0, 1]) and ``adata.uns[key_added]``: ``params``, ``reference`` (size, label counts,
+        fingerprint), ``prediction_counts`` (count tables: DataFrames with ``label`` and
+        ``n_cells``, which survive ``write_h5ad`` whatever the labels), the counts of cells
+        left unannotated and of reference cells left out of the index for an all-zero
+        embedding.
 
     Raises
     ------
