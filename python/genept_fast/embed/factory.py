@@ -1,4 +1,4 @@
-"""Embedders from spec strings: ``"local"``, ``"openai:<model>"``,
+"""Embedders from spec strings: ``"local"``, ``"wordllama"``, ``"openai:<model>"``,
 ``"sentence-transformers:<name-or-path>"`` (:func:`get_embedder`)."""
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def get_embedder(
     Parameters
     ----------
     spec
-        ``"local"``, ``"openai:<model>"`` or ``"sentence-transformers:<name-or-path>"``.
+        ``"local"``, ``"wordllama"`` (a static model: GenePT-s at kernel speed, see
+        :mod:`genept_fast.encode.static`; the ``wordllama`` extra), ``"openai:<model>"`` or
+        ``"sentence-transformers:<name-or-path>"``.
     base_url
         OpenAI-compatible server root (``http://host:port/v1``); ``openai:`` only. A
         malformed URL (bad port, bad IPv6 literal, no scheme) is refused here, as is one in
@@ -57,7 +59,8 @@ def get_embedder(
     max_concurrency, timeout, max_retries
         Requests in flight, seconds per request, retries per request (``openai:`` only).
     n_threads
-        onnxruntime threads (``local`` only).
+        onnxruntime threads (``local`` only; ``wordllama`` tokenizes on one thread, and its
+        GenePT-s sums take the kernel's ``n_threads``).
     use_batch
         Embed uncached texts through OpenAI's Batch API: half price, results within 24 hours;
         a run killed while it waits resumes the same batches (job files in ``batches/`` of the
@@ -79,7 +82,10 @@ def get_embedder(
         (:class:`~genept_fast.errors.InvalidArgumentError`).
     """
     if not isinstance(spec, str) or not spec.strip():
-        msg = "embedder spec must be 'local', 'openai:<model>' or 'sentence-transformers:<model>'"
+        msg = (
+            "embedder spec must be 'local', 'wordllama', 'openai:<model>' or"
+            " 'sentence-transformers:<model>'"
+        )
         raise InputError(msg)
     provider, _, name = spec.strip().partition(":")
     provider = provider.lower()
@@ -97,6 +103,13 @@ def get_embedder(
             msg = f"unknown local model {name!r}; the local embedder is {LOCAL_MODEL_NAME!r}"
             raise InputError(msg)
         return LocalEmbedder(cache=cache, batch_size=batch_size, n_threads=n_threads)
+    if provider == "wordllama":
+        from genept_fast.embed.wordllama import WORDLLAMA_MODEL_NAME, WordLlamaEmbedder
+
+        if name and name != WORDLLAMA_MODEL_NAME:
+            msg = f"unknown wordllama model {name!r}; the one shipped is {WORDLLAMA_MODEL_NAME!r}"
+            raise InputError(msg)
+        return WordLlamaEmbedder(cache=cache, batch_size=batch_size)
     if provider == "openai":
         from genept_fast.embed.openai_api import OpenAIEmbedder
 
@@ -127,7 +140,7 @@ def get_embedder(
 
         return SentenceTransformerEmbedder(name, cache=cache, batch_size=batch_size)
     msg = (
-        f"unknown embedder {spec!r}: use 'local', 'openai:<model>' or"
+        f"unknown embedder {spec!r}: use 'local', 'wordllama', 'openai:<model>' or"
         " 'sentence-transformers:<name-or-path>'"
     )
     raise InputError(msg)
