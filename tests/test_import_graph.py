@@ -140,7 +140,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # pure computation and the HTTP client
     ("preprocess", "kernels", "_http", "cache"),
     # what a gene is, gene tables, reading cells from AnnData
-    ("genes", "table", "cells", "stream.sources"),
+    ("genes", "table", "cells", "soma", "stream.sources"),
     # gene text and text embedding (network clients at this edge)
     ("text", "embed"),
     # cells × genes → embeddings: the one engine

@@ -8,7 +8,8 @@ Every path that reads cells (``gf.tl``, :mod:`genept_fast.stream`, :mod:`genept_
   ``raw/X`` when the data has ``raw``, else ``X``; ``use_raw=False`` → ``X``.
 - :func:`open_cells` opens an AnnData (in memory, a view, or backed), a path to an ``.h5ad`` file
   or AnnData ``.zarr`` store (the current on-disk layout and the legacy one that anndata still
-  reads), or returns an existing :class:`ChunkSource` as is. What it returns is a
+  reads), a TileDB-SOMA experiment (:class:`genept_fast.soma.SomaSource`), or returns an
+  existing :class:`ChunkSource` as is. What it returns is a
   :class:`CellSource`: ``read(a, b)`` gives rows ``a:b`` as a ``scipy.sparse.csr_array`` of float32
   or float64 (float16 and integer matrices are upcast to float32 chunk by chunk; bool, complex,
   object and string matrices are refused by name).
@@ -1037,8 +1038,18 @@ def _is_anndata(data: Any) -> bool:
     return anndata is not None and isinstance(data, anndata.AnnData)
 
 
+def _is_soma_experiment(data: Any) -> bool:
+    # tiledbsoma is imported only by whoever opened the experiment
+    tiledbsoma = sys.modules.get("tiledbsoma")
+    return tiledbsoma is not None and isinstance(data, tiledbsoma.Experiment)
+
+
 def open_cells(
-    data: Any, *, layer: str | None = None, use_raw: bool | None = None
+    data: Any,
+    *,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    soma_options: dict[str, Any] | None = None,
 ) -> CellSource | ChunkSource:
     """The cells of ``data`` as a source read by row chunks.
 
@@ -1048,10 +1059,16 @@ def open_cells(
         An AnnData (in memory, a view, or backed ``read_h5ad(..., backed="r")``), a path to an
         ``.h5ad`` file or AnnData ``.zarr`` store (current or legacy on-disk layout), or an
         existing :class:`ChunkSource` (returned as is; what it reads is
-        :func:`source_matrix`).
+        :func:`source_matrix`), or a TileDB-SOMA experiment: its URI (a local directory,
+        ``tiledb://``, ``s3://``...) or an open ``tiledbsoma.Experiment``, read by
+        :class:`genept_fast.soma.SomaSource` (the ``soma`` extra).
     layer, use_raw
         The matrix, by :func:`choose_matrix`: ``layers/<layer>``; ``raw/X`` with
-        ``use_raw=True``; by default ``raw/X`` when the data has raw, else ``X``.
+        ``use_raw=True``; by default ``raw/X`` when the data has raw, else ``X``. For a SOMA
+        experiment ``layer`` is the ``X`` layer (default ``raw``, or the only one).
+    soma_options
+        For a SOMA experiment: ``measurement``, ``obs_filter``, ``var_key``, ``obs_key``,
+        ``context`` (see :class:`genept_fast.soma.SomaSource`).
 
     Returns
     -------
@@ -1067,6 +1084,16 @@ def open_cells(
     """
     if _is_anndata(data):
         return AnnDataObjectSource(data, layer=layer, use_raw=use_raw)
+    from genept_fast import soma  # imports tiledbsoma only when a SOMA source is opened
+
+    if soma.is_soma_uri(data) or _is_soma_experiment(data):
+        if use_raw:
+            msg = "use_raw= is for an AnnData; a SOMA experiment has X layers (layer='raw')"
+            raise InputError(msg)
+        return soma.SomaSource(data, layer=layer, **(soma_options or {}))
+    if soma_options:
+        msg = f"soma_options= apply to a SOMA experiment, not to {type(data).__name__} {data!r}"
+        raise InputError(msg)
     if isinstance(data, (str, os.PathLike)):
         return AnnDataSource(data, layer=layer, use_raw=use_raw)
     if isinstance(data, ChunkSource):
@@ -1078,8 +1105,8 @@ def open_cells(
             raise InputError(msg)
         return data
     msg = (
-        "expected an AnnData, a path to an .h5ad file or .zarr store, or a ChunkSource; "
-        f"got {type(data).__name__}"
+        "expected an AnnData, a path to an .h5ad file or .zarr store, a SOMA experiment, or "
+        f"a ChunkSource; got {type(data).__name__}"
     )
     raise InputError(msg)
 

@@ -9,6 +9,12 @@ any order and a resumed job fills in exactly the missing rows:
 - :class:`ZarrWork`: a zarr group whose chunks are the job's chunks (``obs_names`` + the
   embedding array); it becomes the ``.zarr`` output by a rename.
 
+Cells are named as the source names them (``obs_names``); a source that keys its cells by a
+``soma_joinid`` (:class:`genept_fast.soma.SomaSource`) has them written beside the names in every
+format: a ``soma_joinid`` column of a ``.parquet`` output and of a ``.h5ad`` output's ``obs``, a
+``soma_joinid`` array of a ``.zarr`` output, and ``<stem>.soma_joinid.npy`` beside a ``.npy``
+output (:func:`joinid_sidecar`; written first, so the output's appearance means both are there).
+
 Every final file is first written under a temporary name in the output's directory and moved into
 place with ``os.replace`` (see :func:`genept_fast._outputs.install`). A ``.zarr`` output carries
 :data:`genept_fast._outputs.STORE_MARKER` in its attributes, so that a later ``overwrite=True``
@@ -31,7 +37,16 @@ if TYPE_CHECKING:
 
     from genept_fast.stream.sources import ChunkSource
 
-__all__ = ["FORMATS", "NpyWork", "WorkStore", "ZarrWork", "make_work_store", "output_format"]
+__all__ = [
+    "FORMATS",
+    "NpyWork",
+    "WorkStore",
+    "ZarrWork",
+    "joinid_sidecar",
+    "make_work_store",
+    "output_format",
+    "soma_joinids",
+]
 
 FORMATS = (".npy", ".zarr", ".parquet", ".h5ad")
 
@@ -43,6 +58,42 @@ def output_format(output: Path) -> str:
         msg = f"output {output}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}"
         raise InputError(msg)
     return suffix
+
+
+def joinid_sidecar(output: Path) -> Path:
+    """Where the ``soma_joinid`` of each row of a ``.npy`` output is written:
+    ``<stem>.soma_joinid.npy`` beside it."""
+    return output.with_name(f"{output.stem}.soma_joinid.npy")
+
+
+def soma_joinids(source: ChunkSource, start: int = 0, stop: int | None = None) -> Any:
+    """The ``soma_joinid`` of cells ``start:stop`` of a source that has them, else ``None``."""
+    get = getattr(source, "soma_joinids", None)
+    return np.asarray(get(start, stop), dtype=np.int64) if callable(get) else None
+
+
+def _write_sidecar(output: Path, ids: np.ndarray) -> None:
+    """``ids`` as :func:`joinid_sidecar` of ``output``, atomically. An existing sidecar is
+    replaced only together with its output (which the job was allowed to replace); one without
+    its output is somebody else's file and is refused."""
+    side = joinid_sidecar(output)
+    if side.exists() and not output.exists():
+        msg = (
+            f"{side} exists (the soma_joinid file a .npy output of a SOMA source writes beside "
+            f"it) but {output} does not; move it away, or choose another output name. The "
+            "finished embeddings stay in the work folder: run again to finish"
+        )
+        raise InputError(msg)
+    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as fh:
+            np.save(fh, ids)
+            fh.flush()
+            os.fsync(fh.fileno())
+        install(tmp, side)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
@@ -162,6 +213,9 @@ class NpyWork(WorkStore):
     ) -> None:
         fmt = output.suffix.lower()
         if fmt == ".npy":
+            ids = soma_joinids(source)
+            if ids is not None:
+                _write_sidecar(output, ids)
             fd = self._open()
             os.fsync(fd)
             self.close()
@@ -191,11 +245,12 @@ class NpyWork(WorkStore):
         import pyarrow.parquet as pq
 
         value_type = pa.float16() if self.dtype == np.float16 else pa.float32()
+        keyed = soma_joinids(source, 0, 0) is not None
+        fields = [pa.field("obs_name", pa.string())]
+        if keyed:
+            fields.append(pa.field("soma_joinid", pa.int64()))
         schema = pa.schema(
-            [
-                pa.field("obs_name", pa.string()),
-                pa.field("embedding", pa.list_(value_type, self.dim)),
-            ],
+            [*fields, pa.field("embedding", pa.list_(value_type, self.dim))],
             metadata={"genept_fast": json.dumps(uns, default=str)},
         )
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -203,13 +258,11 @@ class NpyWork(WorkStore):
                 b = min(a + chunk_size, self.n_cells)
                 emb = self.read(a, b)
                 values = pa.array(emb.reshape(-1), type=value_type)
-                table = pa.Table.from_arrays(
-                    [
-                        pa.array(source.obs_names(a, b), type=pa.string()),
-                        pa.FixedSizeListArray.from_arrays(values, self.dim),
-                    ],
-                    schema=schema,
-                )
+                columns = [pa.array(source.obs_names(a, b), type=pa.string())]
+                if keyed:
+                    columns.append(pa.array(soma_joinids(source, a, b), type=pa.int64()))
+                columns.append(pa.FixedSizeListArray.from_arrays(values, self.dim))
+                table = pa.Table.from_arrays(columns, schema=schema)
                 writer.write_table(table, row_group_size=b - a)
             if self.n_cells == 0:
                 writer.write_table(schema.empty_table())
@@ -326,6 +379,16 @@ class ZarrWork(WorkStore):
         import json
 
         g = self._g()
+        ids = soma_joinids(source)
+        if ids is not None and self.key == "soma_joinid":
+            msg = "key 'soma_joinid' is taken by the cells' joinids in a .zarr output; use another"
+            raise InputError(msg)
+        if ids is not None:
+            rows = max(1, min(chunk_size, self.n_cells))
+            g.create_array(
+                "soma_joinid", shape=ids.shape, dtype=np.int64, chunks=(rows,), overwrite=True
+            )
+            g["soma_joinid"][:] = ids
         g.attrs.update({**json.loads(json.dumps(uns, default=str)), **store_attrs()})
         self._group = None
         install(self.path, output)

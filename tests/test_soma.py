@@ -1,0 +1,430 @@
+"""TileDB-SOMA experiments as a source (``genept_fast.soma``), against the ``.h5ad`` path.
+
+Two local experiments written by ``tiledbsoma.io.from_anndata``: scanpy's PBMC (its ``raw``,
+log-normalised, as ``X``) and a synthetic one of raw counts (normalised inside the kernel), each
+also written as an ``.h5ad`` of the same cells and genes. The SOMA path must give the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+
+import genept_fast as gf
+from genept_fast import stream
+from genept_fast.cells import open_cells
+from genept_fast.errors import InputError
+
+tiledbsoma = pytest.importorskip("tiledbsoma")
+tiledbsoma_io = pytest.importorskip("tiledbsoma.io")
+
+from genept_fast import soma  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 16
+N_SYN, G_SYN = 600, 200
+MONO = "bulk_labels == 'CD14+ Monocyte'"
+
+
+def _write_both(adata: ad.AnnData, d: Path, name: str) -> tuple[Path, Path]:
+    h5ad = d / f"{name}.h5ad"
+    adata.write_h5ad(h5ad)
+    uri = d / f"{name}.soma"
+    tiledbsoma_io.from_anndata(str(uri), adata, measurement_name="RNA")
+    return h5ad, uri
+
+
+@pytest.fixture(scope="module")
+def pbmc(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import scanpy as sc
+
+    d = tmp_path_factory.mktemp("soma_pbmc")
+    full = sc.datasets.pbmc68k_reduced()
+    adata = ad.AnnData(X=full.raw.X.copy(), obs=full.obs.copy(), var=full.raw.var.copy())
+    h5ad, uri = _write_both(adata, d, "pbmc")
+    E = np.random.default_rng(0).standard_normal((adata.n_vars, DIM)).astype(np.float32)
+    return {"dir": d, "adata": adata, "h5ad": h5ad, "uri": uri, "E": E}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = tmp_path_factory.mktemp("soma_syn")
+    rng = np.random.default_rng(1)
+    X = sp.random_array((N_SYN, G_SYN), density=0.1, format="csr", dtype=np.float32, rng=rng)
+    X.data = np.ceil(X.data * 30).astype(np.float32)  # raw counts
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(rng.choice(["T cell", "B cell", "NK cell"], N_SYN)),
+            "donor": rng.integers(0, 4, N_SYN),
+        },
+        index=[f"c{i}" for i in range(N_SYN)],
+    )
+    var = pd.DataFrame(
+        {
+            "feature_name": [f"GENE{j}" for j in range(G_SYN)],
+            "feature_id": [f"ENSG{j:011d}" for j in range(G_SYN)],
+        },
+        index=[f"GENE{j}" for j in range(G_SYN)],
+    )
+    adata = ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
+    h5ad, uri = _write_both(adata, d, "syn")
+    E = rng.standard_normal((G_SYN, DIM)).astype(np.float32)
+    return {"dir": d, "adata": adata, "h5ad": h5ad, "uri": uri, "E": E}
+
+
+def _load(path: Path) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(embeddings, obs names, soma_joinids or None) of an output in any format."""
+    if path.suffix == ".npy":
+        side = path.with_name(f"{path.stem}.soma_joinid.npy")
+        return np.load(path), [], np.load(side) if side.exists() else None
+    if path.suffix == ".parquet":
+        t = pq.read_table(path)
+        emb = t.column("embedding").combine_chunks().flatten().to_numpy()
+        ids = t.column("soma_joinid").to_numpy() if "soma_joinid" in t.schema.names else None
+        return emb.reshape(t.num_rows, -1), t.column("obs_name").to_pylist(), ids
+    if path.suffix == ".zarr":
+        import zarr
+
+        g = zarr.open_group(str(path), mode="r")
+        ids = g["soma_joinid"][:] if "soma_joinid" in g else None
+        return g["X_genept_w"][:], [str(s) for s in g["obs_names"][:]], ids
+    a = ad.read_h5ad(path)
+    ids = a.obs["soma_joinid"].to_numpy() if "soma_joinid" in a.obs else None
+    return a.obsm["X_genept_w"], list(a.obs_names), ids
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+# -- the source ------------------------------------------------------------------------------
+
+
+def test_the_source_reads_the_same_rows_as_the_h5ad(pbmc: dict) -> None:
+    with soma.SomaSource(pbmc["uri"]) as src, open_cells(pbmc["h5ad"]) as ref:
+        assert src.matrix == "ms/RNA/X/data" and src.var_key == "var_id"
+        assert (src.n_cells, src.n_genes) == (ref.n_cells, ref.n_genes)
+        assert src.var_names == ref.var_names
+        assert src.obs_names(10, 15) == ref.obs_names(10, 15)
+        for a, b in [(0, 1), (3, 250), (650, 700), (5, 5)]:
+            got, want = src.read(a, b), ref.read(a, b)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            assert (got != want).nnz == 0
+            assert got.has_sorted_indices
+        np.testing.assert_array_equal(src.soma_joinids(), np.arange(700))
+    with pytest.raises(InputError, match="out of range"):
+        soma.SomaSource(pbmc["uri"]).read(0, 701)
+
+
+def test_open_cells_detects_an_experiment_and_takes_the_source(pbmc: dict) -> None:
+    src = open_cells(pbmc["uri"])
+    assert isinstance(src, soma.SomaSource)
+    assert open_cells(src) is src
+    with tiledbsoma.Experiment.open(str(pbmc["uri"])) as exp:
+        opened = open_cells(exp, soma_options={"obs_filter": MONO})
+        assert isinstance(opened, soma.SomaSource) and opened.n_cells == 129
+        opened.close()
+        assert not exp.closed  # an experiment handed in is the caller's to close
+    with pytest.raises(InputError, match="use_raw"):
+        open_cells(pbmc["uri"], use_raw=True)
+    with pytest.raises(InputError, match="soma_options"):
+        open_cells(pbmc["h5ad"], soma_options={"obs_filter": MONO})
+
+
+# -- same bits as the .h5ad path -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [".npy", ".parquet", ".h5ad", ".zarr"])
+def test_every_format_has_the_h5ad_paths_bits_and_the_joinids(
+    pbmc: dict, tmp_path: Path, fmt: str
+) -> None:
+    got, want = tmp_path / f"soma{fmt}", tmp_path / f"h5ad{fmt}"
+    rep = stream.encode_weighted(pbmc["uri"], got, pbmc["E"], chunk_size=128, progress=False)
+    stream.encode_weighted(pbmc["h5ad"], want, pbmc["E"], chunk_size=128, progress=False)
+    emb, names, ids = _load(got)
+    assert _load(want)[2] is None  # an AnnData source has no joinids
+    np.testing.assert_array_equal(_bits(emb), _bits(_load(want)[0]))
+    np.testing.assert_array_equal(ids, np.arange(700))
+    if names:
+        assert names == list(pbmc["adata"].obs_names)
+    assert rep.uns["params"]["matrix"] == "ms/RNA/X/data"
+
+
+def test_raw_counts_are_normalised_in_the_kernel_as_for_h5ad(synthetic: dict, tmp_path: Path):
+    got = stream.encode_weighted(
+        synthetic["uri"], tmp_path / "s.npy", synthetic["E"], chunk_size=100, progress=False
+    )
+    stream.encode_weighted(
+        synthetic["h5ad"], tmp_path / "h.npy", synthetic["E"], chunk_size=100, progress=False
+    )
+    assert got.log1p and got.uns["params"]["preprocess"] == "log1p"
+    np.testing.assert_array_equal(
+        _bits(np.load(tmp_path / "s.npy")), _bits(np.load(tmp_path / "h.npy"))
+    )
+    ref = gf.weighted_embedding(synthetic["adata"].X, synthetic["E"], preprocess="log1p")
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), ref)
+
+
+def test_a_gene_table_is_matched_through_the_var_column(synthetic: dict, tmp_path: Path):
+    from genept_fast.table import GeneEmbeddings
+
+    genes = [f"GENE{j}" for j in range(0, G_SYN, 2)]  # every other gene, by symbol
+    table = GeneEmbeddings(genes, synthetic["E"][::2])
+    src = soma.SomaSource(synthetic["uri"], var_key="feature_name")
+    rep = stream.encode_weighted(src, tmp_path / "t.npy", table, chunk_size=100, progress=False)
+    E = np.zeros_like(synthetic["E"])
+    E[::2] = synthetic["E"][::2]
+    ref = gf.weighted_embedding(synthetic["adata"].X, E, preprocess="log1p")
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), ref, rtol=1e-5, atol=1e-6)
+    assert "100" in rep.summary
+
+
+def test_sentences_from_soma_equal_those_from_h5ad(pbmc: dict, tmp_path: Path) -> None:
+    from genept_fast.embed import get_embedder
+    from servers.openai_api import OpenAIEmbeddingServer
+
+    with OpenAIEmbeddingServer(api_key="test") as server:
+        emb = get_embedder(
+            "openai:text-embedding-3-small",
+            base_url=server.url,
+            api_key="test",
+            dimensions=DIM,
+            use_cache=False,
+        )
+        src = soma.SomaSource(pbmc["uri"], obs_filter="louvain == '1'")
+        ids = src.soma_joinids()
+        sub = pbmc["adata"][ids].copy()
+        sub.write_h5ad(tmp_path / "sub.h5ad")
+        kw = {"top_n": 10, "chunk_size": 40, "progress": False}
+        stream.encode_sentences(src, tmp_path / "s.parquet", emb, **kw)
+        stream.encode_sentences(tmp_path / "sub.h5ad", tmp_path / "h.parquet", emb, **kw)
+    got, names, got_ids = _load(tmp_path / "s.parquet")
+    want, want_names = _load(tmp_path / "h.parquet")[:2]
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    assert names == want_names and np.array_equal(got_ids, ids)
+
+
+# -- obs filters ---------------------------------------------------------------------------
+
+
+FILTERS = {
+    MONO: lambda obs: obs["bulk_labels"] == "CD14+ Monocyte",
+    "n_genes > 1000 and phase == 'G1'": lambda obs: (
+        (obs["n_genes"] > 1000) & (obs["phase"] == "G1")
+    ),
+    "louvain in ['0', '3']": lambda obs: obs["louvain"].isin(["0", "3"]),
+}
+
+
+@pytest.mark.parametrize("where", list(FILTERS))
+def test_an_obs_filter_selects_exactly_the_right_cells(pbmc: dict, tmp_path: Path, where: str):
+    obs = pbmc["adata"].obs
+    expected = np.flatnonzero(FILTERS[where](obs).to_numpy())
+    assert 0 < expected.size < len(obs)
+    src = soma.SomaSource(pbmc["uri"], obs_filter=where)
+    np.testing.assert_array_equal(src.soma_joinids(), expected)
+    assert src.obs_names() == list(obs.index[expected])
+    out = tmp_path / "f.parquet"
+    stream.encode_weighted(src, out, pbmc["E"], chunk_size=50, progress=False)
+    stream.encode_weighted(pbmc["h5ad"], tmp_path / "all.npy", pbmc["E"], progress=False)
+    emb, _names, ids = _load(out)
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(_bits(emb), _bits(np.load(tmp_path / "all.npy")[expected]))
+
+
+def test_a_filter_that_selects_nothing_is_an_empty_source(pbmc: dict) -> None:
+    src = soma.SomaSource(pbmc["uri"], obs_filter="n_genes < 0")
+    assert src.n_cells == 0 and src.obs_names() == [] and src.read(0, 0).shape == (0, 765)
+    assert len(src.obs_frame()) == 0
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"measurement": "ATAC"}, r"no measurement 'ATAC' \(measurements: \['RNA'\]\)"),
+        ({"layer": "counts"}, r"no X layer 'counts' \(layers: \['data'\]\)"),
+        ({"obs_filter": "no_such_column == 1"}, "bad obs filter"),
+        ({"obs_filter": "bulk_labels =="}, "bad obs filter"),
+        ({"var_key": "gene"}, r"var has no column 'gene'; available: \['var_id'\]"),
+        ({"obs_key": "barcode"}, "obs has no column 'barcode'"),
+    ],
+)
+def test_a_bad_option_names_what_there_is(pbmc: dict, kw: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        soma.SomaSource(pbmc["uri"], **kw)
+
+
+def test_not_an_experiment(pbmc: dict, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a SOMAExperiment"):
+        soma.SomaSource(pbmc["uri"] / "ms")
+    with pytest.raises(InputError, match="no SOMA experiment there"):
+        soma.SomaSource(tmp_path / "nothing")
+
+
+# -- resume after kill -9 ------------------------------------------------------------------
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from genept_fast import soma, stream
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner, self.fingerprint = inner, inner.fingerprint
+        def begin(self, preprocess):
+            self.inner.begin(preprocess)
+        def __call__(self, chunk):
+            time.sleep(0.15)
+            return self.inner(chunk)
+
+    E = np.load(sys.argv[3])
+    src = soma.SomaSource(sys.argv[1], obs_filter="donor != 0")
+    stream.encode_file(src, sys.argv[2], encoder=Slow(stream.WeightedEncoder(E)),
+                       dim=E.shape[1], chunk_size=30, progress=False)
+    print("finished")
+    """
+)
+
+
+def test_kill_9_then_resume_equals_uninterrupted(synthetic: dict, tmp_path: Path) -> None:
+    out = tmp_path / "killed.parquet"
+    np.save(tmp_path / "E.npy", synthetic["E"])
+    (tmp_path / "job.py").write_text(KILL_SCRIPT)
+    manifest = tmp_path / "killed.parquet.partial" / "manifest.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    args = [str(synthetic["uri"]), str(out), str(tmp_path / "E.npy")]
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "job.py"), *args], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if len(json.loads(manifest.read_text())["done"]) >= 3:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert proc.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    done = set(json.loads(manifest.read_text())["done"])
+    src = soma.SomaSource(synthetic["uri"], obs_filter="donor != 0")
+    n_chunks = -(-src.n_cells // 30)
+    assert 3 <= len(done) < n_chunks
+    rep = stream.encode_weighted(src, out, synthetic["E"], chunk_size=30, progress=False)
+    assert (rep.chunks_resumed, rep.chunks_encoded) == (len(done), n_chunks - len(done))
+    fresh = tmp_path / "fresh.parquet"
+    stream.encode_weighted(src, fresh, synthetic["E"], chunk_size=30, progress=False)
+    got, fresh_emb = _load(out), _load(fresh)
+    np.testing.assert_array_equal(_bits(got[0]), _bits(fresh_emb[0]))
+    np.testing.assert_array_equal(got[2], src.soma_joinids())
+    assert got[1] == fresh_emb[1]
+
+
+def test_another_filter_does_not_resume_a_partial_job(synthetic: dict, tmp_path: Path) -> None:
+    a = soma.SomaSource(synthetic["uri"], obs_filter="donor != 0")
+    b = soma.SomaSource(synthetic["uri"], obs_filter="donor != 1")
+    assert a.fingerprint() != b.fingerprint()
+    assert (
+        a.fingerprint() == soma.SomaSource(synthetic["uri"], obs_filter="donor != 0").fingerprint()
+    )
+
+
+# -- writing into the experiment -----------------------------------------------------------
+
+
+def _tree(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+
+
+def test_write_into_follows_the_census_convention(synthetic: dict, tmp_path: Path) -> None:
+    import shutil
+
+    uri = tmp_path / "exp.soma"
+    shutil.copytree(synthetic["uri"], uri)
+    src = soma.SomaSource(uri, obs_filter="cell_type == 'T cell'")
+    ids = src.soma_joinids()
+    out = tmp_path / "t.npy"
+    rep = stream.encode_weighted(src, out, synthetic["E"], chunk_size=100, progress=False)
+    src.close()
+    emb = np.load(out, mmap_mode="r")
+    before = _tree(uri)
+    soma.write_into(uri, emb, ids, key="genept_w", info=rep.uns, chunk_size=37)
+    after = _tree(uri)
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert all(k.startswith("ms/RNA/obsm") or k.startswith("ms/RNA/__") for k in changed), changed
+    assert not any(k.startswith(("obs/", "ms/RNA/X/", "ms/RNA/var/")) for k in changed)
+    with tiledbsoma.Experiment.open(str(uri)) as exp:
+        arr = exp.ms["RNA"].obsm["genept_w"]
+        assert isinstance(arr, tiledbsoma.SparseNDArray)
+        assert arr.shape == (N_SYN, DIM) and arr.schema.field("soma_data").type == "float"
+        assert arr.nnz == ids.size * DIM  # every embedded cell stored whole
+        info = json.loads(arr.metadata[soma.EMBEDDING_INFO_KEY])
+    assert info["data_type"] == "obs_embedding" and info["measurement_name"] == "RNA"
+    assert (info["n_embeddings"], info["n_features"]) == (ids.size, DIM)
+    assert info["genept_fast"]["params"]["method"] == "GenePT-w"
+    got_ids, got, _ = soma.read_embedding(uri, "genept_w")
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got, np.load(out))
+    with pytest.raises(InputError, match="already has 'genept_w'"):
+        soma.write_into(uri, emb, ids, key="genept_w")
+    soma.write_into(uri, np.zeros((2, 3), np.float32), [0, 5], key="genept_w", overwrite=True)
+    got_ids, got, _ = soma.read_embedding(uri, "genept_w")
+    assert got_ids.tolist() == [0, 5] and got.shape == (2, 3) and not got.any()
+    arrays = [p for p in (uri / "ms/RNA/obsm").iterdir() if not p.name.startswith("__")]
+    assert len(arrays) == 1  # the array replaced is removed
+
+
+def test_write_into_refuses_bad_joinids_before_writing(synthetic: dict) -> None:
+    with pytest.raises(InputError, match="do not match"):
+        soma.write_into(synthetic["uri"], np.zeros((3, 2)), [0, 1], key="k")
+    with pytest.raises(InputError, match="repeat"):
+        soma.write_into(synthetic["uri"], np.zeros((2, 2)), [1, 1], key="k")
+    with pytest.raises(InputError, match="outside obs"):
+        soma.write_into(synthetic["uri"], np.zeros((1, 2)), [N_SYN], key="k")
+    with pytest.raises(InputError, match="no measurement"):
+        soma.write_into(synthetic["uri"], np.zeros((1, 2)), [0], key="k", measurement="ATAC")
+
+
+# -- without the extra ---------------------------------------------------------------------
+
+
+def test_without_the_extra_the_error_names_it(pbmc: dict) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules.update(dict.fromkeys(["tiledbsoma", "somacore"]))
+        from genept_fast import soma
+        from genept_fast.errors import MissingDependencyError
+        try:
+            soma.SomaSource(sys.argv[1])
+        except MissingDependencyError as e:
+            print(e)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(pbmc["uri"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "pip install 'genept-fast[soma]'" in proc.stdout, proc.stdout + proc.stderr
