@@ -74,6 +74,30 @@ def test_local_scheduler_without_client(data: dict) -> None:
 
 
 @pytest.fixture(scope="module")
+def genept_s(data: dict) -> ad.AnnData:
+    """gf.tl.genept_s with the static model on the same cells (the reference of every path)."""
+    pytest.importorskip("wordllama")
+    adata = ad.read_h5ad(data["h5ad"])
+    gf.tl.genept_s(adata, embedder="wordllama", top_n=20)
+    return adata
+
+
+def test_genept_s_local_scheduler(data: dict, genept_s: ad.AnnData) -> None:
+    want = genept_s.obsm["X_genept_s"]
+    x = da.from_array(data["counts"].toarray(), chunks=(200, 100))  # dense, genes split
+    symbols = [f"g{j}" for j in range(N_GENES)]
+    got = gdask.sentence_embedding(x, symbols, "wordllama", top_n=20)
+    np.testing.assert_array_equal(got.compute(scheduler="threads"), want)
+    y, record = gdask.encode_h5ad_sentences_dask(data["h5ad"], "wordllama", top_n=20)
+    assert y.chunks == ((N_CELLS,), (256,))
+    np.testing.assert_array_equal(y.compute(scheduler="sync"), want)
+    assert record["params"]["model"] == "wordllama:l2_supercat_256"
+    assert record["params"]["top_n"] == 20 and record["params"]["matrix"] == "X"
+    with pytest.raises(GeneptError, match="3 gene symbols were given but x has 250 genes"):
+        gdask.sentence_embedding(x, symbols[:3], "wordllama")
+
+
+@pytest.fixture(scope="module")
 def client() -> Iterator[distributed.Client]:
     # The Active Memory Manager's ReduceReplicas policy (on by default, every 2 s) drops the
     # broadcast table's extra replica once no task waits for it; on a loaded machine that
@@ -131,6 +155,12 @@ def test_encode_h5ad_dask_on_cluster(data: dict, client: distributed.Client) -> 
     got = gdask.encode_h5ad_dask(data["h5ad"], big, gene_index=gi, chunk_size=400).compute()
     want = gf.weighted_embedding(data["counts"], big, gene_index=gi, preprocess="log1p")
     np.testing.assert_array_equal(got, want)
+
+
+def test_genept_s_on_cluster(data: dict, genept_s: ad.AnnData, client: distributed.Client) -> None:
+    y, _ = gdask.encode_h5ad_sentences_dask(data["zarr"], "wordllama", top_n=20, chunk_size=256)
+    assert y.numblocks == (4, 1)
+    np.testing.assert_array_equal(y.compute(), genept_s.obsm["X_genept_s"])
 
 
 def test_read_csr_blocks_are_csr(data: dict, client: distributed.Client) -> None:

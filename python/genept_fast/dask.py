@@ -1,4 +1,5 @@
-"""GenePT-w on Dask arrays of sparse row blocks, on one machine or a ``dask.distributed`` cluster.
+"""GenePT-w and GenePT-s on Dask arrays of sparse row blocks, on one machine or a
+``dask.distributed`` cluster.
 
 - :func:`weighted_embedding` maps the one GenePT-w encoder
   (:class:`genept_fast.encode.WeightedEncoder`) over the row blocks of a Dask array whose
@@ -11,6 +12,10 @@
   layer or ``raw/X``), read by the reading layer (:mod:`genept_fast.cells`) in each task.
 - :func:`encode_h5ad_dask` starts a GenePT-w job as ``gf.tl`` and the stream do and maps its
   encoder over :func:`read_csr`.
+- :func:`sentence_embedding` and :func:`encode_h5ad_sentences_dask` do the same for GenePT-s:
+  the one GenePT-s encoder of the job (for a static model such as ``"wordllama"`` the kernel's
+  sum, :class:`genept_fast.encode.static.StaticSentenceEncoder`; for another model its
+  sentences embedded in each task, cached by the embedder) mapped over the row blocks.
 
 Threads: each task runs the kernel with ``n_threads`` threads (default 1); keep Dask worker
 threads × ``n_threads`` ≤ cores. Requires the ``dask`` extra (``dask[array]``, ``distributed``).
@@ -26,8 +31,10 @@ import scipy.sparse as sp
 
 from genept_fast._extras import missing_extra
 from genept_fast.cells import check_chunk_size, matrix_options, open_cells
-from genept_fast.encode import WeightedEncoder, start_weighted
+from genept_fast.encode import SentenceEncoder, WeightedEncoder, start_sentences, start_weighted
+from genept_fast.encode.static import StaticSentenceEncoder, is_static
 from genept_fast.errors import InputError
+from genept_fast.kernels import DEFAULT_PREFIX
 
 try:
     import dask.array as da
@@ -41,10 +48,20 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from genept_fast.cells import ChunkSource
+    from genept_fast.embed import Embedder
     from genept_fast.preprocess import Preprocess
     from genept_fast.table import GeneEmbeddings
 
-__all__ = ["encode_h5ad_dask", "read_csr", "weighted_embedding"]
+__all__ = [
+    "encode_h5ad_dask",
+    "encode_h5ad_sentences_dask",
+    "read_csr",
+    "sentence_embedding",
+    "weighted_embedding",
+]
+
+#: What :func:`_map` maps: the one encoder of GenePT-w or of GenePT-s.
+Encoder = WeightedEncoder | SentenceEncoder | StaticSentenceEncoder
 
 
 def _task_threads(n_threads: Any) -> int:
@@ -55,7 +72,7 @@ def _task_threads(n_threads: Any) -> int:
     return int(n_threads)
 
 
-def _share(encoder: WeightedEncoder) -> Any:
+def _share(encoder: Encoder) -> Any:
     """A scattered future (distributed client active) or the encoder itself (local schedulers:
     their threads share it, and its table is laid out once)."""
     try:
@@ -70,7 +87,7 @@ def _share(encoder: WeightedEncoder) -> Any:
 
 
 def _encode_block(
-    block: Any, encoder: WeightedEncoder, block_info: dict[Any, Any] | None = None
+    block: Any, encoder: Encoder, block_info: dict[Any, Any] | None = None
 ) -> np.ndarray:
     # block_info (filled in by map_blocks) gives the block's first row in the whole array, so
     # that an error names the cell's global position.
@@ -78,26 +95,50 @@ def _encode_block(
     return encoder(block, row_offset=offset)
 
 
-def _map(x: da.Array, encoder: WeightedEncoder) -> da.Array:
-    """``encoder`` on each row block of ``x`` (the genes in one block), lazily."""
+def _check_x(x: Any) -> None:
     if not isinstance(x, da.Array):
         msg = f"x must be a dask.array.Array, got {type(x).__name__}"
         raise InputError(msg)
     if x.ndim != 2:
         msg = f"x must be 2-D (cells × genes), got {x.ndim}-D"
         raise InputError(msg)
-    encoder.check_genes(int(x.shape[1]), "x")
+
+
+def _map(x: da.Array, encoder: Encoder) -> da.Array:
+    """``encoder`` on each row block of ``x`` (the genes in one block), lazily."""
+    _check_x(x)
+    if isinstance(encoder, WeightedEncoder):
+        encoder.check_genes(int(x.shape[1]), "x")
+        dim, token = encoder.dim, "genept-w"
+    else:
+        dim, token = _sentence_dim(encoder, int(x.shape[1])), "genept-s"
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
     return da.map_blocks(
         _encode_block,
         x,
         _share(encoder),
-        chunks=(x.chunks[0], (encoder.dim,)),
+        chunks=(x.chunks[0], (dim,)),
         dtype=np.float32,
         meta=np.empty((0, 0), dtype=np.float32),
-        token="genept-w",
+        token=token,
     )
+
+
+def _sentence_dim(encoder: SentenceEncoder | StaticSentenceEncoder, n_genes: int) -> int:
+    """The output width of a GenePT-s encoder for ``x`` of ``n_genes`` columns (checked)."""
+    n_symbols = len(encoder.builder.symbols)
+    if n_symbols != n_genes:
+        msg = f"{n_symbols} gene symbols were given but x has {n_genes} genes"
+        raise InputError(msg)
+    dim = encoder.embedder.dimension
+    if dim is None:
+        msg = (
+            f"{encoder.embedder.model_id} does not say its dimension before a first request;"
+            " GenePT-s on Dask needs it (pass dimensions=, or use the stream)"
+        )
+        raise InputError(msg)
+    return int(dim)
 
 
 def weighted_embedding(
@@ -272,3 +313,98 @@ def encode_h5ad_dask(
         layer, use_raw = matrix_options(job.cells.matrix)
         x = _read_csr(path, layer, use_raw, chunk_size, job.cells.source)
     return _map(x, job.encoder)
+
+
+def _sentence_encoder(
+    embedder: Embedder | str, symbols: Any, n_threads: int, options: dict[str, Any]
+) -> SentenceEncoder | StaticSentenceEncoder:
+    from genept_fast.encode import as_embedder
+
+    emb = as_embedder(embedder)
+    kind = StaticSentenceEncoder if is_static(emb) else SentenceEncoder
+    return kind(emb, [str(g) for g in symbols], n_threads=n_threads, **options)
+
+
+def sentence_embedding(
+    x: da.Array,
+    symbols: Any,
+    embedder: Embedder | str = "wordllama",
+    *,
+    top_n: int | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    sep: str = " ",
+    max_input_tokens: int | None = None,
+    n_threads: int = 1,
+) -> da.Array:
+    """GenePT-s embeddings of a Dask array of cells × genes, one task per row block.
+
+    Each task calls the one GenePT-s encoder, as ``gf.tl.genept_s`` and the stream do on their
+    chunks: for a static model (``"wordllama"``) the kernel sums each cell's sentence gene by
+    gene (:class:`genept_fast.encode.static.StaticSentenceEncoder`); for another model (``"local"``)
+    each task writes its cells' sentences and embeds them (through the embedder's cache).
+
+    Parameters
+    ----------
+    x
+        Cells × genes Dask array whose blocks are scipy sparse matrices/arrays or dense arrays
+        (blocks that split the genes are merged first).
+    symbols
+        One gene symbol per column of ``x`` (an empty one is never written).
+    embedder
+        An :class:`~genept_fast.embed.Embedder` or a spec (default ``"wordllama"``); its
+        dimension must be known before the first request.
+    top_n, prefix, sep, max_input_tokens
+        As for :func:`genept_fast.tl.genept_s`.
+    n_threads
+        Kernel threads per task; keep Dask worker threads × ``n_threads`` ≤ cores.
+
+    Returns
+    -------
+    A lazy float32 Dask array ``(n_cells, D)`` with the row chunks of ``x``; ``.compute()``
+    gives what :func:`genept_fast.tl.genept_s` gives for the same cells.
+    """
+    _check_x(x)
+    options = {"top_n": top_n, "prefix": prefix, "sep": sep, "max_input_tokens": max_input_tokens}
+    encoder = _sentence_encoder(embedder, symbols, _task_threads(n_threads), options)
+    return _map(x, encoder)
+
+
+def encode_h5ad_sentences_dask(
+    path: str | os.PathLike[str],
+    embedder: Embedder | str = "wordllama",
+    *,
+    gene_key: str | None = None,
+    top_n: int | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    sep: str = " ",
+    max_input_tokens: int | None = None,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    chunk_size: int = 10_000,
+    n_threads: int = 1,
+) -> tuple[da.Array, dict[str, Any]]:
+    """GenePT-s of every cell of an ``.h5ad``/``.zarr`` file as a lazy Dask array, and the
+    provenance record ``gf.tl.genept_s`` writes to ``uns`` (its ``params``).
+
+    The job starts as every GenePT-s job does (:func:`genept_fast.encode.start_sentences`: the
+    matrix by :func:`genept_fast.cells.choose_matrix`, the gene symbols by
+    :func:`genept_fast.encode.resolve_gene_symbols`, scaled first cells refused), then
+    :func:`read_csr` feeds the job's encoder block by block.
+    """
+    with start_sentences(
+        path,
+        embedder,
+        gene_key=gene_key,
+        top_n=top_n,
+        prefix=prefix,
+        sep=sep,
+        max_input_tokens=max_input_tokens,
+        n_threads=_task_threads(n_threads),
+        layer=layer,
+        use_raw=use_raw,
+        chunk_size=chunk_size,
+    ) as job:
+        layer, use_raw = matrix_options(job.cells.matrix)
+        x = _read_csr(path, layer, use_raw, chunk_size, job.cells.source)
+        arr = _map(x, job.encoder)
+    return arr, job.record(int(arr.shape[1]))

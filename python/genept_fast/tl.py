@@ -32,6 +32,7 @@ from genept_fast.encode import (
     start_weighted,
 )
 from genept_fast.encode.job import CHUNK_CELLS
+from genept_fast.encode.static import StaticSentenceEncoder
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from genept_fast.embed import CostEstimate, Embedder
-    from genept_fast.encode import WeightedJob
+    from genept_fast.encode import SentenceJob, WeightedJob
     from genept_fast.preprocess import Preprocess
     from genept_fast.table import GeneEmbeddings
 
@@ -185,6 +186,10 @@ def genept_s(
     genes and never past the model's input limit: the sentence is cut at a gene boundary.
     Identical sentences are embedded once, and every embedding is cached by content (by the
     embedder's cache). A cell with no expressed gene that has a symbol gets a zero vector.
+    With a static model (``embedder="wordllama"``) the sentences are not written: their mean
+    token vectors are summed gene by gene by the kernel (:mod:`genept_fast.encode.static`),
+    equal to the model's embedding of each full sentence, thousands of cells a second, with no
+    token limit (``top_n`` may reach every expressed gene).
 
     Parameters
     ----------
@@ -192,7 +197,8 @@ def genept_s(
         Cells × genes (in memory or backed).
     embedder
         An :class:`~genept_fast.embed.Embedder` or a spec for
-        :func:`~genept_fast.embed.get_embedder` (``"local"``, ``"openai:text-embedding-3-small"``).
+        :func:`~genept_fast.embed.get_embedder` (``"local"``, ``"wordllama"``,
+        ``"openai:text-embedding-3-small"``).
     layer, use_raw, gene_key
         As in :func:`genept_w`. Ranking is the same on counts and on log-normalised values
         within a cell, so no preprocessing is applied (scaled values, with negatives, are
@@ -241,8 +247,12 @@ def genept_s(
         use_raw=use_raw,
         chunk_size=chunk_size,
     ) as job:
+        enc = job.encoder
+        if isinstance(enc, StaticSentenceEncoder) and not dry_run:
+            vectors, kept_all, cut_all, n_distinct = _encode_static(job, enc)
+            _write_s(target, key_added, job, vectors, kept_all, cut_all, n_distinct)
+            return target if copy else None
         sentences, kept_all, cut_all, tokens = job.build_all()
-    enc = job.encoder
     counts = tokens.tolist()
     if dry_run or enc.embedder.is_paid:
         estimate = enc.embedder.estimate(sentences, token_counts=counts)
@@ -250,6 +260,37 @@ def genept_s(
         if dry_run:
             return estimate
     vectors = enc.embed(sentences, counts, progress=progress)
+    n_distinct = len({t for t in sentences if t})
+    _write_s(target, key_added, job, vectors, kept_all, cut_all, n_distinct)
+    return target if copy else None
+
+
+def _encode_static(
+    job: SentenceJob, enc: StaticSentenceEncoder
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A static model's GenePT-s, chunk by chunk through the kernel: vectors, genes per
+    sentence, cells cut, distinct non-empty sentences."""
+    n = int(job.cells.source.n_cells)
+    vectors = np.zeros((n, int(enc.gene_sums.shape[1])), dtype=np.float32)
+    kept = np.zeros(n, dtype=np.int64)
+    cut = np.zeros(n, dtype=bool)
+    distinct: set[bytes] = set()
+    for a, b, chunk in job.cells.chunks():
+        done = enc.encode(chunk, row_offset=a, distinct=True)
+        vectors[a:b], kept[a:b], cut[a:b] = done.vectors, done.kept, done.cut
+        distinct.update(d for d, k in zip(done.digests, done.kept.tolist(), strict=True) if k)
+    return vectors, kept, cut, len(distinct)
+
+
+def _write_s(
+    target: ad.AnnData,
+    key_added: str,
+    job: SentenceJob,
+    vectors: np.ndarray,
+    kept_all: np.ndarray,
+    cut_all: np.ndarray,
+    n_distinct: int,
+) -> None:
     target.obsm[key_added] = np.ascontiguousarray(vectors, dtype=np.float32)
     target.obs[f"{key_added}_n_genes"] = kept_all
     stats = {
@@ -257,7 +298,6 @@ def genept_s(
         "genes_per_sentence_max": int(kept_all.max()) if len(kept_all) else 0,
         "cells_cut_at_token_limit": int(cut_all.sum()),
         "cells_without_genes": int((kept_all == 0).sum()),
-        "distinct_sentences": len({t for t in sentences if t}),
+        "distinct_sentences": n_distinct,
     }
     target.uns[key_added] = merge_uns(job.record(int(vectors.shape[1])), {"params": stats})
-    return target if copy else None

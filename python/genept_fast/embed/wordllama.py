@@ -212,7 +212,7 @@ class WordLlamaEmbedder(Embedder):
         if not words or not self._vocabulary_is_additive():
             return np.zeros(len(words), dtype=bool)
         _, tok = self.load()
-        special = [t for t in tok.get_vocab(with_added_tokens=True) if t.startswith("<")]
+        special = [t.content for t in tok.get_added_tokens_decoder().values()]
         shape = np.array(
             [
                 bool(w.strip()) and not w.endswith((" ", "▁")) and not any(s in w for s in special)

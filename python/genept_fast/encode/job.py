@@ -11,7 +11,9 @@ looked at, the genes matched; once, in one place, for ``tl``, the stream, Dask a
   (:func:`~genept_fast.encode.match_table`), its :class:`~genept_fast.encode.WeightedEncoder`
   and provenance record; :func:`start_sentences` the GenePT-s gene symbols
   (:func:`~genept_fast.encode.resolve_gene_symbols`) and
-  :class:`~genept_fast.encode.SentenceEncoder`.
+  :class:`~genept_fast.encode.SentenceEncoder`, or for a static text model (``"wordllama"``)
+  :class:`~genept_fast.encode.static.StaticSentenceEncoder`, which sums the same sentences'
+  token vectors with the kernel instead of embedding each sentence.
 
 What each path does next differs only in where the chunks go: ``tl`` into ``adata.obsm``, the
 stream into a file, Dask into a lazy array.
@@ -30,6 +32,7 @@ from genept_fast.cells import check_chunk_size, open_cells, source_matrix, sourc
 from genept_fast.encode.genes import load_table, match_table, resolve_gene_symbols
 from genept_fast.encode.provenance import sentence_record, weighted_record
 from genept_fast.encode.sentences import SentenceEncoder, as_embedder
+from genept_fast.encode.static import StaticSentenceEncoder, is_static
 from genept_fast.encode.weighted import WeightedEncoder
 from genept_fast.errors import InputError
 from genept_fast.kernels import DEFAULT_PREFIX
@@ -264,7 +267,8 @@ class SentenceJob:
     """A started GenePT-s job: its cells, encoder and how the gene symbols were found."""
 
     cells: Cells
-    encoder: SentenceEncoder
+    #: A static model's encoder sums the sentences with the kernel (same interface).
+    encoder: SentenceEncoder | StaticSentenceEncoder
     gene_symbols: str
 
     def record(self, dimension: int) -> dict[str, Any]:
@@ -319,7 +323,10 @@ def start_sentences(
     gene_key_flag: str = "gene_key=",
 ) -> SentenceJob:
     """Start a GenePT-s job (:func:`open_job`, no preprocessing) with its encoder
-    (``gene_key_flag``: as for :func:`start_weighted`).
+    (``gene_key_flag``: as for :func:`start_weighted`): a
+    :class:`~genept_fast.encode.static.StaticSentenceEncoder` for a static model
+    (:func:`~genept_fast.encode.static.is_static`: ``"wordllama"``), else a
+    :class:`~genept_fast.encode.SentenceEncoder`.
 
     Raises
     ------
@@ -345,7 +352,8 @@ def start_sentences(
             what=source.name,
             option=gene_key_flag,
         )
-        enc = SentenceEncoder(
+        kind = StaticSentenceEncoder if is_static(emb) else SentenceEncoder
+        enc = kind(
             emb,
             symbols,
             top_n=top_n,
