@@ -30,10 +30,11 @@ import tempfile
 import time
 import traceback
 import warnings
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from genept_fast import __version__
 from genept_fast._secrets import remember_url, scrub
+from genept_fast.commands._args import HelpFormatter, respell
 from genept_fast.errors import (
     InputError,
     MissingDependencyError,
@@ -68,7 +69,21 @@ EXIT_CODES = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with usage errors in one line (and the usage left to ``--help``)."""
+    """argparse, with usage errors in one line (and the usage left to ``--help``), defaults
+    shown in ``--help`` (:class:`~genept_fast.commands._args.HelpFormatter`), and the old
+    spellings of options read as the new ones (:func:`~genept_fast.commands._args.old_spelling`).
+    Subcommand parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None:
+            args = respell(self, args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {scrub(message)} (see {self.prog} --help)\n")

@@ -1,19 +1,27 @@
 """Argument types shared by the subcommands: :func:`int_range` bounds an integer option so that
 an absurd value (``--top-n 99999999999999999999``) is a one-line usage error, not an overflow
 deep inside; :func:`url` refuses a malformed URL (bad port, bad IPv6 literal, no scheme) the
-same way, naming it with its password masked."""
+same way, naming it with its password masked.
+
+The vocabulary every command shares is here too: :func:`add_embedder_arguments` (the embedder
+options, one group), :func:`build_embedder` (the embedder they describe) and
+:func:`hidden_alias` (an old spelling that still works, out of ``--help``)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import TYPE_CHECKING
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from genept_fast._secrets import check_url
 from genept_fast.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+
+    from genept_fast.embed import Embedder
 
 #: The largest count any integer option takes (a 32-bit signed integer).
 INT_MAX = 2**31 - 1
@@ -66,3 +74,202 @@ def probability(text: str) -> float:
         msg = f"{text} is not a number in [0, 1]"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+# -- the embedder options, one group for every command that embeds text ---------------------
+
+#: The options of :func:`add_embedder_arguments`, as the flags a user types (for messages).
+EMBEDDER_FLAGS = (
+    "--embedder",
+    "--base-url",
+    "--dimensions",
+    "--cache-dir",
+    "--no-cache",
+    "--batch-size",
+    "--max-concurrency",
+    "--timeout",
+    "--max-retries",
+)
+
+#: The defaults of the group (``--embedder`` and ``--batch-size`` default to ``None``, which
+#: :func:`build_embedder` reads as "local" and "the provider's default").
+EMBEDDER_DEFAULTS: dict[str, Any] = {
+    "embedder": None,
+    "base_url": None,
+    "dimensions": None,
+    "cache_dir": None,
+    "no_cache": False,
+    "batch_size": None,
+    "max_concurrency": 4,
+    "timeout": 60.0,
+    "max_retries": 6,
+}
+
+
+def add_embedder_arguments(
+    parser: argparse.ArgumentParser, *, title: str = "text embedder", applies: str = ""
+) -> argparse._ArgumentGroup:
+    """Add the embedder options (:data:`EMBEDDER_FLAGS`) as one argument group.
+
+    ``applies`` (e.g. ``"--method s"``) is said in the group's description: the options that
+    matter only for some calls of the command.
+    """
+    where = f" (used with {applies})" if applies else ""
+    g = parser.add_argument_group(
+        title,
+        f"the text model and how it is called{where};\n"
+        "with openai:MODEL the API key comes from OPENAI_API_KEY",
+    )
+    g.add_argument(
+        "--embedder",
+        metavar="SPEC",
+        help="'local' (offline MiniLM), 'openai:MODEL' or 'sentence-transformers:NAME'"
+        " (default: local)",
+    )
+    g.add_argument(
+        "--base-url",
+        type=url,
+        help="OpenAI-compatible server root for openai:MODEL, e.g. http://localhost:8000/v1"
+        " (default: OpenAI, or $OPENAI_BASE_URL)",
+    )
+    g.add_argument(
+        "--dimensions",
+        type=int_range(),
+        help="output dimension, openai:text-embedding-3-* only (default: the model's)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="embedding cache folder (default: $GENEPT_FAST_CACHE_DIR or ~/.cache/genept-fast)",
+    )
+    g.add_argument(
+        "--no-cache", action="store_true", help="do not read or write the embedding cache"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int_range(),
+        help="inputs per request / forward pass (default: the provider's)",
+    )
+    for flag, kind, what in (
+        ("--max-concurrency", int_range(1, 256), "requests in flight"),
+        ("--timeout", positive_float, "seconds per request"),
+        ("--max-retries", int_range(0, 100), "retries per request"),
+    ):
+        g.add_argument(
+            flag,
+            type=kind,
+            default=EMBEDDER_DEFAULTS[flag[2:].replace("-", "_")],
+            help=f"{what}, openai:MODEL (default: %(default)s)",
+        )
+    return g
+
+
+def embedder_flags_given(args: argparse.Namespace) -> list[str]:
+    """The embedder flags of :func:`add_embedder_arguments` set to other than their default
+    (for "does not apply" messages)."""
+    return [
+        flag
+        for flag in EMBEDDER_FLAGS
+        if getattr(args, flag[2:].replace("-", "_"))
+        != EMBEDDER_DEFAULTS[flag[2:].replace("-", "_")]
+    ]
+
+
+def build_embedder(args: argparse.Namespace, *, use_batch: bool = False, **extra: Any) -> Embedder:
+    """The embedder the options of :func:`add_embedder_arguments` describe (``extra``: more
+    keywords for :func:`genept_fast.embed.get_embedder`, e.g. the Batch API's).
+
+    Options that do not apply to the chosen embedder are refused here, naming the flags.
+    """
+    from genept_fast.embed import get_embedder
+
+    spec = args.embedder or "local"
+    if not spec.strip().lower().startswith("openai:"):
+        wrong = [
+            flag
+            for flag, value in (
+                ("--base-url", args.base_url),
+                ("--dimensions", args.dimensions),
+                ("--batch-api", use_batch or None),
+            )
+            if value is not None
+        ]
+        if wrong:
+            msg = f"{', '.join(wrong)} apply only to --embedder openai:MODEL, not {spec!r}"
+            raise InvalidArgumentError(msg)
+    return get_embedder(
+        spec,
+        base_url=args.base_url,
+        dimensions=args.dimensions,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        batch_size=args.batch_size,
+        max_concurrency=args.max_concurrency,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        use_batch=use_batch,
+        **extra,
+    )
+
+
+# -- old spellings ----------------------------------------------------------------------------
+
+#: Attribute of a parser that holds its old spellings: ``{old: (new, deprecated)}``.
+_OLD = "genept_fast_old_spellings"
+
+
+def old_spelling(
+    parser: argparse.ArgumentParser, old: str, new: str, *, deprecated: bool = False
+) -> None:
+    """Accept ``old`` as a spelling of the option ``new`` of ``parser``, out of ``--help``.
+
+    The command line is respelled before argparse reads it (:func:`respell`, called by the
+    ``genept-fast`` parser), so ``old`` behaves exactly as ``new`` does: same type, same
+    ``required``, same messages (which name ``new``). ``deprecated``: using ``old`` prints a
+    one-line note on stderr (for a spelling that meant different things in different commands,
+    such as ``--batch``).
+    """
+    spellings: dict[str, tuple[str, bool]] = parser.__dict__.setdefault(_OLD, {})
+    spellings[old] = (new, deprecated)
+
+
+def respell(parser: argparse.ArgumentParser, args: Sequence[str]) -> list[str]:
+    """``args`` with the old spellings of ``parser`` (:func:`old_spelling`) replaced by the new
+    ones (``--old VALUE`` and ``--old=VALUE``; nothing after ``--``)."""
+    spellings: dict[str, tuple[str, bool]] = getattr(parser, _OLD, {})
+    out = list(args)
+    if not spellings:
+        return out
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if name not in spellings:
+            continue
+        new, deprecated = spellings[name]
+        out[i] = new + eq + value
+        if deprecated:
+            print(f"{parser.prog}: note: {name} is deprecated; use {new}", file=sys.stderr)
+    return out
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every command: descriptions as written, and each option's default said
+    (``(default: 4)``) unless its help already says it or it has none (``None``, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or "default" in text.lower()
+            or text == argparse.SUPPRESS
+        ):
+            return action.help
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(str(d) for d in default)
+            return f"{text} (default: {shown})"
+        return f"{text} (default: %(default)s)"

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, positive_float, url
+from genept_fast.commands._args import (
+    add_embedder_arguments,
+    build_embedder,
+    old_spelling,
+    positive_float,
+)
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -29,49 +34,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("texts", type=Path, help="parquet with columns gene, text[, source]")
     p.add_argument("-o", "--output", type=Path, help="output parquet (required unless --dry-run)")
     p.add_argument(
-        "--embedder",
-        default="local",
-        help="'local' (offline MiniLM, default), 'openai:MODEL', or 'sentence-transformers:NAME'",
-    )
-    p.add_argument(
-        "--base-url",
-        type=url,
-        help="OpenAI-compatible server root, e.g. http://localhost:8000/v1",
-    )
-    p.add_argument(
-        "--dimensions", type=int_range(), help="output dimension (text-embedding-3-* only)"
-    )
-    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the token count, price and expected time; send nothing",
     )
-    p.add_argument("--cache-dir", type=Path, help="embedding cache directory")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--batch-size", type=int_range(), help="inputs per request / forward pass")
-    p.add_argument(
-        "--max-concurrency",
-        type=int_range(1, 256),
-        default=4,
-        help="requests in flight (default 4)",
-    )
-    p.add_argument(
-        "--timeout", type=positive_float, default=60.0, help="seconds per request (default 60)"
-    )
-    p.add_argument(
-        "--max-retries", type=int_range(0, 100), default=6, help="retries per request (default 6)"
-    )
-    p.add_argument(
-        "--batch",
+    g = add_embedder_arguments(p)
+    g.add_argument(
+        "--batch-api",
         action="store_true",
-        help="openai:* only: use the Batch API (half price, results within 24 h; a rerun"
+        help="openai:* only: use OpenAI's Batch API (half price, results within 24 h; a rerun"
         " resumes waiting on batches already submitted)",
     )
-    p.add_argument(
+    old_spelling(p, "--batch", "--batch-api", deprecated=True)
+    g.add_argument(
         "--batch-poll-interval",
         type=positive_float,
         default=30.0,
-        help="seconds between polls of a running batch (default 30)",
+        help="seconds between polls of a running batch",
     )
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none when stderr is not a TTY)"
@@ -83,7 +62,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from genept_fast.embed import get_embedder
     from genept_fast.table import GeneEmbeddings
 
     if not args.dry_run and args.output is None:
@@ -108,18 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if "text" not in texts_df.columns or "gene" not in texts_df.columns:
         msg = f"{args.texts} needs columns 'gene' and 'text', has {texts_df.columns}"
         raise InputError(msg)
-    embedder = get_embedder(
-        args.embedder,
-        base_url=args.base_url,
-        dimensions=args.dimensions,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        batch_size=args.batch_size,
-        max_concurrency=args.max_concurrency,
-        timeout=args.timeout,
-        max_retries=args.max_retries,
-        use_batch=args.batch,
-        batch_poll_interval=args.batch_poll_interval,
+    embedder = build_embedder(
+        args, use_batch=args.batch_api, batch_poll_interval=args.batch_poll_interval
     )
     texts = [t for t in texts_df["text"].to_list() if isinstance(t, str)]
     if args.dry_run or embedder.is_paid:
@@ -128,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("dry run: nothing sent", file=sys.stdout)
             return 0
-    if args.batch:
+    if args.batch_api:
         _log_batch_progress()
     progress = not args.no_progress and sys.stderr.isatty()
     table = GeneEmbeddings.from_texts(texts_df, embedder, progress=progress)

@@ -4,7 +4,9 @@ The file is streamed (bounded memory, resumable; see :mod:`genept_fast.stream`):
 the Rust kernel on each chunk; GenePT-s writes each chunk's cell sentences and embeds them with
 the chosen text model. The output suffix picks the format: ``.h5ad`` (the input's ``obs`` and the
 embedding in ``obsm``; ``X`` is not copied), ``.parquet`` (``obs_name`` + ``embedding``), ``.zarr``
-or ``.npy``.
+or ``.npy``. With ``--into STORE`` the result goes into the user's AnnData instead
+(:mod:`genept_fast._into`): the stream writes a hidden ``.npy`` beside ``STORE`` (resumable),
+which is then moved into it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument
-from genept_fast.commands._args import int_range
+from genept_fast.commands._args import (
+    add_embedder_arguments,
+    build_embedder,
+    embedder_flags_given,
+    int_range,
+    old_spelling,
+)
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
-    from genept_fast.embed import Embedder
+    from genept_fast._into import IntoPlan
 
 log = logging.getLogger("genept_fast.encode")
 
@@ -35,8 +43,16 @@ text model of --embedder.
 
 The output's suffix picks its format: .h5ad (the input's obs, the embedding in obsm; X is not
 copied), .parquet (columns obs_name and embedding), .zarr or .npy. An existing output is
-refused unless --overwrite is given. 10x .h5, .mtx folders and .loom files are refused with the
-command that converts them to .h5ad."""
+refused unless --overwrite is given. 10x .h5, .mtx folders and .loom files are refused with
+the command that converts them to .h5ad.
+
+--into STORE puts the result into the user's own AnnData instead: obsm[KEY] and uns[KEY] are
+added in place to an existing AnnData .zarr store (whose cells must be the input's; an existing
+KEY is refused unless --overwrite; nothing else in the store changes but its consolidated
+metadata), or a new .zarr / .h5ad is written that is the input plus the new keys. A .h5ad file
+is never changed in place: an existing one is replaced (by a copy of it plus the keys) only with
+--overwrite, and never when it is the input. Run encode twice (-m w, then -m s) into one store,
+then `genept-fast evaluate STORE --obsm X_genept_w X_genept_s X_pca` compares them."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,18 +60,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "encode",
         help="GenePT-w / GenePT-s cell embeddings of an .h5ad or .zarr file (streamed, resumable)",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", help="input AnnData (.h5ad or .zarr)")
     p.add_argument("--method", choices=["w", "s"], default="w", help="GenePT-w or GenePT-s")
     p.add_argument("--genes", help="gene-embedding table for -w: our parquet or GenePT's pickle")
-    p.add_argument(
-        "--embedder",
-        help="text model for -s: local (offline, the default) or openai:MODEL",
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "-o", "--output", help="new file: .h5ad (obs + the embedding), .parquet, .zarr or .npy"
     )
-    p.add_argument("--base-url", help="OpenAI-compatible server for --embedder openai:MODEL")
-    p.add_argument("--dimensions", type=int_range(), help="output dimension (text-embedding-3-*)")
-    p.add_argument("-o", "--output", required=True, help=".h5ad, .parquet, .zarr or .npy")
+    where.add_argument(
+        "--into",
+        metavar="STORE",
+        help="put obsm[KEY] and uns[KEY] into the user's AnnData: an existing .zarr store (in"
+        " place), or a new .zarr / .h5ad that is the input plus the new keys",
+    )
     p.add_argument("--layer", help="read adata.layers[LAYER] instead of X")
     p.add_argument(
         "--use-raw",
@@ -83,9 +101,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int_range(),
         help="-s: cut sentences at this many tokens (default: the model's limit)",
     )
-    p.add_argument("--key", help="obsm key / array name (default X_genept_w or X_genept_s)")
+    p.add_argument(
+        "--key-added",
+        metavar="KEY",
+        help="obsm / uns key, array name (default: X_genept_w or X_genept_s)",
+    )
+    old_spelling(p, "--key", "--key-added")
     p.add_argument("--chunk-size", type=int_range(), default=10_000, help="cells per chunk")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"], default="float32", help="embedding dtype"
+    )
     p.add_argument("--threads", type=int_range(), help="kernel threads (default: all cores)")
     p.add_argument("--no-resume", action="store_true", help="discard partial work and restart")
     p.add_argument(
@@ -94,14 +119,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print the genes matched (-w) or tokens/price/time (-s); write and embed nothing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_embedder_arguments(p, applies="--method s")
     add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """What only the command line can get wrong: files, and flags of the other method."""
-    from genept_fast.stream import check_output_args
-
+def _check_args(args: argparse.Namespace) -> IntoPlan | None:
+    """What only the command line can get wrong: files, and flags of the other method.
+    Returns the plan of ``--into`` (None with ``-o``)."""
     if not Path(args.input).exists():
         msg = f"input not found: {args.input}"
         raise FileNotFoundError(msg)
@@ -115,12 +140,9 @@ def _check_args(args: argparse.Namespace) -> None:
         if not Path(args.genes).exists():
             msg = f"--genes table not found: {args.genes}"
             raise FileNotFoundError(msg)
-        unused = [
+        unused = embedder_flags_given(args) + [
             flag
             for flag, value in (
-                ("--embedder", args.embedder),
-                ("--base-url", args.base_url),
-                ("--dimensions", args.dimensions),
                 ("--top-n", args.top_n),
                 ("--prefix", args.prefix),
                 ("--max-input-tokens", args.max_input_tokens),
@@ -142,25 +164,46 @@ def _check_args(args: argparse.Namespace) -> None:
             allowed=("parquet", "pickle"),
             expect="a gene-embedding table (parquet from embed-genes, or GenePT's pickle)",
         )
-    if not args.dry_run:
-        check_output_args(
-            args.input,
-            args.output,
-            key=_key(args),
-            output_dtype=args.dtype,
-            overwrite=args.overwrite,
-            inputs=[args.genes],
-        )
+    if args.dry_run:
+        return None
+    plan = None
+    if args.into is not None:
+        from genept_fast._into import check_into
+
+        plan = check_into(args.into, input=args.input, key=_key(args), overwrite=args.overwrite)
+    _check_output(args, plan)
+    return plan
+
+
+def _check_output(args: argparse.Namespace, plan: IntoPlan | None) -> None:
+    from genept_fast.stream import check_output_args
+
+    check_output_args(
+        args.input,
+        _output(args, plan),
+        key=_key(args),
+        output_dtype=args.dtype,
+        overwrite=args.overwrite or plan is not None,  # --into: the work file is ours
+        inputs=[args.genes],
+    )
 
 
 def _key(args: argparse.Namespace) -> str:
-    return args.key or ("X_genept_w" if args.method == "w" else "X_genept_s")
+    return args.key_added or ("X_genept_w" if args.method == "w" else "X_genept_s")
+
+
+def _output(args: argparse.Namespace, plan: IntoPlan | None) -> Path:
+    """Where the stream writes: ``-o``, or for ``--into`` a hidden ``.npy`` beside the store
+    (named by store and key, so that a killed job resumes), moved into the store at the end."""
+    if plan is None:
+        return Path(args.output)
+    return plan.store.with_name(f".{plan.store.name}.{plan.key}.genept-into.npy")
 
 
 def run(args: argparse.Namespace) -> int:
     from genept_fast import stream
 
-    _check_args(args)
+    plan = _check_args(args)
     common: dict[str, Any] = {
         "layer": args.layer,
         "use_raw": args.use_raw,
@@ -173,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         "key": _key(args),
         "progress": not args.no_progress and sys.stderr.isatty(),
         "resume": not args.no_resume,
-        "overwrite": args.overwrite,
+        "overwrite": args.overwrite or plan is not None,
     }
     if args.method == "w":
         if args.dry_run:
@@ -186,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         report = stream.encode_weighted(
             args.input,
-            args.output,
+            _output(args, plan),
             args.genes,
             n_threads=args.threads,
             preprocess=args.preprocess,
@@ -195,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(report.summary, file=sys.stderr)
     else:
-        emb = _embedder(args)
+        emb = build_embedder(args)
         options: dict[str, Any] = {
             "top_n": args.top_n,
             "max_input_tokens": args.max_input_tokens,
@@ -208,10 +251,13 @@ def run(args: argparse.Namespace) -> int:
             if args.dry_run:
                 return 0
         report = stream.encode_sentences(
-            args.input, args.output, emb, **common, **options, **written
+            args.input, _output(args, plan), emb, **common, **options, **written
         )
+    where = str(report.output)
+    if plan is not None:
+        where = _write_into(plan, Path(report.output), report.uns)
     print(
-        f"wrote {report.output}: {report.cells_encoded:,} cells encoded from"
+        f"wrote {where}: {report.cells_encoded:,} cells encoded from"
         f" {report.uns['params']['matrix']} in {report.seconds:.2f} s"
         f" ({report.chunks_resumed} of {report.n_chunks} chunks resumed from earlier work)",
         file=sys.stderr,
@@ -227,9 +273,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedder(args: argparse.Namespace) -> Embedder:
-    from genept_fast.embed import get_embedder
+def _write_into(plan: IntoPlan, work: Path, uns: dict[str, Any]) -> str:
+    """Move the finished embedding (the work ``.npy``) into ``plan.store``; say where."""
+    import numpy as np
 
-    return get_embedder(
-        args.embedder or "local", base_url=args.base_url, dimensions=args.dimensions
-    )
+    from genept_fast._into import write_into
+
+    embedding = np.load(work, mmap_mode="r")
+    write_into(plan, embedding, uns)
+    del embedding
+    work.unlink()
+    return f"obsm[{plan.key!r}] and uns[{plan.key!r}] into {plan.store}"
