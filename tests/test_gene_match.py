@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genept_fast import tl, weighted_embedding
 from genept_fast.cli import main
@@ -229,3 +231,135 @@ def test_no_match_says_what_would_help(tmp_path, capsys):
     adata3.var_names = ["p1", "p2", "p3"]
     with pytest.raises(GeneptError, match=r"No identifier of .* is a gene"):
         tl.genept_w(adata3, table)
+
+
+# -- the exact-first fast path gives what resolving every name gives --------------------------
+
+# identifiers of every form the matcher meets: symbols (approved, another case, padded),
+# previous and alias symbols (ambiguous ones too), Ensembl (versioned), Entrez, mouse genes,
+# names of no gene and empty names
+_SHARED_ALIAS = next(
+    a
+    for a, rows in sorted(T.by_alias_upper.items())
+    if len(rows) == 2 and a not in T.by_symbol_upper and a not in T.by_previous_upper
+)
+POOL = sorted(
+    {
+        *SYMBOLS[:60],
+        *(s.lower() for s in SYMBOLS[60:80]),
+        *(f" {s}" for s in SYMBOLS[80:90]),
+        *VERSIONED[90:110],
+        *ENSEMBL[110:120],
+        *ENTREZ[120:130],
+        "FAM172A",
+        "ARB2A",
+        "ATPIF1",
+        "CD3epsilon",
+        "CD3E",
+        "cd3e",
+        _SHARED_ALIAS,
+        *OUTSIDE[:5],
+        "Cd4",
+        "Bex1",
+        "Bex2",
+        "Gapdh",
+        "H2-K1",
+        "Actb",
+        "Foo1",
+        "ENSMUSG00000023274",
+        "NOT_A_GENE",
+        "",
+    }
+)
+
+
+def _both_paths(names, keys, nonzero, alternatives, species):
+    from genept_fast.genes.match import _match, index_keys
+
+    fast = _match(
+        names,
+        index_keys(keys),
+        nonzero=nonzero,
+        alternatives=alternatives,
+        species=species,
+        exact_first=True,
+    )
+    full = _match(
+        names,
+        index_keys(keys),
+        nonzero=nonzero,
+        alternatives=alternatives,
+        species=species,
+        exact_first=False,
+    )
+    return fast, full
+
+
+MOUSE_POOL = [
+    "Cd4",
+    "Bex1",
+    "Bex2",
+    "Gapdh",
+    "Lims1",
+    "H2-K1",
+    "Actb",
+    "Cd3e",
+    "Ifitm2",
+    "Trp53",
+    "mt-Co1",
+    "Foo1",
+    "ENSMUSG00000023274",
+    "ENSMUSG00000042750",
+    "ENSMUSG00000050071",
+    "CD4",
+    "BEX2",
+    "GAPDH",
+    "LIMS1",
+    "",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    pool=st.sampled_from([POOL, MOUSE_POOL]),
+    species=st.sampled_from(["auto", "human", "mouse"]),
+    use_alt=st.booleans(),
+)
+def test_exact_first_matching_equals_resolving_every_name(data, pool, species, use_alt):
+    # names drawn from the table's keys (exact), from the pool (keys in another case, padded,
+    # other identifiers of a key's gene, mouse genes, no gene): the exact ones skip the
+    # identity layer, the others do not; a mouse pool makes a mouse dataset
+    named = [k for k in pool if k.strip()]
+    keys = data.draw(st.lists(st.sampled_from(named), min_size=1, max_size=30, unique=True))
+    names = data.draw(st.lists(st.sampled_from(keys) | st.sampled_from(pool), max_size=40))
+    zero_rows = data.draw(st.sets(st.integers(0, len(keys) - 1)))
+    nonzero = np.array([i not in zero_rows for i in range(len(keys))])
+    alternatives = None
+    if use_alt:
+        alt = st.sampled_from([*keys, *pool, None])
+        alternatives = data.draw(st.lists(alt, min_size=len(names), max_size=len(names)))
+    (idx_fast, cov_fast), (idx_full, cov_full) = _both_paths(
+        names, keys, nonzero, alternatives, species
+    )
+    np.testing.assert_array_equal(idx_fast, idx_full)
+    assert cov_fast == cov_full  # methods, unmatched, ambiguous, shared, shadowed, species
+    assert str(cov_fast) == str(cov_full) and cov_fast.as_dict() == cov_full.as_dict()
+
+
+def test_names_that_are_all_table_keys_build_no_token_index():
+    from genept_fast.genes.match import index_keys, match_genes
+
+    keys = [*(s for s in SYMBOLS if s not in ("CD3E", "C1orf112")), "CD3E", "C1orf112"]
+    index = index_keys(keys)
+    names = list(reversed(keys))
+    idx, cov = match_genes(names, index)
+    assert idx.tolist() == list(reversed(range(len(keys))))
+    assert cov.by_method == {"exact": len(keys)} and cov.species == "human"
+    assert "tokens" not in vars(index)  # the table's keys were never resolved
+    # a name that is not a key as written goes through the whole layer (and builds them)
+    idx, cov = match_genes([*names, "ENSG00000198851.4"], index)
+    assert idx[-1] == keys.index("CD3E") and cov.methods[-1] == "ensembl"
+    assert cov.shared == {"CD3E": ["CD3E", "ENSG00000198851.4"]} and "tokens" in vars(index)
+    idx, cov = match_genes([*names, "cd3e"], index)
+    assert idx[-1] == -1 and cov.shadowed == {"cd3e": "CD3E"}  # the exact name keeps CD3E

@@ -151,3 +151,44 @@ def test_map_genes_is_the_layer_as_a_table():
     assert df["status"].to_list() == ["symbol", "alias", "ensembl", "entrez", "hgnc"]
     amb = map_genes([SHARED_ALIASES[0]])
     assert amb["status"][0] == "ambiguous" and ";" in amb["candidates"][0]
+
+
+def _species_by_counting(ids):
+    """detect_species as it counted before the shortcut: every identifier against HGNC."""
+    from genept_fast.genes.resolve import _mouse_like
+
+    texts = [t for t in (str(v).strip() for v in ids) if t]
+    human = [
+        not t.startswith("ENSMUSG") and (t[:4] == "ENSG" or t in TABLE.by_symbol) for t in texts
+    ]
+    mouse = [
+        t.startswith("ENSMUSG") or (not is_human and _mouse_like(t))
+        for t, is_human in zip(texts, human, strict=True)
+    ]
+    n_mouse, n_human = sum(mouse), sum(human)
+    return "mouse" if n_mouse > n_human and 4 * n_mouse >= len(texts) else "human"
+
+
+_SPECIES_POOL = [
+    "CD3E",
+    "C1orf112",
+    "MT-CO1",
+    "ENSG00000198851",
+    "ENSMUSG00000023274",
+    "Cd3e",
+    "mt-Co1",
+    "Gm12345",
+    "0610005C13Rik",
+    "cd3e",
+    "CD3epsilon",
+    "Abcd",
+    "",
+    " ",
+    "x",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.sampled_from(_SPECIES_POOL), max_size=30))
+def test_detect_species_without_hgnc_answers_as_counting_does(ids):
+    assert detect_species(ids) == _species_by_counting(ids)

@@ -1,11 +1,20 @@
 """Genes: one identity layer (symbols, aliases, previous symbols, Ensembl and Entrez IDs, mouse
-orthologs). The text that describes each gene is the next layer up, :mod:`genept_fast.text`."""
+orthologs). The text that describes each gene is the next layer up, :mod:`genept_fast.text`.
+
+The names below load on first use: importing a submodule (``genept_fast.genes.match``, which
+the command line's parser reaches) runs this file first, and :mod:`genept_fast.genes.ids`
+loads polars and an HTTP client that matching a table never needs.
+"""
 
 from __future__ import annotations
 
-from genept_fast.genes.ids import STATUSES, looks_like_ensembl, map_genes
-from genept_fast.genes.match import Coverage, match_genes
-from genept_fast.genes.resolve import Resolution, resolve
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from genept_fast.genes.ids import STATUSES, looks_like_ensembl, map_genes
+    from genept_fast.genes.match import Coverage, match_genes
+    from genept_fast.genes.resolve import Resolution, resolve
 
 __all__ = [
     "STATUSES",
@@ -16,3 +25,26 @@ __all__ = [
     "match_genes",
     "resolve",
 ]
+
+#: Where each name of :data:`__all__` lives.
+_HOME = {
+    "STATUSES": "ids",
+    "looks_like_ensembl": "ids",
+    "map_genes": "ids",
+    "Coverage": "match",
+    "match_genes": "match",
+    "Resolution": "resolve",
+    "resolve": "resolve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        msg = f"module 'genept_fast.genes' has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(f"genept_fast.genes.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

