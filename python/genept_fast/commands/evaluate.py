@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, probability
+from genept_fast.commands._args import int_range, old_spelling, probability
 from genept_fast.errors import InputError
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name
@@ -40,7 +40,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("input", type=Path, help="input AnnData (.h5ad or .zarr)")
     p.add_argument("--label", required=True, help="obs column with the cell-type labels")
-    p.add_argument("--batch", default=None, help="obs column with the batch/patient")
+    p.add_argument(
+        "--batch-key",
+        default=None,
+        metavar="COLUMN",
+        help="obs column with the batch/patient (adds the batch-effect metrics)",
+    )
+    old_spelling(p, "--batch", "--batch-key", deprecated=True)
     p.add_argument(
         "--obsm",
         nargs="+",
@@ -48,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY",
         help="obsm embeddings to score (default: every obsm entry with > 2 columns but layouts)",
     )
-    p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    old_spelling(p, "--out", "--output")
     p.add_argument(
         "--seed", type=int_range(0, 2**32 - 1), default=2023, help="seed of every random step"
     )
@@ -60,16 +67,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="label to leave out (repeatable; default: Unknown)",
     )
     p.add_argument(
-        "--knn-k",
+        "--k",
         type=int_range(1, 10_000),
         default=None,
-        help="neighbours of the kNN vote (10; 15 with --reference)",
+        help="neighbours of the kNN vote (default: 10; 15 with --reference)",
     )
-    p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0.2)")
-    p.add_argument(
-        "--n-neighbors", type=int_range(2), default=15, help="kNN graph size for Leiden (15)"
-    )
-    p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution (1.0)")
+    old_spelling(p, "--knn-k", "--k")
+    p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction")
+    p.add_argument("--n-neighbors", type=int_range(2), default=15, help="kNN graph size for Leiden")
+    p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution")
     p.add_argument("--no-leiden", action="store_true", help="skip Leiden clustering")
     p.add_argument("--no-logreg", action="store_true", help="skip logistic-regression annotation")
     p.add_argument("--no-plots", action="store_true", help="skip the UMAP plots (faster)")
@@ -80,18 +86,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument(
         "--query-label", default=None, help="INPUT's obs column with the true labels (--label)"
     )
-    t.add_argument(
-        "--ensemble", action="store_true", help="also score all --obsm keys concatenated"
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also score the --obsm keys together (each L2-normalised, concatenated: the"
+        " paper's ensemble)",
     )
-    t.add_argument("--methods", nargs="+", choices=["knn", "logreg"], default=["knn", "logreg"])
-    t.add_argument("--weights", choices=["distance", "uniform"], default="distance")
-    t.add_argument("--min-confidence", type=probability, default=None)
-    t.add_argument("--backend", choices=["auto", "exact", "ivf", "hnsw"], default="auto")
+    t.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["knn", "logreg"],
+        default=["knn", "logreg"],
+        help="how labels are transferred",
+    )
+    t.add_argument(
+        "--weights", choices=["distance", "uniform"], default="distance", help="kNN vote weights"
+    )
+    t.add_argument(
+        "--min-confidence",
+        type=probability,
+        default=None,
+        help="below this confidence a cell is left unannotated (default: none)",
+    )
+    t.add_argument(
+        "--backend",
+        choices=["auto", "exact", "ivf", "hnsw"],
+        default="auto",
+        help="nearest-neighbour search",
+    )
     t.add_argument(
         "--unknown-label",
         default="Unknown",
-        help="label of the cells left unannotated (Unknown); a reference label that reads "
-        "like it is refused",
+        help="label of the cells left unannotated; a reference label that reads like it is refused",
     )
     t.add_argument(
         "--allow-mismatch",
@@ -115,11 +141,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     g.add_argument("genes", type=Path, help="gene embeddings (.parquet, from embed-genes)")
     g.add_argument("--labels", type=Path, required=True, help="gene label table")
-    g.add_argument("-o", "--out", type=Path, required=True, help="report folder")
+    g.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    old_spelling(g, "--out", "--output")
     g.add_argument(
         "--seed", type=int_range(0, 2**32 - 1), default=2023, help="seed of folds, models, control"
     )
-    g.add_argument("--n-splits", type=int_range(2), default=5, help="cross-validation folds (5)")
+    g.add_argument("--n-splits", type=int_range(2), default=5, help="cross-validation folds")
     g.add_argument("--positive", default=None, help="positive class (default: sorts last)")
     g.add_argument(
         "--models",
@@ -152,6 +179,46 @@ def _read_for_evaluation(path: Path) -> AnnData:
     return ad.AnnData(obs=obs, obsm=obsm, uns=uns)
 
 
+def ensemble_key(keys: list[str]) -> str:
+    """The obsm key under which ``--ensemble`` scores ``keys`` together."""
+    return "+".join(keys)
+
+
+def _check_obsm_arg(args: argparse.Namespace) -> None:
+    """``--obsm`` and ``--ensemble`` as given, checked before any file is read."""
+    if args.obsm is not None and len(set(args.obsm)) != len(args.obsm):
+        msg = f"--obsm lists a key twice: {args.obsm}"
+        raise InputError(msg)
+    if args.ensemble and (args.obsm is None or len(args.obsm) < 2):
+        msg = "--ensemble needs two or more --obsm keys"
+        raise InputError(msg)
+
+
+def _obsm_keys(args: argparse.Namespace, adata: AnnData) -> list[str]:
+    """The embeddings to score: ``--obsm`` (each in ``adata.obsm``) or the default keys, and
+    with ``--ensemble`` their combination, added to ``adata.obsm`` (each L2-normalised,
+    concatenated and normalised again, as ``annotate`` and ``--reference`` combine them)."""
+    import numpy as np
+
+    from genept_fast.annotate._io import combine
+    from genept_fast.eval._cells import _default_obsm_keys
+
+    keys = list(args.obsm) if args.obsm is not None else _default_obsm_keys(adata)
+    if not keys:
+        msg = f"no embeddings to evaluate: obsm holds {sorted(adata.obsm)}; name them with --obsm"
+        raise InputError(msg)
+    for key in keys:
+        if key not in adata.obsm:
+            msg = f"--obsm {key}: the input's obsm has no such key; it holds {sorted(adata.obsm)}"
+            raise InputError(msg)
+    if args.ensemble:
+        name = ensemble_key(keys)
+        parts = [np.asarray(adata.obsm[k], dtype=np.float32) for k in keys]
+        adata.obsm[name] = combine(parts, keys)
+        keys.append(name)
+    return keys
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``genept-fast evaluate``."""
     from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate
@@ -163,9 +230,13 @@ def run(args: argparse.Namespace) -> int:
     require_anndata(path)
     if args.reference is not None:
         return run_transfer(args)
-    figures = [] if args.no_plots else [f"umap_{safe_name(k)}.png" for k in args.obsm or ()]
+    _check_obsm_arg(args)
+    keys = list(args.obsm or ())
+    if args.ensemble and keys:
+        keys.append(ensemble_key(keys))
+    figures = [] if args.no_plots else [f"umap_{safe_name(k)}.png" for k in keys]
     check_output(
-        args.out,
+        args.output,
         kind="folder",
         overwrite=args.overwrite,
         inputs=[path],
@@ -175,23 +246,22 @@ def run(args: argparse.Namespace) -> int:
     if adata.n_obs == 0:
         msg = f"{path} has no cells to evaluate"
         raise InputError(msg)
+    keys = _obsm_keys(args, adata)
     if not args.no_plots and args.obsm is None:  # now the default keys (and figures) are known
-        from genept_fast.eval._cells import _default_obsm_keys
-
         check_output(
-            args.out,
+            args.output,
             kind="folder",
             overwrite=args.overwrite,
-            names=[f"umap_{safe_name(k)}.png" for k in _default_obsm_keys(adata)],
+            names=[f"umap_{safe_name(k)}.png" for k in keys],
         )
     report = evaluate(
         adata,
         label_key=args.label,
-        batch_key=args.batch,
-        obsm_keys=args.obsm,
+        batch_key=args.batch_key,
+        obsm_keys=keys,
         seed=args.seed,
         exclude_labels=args.exclude_label or DEFAULT_EXCLUDE_LABELS,
-        knn_k=10 if args.knn_k is None else args.knn_k,
+        knn_k=10 if args.k is None else args.k,
         test_size=args.test_size,
         leiden=not args.no_leiden,
         leiden_resolution=args.resolution,
@@ -199,11 +269,11 @@ def run(args: argparse.Namespace) -> int:
         logreg=not args.no_logreg,
         plots=not args.no_plots,
     )
-    written = report.write(args.out, overwrite=args.overwrite)
+    written = report.write(args.output, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
+    print(f"\nwrote {', '.join(sorted(written))} to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -219,21 +289,19 @@ def run_transfer(args: argparse.Namespace) -> int:
     index = is_index_file(ref)
     if not index:
         require_anndata(ref)
-    if args.batch is not None:
-        msg = "--batch does not apply with --reference"
+    if args.batch_key is not None:
+        msg = "--batch-key does not apply with --reference"
         raise InputError(msg)
+    _check_obsm_arg(args)
     entries: list[str | list[str]] | None = None
     if args.obsm:
         entries = list(args.obsm)
-        if args.ensemble and len(args.obsm) > 1:
+        if args.ensemble:
             entries.append(list(args.obsm))
-    elif args.ensemble:
-        msg = "--ensemble needs two or more --obsm keys"
-        raise InputError(msg)
     # The figures' names depend on what is scored; the report files are checked now, and
     # write_report_files checks every name again before it writes.
     check_output(
-        args.out,
+        args.output,
         kind="folder",
         overwrite=args.overwrite,
         inputs=[args.input, ref],
@@ -247,7 +315,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         query_label_key=args.query_label or args.label,
         obsm_keys=entries,
         methods=args.methods,
-        k=15 if args.knn_k is None else args.knn_k,
+        k=15 if args.k is None else args.k,
         weights=args.weights,
         min_confidence=args.min_confidence,
         backend=args.backend,
@@ -255,11 +323,11 @@ def run_transfer(args: argparse.Namespace) -> int:
         unknown_label=args.unknown_label,
         allow_mismatch=args.allow_mismatch,
     )
-    written = report.write(args.out, overwrite=args.overwrite)
+    written = report.write(args.output, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
+    print(f"\nwrote {', '.join(sorted(written))} to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -280,7 +348,7 @@ def run_genes(args: argparse.Namespace) -> int:
     )
     require_table(args.labels, role="--labels", allowed=("parquet", "text", "gzip-text"))
     check_output(
-        args.out,
+        args.output,
         kind="folder",
         overwrite=args.overwrite,
         inputs=[path, args.labels],
@@ -305,7 +373,7 @@ def run_genes(args: argparse.Namespace) -> int:
             "text_source": table.metadata.get("text_source", "unknown"),
         },
     )
-    written = report.write(args.out, overwrite=args.overwrite)
+    written = report.write(args.output, overwrite=args.overwrite)
     print(report.to_markdown().split("\n## ", 1)[0].rstrip())
-    print(f"\nwrote {', '.join(sorted(written))} to {args.out}", file=sys.stderr)
+    print(f"\nwrote {', '.join(sorted(written))} to {args.output}", file=sys.stderr)
     return 0
