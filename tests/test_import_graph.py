@@ -137,6 +137,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the floor: errors, the compiled core (imported only by kernels and _version), file and
     # secret helpers that know nothing of genes or cells
     ("errors", "_core", "_version", "_atomic", "_extras", "_secrets", "_outputs", "_inputs"),
+    ("_progress",),  # progress on a terminal or in a log (imports errors only)
     # pure computation and the HTTP client
     ("preprocess", "kernels", "_http", "cache"),
     # what a gene is, gene tables, reading cells from AnnData

@@ -15,6 +15,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genept_fast._progress import progress as progress_meter
 from genept_fast.cache import Cache, TextRecord, text_namespace
 from genept_fast.text.base import Query, Row, Source, now
 
@@ -65,14 +66,6 @@ class TextCache:
             self.cache.put_texts(self.namespace, records, when)
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="gene")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CachedSource(Source):
     """A source whose answers come from a service and are cached.
@@ -89,7 +82,8 @@ class CachedSource(Source):
     refresh
         Ignore cached answers (new answers are still cached).
     progress
-        Show a tqdm progress bar.
+        Show progress: a bar on a terminal, a line about every 10 s in a log
+        (:mod:`genept_fast._progress`).
     timeout, max_retries
         Per-request timeout in seconds and retries on 429/5xx/timeouts.
     """
@@ -113,18 +107,17 @@ class CachedSource(Source):
         todo = list(
             dict.fromkeys(k for k in query.keys if k and (self.refresh or k not in cache.entries))
         )
-        bar = _progress(len(todo), self.progress, f"gene text ({self.name})")
-        try:
-            if todo:
-                self.fetch(todo, cache, bar)
-        finally:
-            if bar is not None:
-                bar.close()
+        if not todo:
+            return
+        with progress_meter(
+            len(todo), desc=f"gene text ({self.name})", unit="gene", disable=not self.progress
+        ) as bar:
+            self.fetch(todo, cache, bar)
 
     @abstractmethod
     def fetch(self, todo: Sequence[str], cache: TextCache, progress: Any) -> None:
         """Ask the service about ``todo``; add each answer to ``cache`` as it arrives and
-        advance ``progress`` (a tqdm bar, or None) by the genes done."""
+        advance ``progress`` (see :func:`genept_fast._progress.progress`) by the genes done."""
 
     @staticmethod
     def assemble(
