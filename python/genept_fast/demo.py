@@ -9,7 +9,8 @@ cell types in ``obs["bulk_labels"]``) and runs the whole pipeline on this machin
 2. gene embeddings with the local text model (all-MiniLM-L6-v2, int8 ONNX; no network);
 3. GenePT-w (Rust kernel) and GenePT-s (cell sentences embedded by the same model);
 4. evaluation next to the dataset's PCA: k-means AMI/ARI, Leiden AMI, kNN and logistic-
-   regression annotation, with a UMAP PNG per embedding coloured by cell type.
+   regression annotation, and one figure (``umap.png``) with the UMAP of each embedding side by
+   side, coloured by cell type, its scores under it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ if TYPE_CHECKING:
 
     import polars as pl
 
-__all__ = ["gene_texts_offline_first", "run_demo"]
+    from genept_fast.eval import CellEvalReport
+
+__all__ = ["FIGURE", "gene_texts_offline_first", "run_demo", "write_demo_report"]
+
+#: The demo's one figure: GenePT-w, GenePT-s and PCA side by side.
+FIGURE = "umap.png"
 
 log = logging.getLogger("genept_fast.demo")
 
@@ -66,9 +72,11 @@ def run_demo(
 
     Files written: ``genes.parquet`` (the gene-embedding table), ``pbmc68k_genept.h5ad``
     (the AnnData with ``obsm["X_genept_w"]`` and ``obsm["X_genept_s"]``), and the evaluation
-    report (``report.md``, ``report.json``, one UMAP PNG per embedding). If any of them exists
+    report (``report.md``, ``report.json`` and ``umap.png``, the UMAP of each embedding side by
+    side). If any of them exists
     already, nothing is done unless ``overwrite=True``; other files in ``out_dir`` are never
-    touched. ``progress``: show progress bars while embedding.
+    touched. ``progress``: show progress while embedding (a bar on a terminal, a line about
+    every 10 s in a log).
     """
     from genept_fast._extras import require_extra
 
@@ -80,11 +88,11 @@ def run_demo(
     from genept_fast._atomic import atomic_path
     from genept_fast._outputs import check_output
     from genept_fast.embed import get_embedder
-    from genept_fast.eval._io import REPORT_FILES, safe_name
+    from genept_fast.eval._io import REPORT_FILES
     from genept_fast.table import GeneEmbeddings
 
     keys = ["X_genept_w", "X_genept_s", "X_pca"]
-    figures = [f"umap_{safe_name(k)}.png" for k in keys] if plots else []
+    figures = [FIGURE] if plots else []
     names = ["genes.parquet", "pbmc68k_genept.h5ad", *REPORT_FILES, *figures]
     out = check_output(out_dir, kind="folder", overwrite=overwrite, names=names)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,9 +126,37 @@ def run_demo(
         adata.write_h5ad(tmp)
 
     report = gfe.evaluate(adata, label_key="bulk_labels", obsm_keys=keys, plots=plots)
-    report.write(out, overwrite=overwrite)
+    markdown = write_demo_report(out, report, overwrite=overwrite)
     print()
-    print(report.to_markdown())
-    print(f"\nwrote {out}/ (report.md, report.json, UMAP PNGs, genes.parquet, pbmc68k_genept.h5ad)")
+    print(markdown)
+    figure = f"{FIGURE}, " if plots else ""
+    print(f"\nwrote {out}/ (report.md, report.json, {figure}genes.parquet, pbmc68k_genept.h5ad)")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return dict(report.results)
+
+
+def write_demo_report(out: Path, report: CellEvalReport, *, overwrite: bool = False) -> str:
+    """Write ``report.json``, ``report.md`` and, when ``report`` has UMAPs, the one comparison
+    figure :data:`FIGURE` in place of the report's PNG per embedding; returns the Markdown."""
+    from dataclasses import replace
+
+    from genept_fast.eval._io import write_report_files
+    from genept_fast.eval._plots import comparison_png
+
+    if not report.umap:
+        report.write(out, overwrite=overwrite)
+        return report.to_markdown()
+    n = len(report.labels)
+    title = f"{n:,} PBMCs (scanpy's pbmc68k_reduced) by cell type: the UMAP of each embedding"
+    png = comparison_png(report, title=title)
+    plain = replace(report, umap={})  # the same report without its figure per embedding
+    data = plain.to_dict()
+    data["figures"] = [FIGURE]
+    section = f"## UMAP\n\n![The UMAP of each embedding, coloured by cell type]({FIGURE})\n\n"
+    markdown = plain.to_markdown()
+    if "\n## Settings" in markdown:
+        markdown = markdown.replace("\n## Settings", f"\n{section}## Settings", 1)
+    else:
+        markdown += f"\n{section}"
+    write_report_files(out, {FIGURE: png}, data, markdown, overwrite=overwrite)
+    return markdown

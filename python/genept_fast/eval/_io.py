@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "CATEGORY_COLORS",
     "REPORT_FILES",
     "atomic_write_bytes",
     "figure_png",
@@ -89,23 +90,45 @@ def safe_name(text: str) -> str:
     return name or "embedding"
 
 
-def palette(n: int) -> list[Any]:
-    """``n`` distinguishable colours: tab10, tab20, else evenly spaced on a rainbow map."""
-    from matplotlib import colormaps
+#: Ten colours for categories, distinct in hue and lightness, also with deuteranopia and
+#: protanopia. Taken from Okabe & Ito, Paul Tol's sets, seaborn's "colorblind" and tab10 and
+#: chosen (greedily, the most distinct first) so that every pair is at least 35 CIELAB units
+#: apart, and 18 under a simulated colour-vision deficiency (Machado 2009); tab10 has pairs 5
+#: apart there, and its blue and cyan made CD14+ Monocyte and Dendritic look alike in the demo.
+CATEGORY_COLORS: tuple[str, ...] = (
+    "#DE8F05",  # orange
+    "#332288",  # indigo
+    "#009988",  # teal
+    "#000000",  # black
+    "#FBAFE4",  # pink
+    "#D62728",  # red
+    "#1F77B4",  # blue
+    "#ECE133",  # yellow
+    "#882255",  # wine
+    "#8C564B",  # brown
+)
 
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
+
+def palette(n: int) -> list[Any]:
+    """``n`` distinguishable colours (RGBA): :data:`CATEGORY_COLORS` up to ten, then tab20,
+    else evenly spaced on a rainbow map."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgba
+
+    if n <= len(CATEGORY_COLORS):
+        return [to_rgba(c) for c in CATEGORY_COLORS[:n]]
     if n <= 20:
         return [colormaps["tab20"](i) for i in range(n)]
     cmap = colormaps["gist_rainbow"]
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A matplotlib figure detached from pyplot (no global state, any backend)."""
+def new_figure(width: float, height: float, *, dpi: float = 100) -> Figure:
+    """A matplotlib figure detached from pyplot (no global state, any backend); its PNG has
+    ``dpi`` pixels per inch."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
 
 
 def figure_png(fig: Figure) -> bytes:
