@@ -56,10 +56,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="embedding(s); several are concatenated (default: the index's, or X_genept_w)",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help=".h5ad or .parquet")
-    p.add_argument("--method", choices=["knn", "logreg"], default="knn")
     p.add_argument(
-        "--k", type=int_range(1, 10_000), default=15, help="neighbours of the kNN vote (15)"
+        "--method", choices=["knn", "logreg"], default="knn", help="how labels are transferred"
     )
+    p.add_argument("--k", type=int_range(1, 10_000), default=15, help="neighbours of the kNN vote")
     p.add_argument(
         "--weights",
         choices=["distance", "uniform"],
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=probability,
         help="predictions below this confidence (0..1) become Unknown",
     )
-    p.add_argument("--key-added", help="obs column of the prediction (default LABEL_pred)")
+    p.add_argument("--key-added", help="obs column of the prediction (default: LABEL_pred)")
     p.add_argument(
         "--unknown-label",
         default="Unknown",

@@ -54,15 +54,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--logreg", action="store_true", help="also fit logistic regression")
     count = int_range(1, 1 << 20)
-    p.add_argument("--nlist", type=count, default=None, help="IVF lists (default 4 √n)")
+    p.add_argument("--nlist", type=count, default=None, help="IVF lists (default: 4 √n)")
     p.add_argument(
         "--nprobe", type=count, default=IVF_DEFAULTS["nprobe"], help="IVF lists scanned per query"
     )
     p.add_argument(
         "--M", type=int_range(2, 512), default=HNSW_DEFAULTS["M"], help="HNSW graph degree"
     )
-    p.add_argument("--ef-construction", type=count, default=HNSW_DEFAULTS["ef_construction"])
-    p.add_argument("--ef-search", type=count, default=HNSW_DEFAULTS["ef_search"])
+    p.add_argument(
+        "--ef-construction",
+        type=count,
+        default=HNSW_DEFAULTS["ef_construction"],
+        help="HNSW candidates kept while building",
+    )
+    p.add_argument(
+        "--ef-search",
+        type=count,
+        default=HNSW_DEFAULTS["ef_search"],
+        help="HNSW candidates kept while searching",
+    )
     p.add_argument("--chunk-size", type=int_range(), default=10_000, help="cells read at a time")
     p.add_argument("--threads", type=int_range(), help="threads (default: all cores)")
     add_overwrite_argument(p)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast._secrets import check_url, public_url
-from genept_fast.commands._args import int_range, positive_float, url
+from genept_fast.commands._args import int_range, old_spelling, positive_float, url
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -437,7 +437,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     p.add_argument("-o", "--output", required=True, type=Path, help="output .parquet")
-    p.add_argument("--which", choices=sorted(VARIANTS), default="ada", help="table (ada)")
+    p.add_argument("--which", choices=sorted(VARIANTS), default="ada", help="which table")
     p.add_argument("--texts", type=Path, help="also write the summaries as a gene text table")
     p.add_argument("--url", type=url, default=RELEASE_URL, help="where the zip is (a mirror)")
     p.add_argument("--md5", default=RELEASE_MD5, help="expected md5 of the zip")
@@ -447,8 +447,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--cache-dir", type=Path, help="cache root (default: ~/.cache/genept-fast)")
     add_overwrite_argument(p)
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per read")
+    old_spelling(p, "--retries", "--max-retries")
     p.add_argument(
-        "--retries", type=int_range(0, 1000), default=8, help="resumes of a dropped transfer"
+        "--max-retries", type=int_range(0, 1000), default=8, help="resumes of a dropped transfer"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -465,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         overwrite=args.overwrite,
         timeout=args.timeout,
-        max_retries=args.retries,
+        max_retries=args.max_retries,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     if not args.quiet:

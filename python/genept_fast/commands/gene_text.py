@@ -7,7 +7,6 @@ GENES is a comma-separated list, a text file with one gene per line, or an ``.h5
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -16,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import check_claim, conversion_hint, require_table, sniff
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, positive_float, url
+from genept_fast.commands._args import int_range, old_spelling, positive_float, url
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
+    import argparse
+
     import polars as pl
 
 SUMMARY_MISSING_SHOWN = 20
@@ -124,7 +125,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "gene-text",
         help="gather a text for each gene (symbol, NCBI summary, LLM description or a file)",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("genes", metavar="GENES", help="comma-separated genes, a text file or an .h5ad")
     p.add_argument("-o", "--output", required=True, help="output parquet file")
@@ -134,7 +134,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="ncbi",
         help="text source (hgnc: 'SYMBOL: approved name', offline)",
     )
-    p.add_argument("--species", choices=("human", "mouse"), default="human")
+    p.add_argument(
+        "--species", choices=("human", "mouse"), default="human", help="species of the genes"
+    )
     p.add_argument("--to-human", action="store_true", help="look mouse genes up by human ortholog")
     g = p.add_argument_group("ncbi")
     g.add_argument("--mygene", action="store_true", help="use MyGene.info instead of E-utilities")
@@ -164,8 +166,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--refresh", action="store_true", help="ignore cached answers")
     g.add_argument("--timeout", type=positive_float, default=20.0, help="seconds per request")
     g.add_argument(
-        "--retries", type=int_range(0, 100), default=4, help="retries on 429/5xx/timeouts"
+        "--max-retries", type=int_range(0, 100), default=4, help="retries on 429/5xx/timeouts"
     )
+    old_spelling(p, "--retries", "--max-retries")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     add_overwrite_argument(p)
     p.set_defaults(func=run)
@@ -238,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         "gene_column": args.gene_column,
         "text_column": args.text_column,
         "timeout": args.timeout,
-        "max_retries": args.retries,
+        "max_retries": args.max_retries,
     }
     try:  # a service failure goes up to the CLI (exit 3)
         with warnings.catch_warnings(record=True) as caught:
