@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genept_fast import GeneptError
 from genept_fast.embed import TruncationWarning, get_embedder
@@ -430,3 +432,140 @@ def test_pickled_embedder_carries_no_key(tmp_path, monkeypatch):
         out = clone.embed(["after pickling", "before pickling"])
         assert [r.inputs for r in server.requests][-1] == ["after pickling"]  # cache reopened
         np.testing.assert_array_equal(out[0], vector_for("after pickling", SMALL, 1536))
+
+
+# -- the fast paths of the client: the request body and the base64 decoding ---------------------
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _strict_b64(text):
+    """The reference: the standard library's strict decoding, or None where it refuses."""
+    import base64
+
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.binary(max_size=96),
+    noise=st.lists(
+        st.tuples(st.integers(0, 200), st.sampled_from([*"=-_ \n\u00e9.", "AA==", "A="])),
+        max_size=3,
+    ),
+)
+def test_unpadded_base64_decodes_as_the_standard_library(accelerated, raw, noise):
+    import base64
+
+    from genept_fast.embed import openai_api
+
+    text = base64.b64encode(raw).decode()
+    for at, junk in noise:
+        text = text[: at % (len(text) + 1)] + junk + text[at % (len(text) + 1) :]
+    saved = openai_api._pybase64
+    if not accelerated:
+        openai_api._pybase64 = None
+    try:
+        got = openai_api._b64decode_unpadded(text)
+    finally:
+        openai_api._pybase64 = saved
+    want = _strict_b64(text)
+    if len(text) % 4 == 0 and "=" not in text and want is not None:
+        assert got == want  # the one decoding of unpadded text
+    else:
+        assert got is None  # padded, or not base64 at all: the item-by-item way decides
+
+
+def _body(rows, fmt, *, order=None):
+    import base64
+    import json
+
+    items = []
+    for i in order if order is not None else range(len(rows)):
+        vec = rows[i].astype("<f4")
+        emb = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
+        items.append({"object": "embedding", "index": i, "embedding": emb})
+    return json.dumps({"object": "list", "data": items}).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    dim=st.integers(1, 13),
+    seed=st.integers(0, 2**32 - 1),
+    shuffle=st.booleans(),
+    spoil=st.sampled_from(["none", "zero", "nan", "inf"]),
+)
+def test_a_base64_answer_parses_as_item_by_item(n, dim, seed, shuffle, spoil):
+    from genept_fast.embed.openai_api import _Malformed, _rows_by_index
+
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((n, dim)).astype(np.float32)
+    if spoil != "none":
+        rows[rng.integers(n), rng.integers(dim) if spoil != "zero" else slice(None)] = {
+            "zero": 0.0,
+            "nan": np.nan,
+            "inf": np.inf,
+        }[spoil]
+    order = rng.permutation(n).tolist() if shuffle else None
+    body = _body(rows, "base64", order=order)
+    emb = OpenAIEmbedder(SMALL, base_url="http://127.0.0.1:9/v1", dimensions=dim)
+    if spoil != "none":
+        with pytest.raises(_Malformed):
+            emb._parse(body, n)
+        return
+    got = emb._parse(body, n)
+    import orjson
+
+    want = np.stack(_rows_by_index(orjson.loads(body)["data"], n))  # the item-by-item way
+    assert got.dtype == np.float32
+    assert got.shape == (n, dim)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, rows)
+
+
+def test_base64_answers_of_several_lengths_or_with_padding_are_judged_item_by_item():
+    import base64
+    import json
+
+    from genept_fast.embed.openai_api import _Malformed
+
+    emb = OpenAIEmbedder(SMALL, base_url="http://127.0.0.1:9/v1", dimensions=4)
+    a, b = np.ones(4, np.float32), np.ones(5, np.float32)
+
+    def body(*vecs):
+        data = [
+            {"index": i, "embedding": base64.b64encode(v.tobytes()).decode()}
+            for i, v in enumerate(vecs)
+        ]
+        return json.dumps({"data": data}).encode()
+
+    np.testing.assert_array_equal(emb._parse(body(a, a), 2), np.ones((2, 4)))  # padded (16 B)
+    with pytest.raises(GeneptError, match="dimension 4, 5"):
+        emb._parse(body(a, b), 2)
+    with pytest.raises(_Malformed, match="not valid base64"):
+        emb._parse(b'{"data": [{"index": 0, "embedding": "AAAA!AAA"}]}', 1)
+
+
+def test_the_request_body_is_the_json_the_client_would_send(server):
+    emb = OpenAIEmbedder(SMALL, base_url=server.url, dimensions=16)
+    emb.embed(['TP53 \u00e9\u4e2d \\ "q"', "CD3E"])
+    (req,) = server.requests
+    import json
+
+    assert json.loads(req.raw_body) == {
+        "model": SMALL,
+        "input": ['TP53 \u00e9\u4e2d \\ "q"', "CD3E"],
+        "encoding_format": "base64",
+        "dimensions": 16,
+    }
+
+
+def test_a_text_json_cannot_carry_fails_as_it_did_through_the_client(server):
+    emb = OpenAIEmbedder(SMALL, base_url=server.url, dimensions=16, max_retries=0)
+    with pytest.raises(UnicodeEncodeError):
+        emb.embed(["lone \ud800 surrogate"])
+    assert server.requests == []

@@ -24,7 +24,11 @@ Requests go through the official ``openai`` client to ``POST {base_url}/embeddin
   a body that is not JSON, then a :class:`~genept_fast.errors.MalformedResponseError`; such a
   vector is never stored (a zero vector is GenePT's "no text").
   Bodies are parsed with ``orjson`` (a 1536-float ``float`` body parses about ten times
-  faster than with the standard library's ``json``).
+  faster than with the standard library's ``json``); a well-formed ``base64`` answer is
+  decoded in one call (``pybase64`` where installed) and read in place as one float32 array.
+- request bodies are made with ``orjson`` and handed to the client as bytes: the same JSON
+  the client would make, without its per-request type transform and ``json`` encoding
+  (5.4 -> 2.4 ms of client CPU per request of 32 GenePT-s sentences).
 
 The API key comes from the ``api_key`` argument or ``OPENAI_API_KEY``; it is never logged,
 cached, or put into an error message (server messages that quote it are scrubbed).
@@ -38,6 +42,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -72,6 +77,12 @@ if TYPE_CHECKING:
     from genept_fast.embed.cost import CostEstimate
 
 __all__ = ["NATIVE_DIMENSIONS", "OpenAIEmbedder"]
+
+_pybase64: Any
+try:  # optional: a SIMD base64 decoder (the standard library's is ~60x slower)
+    import pybase64 as _pybase64
+except ImportError:  # pragma: no cover - depends on the environment
+    _pybase64 = None
 
 _log = logging.getLogger(__name__)
 
@@ -234,6 +245,25 @@ def _decode_embedding(emb: Any) -> np.ndarray:
         return np.asarray(emb, dtype=np.float64)
     msg = "an item has no 'embedding'"
     raise _Malformed(msg)
+
+
+def _b64decode_unpadded(text: str) -> bytes | None:
+    """The bytes of ``text``, base64 without padding (a length that is a multiple of 4, only
+    the 64 letters of the standard alphabet), else ``None``.
+
+    Such text has one decoding, which ``pybase64`` (SIMD; 262 KB, the 32 vectors of one
+    answer, in 0.04 ms against 2.3-3 ms for ``binascii`` on this project's 2-core machine)
+    and the standard library both give; the standard library decodes where ``pybase64`` is
+    not installed.
+    """
+    if len(text) % 4 or "=" in text:
+        return None
+    try:
+        if _pybase64 is not None:
+            return bytes(_pybase64.b64decode(text, validate=True))
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # a letter outside the alphabet, or not ASCII (binascii.Error too)
+        return None
 
 
 def _check_values(rows: list[np.ndarray], n: int) -> None:
@@ -491,17 +521,17 @@ class OpenAIEmbedder(Embedder):
         """One embeddings request for ``batch`` (retried by the client; malformed 200s retried
         here); its vectors, checked, in input order."""
         client = self.client()
-        kwargs: dict[str, Any] = {
+        params: dict[str, Any] = {
             "model": self.model,
             "input": batch,
             "encoding_format": self.encoding_format,
         }
         if self.dimensions is not None:
-            kwargs["dimensions"] = self.dimensions
+            params["dimensions"] = self.dimensions
         failure = ""
         for attempt in range(self.max_retries + 1):
             try:
-                body = self._post(client, kwargs)
+                body = self._post(client, params)
             except Exception as exc:
                 raise self.service_error(exc) from None
             try:
@@ -512,20 +542,20 @@ class OpenAIEmbedder(Embedder):
                     time.sleep(min(0.5 * 2**attempt, 8.0))
         raise MalformedResponseError(failure, service=self.where)
 
-    def _post(self, client: Any, kwargs: dict[str, Any]) -> bytes:
+    def _post(self, client: Any, params: dict[str, Any]) -> bytes:
         """The body of one answered request; a server that refuses the base64 format chosen
         here is asked again in float (and from then on)."""
         try:
-            return bytes(client.embeddings.with_raw_response.create(**kwargs).http_response.content)
+            return _send(client, params)
         except Exception as exc:
             refused = getattr(exc, "status_code", None) in (400, 422) and any(
                 word in str(exc).lower() for word in ("encoding_format", "base64")
             )
-            if not (refused and self._format_chosen and kwargs["encoding_format"] == "base64"):
+            if not (refused and self._format_chosen and params["encoding_format"] == "base64"):
                 raise
         _log.warning("%s refused encoding_format='base64'; asking in 'float'", self.where)
-        self.encoding_format = kwargs["encoding_format"] = "float"
-        return bytes(client.embeddings.with_raw_response.create(**kwargs).http_response.content)
+        self.encoding_format = params["encoding_format"] = "float"
+        return _send(client, params)
 
     def _parse(self, body: bytes, n: int) -> np.ndarray:
         try:
@@ -551,7 +581,9 @@ class OpenAIEmbedder(Embedder):
             got = len(data) if isinstance(data, list) else "no"
             msg = f"{got} embeddings for {n} inputs"
             raise _Malformed(msg)
-        fast = self._float_rows(data)
+        fast = self._base64_rows(data)
+        if fast is None:
+            fast = self._float_rows(data)
         if fast is not None:
             return fast
         rows = _rows_by_index(data, n)
@@ -570,6 +602,38 @@ class OpenAIEmbedder(Embedder):
                 f" (dimensions={self.dimensions} requested)" if self.dimensions else ""
             )
             raise MalformedResponseError(msg, service=self.where)
+
+    def _base64_rows(self, data: list[Any]) -> np.ndarray | None:
+        """The common well-formed ``base64`` body in one decode, without copies, else ``None``.
+
+        Items in order, each a base64 string of one length with no padding (every vector of
+        ``4 * D`` bytes with ``D`` a multiple of 3, as 1536, 3072, 768 and 384 are): their
+        concatenation decodes, strictly, to the vectors one after the other, read in place as
+        an ``(n, D)`` float32 array (read-only). Anything else, and a vector that is all zeros
+        or not finite, goes the item-by-item way, which says what is wrong.
+        """
+        strings = []
+        for pos, item in enumerate(data):
+            if type(item) is not dict or item.get("index", pos) != pos:
+                return None
+            emb = item.get("embedding")
+            if type(emb) is not str:
+                return None
+            strings.append(emb)
+        width = len(strings[0]) if strings else 0
+        n_bytes = width // 4 * 3
+        if not width or width % 4 or n_bytes % 4 or any(len(s) != width for s in strings):
+            return None
+        raw = _b64decode_unpadded("".join(strings))
+        if raw is None or len(raw) != n_bytes * len(strings):
+            return None
+        out = np.frombuffer(raw, dtype="<f4").reshape(len(strings), n_bytes // 4)
+        expected = self.dimension
+        if expected is not None and out.shape[1] != expected:
+            return None
+        if not (np.isfinite(out).all() and out.any(axis=1).all()):
+            return None
+        return out
 
     def _float_rows(self, data: list[Any]) -> np.ndarray | None:
         """The common well-formed ``float`` body in one conversion, else ``None``.
@@ -669,6 +733,36 @@ class OpenAIEmbedder(Embedder):
                 raise error
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _send(client: Any, params: dict[str, Any]) -> bytes:
+    """``POST /embeddings`` with ``params`` through the ``openai`` client (its headers, auth,
+    retries and errors), returning the raw body.
+
+    The body goes out as JSON bytes made by ``orjson``: what
+    ``client.embeddings.with_raw_response.create(**params)`` sends (same keys and values,
+    compact), without the client's per-request type transform and ``json`` encoding, which cost
+    about 3 of its 5.4 ms of CPU per request of 32 GenePT-s sentences. Text that ``orjson``
+    refuses (a lone surrogate) is encoded as the client does it, with the same error.
+    """
+    try:
+        content = orjson.dumps(params)
+    except orjson.JSONEncodeError:
+        content = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
+    response = client.post(
+        "/embeddings",
+        content=content,
+        cast_to=_httpx_response(),
+        options={"security": {"bearer_auth": True}},
+    )
+    return bytes(response.content)
+
+
+def _httpx_response() -> type:
+    """``httpx2.Response``: what the ``openai`` client hands back as is (imported with it)."""
+    import httpx2
+
+    return httpx2.Response
 
 
 class _Malformed(Exception):
