@@ -1,10 +1,10 @@
 """GenePT-s through an OpenAI-compatible server: client throughput of ``genept-fast encode -s``.
 
-    python benches/bench_sentences_client.py                  # the issue-13 measurement
+    python benches/bench_sentences_client.py                  # the issue-13/21 measurement
     python benches/bench_sentences_client.py --cells 2000     # a quick look
     python benches/bench_sentences_client.py --before none    # only the current tree
 
-The measurement of issue 13: ``genept-fast encode --method s --embedder
+The measurement of issues 13 and 21 (goal 4): ``genept-fast encode --method s --embedder
 openai:text-embedding-3-small --base-url <server> --top-n 1000`` on 20,000 synthetic cells with
 ~1,500 expressed genes each, against a loopback server that answers at once, so what is timed
 is the client: ranking, sentence building, token counting, hashing, the cache, requests and
@@ -12,39 +12,45 @@ response parsing. Goal: at least 2,000 cells/s on 2 cores, with exact token coun
 
 The server runs in its own process (this script with ``--serve``) and speaks the embeddings
 wire format of ``POST /v1/embeddings`` (``float`` or ``base64`` bodies, ``index`` per item,
-``usage``); every answer carries the same precomputed unit vector and goes out in one write
-with Nagle off (written in two parts, each answer would wait ~40 ms for the client's delayed
-ACK), so it costs the server one JSON parse of the request. The synthetic cells come from
-:mod:`synthetic`, with gene symbols shaped like HGNC's (``RPL13A``, ``HLA-DRB1``,
-``LINC01234``, ``AC012345.1``, ``C1orf112``).
+``usage``); each input gets one of 64 precomputed unit vectors, picked by the CRC-32 of its
+text (so a run's embeddings depend on every sentence and its place, and runs can be compared
+bit for bit); each answer goes out in one write with Nagle off (written in two parts, each
+answer would wait ~40 ms for the client's delayed ACK), so it costs the server one ``orjson``
+parse of the request and a CRC-32 per input. The synthetic cells come from :mod:`synthetic`,
+with gene symbols shaped like HGNC's (``RPL13A``, ``HLA-DRB1``, ``LINC01234``, ``AC012345.1``,
+``C1orf112``).
 
-Each variant runs the real CLI in a subprocess with an empty cache directory:
+Each variant runs the real CLI in a subprocess with an empty cache directory, interleaved
+round by round (so load changes hit both alike):
 
 - ``after``: this tree;
-- ``before``: the package as of ``--before REV`` (default: main before this work), extracted
-  with ``git archive`` and run with this tree's compiled ``_core`` (skipped, with a note, once
-  that old Python no longer runs with the current core: since the error classes moved to
-  ``genept_fast.errors``, f9e88e2 does not);
+- ``before``: ``--before``: a ``python/`` folder run with ``PYTHONPATH`` (default
+  ``/work/before/python``, the worktree of main before this work, with its own ``_core``,
+  when it exists), or a git revision (default db49104), extracted with ``git archive`` and run
+  with this tree's compiled ``_core``; ``--before none`` skips it;
 - ``after, cached rerun``: the same job again on the cache the first run filled.
 
 Reported per variant and run: cells/s from the encode time the CLI prints (open, rank, build,
 embed, write), the wall time of the whole process, the CPU seconds of the client process and
 of the server during it, and the load average before the run (the machine may be shared:
-variants are interleaved, and CPU seconds say more than wall time under load); then best and
-worst over ``--repeat`` rounds. Then a stage breakdown of one chunk (``--stage-cells``) in this
-process, wall and CPU: start-up token counts of every symbol, ranking and sentence building,
+CPU seconds say more than wall time under load); then best and worst over ``--repeat``
+rounds, the ratio after/before (best against best, and per round) and the least client CPU of
+each. Then a stage breakdown of one chunk (``--stage-cells``; 0 skips it) in this process,
+wall and CPU: start-up token counts of every symbol, ranking and sentence building,
 tokenizing sentences, hashing, parsing float bodies, the requests, storing in the cache; the
-'before' column runs the steps main took with the same primitives (two tokenizations and two
-hashes per sentence, ``json`` parsing item by item, the first cache layout). With ``--profile``
-each variant also runs under ``cProfile`` in every thread, timed with each thread's CPU clock
-(indicative only: the clock call inflates call-heavy code such as the HTTP client). Last,
-GenePT-s with the local model on ``--local-cells`` cells, before and after (model-bound: it
-must not slow down).
+'before' column runs the steps main took before issue 13 with the same primitives (two
+tokenizations and two hashes per sentence, ``json`` parsing item by item, the first cache
+layout). With ``--profile`` each variant also runs under ``cProfile`` in every thread, timed
+with each thread's CPU clock (indicative only: the clock call inflates call-heavy code such as
+the HTTP client). Last, GenePT-s with the local model on ``--local-cells`` cells, before and
+after (model-bound: it must not slow down).
 
-Correctness sits next to the timing: for the first cells the script builds the sentences and
-checks that the token count handed to the embedder for each equals the tokenizer's count of
-the whole sentence (tiktoken; and the local WordPiece model), that every sentence fits the
-limit, and that the output has one row per cell.
+Correctness sits next to the timing: for the first cells (``--check-cells``) the script builds
+the sentences and checks that the token count handed to the embedder for each equals the
+tokenizer's count of the whole sentence (tiktoken; and the local WordPiece model) and that
+every sentence fits the limit; that before and after build the same sentences with the same
+token counts; and that every run's embeddings (before, after, the cached rerun) equal the
+first run's bit for bit.
 """
 
 from __future__ import annotations
@@ -76,8 +82,10 @@ import synthetic  # noqa: E402
 DATA = HERE / "data"
 MODEL = "text-embedding-3-small"
 DIM = 1536
-#: main before the GenePT-s client work of issue 13
-DEFAULT_BEFORE = "f9e88e2"
+#: main before the GenePT-s client work of issue 21 (goal 4): the worktree of it when there is
+#: one (with the ``_core`` built then), else the revision
+BEFORE_REV = "db49104"
+DEFAULT_BEFORE = "/work/before/python" if Path("/work/before/python").is_dir() else BEFORE_REV
 
 
 def _default_format() -> str:
@@ -87,25 +95,40 @@ def _default_format() -> str:
 
 
 # -- the server ---------------------------------------------------------------------------------
+#: Distinct unit vectors the server answers with, one picked by each input's CRC-32: so the
+#: embeddings of a run depend on every sentence and its place, and two runs can be compared.
+N_VECTORS = 64
+
+
+def _pool(fmt: str) -> list[bytes]:
+    """The JSON ``embedding`` values of the server's vectors, in format ``fmt``."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(N_VECTORS):
+        v = rng.standard_normal(DIM)
+        v = (v / np.linalg.norm(v)).astype(np.float32)
+        if fmt == "base64":
+            emb: object = base64.b64encode(v.astype("<f4").tobytes()).decode()
+        else:
+            emb = [float(x) for x in v]  # float32 values printed as Python floats, like vLLM
+        out.append(json.dumps(emb).encode())
+    return out
+
+
 def _item_bytes(fmt: str) -> bytes:
-    v = np.random.default_rng(0).standard_normal(DIM)
-    v = (v / np.linalg.norm(v)).astype(np.float32)
-    if fmt == "base64":
-        emb: object = base64.b64encode(v.astype("<f4").tobytes()).decode()
-    else:
-        emb = [float(x) for x in v]  # float32 values printed as Python floats, like vLLM
-    return json.dumps(emb).encode()
+    return _pool(fmt)[0]
 
 
 def serve() -> None:
     """Answer ``POST /v1/embeddings`` at once; print the port on stdout, run until killed."""
-    vectors = {fmt: _item_bytes(fmt) for fmt in ("float", "base64")}
+    import zlib
+
+    import orjson
+
+    vectors = {fmt: _pool(fmt) for fmt in ("float", "base64")}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
-        # client's delayed ACK hold each keep-alive answer for ~40 ms.
-        disable_nagle_algorithm = True
         # Answer at once: no Nagle delay on the socket, and each answer in one write (headers
         # and body written apart wait ~40 ms for the client's delayed ACK).
         disable_nagle_algorithm = True
@@ -116,11 +139,11 @@ def serve() -> None:
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
-                body = json.loads(raw)
+                body = orjson.loads(raw)
                 inputs = body["input"]
                 inputs = [inputs] if isinstance(inputs, str) else list(inputs)
                 fmt = body.get("encoding_format") or "float"
-                vec = vectors[fmt]
+                pool = vectors[fmt]
             except (ValueError, KeyError, TypeError):
                 self._send(400, b'{"error":{"message":"bad request","type":"invalid"}}')
                 return
@@ -129,8 +152,9 @@ def serve() -> None:
                 return
             n_chars = sum(len(t) for t in inputs)
             items = b",".join(
-                b'{"object":"embedding","index":%d,"embedding":%s}' % (i, vec)
-                for i in range(len(inputs))
+                b'{"object":"embedding","index":%d,"embedding":%s}'
+                % (i, pool[zlib.crc32(t.encode()) % N_VECTORS])
+                for i, t in enumerate(inputs)
             )
             usage = b'{"prompt_tokens":%d,"total_tokens":%d}' % (n_chars // 4, n_chars // 4)
             model = json.dumps(body.get("model", MODEL)).encode()
@@ -212,31 +236,40 @@ def make_input(n_cells: int, n_genes: int, nnz: int) -> Path:
 
 
 # -- the variants -------------------------------------------------------------------------------
-def before_tree(rev: str, work: Path) -> Path:
-    """``python/`` of ``rev`` with this tree's compiled ``_core`` (the Rust core is unchanged)."""
-    dest = work / f"before-{rev}"
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "python"], check=True, capture_output=True
-    ).stdout
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    import genept_fast
+def before_tree(before: str, work: Path) -> Path:
+    """The ``python/`` folder of the code to compare with: ``before`` itself when it is a
+    folder (``/work/before/python``: a worktree with its own built ``_core``), else that of
+    git revision ``before``, extracted, with this tree's compiled ``_core``."""
+    if Path(before).is_dir():
+        tree = Path(before).resolve()
+    else:
+        dest = work / f"before-{before}"
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", before, "python"], check=True, capture_output=True
+        ).stdout
+        dest.mkdir(parents=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        import genept_fast
 
-    pkg = Path(genept_fast.__file__).parent
-    for so in pkg.glob("_core*.so"):
-        shutil.copy2(so, dest / "python" / "genept_fast" / so.name)
+        pkg = Path(genept_fast.__file__).parent
+        for so in pkg.glob("_core*.so"):
+            shutil.copy2(so, dest / "python" / "genept_fast" / so.name)
+        tree = dest / "python"
     probe = subprocess.run(
-        [sys.executable, "-c", "import genept_fast.cli"],
-        env=dict(os.environ, PYTHONPATH=str(dest / "python")),
+        [sys.executable, "-c", "import genept_fast.cli, sys; print(genept_fast.__file__)"],
+        env=dict(os.environ, PYTHONPATH=str(tree)),
         capture_output=True,
         text=True,
         check=False,
     )
-    if probe.returncode != 0:  # the Rust core's Python surface moved on since ``rev``
+    if probe.returncode != 0:  # the Rust core's Python surface moved on since ``before``
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        msg = f"{rev}'s Python does not run with this tree's _core ({last}); use --before none"
+        msg = f"{before}'s Python does not run with this tree's _core ({last}); use --before none"
         raise OSError(msg)
-    return dest / "python"
+    if not probe.stdout.strip().startswith(str(tree)):
+        msg = f"PYTHONPATH={tree} does not import genept_fast from there ({probe.stdout.strip()})"
+        raise OSError(msg)
+    return tree
 
 
 def loadavg() -> str:
@@ -304,6 +337,53 @@ def run_cli(
         "client_cpu_s": usage.ru_utime + usage.ru_stime,
         "server_cpu_s": server_cpu,
     }
+
+
+def tokens_child(h5ad: str, n_check: int, top_n: int) -> int:
+    """Print (JSON) the token counts this tree hands the embedder for the first ``n_check``
+    cells' sentences, and a sha256 of the sentences (compared across trees)."""
+    import hashlib
+
+    import anndata as ad
+
+    from genept_fast.embed import get_embedder
+    from genept_fast.encode import SentenceEncoder
+    from genept_fast.kernels import DEFAULT_PREFIX
+
+    a = ad.read_h5ad(h5ad, backed="r")
+    emb = get_embedder(f"openai:{MODEL}", base_url="http://127.0.0.1:9/v1", use_cache=False)
+    enc = SentenceEncoder(emb, list(map(str, a.var_names)), top_n=top_n, prefix=DEFAULT_PREFIX)
+    sentences, tokens = enc.counted_sentences(a.X[:n_check])
+    digest = hashlib.sha256("\n".join(sentences).encode()).hexdigest()
+    print(json.dumps({"tokens": [int(t) for t in tokens], "sentences": digest}))
+    return 0
+
+
+def compare_tokens(
+    h5ad: Path, n_check: int, top_n: int, variants: list[tuple[str, Path | None]]
+) -> str:
+    """Whether every tree builds the same sentences with the same token counts."""
+    seen = {}
+    for name, tree in variants:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(tree) if tree else "", env.get("PYTHONPATH", "")) if p
+        )
+        out = subprocess.run(
+            [sys.executable, __file__, "--tokens-child", str(h5ad), str(n_check), str(top_n)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    first = next(iter(seen.values()))
+    same = all(v == first for v in seen.values())
+    return (
+        f"{' and '.join(seen)}, first {n_check} cells:"
+        f" {'the same' if same else 'DIFFERENT'} sentences and token counts"
+        f" (sum {sum(first['tokens']):,})"
+    )
 
 
 def cli_child(argv: list[str]) -> int:
@@ -626,7 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nnz", type=int, default=1_500, help="expressed genes per cell")
     p.add_argument("--top-n", type=int, default=1_000)
     p.add_argument("--repeat", type=int, default=3, help="timed runs per variant")
-    p.add_argument("--before", default=DEFAULT_BEFORE, help="git revision, or 'none'")
+    p.add_argument(
+        "--before",
+        default=DEFAULT_BEFORE,
+        help="the code to compare with: a python/ folder (run with PYTHONPATH), a git revision,"
+        " or 'none'",
+    )
     p.add_argument(
         "--profile", action="store_true", help="also profile each variant's run with cProfile"
     )
@@ -642,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     variants: list[tuple[str, Path | None]] = [("after", None)]
     if args.before != "none":
         try:
-            variants.insert(0, (f"before ({args.before})", before_tree(args.before, work)))
+            variants.insert(0, ("before", before_tree(args.before, work)))
+            print(f"before: {variants[0][1]} (run with PYTHONPATH), after: this tree")
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"cannot build the 'before' tree: {exc}", file=sys.stderr)
     print(
@@ -651,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {_default_format()} bodies), {os.cpu_count()} CPUs"
     )
     print(f"tokens: {check_tokens(h5ad, args.top_n, args.check_cells, f'openai:{MODEL}')}")
+    if len(variants) > 1:
+        print(f"tokens: {compare_tokens(h5ad, args.check_cells, args.top_n, variants)}")
     try:
         measure(args, h5ad, work, variants)
     finally:
@@ -665,6 +753,7 @@ def measure(
 ) -> None:
     """The timed runs, the summary and the profiles."""
     results: dict[str, list[dict[str, Any]]] = {}
+    mismatches: list[str] = []
     with Server() as server:
 
         def timed(name: str, tree: Path | None, cache: Path) -> None:
@@ -677,8 +766,14 @@ def measure(
                 cache=cache,
                 server=server,
             )
-            shape = np.load(out, mmap_mode="r").shape
-            assert shape == (args.cells, DIM), shape
+            emb = np.load(out)
+            assert emb.shape == (args.cells, DIM), emb.shape
+            out.unlink()
+            if reference:
+                if not np.array_equal(emb, reference[0]):
+                    mismatches.append(name)
+            else:
+                reference.append(emb)
             r["load"] = load
             results.setdefault(name, []).append(r)
             print(
@@ -688,6 +783,7 @@ def measure(
                 flush=True,
             )
 
+        reference: list[np.ndarray] = []  # the first run's embeddings: every run must match
         for rep in range(args.repeat):
             print(f"round {rep + 1} of {args.repeat}:")
             for name, tree in variants:  # interleaved, so load changes hit both alike
@@ -708,9 +804,29 @@ def measure(
                 f" process best {max(whole):6.0f} worst {min(whole):6.0f}  ({len(runs)} runs)"
             )
         if len(variants) == 2:
-            b, a = best[variants[0][0]], best["after"]
-            print(f"  speed-up after/before (best): {a / b:.2f}x   goal: >= 2,000 cells/s")
-        stage_breakdown(args, h5ad, server)
+            before = variants[0][0]
+            b, a = best[before], best["after"]
+            cpu_b = min(r["client_cpu_s"] for r in results[before])
+            cpu_a = min(r["client_cpu_s"] for r in results["after"])
+            pairs = [
+                r_b["encode_s"] / r_a["encode_s"]
+                for r_b, r_a in zip(results[before], results["after"], strict=False)
+            ]
+            print(
+                f"  after/before: {a / b:.2f}x (best against best), per round"
+                f" {', '.join(f'{x:.2f}x' for x in pairs)}; client CPU {cpu_b:.1f} -> {cpu_a:.1f} s"
+                f" (least)   goal: >= 2,000 cells/s"
+            )
+        n_runs = sum(len(r) for r in results.values())
+        verdict = f"DIFFER in {', '.join(mismatches)}" if mismatches else f"all {n_runs} identical"
+        print(
+            f"embeddings: {verdict} ({args.cells:,} x {DIM} float32 per run, compared bit for"
+            " bit with the first run's)"
+        )
+        if mismatches:
+            raise SystemExit("the variants' embeddings differ")
+        if args.stage_cells:
+            stage_breakdown(args, h5ad, server)
         if args.profile:
             for name, tree in variants:
                 cache = work / f"cache-prof-{name[:6]}"
@@ -731,6 +847,8 @@ def measure(
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         serve()
+    elif sys.argv[1:2] == ["--tokens-child"]:
+        sys.exit(tokens_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     elif sys.argv[1:2] == ["--cli-child"]:
         sys.exit(cli_child(sys.argv[3:]))
     elif sys.argv[1:2] == ["--profile-child"]:
