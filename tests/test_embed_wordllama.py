@@ -91,3 +91,27 @@ def test_additive_words(emb):
     sentence = emb.token_ids(["lead: " + " ".join(ok)])[0]
     parts = emb.token_ids(["lead:", *ok])
     assert sentence == [t for p in parts for t in p]
+
+
+def test_token_table_equals_each_word_tokenized_alone(emb):
+    """On every HGNC symbol and some odd words: the block tokenization gives each word its own
+    tokens, sums and counts, and says additive exactly where additive() does."""
+    from genept_fast.genes.hgnc import hgnc
+
+    words = [*hgnc().symbol, "B2M ", "x<s>", "", "  ", "émigré 基因", "a  b", "▁X", "Y▁"]
+    sums, counts, ok = emb.token_table(words)
+    alone = emb.token_ids(words)
+    assert counts.tolist() == [len(i) for i in alone]
+    want, _ = emb.token_sums(words)
+    np.testing.assert_array_equal(sums, want)
+    np.testing.assert_array_equal(ok, emb.additive(words))
+    assert ok[:-8].all() and ok[-8:].tolist() == [
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]

@@ -274,12 +274,13 @@ def _encode_static(
     vectors = np.zeros((n, int(enc.gene_sums.shape[1])), dtype=np.float32)
     kept = np.zeros(n, dtype=np.int64)
     cut = np.zeros(n, dtype=bool)
-    distinct: set[bytes] = set()
+    digests = np.zeros((n, 2), dtype=np.uint64)
     for a, b, chunk in job.cells.chunks():
         done = enc.encode(chunk, row_offset=a, distinct=True)
         vectors[a:b], kept[a:b], cut[a:b] = done.vectors, done.kept, done.cut
-        distinct.update(d for d, k in zip(done.digests, done.kept.tolist(), strict=True) if k)
-    return vectors, kept, cut, len(distinct)
+        digests[a:b] = done.digests
+    n_distinct = int(np.unique(digests[kept > 0], axis=0).shape[0])
+    return vectors, kept, cut, n_distinct
 
 
 def _write_s(

@@ -62,6 +62,25 @@ TOKENS_PER_SECOND = 2_000_000.0
 BATCH = 4096
 #: Words tokenized in context to check that their tokens are their own.
 _PROBE = "a"
+#: Words joined into one text per additivity check.
+_BLOCK = 512
+
+
+def _split_tokens(
+    lengths: list[int], ids: list[int], offsets: list[tuple[int, int]]
+) -> list[list[int]] | None:
+    """The tokens of words of these lengths joined by single spaces, word by word (a word's
+    tokens start at the space before it), or ``None`` when a token crosses into the next word."""
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(np.asarray(lengths[:-1], dtype=np.int64) + 1, out=starts[1:])
+    ends = starts + np.asarray(lengths, dtype=np.int64)
+    segment = np.maximum(starts - 1, 0)  # from the space before the word
+    span = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    owner = np.searchsorted(segment, span[:, 0], side="right") - 1
+    if (span[:, 1] > ends[owner]).any() or (owner < 0).any():
+        return None
+    cuts = np.searchsorted(owner, np.arange(1, len(lengths)))
+    return [part.tolist() for part in np.split(np.asarray(ids, dtype=np.int64), cuts)]
 
 
 def _sha256(path: Path) -> str:
@@ -133,6 +152,7 @@ class WordLlamaEmbedder(Embedder):
         self.max_input_tokens = NO_LIMIT
         self._vectors: np.ndarray | None = None
         self._tokenizer: Any = None
+        self._vocab_ok: bool | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -174,13 +194,12 @@ class WordLlamaEmbedder(Embedder):
         _, tok = self.load()
         return [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
 
-    def token_sums(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per text, the float32 sum of its token vectors and its token count (a sparse
-        texts × vocabulary count matrix times the token vectors: no tokens × 256 temporary)."""
+    def _sums(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per token list, the float32 sum of its vectors and its length (a sparse texts ×
+        vocabulary count matrix times the token vectors: no tokens × 256 temporary)."""
         import scipy.sparse as sp
 
         vectors, _ = self.load()
-        ids = self.token_ids(texts)
         counts = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
         indptr = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
@@ -190,43 +209,100 @@ class WordLlamaEmbedder(Embedder):
         sums = np.asarray(bag @ vectors, dtype=np.float32)
         return sums.reshape(len(ids), vectors.shape[1]), counts
 
+    def token_sums(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text, the float32 sum of its token vectors and its token count."""
+        return self._sums(self.token_ids(texts))
+
+    def token_table(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per word: the sum of its token vectors, its token count, and whether its tokens in
+        ``"... X <word> Y ..."`` (single spaces) are its tokens alone whatever ``X`` and ``Y``
+        (as :meth:`additive` says).
+
+        The words that can be (:meth:`_may_add`) are tokenized joined by spaces, a block at a
+        time, their tokens assigned to them by character offsets: a block in which no token
+        crosses a space between words gives each word its tokens in a sentence, which are its
+        tokens alone (no token spans such a space). A block in which one does, and the other
+        words, are tokenized word by word (and such a block's words checked between probes).
+        """
+        words = list(words)
+        ok = self._may_add(words)
+        ids: list[list[int] | None] = [None] * len(words)
+        todo = np.flatnonzero(ok)
+        blocks = [todo[i : i + _BLOCK] for i in range(0, todo.size, _BLOCK)]
+        _, tok = self.load()
+        texts = [" ".join(words[j] for j in block) for block in blocks]
+        for block, enc in zip(
+            blocks, tok.encode_batch(texts, add_special_tokens=False), strict=True
+        ):
+            parts = _split_tokens([len(words[j]) for j in block], enc.ids, enc.offsets)
+            if parts is None:
+                alone = self.token_ids([words[j] for j in block])
+                ok[block] = self._probe([words[j] for j in block], alone)
+                parts = alone
+            for j, part in zip(block, parts, strict=True):
+                ids[j] = part
+        rest = [j for j, i in enumerate(ids) if i is None]
+        for j, part in zip(rest, self.token_ids([words[j] for j in rest]), strict=True):
+            ids[j] = part
+        sums, counts = self._sums([i or [] for i in ids])
+        return sums, counts, ok
+
     # -- additivity ----------------------------------------------------------------------------
     def _vocabulary_is_additive(self) -> bool:
         """Whether no token has ``▁`` after its first character, runs of ``▁`` aside (then no
         token spans a single space between two words)."""
-        _, tok = self.load()
-        return all(
-            "▁" not in t[1:] or set(t) == {"▁"} for t in tok.get_vocab(with_added_tokens=False)
-        )
+        if self._vocab_ok is None:
+            _, tok = self.load()
+            self._vocab_ok = all(
+                "▁" not in t[1:] or set(t) == {"▁"} for t in tok.get_vocab(with_added_tokens=False)
+            )
+        return self._vocab_ok
 
-    def additive(self, words: Sequence[str]) -> np.ndarray:
+    def additive(self, words: Sequence[str], ids: list[list[int]] | None = None) -> np.ndarray:
         """Per word, whether its tokens in ``"... X <word> Y ..."`` (single spaces) are its
-        tokens alone (``token_ids([word])``), whatever ``X`` and ``Y`` are.
+        tokens alone (``token_ids([word])``, or ``ids`` when given), whatever ``X`` and ``Y``.
 
         True when the vocabulary holds no token that spans a space between words (checked once
-        on the vocabulary), the word does not end with a space or ``▁`` (it would join the
-        next word's ``▁``), holds no special token text, and its tokens between two probe words
-        are the concatenation of the three tokenized alone.
+        on the vocabulary: then a token never crosses such a space), the word does not end with
+        a space or ``▁`` (it would join the next word's ``▁``) and holds no special token text;
+        checked on the words themselves too: words joined by spaces, a block at a time, must
+        give the concatenation of their tokens (a block that does not is checked word by word,
+        between two probe words).
         """
         words = list(words)
+        ok = self._may_add(words)
+        alone = self.token_ids(words) if ids is None else ids
+        todo = np.flatnonzero(ok)
+        blocks = [todo[i : i + _BLOCK] for i in range(0, todo.size, _BLOCK)]
+        joined = self.token_ids([" ".join(words[j] for j in block) for block in blocks])
+        for block, got in zip(blocks, joined, strict=True):
+            if got != [t for j in block for t in alone[j]]:
+                ok[block] = self._probe([words[j] for j in block], [alone[j] for j in block])
+        return ok
+
+    def _may_add(self, words: list[str]) -> np.ndarray:
+        """Whether each word may add up: the vocabulary holds no token that spans a space
+        between words, and the word does not end with a space or ``▁`` nor holds special
+        token text (``<s>``)."""
         if not words or not self._vocabulary_is_additive():
             return np.zeros(len(words), dtype=bool)
         _, tok = self.load()
         special = [t.content for t in tok.get_added_tokens_decoder().values()]
-        shape = np.array(
+        return np.array(
             [
-                bool(w.strip()) and not w.endswith((" ", "▁")) and not any(s in w for s in special)
+                bool(w.strip()) and not w.endswith((" ", "▁")) and not any(t in w for t in special)
                 for w in words
             ],
             dtype=bool,
         )
+
+    def _probe(self, words: list[str], alone: list[list[int]]) -> np.ndarray:
+        """Whether each word, between two probe words, keeps its tokens."""
         (probe,) = self.token_ids([_PROBE])
-        alone = self.token_ids(words)
         context = self.token_ids([f"{_PROBE} {w} {_PROBE}" for w in words])
-        same = np.array(
+        return np.array(
             [c == probe + a + probe for a, c in zip(alone, context, strict=True)], dtype=bool
         )
-        return shape & same
 
     # -- the Embedder interface ----------------------------------------------------------------
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

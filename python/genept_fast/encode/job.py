@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from genept_fast.cells import ChunkSource
     from genept_fast.embed import Embedder
     from genept_fast.encode.genes import TableMatch
+    from genept_fast.encode.sentences import SentenceBuilder
     from genept_fast.table import GeneEmbeddings
 
 __all__ = ["Cells", "SentenceJob", "WeightedJob", "open_job", "start_sentences", "start_weighted"]
@@ -273,8 +274,10 @@ class SentenceJob:
 
     def record(self, dimension: int) -> dict[str, Any]:
         """The provenance record (:func:`~genept_fast.encode.sentence_record`)."""
+        # sentence_record reads the sentence options (prefix, sep, effective_top_n,
+        # max_input_tokens), which a static encoder's StaticSentences holds as a builder does
         return sentence_record(
-            self.encoder.builder,
+            cast("SentenceBuilder", self.encoder.builder),
             self.encoder.embedder,
             dimension=dimension,
             matrix=self.cells.matrix,

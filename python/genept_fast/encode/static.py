@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from genept_fast.embed import Embedder
     from genept_fast.kernels import PreparedEmbeddings
 
-__all__ = ["StaticChunk", "StaticSentenceEncoder", "is_static"]
+__all__ = ["StaticChunk", "StaticSentenceEncoder", "StaticSentences", "is_static"]
 
 #: Most ``cells × ranked genes`` entries ranked at once (bounds memory, as SentenceBuilder).
 _RANK_BLOCK = 1 << 22
@@ -50,8 +50,7 @@ _RANK_BLOCK = 1 << 22
 class _StaticModel(Protocol):
     """What a static model offers beside the Embedder interface."""
 
-    def token_sums(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
-    def additive(self, words: Sequence[str]) -> np.ndarray: ...
+    def token_table(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def is_static(embedder: Embedder) -> bool:
@@ -59,11 +58,64 @@ def is_static(embedder: Embedder) -> bool:
     return isinstance(embedder, _StaticModel)
 
 
+class StaticSentences:
+    """The sentences of a :class:`StaticSentenceEncoder`: the options and gene symbols of a
+    :class:`~genept_fast.encode.SentenceBuilder` (checked as it checks them), which is made only
+    when sentences must be written (cells embedded by the model, :meth:`build`): its token
+    tables tokenize every symbol twice more, which the kernel's path never needs."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        symbols: Sequence[str],
+        *,
+        top_n: int | None,
+        prefix: str,
+        sep: str,
+        max_input_tokens: int | None,
+        n_threads: int | None,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "top_n": top_n,
+            "prefix": prefix,
+            "sep": sep,
+            "max_input_tokens": max_input_tokens,
+            "n_threads": n_threads,
+        }
+        # the builder's own checks, on no gene (it counts only the prefix's tokens then)
+        empty = SentenceBuilder(embedder, [], **self._options)
+        self.embedder = embedder
+        self.symbols = [str(g) for g in symbols]
+        self.usable = np.array([bool(g.strip()) for g in self.symbols], dtype=bool)
+        self.top_n, self.prefix, self.sep = empty.top_n, prefix, sep
+        self.max_input_tokens = empty.max_input_tokens
+        #: ``top_n`` as it acts (as :attr:`SentenceBuilder.effective_top_n`)
+        self.effective_top_n = None if top_n is None else min(int(top_n), len(self.symbols))
+        self._builder: SentenceBuilder | None = None
+
+    def writer(self) -> SentenceBuilder:
+        """The :class:`~genept_fast.encode.SentenceBuilder` of these sentences, made once."""
+        if self._builder is None:
+            self._builder = SentenceBuilder(self.embedder, self.symbols, **self._options)
+        return self._builder
+
+    def build(self, X: Any, *, row_offset: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """:meth:`SentenceBuilder.build <genept_fast.encode.SentenceBuilder.build>`."""
+        return self.writer().build(X, row_offset=row_offset)
+
+    def build_counted(
+        self, X: Any, *, row_offset: int = 0
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`SentenceBuilder.build_counted
+        <genept_fast.encode.SentenceBuilder.build_counted>`."""
+        return self.writer().build_counted(X, row_offset=row_offset)
+
+
 class StaticChunk:
     """What :meth:`StaticSentenceEncoder.encode` gives for a chunk of cells."""
 
     def __init__(
-        self, vectors: np.ndarray, kept: np.ndarray, cut: np.ndarray, digests: list[bytes]
+        self, vectors: np.ndarray, kept: np.ndarray, cut: np.ndarray, digests: np.ndarray
     ) -> None:
         #: float32 ``(cells, D)``.
         self.vectors = vectors
@@ -71,7 +123,8 @@ class StaticChunk:
         self.kept = kept
         #: bool, whether ``max_input_tokens`` ended the sentence.
         self.cut = cut
-        #: One digest per cell of its sentence's genes (with ``distinct=True``; else empty).
+        #: uint64 ``(cells, 2)``, a digest per cell of its sentence's genes (with
+        #: ``distinct=True``; else no rows).
         self.digests = digests
 
 
@@ -99,10 +152,10 @@ class StaticSentenceEncoder:
         progress: bool = False,
     ) -> None:
         if not is_static(embedder):
-            msg = f"{embedder.model_id} is not a static model (no token_sums/additive)"
+            msg = f"{embedder.model_id} is not a static model (no token_table)"
             raise TypeError(msg)
         self.embedder = embedder
-        self.builder = SentenceBuilder(
+        self.builder = StaticSentences(
             embedder,
             symbols,
             top_n=top_n,
@@ -139,17 +192,15 @@ class StaticSentenceEncoder:
         model: Any = self.embedder
         b = self.builder
         names = [g if u else "" for g, u in zip(b.symbols, b.usable, strict=True)]
-        sums, counts = model.token_sums(names)
+        sums, counts, additive = model.token_table(names)
         self.gene_sums = np.ascontiguousarray(sums, dtype=np.float32)
-        self.gene_tokens = counts.astype(np.int64)
-        self.additive = np.asarray(model.additive(names), dtype=bool) & b.usable
+        self.gene_tokens = np.asarray(counts, dtype=np.int64)
+        self.additive = np.asarray(additive, dtype=bool) & b.usable
+        # the sentence is head + " " + g1 + " " + g2 ...: head's tokens must be its own too
         head = b.prefix[:-1] if b.prefix.endswith(" ") else b.prefix
-        prefix_ok = b.sep == " " and (
-            b.prefix == "" or (b.prefix.endswith(" ") and bool(model.additive([head])[0]))
-        )
-        if not prefix_ok:
+        psum, pcount, pok = model.token_table([head])
+        if not (b.sep == " " and (b.prefix == "" or (b.prefix.endswith(" ") and pok[0]))):
             self.additive[:] = False
-        psum, pcount = model.token_sums([head]) if head else (np.zeros((1, sums.shape[1])), [0])
         self.prefix_sum = np.asarray(psum[0], dtype=np.float32)
         self.prefix_tokens = int(pcount[0])
         n_usable = int(b.usable.sum())
@@ -162,6 +213,9 @@ class StaticSentenceEncoder:
         # the tables indexed by ranked genes, with an entry for the padding (-1) last
         self._cost = np.append(self.gene_tokens, 0).astype(np.int32)
         self._breaks = np.append(~self.additive, False)
+        self._all_additive = bool(self.additive[b.usable].all()) if b.usable.any() else True
+        self._weights = np.zeros((2, 0), dtype=np.uint64)
+        self._ones = np.zeros(0, dtype=np.float32)
 
     def table(self) -> PreparedEmbeddings:
         """The per-gene sums laid out for the kernel, once."""
@@ -172,6 +226,7 @@ class StaticSentenceEncoder:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_table"] = None  # laid out again where it is unpickled
+        state["_ones"] = np.zeros(0, dtype=np.float32)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -181,13 +236,15 @@ class StaticSentenceEncoder:
         return self.fingerprint
 
     # -- encoding ------------------------------------------------------------------------------
-    def _rankable(self, X: Any) -> sp.csr_array:
-        csr = sp.csr_array(X)
-        if not self.builder.usable.all():
-            csr = csr.copy()  # never modify the caller's matrix
-            csr.sum_duplicates()
-            csr.data[~self.builder.usable[csr.indices]] = 0  # never ranked
-        return csr
+    def _rankable(self, X: Any) -> kernels.CsrParts:
+        """``X`` as the core borrows it (no copy unless a gene has no symbol: then a copy
+        whose entries for those genes are 0, never ranked)."""
+        if self.builder.usable.all():
+            return kernels.as_csr(X)
+        csr = sp.csr_array(X, copy=True)  # never modify the caller's matrix
+        csr.sum_duplicates()
+        csr.data[~self.builder.usable[csr.indices]] = 0
+        return kernels.as_csr(csr)
 
     def _kept(self, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Genes in each cell's sentence, and whether the token limit ended it."""
@@ -205,11 +262,13 @@ class StaticSentenceEncoder:
             indices = top.reshape(-1)  # no padding, nothing cut: the ranking as it is
         else:
             indices = top[np.arange(width)[None, :] < kept[:, None]]
-        indptr = np.zeros(n_cells + 1, dtype=np.int64)
+        # int32 like the ranking: a block holds at most _RANK_BLOCK entries
+        indptr = np.zeros(n_cells + 1, dtype=np.int32)
         np.cumsum(kept, out=indptr[1:])
-        ones = np.ones(indices.size, dtype=np.float32)
+        if self._ones.size < indices.size:
+            self._ones = np.ones(indices.size, dtype=np.float32)
         n_genes = self.gene_sums.shape[0]
-        picks = sp.csr_array((ones, indices, indptr), shape=(n_cells, n_genes))
+        picks = kernels.CsrParts(indptr, indices, self._ones[: indices.size], (n_cells, n_genes))
         sums = kernels.weighted_embedding(
             picks, self.table(), normalize=False, n_threads=self.n_threads
         )
@@ -217,9 +276,10 @@ class StaticSentenceEncoder:
         return kernels.l2_normalize(sums, n_threads=self.n_threads)
 
     def _fallback(
-        self, csr: sp.csr_array, rows: np.ndarray, out: np.ndarray, row_offset: int
+        self, block: kernels.CsrParts, rows: np.ndarray, out: np.ndarray, row_offset: int
     ) -> None:
-        """Cells ``rows`` of ``csr`` embedded by the model from their written sentences."""
+        """Cells ``rows`` of ``block`` embedded by the model from their written sentences."""
+        csr = sp.csr_array((block.data, block.indices, block.indptr), shape=block.shape)
         sub = csr[rows]
         sentences, _, _, tokens = self.builder.build_counted(sub, row_offset=row_offset)
         out[rows] = self.embedder.embed(sentences, token_counts=tokens.tolist())
@@ -227,38 +287,48 @@ class StaticSentenceEncoder:
 
     def encode(self, X: Any, *, row_offset: int = 0, distinct: bool = False) -> StaticChunk:
         """Embed the cells (rows) of ``X`` (rows ``row_offset:`` of a larger matrix, named so in
-        errors); with ``distinct``, also a digest of each cell's sentence."""
+        errors); with ``distinct``, also a 128-bit digest of each cell's sentence."""
         csr = self._rankable(X)
-        n_cells = csr.shape[0]
-        dim = self.gene_sums.shape[1]
-        vectors = np.zeros((n_cells, dim), dtype=np.float32)
+        n_cells, n_genes = csr.shape
+        indptr = csr.indptr
+        vectors = np.zeros((n_cells, self.gene_sums.shape[1]), dtype=np.float32)
         kept = np.zeros(n_cells, dtype=np.int64)
         cut = np.zeros(n_cells, dtype=bool)
-        digests: list[bytes] = []
+        digests = np.zeros((n_cells if distinct else 0, 2), dtype=np.uint64)
         block = max(1, _RANK_BLOCK // self.n_rank)
         for a in range(0, n_cells, block):
             b = min(a + block, n_cells)
+            s, e = indptr[a], indptr[b]
+            rows = kernels.CsrParts(  # a view of the block's rows
+                indptr[a : b + 1] - s, csr.indices[s:e], csr.data[s:e], (b - a, n_genes)
+            )
             top = kernels.top_genes(
-                csr[a:b], self.n_rank, n_threads=self.n_threads, row_offset=row_offset + a
+                rows, self.n_rank, n_threads=self.n_threads, row_offset=row_offset + a
             )
             k, c = self._kept(top)
             kept[a:b], cut[a:b] = k, c
             vectors[a:b] = self._sum(top, k)
-            cols = np.arange(top.shape[1])[None, :]
-            broken = (self._breaks[top] & (cols < k[:, None])).any(axis=1)
-            if broken.any():
-                rows = np.flatnonzero(broken)
-                sub = vectors[a:b]
-                self._fallback(csr[a:b], rows, sub, row_offset + a)
+            in_sentence = np.arange(top.shape[1])[None, :] < k[:, None]
+            if not self._all_additive:
+                broken = np.flatnonzero((self._breaks[top] & in_sentence).any(axis=1))
+                if broken.size:
+                    self._fallback(rows, broken, vectors[a:b], row_offset + a)
             if distinct:
-                digests.extend(
-                    hashlib.blake2b(r[:n].tobytes(), digest_size=16).digest()
-                    for r, n in zip(top, k.tolist(), strict=True)
-                )
+                digests[a:b] = self._digests(np.where(in_sentence, top, -1))
         self.n_cells += n_cells
         self.n_cut += int(cut.sum())
         self.n_empty += int((kept == 0).sum())
         return StaticChunk(vectors, kept, cut, digests)
+
+    def _digests(self, genes: np.ndarray) -> np.ndarray:
+        """Two random linear 64-bit hashes of each row of gene indices (``-1`` past the end):
+        equal rows, equal digests; distinct rows collide with odds of about 2^-98."""
+        width = genes.shape[1]
+        if self._weights.shape[1] != width:
+            rng = np.random.default_rng(20_240_624)
+            self._weights = rng.integers(0, 2**63, size=(2, width), dtype=np.uint64) * 2 + 1
+        g = genes.astype(np.int64).view(np.uint64)  # -1 becomes 2^64 - 1
+        return g @ self._weights.T  # wraps modulo 2^64
 
     def __call__(self, X: Any, *, row_offset: int = 0) -> np.ndarray:
         """The embeddings of the sentences of ``X``'s cells, float32 ``(cells, D)``."""
