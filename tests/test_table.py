@@ -8,6 +8,9 @@ import pickle
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from genept_fast import GeneptError
 from genept_fast.embed import get_embedder
@@ -223,3 +226,106 @@ def test_from_texts_with_openai_compatible_server(tmp_path):
         GeneEmbeddings.from_texts(df.drop("text"), emb)
     with pytest.raises(GeneptError, match="duplicate genes"):
         GeneEmbeddings.from_texts(pl.concat([df, df]), emb)
+
+
+# -- reading parquet through pyarrow: views, old files, other layouts ------------------------
+
+
+def test_written_uncompressed_and_read_back_as_a_view(tmp_path):
+    import pyarrow.parquet as pq
+
+    t = make_table(d=7)
+    path = t.write(tmp_path / "g.parquet")
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 1
+    assert meta.row_group(0).column(1).compression == "UNCOMPRESSED"
+    back = GeneEmbeddings.read(path)
+    np.testing.assert_array_equal(back.matrix, t.matrix)
+    assert not back.matrix.flags.owndata  # a view of the decoded column, no copy
+    assert back.matrix.flags.c_contiguous and back.matrix.dtype == np.float32
+
+
+@pytest.mark.parametrize("compression", ["zstd", "snappy", "uncompressed"])
+@pytest.mark.parametrize("row_group_size", [None, 3])
+def test_tables_written_before_and_in_several_row_groups_read_the_same(
+    tmp_path, compression, row_group_size
+):
+    t = make_table(genes=[f"G{i}" for i in range(10)], d=4)
+    path = tmp_path / "old.parquet"
+    meta = {"genept_fast": '{"model_id": "m", "text_source": "ncbi"}'}
+    t.to_frame().write_parquet(
+        path, compression=compression, row_group_size=row_group_size, metadata=meta
+    )
+    back = GeneEmbeddings.read(path)
+    assert back.genes == t.genes and back.model_id == "m" and back.text_source == "ncbi"
+    np.testing.assert_array_equal(back.matrix, t.matrix)
+
+
+def test_other_embedding_layouts_and_bad_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(name, gene, embedding):
+        path = tmp_path / name
+        pq.write_table(pa.table({"gene": gene, "embedding": embedding}), path)
+        return path
+
+    ints = pa.array([[1, 2], [3, 4]], pa.large_list(pa.int64()))
+    t = GeneEmbeddings.read(write("ints.parquet", [1, 2], ints))
+    assert t.genes == ["1", "2"] and t.matrix.tolist() == [[1, 2], [3, 4]]
+    f64 = pa.array([[0.5, 1.5]], pa.list_(pa.float64(), 2))
+    assert GeneEmbeddings.read(write("f64.parquet", ["A"], f64)).matrix.dtype == np.float32
+    inner_null = pa.array([[1.0, None], [1.0, 2.0]], pa.list_(pa.float32(), 2))
+    with pytest.raises(GeneptError, match="null genes or embeddings"):
+        GeneEmbeddings.read(write("inner.parquet", ["A", "B"], inner_null))
+    outer_null = pa.array([[1.0, 2.0], None], pa.list_(pa.float32()))
+    with pytest.raises(GeneptError, match="null genes or embeddings"):
+        GeneEmbeddings.read(write("outer.parquet", ["A", "B"], outer_null))
+    with pytest.raises(GeneptError, match="null genes or embeddings"):
+        GeneEmbeddings.read(write("gene.parquet", ["A", None], [[1.0], [2.0]]))
+    words = pa.array([["a", "b"]], pa.list_(pa.string()))
+    with pytest.raises(GeneptError, match="must be Array or List of floats"):
+        GeneEmbeddings.read(write("words.parquet", ["A"], words))
+    with pytest.raises(GeneptError, match="must be Array or List of floats"):
+        GeneEmbeddings.read(write("flat.parquet", ["A"], [1.0]))
+    with pytest.raises(GeneptError, match="NaN"):
+        GeneEmbeddings.read(write("nan.parquet", ["A"], [[float("nan"), 1.0]]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    m=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, max_side=9),
+        elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+    )
+)
+def test_all_finite_is_numpys_isfinite_all(m):
+    from genept_fast.table import _all_finite
+
+    assert _all_finite(m) == bool(np.isfinite(m).all())
+    big = np.full((3, 3), 3e38, dtype=np.float32)  # finite, but the sum overflows
+    assert _all_finite(big)
+
+
+def test_reading_a_table_imports_neither_polars_nor_pandas(tmp_path):
+    """The encode path reads its table without polars, and without pyarrow's pandas shim."""
+    import subprocess
+    import sys
+
+    path = make_table(genes=("TP53", "BRCA1", "CD3E", "NOTEXT")).write(tmp_path / "g.parquet")
+    code = (
+        "import sys\n"
+        "from genept_fast.table import GeneEmbeddings\n"
+        "t = GeneEmbeddings.read(sys.argv[1])\n"
+        "t.index_for(t.genes)\n"
+        "print(sorted(m for m in ('pandas', 'polars') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert proc.stdout.strip() == "[]"

@@ -2,11 +2,13 @@
 
 A :class:`GeneEmbeddings` holds one vector per gene and metadata (``model_id``,
 ``dimension``, ``text_source``, ``created``, the genes that had no text). It is written as
-parquet through polars — columns ``gene: str`` and ``embedding: Array(Float32, D)``, the
-metadata as JSON under the ``genept_fast`` key of the file's key-value metadata — and it can
-also read GenePT's published pickles (a dict symbol → vector) through a restricted unpickler
-that loads nothing but dicts, lists, strings, numbers and numpy arrays, so a malicious pickle
-cannot run code.
+parquet through polars: columns ``gene: str`` and ``embedding: Array(Float32, D)``, the
+metadata as JSON under the ``genept_fast`` key of the file's key-value metadata, without
+compression (float vectors barely compress, and reading them back takes half the time). It is
+read back through pyarrow, the matrix a view of the decoded column. It can also read
+GenePT's published pickles (a dict symbol → vector) through a restricted unpickler that loads
+nothing but dicts, lists, strings, numbers and numpy arrays, so a malicious pickle cannot run
+code.
 
 :meth:`GeneEmbeddings.align` lines the table up with a dataset's genes (``adata.var_names``)
 through the gene identity layer (:mod:`genept_fast.genes.match`): the table may be keyed by
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     import polars as pl
+    import pyarrow as pa
 
     from genept_fast.embed.base import Embedder
 
@@ -111,11 +114,85 @@ def _check_names(genes: Sequence[str], given: Sequence[object]) -> None:
         raise InputError(msg)
 
 
+def _all_finite(m: np.ndarray) -> bool:
+    """Whether ``m`` holds no NaN or infinity: its sum is finite only then (NaN and infinity
+    carry through a sum), so one pass without a temporary decides the usual case; a sum
+    that overflows from finite values is checked element by element."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(m.sum(dtype=np.float32)):
+            return True
+    return bool(np.isfinite(m).all())
+
+
 def _unnamed(key: object) -> bool:
     """A pickle key that names no gene: None, NaN, or an empty or blank string."""
     if isinstance(key, str):
         return not key.strip()
     return key is None or (isinstance(key, float) and key != key)
+
+
+def _gene_column(column: pa.ChunkedArray, path: Path) -> list[str]:
+    """The names of a parquet ``gene`` column (strings; numbers and bytes read as text)."""
+    import pyarrow as pa
+
+    if column.null_count:
+        msg = f"{path} has null genes or embeddings"
+        raise InputError(msg)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        try:
+            column = column.cast(pa.large_string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            msg = f"{path}: column 'gene' must hold gene names, got {column.type}: {exc}"
+            raise InputError(msg) from None
+    return [str(name) for name in column.to_pylist()]
+
+
+def _embedding_matrix(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """``(rows, D)`` float32 from a parquet ``embedding`` column: ``Array(Float32, D)`` (what
+    :meth:`GeneEmbeddings.write` writes) or lists of one length, of any numeric type.
+
+    A float32 column in one piece (a file of one row group) comes back as a view of the decoded
+    buffer, without a copy; several pieces are joined (one copy), other types converted.
+    """
+    import pyarrow as pa
+
+    kind = column.type
+    lists = (pa.types.is_fixed_size_list, pa.types.is_list, pa.types.is_large_list)
+    if not any(is_list(kind) for is_list in lists):
+        msg = f"{path}: column 'embedding' must be Array or List of floats, got {kind}"
+        raise InputError(msg)
+    value = kind.value_type
+    if not (pa.types.is_floating(value) or pa.types.is_integer(value)):
+        msg = f"{path}: column 'embedding' must be Array or List of floats, got {kind}"
+        raise InputError(msg)
+    if column.null_count:
+        msg = f"{path} has null genes or embeddings"
+        raise InputError(msg)
+    if pa.types.is_fixed_size_list(kind):
+        dim = kind.list_size
+    else:
+        import pyarrow.compute as pc
+
+        lengths = pc.unique(pc.list_value_length(column)).to_pylist()
+        if len(lengths) != 1:
+            msg = f"{path}: embeddings have different lengths {sorted(lengths)[:5]}"
+            raise InputError(msg)
+        dim = int(lengths[0])
+    parts = [chunk.flatten() for chunk in column.chunks]  # slices of the values, no copy
+    if any(part.null_count for part in parts):
+        msg = f"{path} has null genes or embeddings"
+        raise InputError(msg)
+    code = "f" if pa.types.is_floating(value) else "i" if pa.types.is_signed_integer(value) else "u"
+    dtype = np.dtype(f"<{code}{value.bit_width // 8}")
+    # the values buffer as it is (Array.to_numpy would import pandas, ~0.5 s, on first use)
+    flat = [
+        np.frombuffer(
+            part.buffers()[1], dtype, count=len(part), offset=part.offset * dtype.itemsize
+        )
+        for part in parts
+    ]
+    values = flat[0] if len(flat) == 1 else np.concatenate(flat or [np.empty(0, dtype)])
+    return np.asarray(values, dtype=np.float32).reshape(len(column), dim)
 
 
 class GeneEmbeddings:
@@ -149,7 +226,7 @@ class GeneEmbeddings:
             msg = f"matrix must be numeric, got dtype {m.dtype}"
             raise InputError(msg)
         m = np.ascontiguousarray(m, dtype=np.float32)
-        if not np.isfinite(m).all():
+        if not _all_finite(m):
             bad = genes[int(np.where(~np.isfinite(m).all(axis=1))[0][0])]
             msg = f"the embedding of {bad!r} contains NaN or infinity"
             raise InputError(msg)
@@ -229,7 +306,10 @@ class GeneEmbeddings:
         df = self.to_frame()
         meta = json.dumps(self.metadata, sort_keys=True, default=str)
         with atomic_path(path) as tmp:
-            df.write_parquet(tmp, metadata={_META_KEY: meta})
+            # uncompressed: float embeddings shrink by under a tenth, and decompressing them
+            # doubled the time every reader of the table spends (0.27 of 0.54 CPU seconds for
+            # 20,000 genes × 1536, benches/bench_startup.py)
+            df.write_parquet(tmp, compression="uncompressed", metadata={_META_KEY: meta})
         return path
 
     @classmethod
@@ -241,6 +321,10 @@ class GeneEmbeddings:
         text_source: str | None = None,
     ) -> GeneEmbeddings:
         """Read our parquet, or a GenePT pickle (``.pickle``/``.pkl``: dict symbol → vector).
+
+        A parquet table's ``embedding`` column may be ``Array`` or ``List`` (of one length)
+        of any float or integer type; a float32 ``Array`` in one row group (what
+        :meth:`write` writes) is not copied: ``matrix`` is a view of the decoded column.
 
         Parameters
         ----------
@@ -265,40 +349,35 @@ class GeneEmbeddings:
 
     @classmethod
     def _read_parquet(cls, path: Path) -> GeneEmbeddings:
-        import polars as pl
+        # pyarrow, not polars: it hands a fixed-size embedding column over as one float32
+        # buffer that numpy views without a copy (_embedding_matrix), and the encode path,
+        # which loads pyarrow anyway (pandas does), never imports polars (~0.3 s)
+        import pyarrow.parquet as pq
 
         try:
-            df = pl.read_parquet(path)
-            kv = pl.read_parquet_metadata(path)
+            with pq.ParquetFile(path) as pf:
+                names = pf.schema_arrow.names
+                if "gene" not in names or "embedding" not in names:
+                    msg = f"{path} needs columns 'gene' and 'embedding', has {names}"
+                    raise InputError(msg)
+                kv = pf.metadata.metadata or {}
+                data = pf.read(columns=["gene", "embedding"])
+        except InputError:
+            raise
         except Exception as exc:
             msg = f"{path} is not a readable parquet file: {exc}"
             raise InputError(msg) from exc
-        if "gene" not in df.columns or "embedding" not in df.columns:
-            msg = f"{path} needs columns 'gene' and 'embedding', has {df.columns}"
-            raise InputError(msg)
-        emb = df["embedding"]
-        if isinstance(emb.dtype, pl.List):
-            lengths = emb.list.len().unique().to_list()
-            if len(lengths) != 1:
-                msg = f"{path}: embeddings have different lengths {sorted(lengths)[:5]}"
-                raise InputError(msg)
-            emb = emb.cast(pl.Array(pl.Float32, int(lengths[0])))
-        elif not isinstance(emb.dtype, pl.Array):
-            msg = f"{path}: column 'embedding' must be Array or List of floats, got {emb.dtype}"
-            raise InputError(msg)
-        if emb.null_count() or df["gene"].null_count():
-            msg = f"{path} has null genes or embeddings"
-            raise InputError(msg)
-        matrix = np.asarray(emb.to_numpy(), dtype=np.float32)
+        genes = _gene_column(data.column("gene"), path)
+        matrix = _embedding_matrix(data.column("embedding"), path)
         meta: dict[str, Any] = {}
-        raw = kv.get(_META_KEY)
+        raw = kv.get(_META_KEY.encode())
         if raw:
             try:
                 meta = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 meta = {}
         try:
-            return cls(df["gene"].cast(pl.String).to_list(), matrix, meta)
+            return cls(genes, matrix, meta)
         except InputError as exc:
             msg = f"{path}: {exc}"
             raise InputError(msg) from None
