@@ -142,3 +142,109 @@ def test_an_embedder_option_that_does_not_apply_names_the_flag(
     assert "note: --batch is deprecated; use --batch-api" in err
     assert "--batch-api apply only to --embedder openai:MODEL" in err
     assert "use_batch" not in err and "base_url" not in err
+
+
+@pytest.fixture(scope="module")
+def pbmc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import scanpy as sc
+
+    path = tmp_path_factory.mktemp("pbmc") / "pbmc.h5ad"
+    sc.datasets.pbmc68k_reduced()[:40].copy().write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["evaluate", "{f}", "--label", "nope", "-o", "{t}/r"], "--label nope: {f} has no such"),
+        (
+            ["evaluate", "{f}", "--label", "bulk_labels", "--batch-key", "nope", "-o", "{t}/r"],
+            "--batch-key nope: {f} has no such obs column",
+        ),
+        (
+            [
+                "evaluate",
+                "{f}",
+                "--label",
+                "bulk_labels",
+                "--obsm",
+                "X_pca",
+                "X_pca",
+                "-o",
+                "{t}/r",
+            ],
+            "--obsm lists a key twice",
+        ),
+        (
+            ["evaluate", "{f}", "--label", "bulk_labels", "--obsm", "X_no", "-o", "{t}/r"],
+            "--obsm X_no: the input's obsm has no such key",
+        ),
+        (
+            [
+                "evaluate",
+                "{f}",
+                "--label",
+                "bulk_labels",
+                "--obsm",
+                "X_pca",
+                "--ensemble",
+                "-o",
+                "{t}/r",
+            ],
+            "--ensemble needs two or more --obsm keys",
+        ),
+        (
+            ["annotate", "{f}", "--reference", "{f}", "--obsm", "X_pca", "-o", "{t}/a.h5ad"],
+            "give --label COLUMN",
+        ),
+        (
+            [
+                "annotate",
+                "{f}",
+                "--reference",
+                "{f}",
+                "--label",
+                "bulk_labels",
+                "--obsm",
+                "X_pca",
+                "X_pca",
+                "-o",
+                "{t}/a.h5ad",
+            ],
+            "--obsm lists a key twice",
+        ),
+        (
+            [
+                "build-reference",
+                "{f}",
+                "--label",
+                "bulk_labels",
+                "--obsm",
+                "X_pca",
+                "X_pca",
+                "-o",
+                "{t}/r.index",
+            ],
+            "--obsm lists a key twice",
+        ),
+    ],
+)
+def test_messages_name_flags_not_python_arguments(
+    pbmc: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    expected: str,
+) -> None:
+    subst = {"{f}": str(pbmc), "{t}": str(tmp_path)}
+
+    def fill(text: str) -> str:
+        for k, v in subst.items():
+            text = text.replace(k, v)
+        return text
+
+    assert main([fill(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert fill(expected) in err
+    for name in ("label_key", "obsm_key", "batch_key", "api_key", "knn_k"):
+        assert name not in err

@@ -273,3 +273,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             shown = " ".join(str(d) for d in default)
             return f"{text} (default: {shown})"
         return f"{text} (default: %(default)s)"
+
+
+def check_distinct(flag: str, values: Sequence[str] | None) -> None:
+    """Refuse a list option that names something twice (``--obsm X X``), naming ``flag``."""
+    if values is not None and len(set(values)) != len(values):
+        msg = f"{flag} lists a key twice: {list(values)}"
+        raise InvalidArgumentError(msg)

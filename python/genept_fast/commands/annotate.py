@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from genept_fast._inputs import require_anndata
 from genept_fast._outputs import add_overwrite_argument, check_key, check_output, is_own_store
-from genept_fast.commands._args import int_range, probability
+from genept_fast.commands._args import check_distinct, int_range, probability
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
@@ -105,7 +105,16 @@ def check_inputs(query: Path | None, reference: Path) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from genept_fast.annotate._transfer import is_index_file
+
     check_inputs(args.query, args.reference)
+    check_distinct("--obsm", args.obsm)
+    if args.label is None and not is_index_file(args.reference):
+        msg = (
+            f"give --label COLUMN: the reference {args.reference} is an AnnData file, whose"
+            " labels are in an obs column (only an index from build-reference carries its own)"
+        )
+        raise InputError(msg)
     check_output(args.output, overwrite=args.overwrite, inputs=[args.query, args.reference])
     if args.output.suffix.lower() not in OUTPUT_FORMATS:
         msg = f"output {args.output}: use one of {', '.join(OUTPUT_FORMATS)}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range
+from genept_fast.commands._args import check_distinct, int_range
 
 if TYPE_CHECKING:
     import argparse
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from genept_fast.annotate import build_reference
 
     require_anndata(args.reference, role="reference")
+    check_distinct("--obsm", args.obsm)
     check_output(args.output, overwrite=args.overwrite, inputs=[args.reference])
     t = time.perf_counter()
     index = build_reference(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import int_range, old_spelling, probability
+from genept_fast.commands._args import check_distinct, int_range, old_spelling, probability
 from genept_fast.errors import InputError
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name
@@ -186,12 +186,18 @@ def ensemble_key(keys: list[str]) -> str:
 
 def _check_obsm_arg(args: argparse.Namespace) -> None:
     """``--obsm`` and ``--ensemble`` as given, checked before any file is read."""
-    if args.obsm is not None and len(set(args.obsm)) != len(args.obsm):
-        msg = f"--obsm lists a key twice: {args.obsm}"
-        raise InputError(msg)
+    check_distinct("--obsm", args.obsm)
     if args.ensemble and (args.obsm is None or len(args.obsm) < 2):
         msg = "--ensemble needs two or more --obsm keys"
         raise InputError(msg)
+
+
+def _check_columns(args: argparse.Namespace, adata: AnnData, path: Path) -> None:
+    """``--label`` and ``--batch-key`` name columns of the input's ``obs``."""
+    for flag, column in (("--label", args.label), ("--batch-key", args.batch_key)):
+        if column is not None and column not in adata.obs:
+            msg = f"{flag} {column}: {path} has no such obs column; it has {list(adata.obs)}"
+            raise InputError(msg)
 
 
 def _obsm_keys(args: argparse.Namespace, adata: AnnData) -> list[str]:
@@ -246,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
     if adata.n_obs == 0:
         msg = f"{path} has no cells to evaluate"
         raise InputError(msg)
+    _check_columns(args, adata, path)
     keys = _obsm_keys(args, adata)
     if not args.no_plots and args.obsm is None:  # now the default keys (and figures) are known
         check_output(
