@@ -129,6 +129,18 @@ def test_the_source_reads_the_same_rows_as_the_h5ad(pbmc: dict) -> None:
         soma.SomaSource(pbmc["uri"]).read(0, 701)
 
 
+def test_a_chunk_read_in_many_blocks_is_the_same_csr(
+    pbmc: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with soma.SomaSource(pbmc["uri"], obs_filter="louvain != '2'") as src:
+        whole = src.read(0, src.n_cells)
+        monkeypatch.setattr(soma, "READ_ENTRIES", 1000)  # ~4 cells a block
+        blocks = src.read(0, src.n_cells)
+    assert blocks.has_sorted_indices and blocks.indices.dtype == whole.indices.dtype
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))
+
+
 def test_open_cells_detects_an_experiment_and_takes_the_source(pbmc: dict) -> None:
     src = open_cells(pbmc["uri"])
     assert isinstance(src, soma.SomaSource)

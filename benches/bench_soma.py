@@ -1,0 +1,199 @@
+"""GenePT-w streamed from a TileDB-SOMA experiment beside the same cells in an ``.h5ad`` (issue 23).
+
+    python benches/bench_soma.py --cells 20000                 # quick check
+    python benches/bench_soma.py --cells 150000                # the issue's benchmark
+
+Generates, if missing, ``benches/data/atlas_*_counts.h5ad`` (``make_atlas.py``: raw counts, as
+Census stores them) and ``benches/data/soma_*`` holding the same cells: obs (``obs_id``), var
+(``var_id``) and ``ms["RNA"].X["raw"]``, written chunk by chunk with tiledbsoma. Then encodes
+both with :func:`genept_fast.stream.encode_weighted` to ``.npy`` (end to end: open, read,
+normalise in the kernel, encode, write), each in its own subprocess, alternating ``--repeat``
+rounds, and reads each child's peak RSS with ``os.wait4``. Prints cells/s, peak RSS and the
+SOMA path's throughput as a share of the ``.h5ad`` path's (goal: at least 80%; peak RSS under
+1 GiB at 150,000 cells), and checks that the two outputs are the same bits. JSON in
+``benches/out/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import make_atlas  # noqa: E402
+import synthetic  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+OUT = HERE / "out"
+
+
+#: Cells per write to the SOMA array (one TileDB fragment each; fewer fragments read faster).
+WRITE_CELLS = 10_000
+
+
+def _batches(blocks: Iterator[sp.csr_array], cells: int) -> Iterator[sp.csr_array]:
+    """Consecutive CSR blocks joined into blocks of about ``cells`` rows."""
+    pending: list[sp.csr_array] = []
+    for block in blocks:
+        pending.append(block)
+        if sum(b.shape[0] for b in pending) >= cells:
+            yield sp.vstack(pending, format="csr")
+            pending = []
+    if pending:
+        yield sp.vstack(pending, format="csr")
+
+
+def write_soma(path: Path, n_cells: int, n_genes: int, nnz: int, seed: int) -> Path:
+    """The cells of ``make_atlas.write_atlas(values="counts")`` as a SOMA experiment."""
+    import pyarrow as pa
+    import tiledbsoma as soma
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    with soma.Experiment.create(str(tmp)) as exp:
+        obs_schema = pa.schema([("soma_joinid", pa.int64()), ("obs_id", pa.large_string())])
+        obs = exp.add_new_dataframe("obs", schema=obs_schema, domain=[[0, max(n_cells - 1, 0)]])
+        for a in range(0, n_cells, 100_000):
+            b = min(a + 100_000, n_cells)
+            ids = np.arange(a, b, dtype=np.int64)
+            obs.write(pa.table({"soma_joinid": ids, "obs_id": [f"cell_{i}" for i in ids]}))
+        ms = exp.add_new_collection("ms")
+        rna = ms.add_new_collection("RNA", soma.Measurement)
+        var_schema = pa.schema([("soma_joinid", pa.int64()), ("var_id", pa.large_string())])
+        var = rna.add_new_dataframe("var", schema=var_schema, domain=[[0, n_genes - 1]])
+        genes = np.arange(n_genes, dtype=np.int64)
+        var.write(pa.table({"soma_joinid": genes, "var_id": [f"gene_{j}" for j in genes]}))
+        X = rna.add_new_collection("X").add_new_sparse_ndarray(
+            "raw", type=pa.float32(), shape=(n_cells, n_genes)
+        )
+        done = 0
+        chunks = synthetic.iter_chunks(
+            n_cells, n_genes, nnz, seed=seed, chunk=make_atlas.GEN_CHUNK, values="counts"
+        )
+        for block in _batches(chunks, WRITE_CELLS):
+            coo = block.tocoo()
+            X.write(
+                pa.table(
+                    {
+                        "soma_dim_0": coo.row.astype(np.int64) + done,
+                        "soma_dim_1": coo.col.astype(np.int64),
+                        "soma_data": coo.data.astype(np.float32),
+                    }
+                )
+            )
+            done += block.shape[0]
+            if done % 50_000 < WRITE_CELLS or done == n_cells:
+                rate = done / (time.perf_counter() - t0)
+                print(f"  soma: {done:,}/{n_cells:,} cells, {rate:,.0f} cells/s", file=sys.stderr)
+    tmp.replace(path)
+    return path
+
+
+def worker(a: argparse.Namespace) -> None:
+    from genept_fast import stream
+
+    E = np.load(a.table)
+    out = Path(a.output)
+    t0 = time.perf_counter()
+    rep = stream.encode_weighted(a.input, out, E, chunk_size=a.chunk, progress=False)
+    seconds = time.perf_counter() - t0
+    print(
+        json.dumps({"cells": rep.n_cells, "seconds": seconds, "cells_per_s": rep.n_cells / seconds})
+    )
+
+
+def run_worker(path: Path, a: argparse.Namespace, output: Path) -> dict:
+    for p in (output, output.with_name(f"{output.stem}.soma_joinid.npy")):
+        p.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--worker", "--input", str(path), "--table", str(a.table),
+           "--chunk", str(a.chunk), "--output", str(output)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        msg = f"worker on {path} failed"
+        raise RuntimeError(msg)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    return result
+
+
+def same_bits(a: Path, b: Path, rows: int = 20_000) -> bool:
+    x, y = np.load(a, mmap_mode="r"), np.load(b, mmap_mode="r")
+    if x.shape != y.shape:
+        return False
+    return all(
+        np.array_equal(
+            np.asarray(x[i : i + rows]).view(np.uint32), np.asarray(y[i : i + rows]).view(np.uint32)
+        )
+        for i in range(0, x.shape[0], rows)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=20_000)
+    p.add_argument("--genes", type=int, default=30_000)
+    p.add_argument("--nnz", type=int, default=2_000, help="nonzeros per cell (about)")
+    p.add_argument("--dim", type=int, default=1536)
+    p.add_argument("--chunk", type=int, default=10_000)
+    p.add_argument("--repeat", type=int, default=2, help="alternating rounds per path")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--table", help=argparse.SUPPRESS)
+    p.add_argument("--output", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        worker(a)
+        return 0
+    h5ad = make_atlas.default_path(a.cells, a.genes, a.nnz, values="counts")
+    if not h5ad.exists():
+        make_atlas.write_atlas(h5ad, a.cells, a.genes, a.nnz, values="counts")
+    uri = h5ad.with_name(f"soma_{a.cells}x{a.genes}_nnz{a.nnz}_s0_counts")
+    if not uri.exists():
+        write_soma(uri, a.cells, a.genes, a.nnz, seed=0)
+    a.table = HERE / "data" / f"E_{a.genes}x{a.dim}.npy"
+    if not a.table.exists():
+        np.save(a.table, synthetic.make_embeddings(a.genes, a.dim))
+    OUT.mkdir(exist_ok=True)
+    outs = {"h5ad": OUT / "soma_bench_h5ad.npy", "soma": OUT / "soma_bench_soma.npy"}
+    runs: dict[str, list[dict]] = {"h5ad": [], "soma": []}
+    for _ in range(a.repeat):
+        runs["h5ad"].append(run_worker(h5ad, a, outs["h5ad"]))
+        runs["soma"].append(run_worker(uri, a, outs["soma"]))
+    best = {k: max(r["cells_per_s"] for r in v) for k, v in runs.items()}
+    rss = {k: max(r["peak_rss_mib"] for r in v) for k, v in runs.items()}
+    same = same_bits(outs["h5ad"], outs["soma"])
+    ratio = best["soma"] / best["h5ad"]
+    shape = f"{a.cells:,} cells x {a.genes:,} genes, ~{a.nnz:,} nonzeros/cell (raw counts)"
+    print(f"{shape}, D = {a.dim}, chunk {a.chunk:,}")
+    print(f"{'path':<6} {'best cells/s':>13} {'peak RSS MiB':>13}   runs (cells/s)")
+    for k in ("h5ad", "soma"):
+        each = ", ".join(f"{r['cells_per_s']:,.0f}" for r in runs[k])
+        print(f"{k:<6} {best[k]:>13,.0f} {rss[k]:>13,.0f}   {each}")
+    print(f"SOMA / .h5ad throughput: {ratio:.1%} (goal >= 80%)")
+    print(f"SOMA peak RSS {rss['soma']:,.0f} MiB (goal < 1024 at 150,000 cells)")
+    print(f"outputs the same bits: {same}")
+    record = {"args": {k: str(v) for k, v in vars(a).items()}, "runs": runs, "best": best,
+              "peak_rss_mib": rss, "ratio": ratio, "same_bits": same}  # fmt: skip
+    (OUT / f"bench_soma_{a.cells}.json").write_text(json.dumps(record, indent=1))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
