@@ -93,7 +93,7 @@ def comparison_figure(
             s=size,
             c=rgba[order],
             edgecolors="white",
-            linewidths=0.25,
+            linewidths=0.25 if len(labels) <= 5_000 else 0.0,  # edges would hide small dots
         )
         _panel(ax, (titles or {}).get(key, embedding_title(key)), report.results.get(key, {}))
     _legend(fig, cats.tolist(), counts.tolist(), colors, label_key)
@@ -145,6 +145,7 @@ def _legend(
         handles=handles,
         loc="outside right center",
         title=f"{label_key} (cells)",
+        ncols=1 + len(cats) // 25,
         fontsize=9,
         title_fontsize=9,
         frameon=False,
