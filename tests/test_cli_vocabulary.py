@@ -39,7 +39,7 @@ OLD = {
     "evaluate-genes": {"--out": "--output"},
     "encode": {"--key": "--key-added"},
     "embed-genes": {"--batch": "--batch-api"},
-    "gene-text": {"--retries": "--max-retries"},
+    "gene-text": {"--retries": "--max-retries", "--workers": "--max-concurrency"},
     "fetch-genept": {"--retries": "--max-retries"},
 }
 
@@ -248,3 +248,25 @@ def test_messages_name_flags_not_python_arguments(
     assert fill(expected) in err
     for name in ("label_key", "obsm_key", "batch_key", "api_key", "knn_k"):
         assert name not in err
+
+
+def test_a_missing_api_key_is_said_in_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import polars as pl
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    texts = tmp_path / "texts.parquet"
+    pl.DataFrame({"gene": ["A"], "text": ["a gene"]}).write_parquet(texts)
+    out = str(tmp_path / "o.parquet")
+    emb = ["--embedder", "openai:text-embedding-3-small", "--no-cache"]
+    assert main(["embed-genes", str(texts), "-o", out, *emb]) == 2
+    err = capsys.readouterr().err
+    assert "--embedder openai:text-embedding-3-small needs an API key: set OPENAI_API_KEY" in err
+    assert main(["embed-genes", str(texts), *emb, "--dry-run"]) == 0  # no key needed
+    capsys.readouterr()
+    assert main(["gene-text", "TP53", "--source", "llm", "-o", out, "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "--source llm needs an API key" in err and "--base-url" in err
+    assert "api_key" not in err and "base_url=" not in err and "source=" not in err

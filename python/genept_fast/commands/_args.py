@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,7 +198,7 @@ def build_embedder(args: argparse.Namespace, *, use_batch: bool = False, **extra
         if wrong:
             msg = f"{', '.join(wrong)} apply only to --embedder openai:MODEL, not {spec!r}"
             raise InvalidArgumentError(msg)
-    return get_embedder(
+    embedder = get_embedder(
         spec,
         base_url=args.base_url,
         dimensions=args.dimensions,
@@ -210,6 +211,17 @@ def build_embedder(args: argparse.Namespace, *, use_batch: bool = False, **extra
         use_batch=use_batch,
         **extra,
     )
+    if (
+        getattr(embedder, "official", False)
+        and not os.environ.get("OPENAI_API_KEY")
+        and not getattr(args, "dry_run", False)
+    ):
+        msg = (
+            f"--embedder {spec} needs an API key: set OPENAI_API_KEY (--dry-run estimates the"
+            " cost without one; --base-url names a compatible server that may need none)"
+        )
+        raise InvalidArgumentError(msg)
+    return embedder
 
 
 # -- old spellings ----------------------------------------------------------------------------

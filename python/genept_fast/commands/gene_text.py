@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,7 +156,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--system", help="system message")
     g.add_argument("--temperature", type=float)
     g.add_argument("--max-tokens", type=int_range())
-    g.add_argument("--workers", type=int_range(1, 256), default=4, help="concurrent LLM requests")
+    g.add_argument(
+        "--max-concurrency",
+        type=int_range(1, 256),
+        default=4,
+        help="LLM requests in flight",
+    )
+    old_spelling(p, "--workers", "--max-concurrency")
     g = p.add_argument_group("file")
     g.add_argument("--file", help="table of gene and text (parquet/CSV/TSV/JSON)")
     g.add_argument("--gene-column")
@@ -205,6 +212,12 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "file" and not args.file:
         msg = "--source file needs --file TABLE"
         raise InputError(msg)
+    if args.source == "llm" and args.base_url is None and not os.environ.get("OPENAI_API_KEY"):
+        msg = (
+            "--source llm needs an API key: set OPENAI_API_KEY, or give --base-url of an"
+            " OpenAI-compatible server that needs none"
+        )
+        raise InputError(msg)
     if args.file:
         require_table(
             args.file,
@@ -236,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         "system": args.system,
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
-        "max_workers": args.workers,
+        "max_workers": args.max_concurrency,
         "path": args.file,
         "gene_column": args.gene_column,
         "text_column": args.text_column,
