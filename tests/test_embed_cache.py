@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -223,3 +224,48 @@ def test_cache_layout_new_and_first(tmp_path):
     assert old.count("ns") == 2
     assert np.array_equal(old.get("ns", keys)[keys[0]], np.full(4, 3.0, dtype=np.float32))
     old.close()
+
+
+class _FailingCache(EmbeddingCache):
+    """A real cache whose ``fail_at``-th write fails as a full disk would."""
+
+    def __init__(self, directory, fail_at):
+        super().__init__(directory)
+        self.fail_at, self.writes = fail_at, 0
+
+    def put(self, namespace, keys, vectors):
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().put(namespace, keys, vectors)
+
+
+def test_every_batch_is_stored_before_embed_returns(tmp_path):
+    texts = [f"gene {i}" for i in range(40)]
+    with OpenAIEmbeddingServer() as server:
+        emb = get_embedder(f"openai:{SMALL}", base_url=server.url, cache_dir=tmp_path, batch_size=3)
+        out = emb.embed(texts)
+        keys = [text_key(t) for t in texts]
+        got = emb.cache.get(emb.cache_namespace, keys)
+        assert len(got) == len(texts)  # written by the writer thread, all there on return
+        for k, row in zip(keys, out, strict=True):
+            np.testing.assert_array_equal(got[k], row)
+        assert not [t for t in threading.enumerate() if "cache-writer" in t.name]
+
+
+def test_a_failed_cache_write_is_raised_and_nothing_after_it_is_stored(tmp_path):
+    texts = [f"gene {i}" for i in range(30)]
+    with OpenAIEmbeddingServer() as server:
+        emb = get_embedder(
+            f"openai:{SMALL}",
+            base_url=server.url,
+            use_cache=False,
+            batch_size=2,
+            max_concurrency=1,
+        )
+        emb.cache = _FailingCache(tmp_path, fail_at=3)
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            emb.embed(texts)
+        stored = emb.cache.get(emb.cache_namespace, [text_key(t) for t in texts])
+        assert set(stored) == {text_key(t) for t in texts[:4]}  # the two batches before it
+        assert len(server.requests) < len(texts) // 2  # it stopped sending
