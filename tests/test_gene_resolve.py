@@ -185,6 +185,9 @@ _SPECIES_POOL = [
     "",
     " ",
     "x",
+    "Aª",  # a lower-case letter that upper() leaves as it is
+    "MT-CO1a",
+    "123",
 ]
 
 

@@ -178,7 +178,10 @@ def _embedding_matrix(column: pa.ChunkedArray, path: Path) -> np.ndarray:
             msg = f"{path}: embeddings have different lengths {sorted(lengths)[:5]}"
             raise InputError(msg)
         dim = int(lengths[0])
-    parts = [chunk.flatten() for chunk in column.chunks]  # slices of the values, no copy
+    if pa.types.is_fixed_size_list(kind):  # slices of the values, no copy (nor pyarrow.compute)
+        parts = [c.values.slice(c.offset * dim, len(c) * dim) for c in column.chunks]
+    else:
+        parts = [chunk.flatten() for chunk in column.chunks]
     if any(part.null_count for part in parts):
         msg = f"{path} has null genes or embeddings"
         raise InputError(msg)

@@ -294,7 +294,9 @@ def _mouse_like(name: str) -> bool:
 
 def _maybe_mouse_symbol(text: str) -> bool:
     """Whether :func:`detect_species` counts ``text`` as a mouse symbol unless HGNC approves it."""
-    return bool(text) and not text.startswith("ENSG") and _mouse_like(text)
+    if not text or text.startswith("ENSG") or text.isupper():
+        return False  # a mouse-like name has a lower-case letter (the usual human one: none)
+    return _mouse_like(text)
 
 
 def detect_species(ids: Iterable[object]) -> str:
