@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         "to_human": args.to_human,
         "cache_dir": cache_dir,
         "refresh": args.refresh,
-        "progress": not args.quiet and sys.stderr.isatty(),
+        "progress": not args.quiet,  # a bar on a terminal, a line about every 10 s in a log
         "backend": "mygene" if args.mygene else "eutils",
         "ncbi_url": args.ncbi_url,
         "mygene_url": args.mygene_url,
