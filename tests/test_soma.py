@@ -440,3 +440,85 @@ def test_without_the_extra_the_error_names_it(pbmc: dict) -> None:
         check=True,
     )
     assert "pip install 'genept-fast[soma]'" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    return subprocess.run(
+        [sys.executable, "-m", "genept_fast", "encode", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def genes(pbmc: dict) -> Path:
+    from genept_fast.table import GeneEmbeddings
+
+    path = pbmc["dir"] / "genes.parquet"
+    GeneEmbeddings(list(pbmc["adata"].var_names), pbmc["E"]).write(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--measurement", "ATAC"], "has no measurement 'ATAC' (measurements: ['RNA'])"),
+        (["--layer", "raw"], "has no X layer 'raw' (layers: ['data'])"),
+        (["--obs-filter", "bulk_labels =="], "bad obs filter 'bulk_labels =='"),
+        (["--obs-filter", "no_column == 'x'"], "bad obs filter"),
+        (["--var-key", "feature_name"], "var has no column 'feature_name'"),
+        (["--use-raw"], "--use-raw is for an AnnData input"),
+    ],
+)
+def test_cli_bad_option_is_one_line_and_exit_2(
+    pbmc: dict, genes: Path, tmp_path: Path, flags: list[str], says: str
+) -> None:
+    proc = _cli(str(pbmc["uri"]), "--genes", str(genes), "-o", "o.parquet", *flags, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.parquet").exists()
+
+
+def test_cli_bad_uri_and_soma_flags_on_an_h5ad(pbmc: dict, genes: Path, tmp_path: Path) -> None:
+    for argv in (
+        ["missing.soma", "--genes", str(genes), "-o", "o.npy"],
+        [str(pbmc["h5ad"]), "--genes", str(genes), "-o", "o.npy", "--obs-filter", "x == 1"],
+        [str(pbmc["uri"]), "--genes", str(genes), "--into", str(pbmc["h5ad"])],
+    ):
+        proc = _cli(*argv, cwd=tmp_path)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_cli_encodes_a_filter_and_writes_into_the_experiment(
+    pbmc: dict, genes: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    uri = tmp_path / "exp.soma"
+    shutil.copytree(pbmc["uri"], uri)
+    flags = ["--genes", str(genes), "--obs-filter", MONO, "--chunk-size", "50"]
+    proc = _cli(str(uri), *flags, "-o", "mono.parquet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    emb, names, ids = _load(tmp_path / "mono.parquet")
+    expected = np.flatnonzero(FILTERS[MONO](pbmc["adata"].obs).to_numpy())
+    np.testing.assert_array_equal(ids, expected)
+    assert names == list(pbmc["adata"].obs_names[expected])
+    proc = _cli(str(uri), *flags, "--into", str(uri), "--key-added", "genept", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got_ids, got, info = soma.read_embedding(uri, "genept")
+    np.testing.assert_array_equal(got_ids, expected)
+    np.testing.assert_array_equal(_bits(got), _bits(emb))
+    assert info["genept_fast"]["params"]["method"] == "GenePT-w"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.soma", "mono.parquet"]  # no work
+    again = _cli(str(uri), *flags, "--into", str(uri), "--key-added", "genept", cwd=tmp_path)
+    assert again.returncode == 2 and "already has 'genept'" in again.stderr

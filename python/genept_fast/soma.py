@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDING_INFO_KEY",
     "SomaSource",
+    "check_into",
     "is_soma_uri",
     "read_embedding",
     "write_into",
@@ -206,6 +207,8 @@ class SomaSource:
     @staticmethod
     def _open(soma: Any, uri: Any, context: Any) -> Any:
         text = os.fspath(uri)
+        if not text.startswith(_REMOTE):  # a local path: named the same from any folder
+            text = str(Path(text.removeprefix("file://")).absolute())
         try:
             obj = soma.open(text, mode="r", context=context)
         except soma.DoesNotExistError as e:
@@ -448,28 +451,34 @@ def _obs_domain(exp: Any) -> int:
         return int(exp.obs.count)
 
 
-def _check_target(
-    soma: Any, uri: str, measurement: str, key: str, overwrite: bool, context: Any
+def check_into(
+    experiment: str | os.PathLike[str],
+    *,
+    key: str,
+    measurement: str = "RNA",
+    overwrite: bool = False,
+    context: Any = None,
 ) -> int:
-    """The obs domain of the experiment at ``uri``, once ``ms[measurement].obsm[key]`` is known
-    to be writable; the obsm collection is created when the measurement has none."""
+    """Refuse, before any work, what :func:`write_into` would refuse about the experiment: not
+    one, no ``measurement``, an existing ``obsm[key]`` without ``overwrite``. Returns how many
+    ``soma_joinid`` its obs can hold. Writes nothing."""
+    from genept_fast._outputs import check_key
+
+    check_key(key)
+    soma = _tiledbsoma("writing into a SOMA experiment")
+    uri = os.fspath(experiment)
     exp = SomaSource._open(soma, uri, context)
     try:
         ms = _measurement(exp, measurement, uri)
-        has_obsm = "obsm" in ms
-        if has_obsm and key in ms["obsm"] and not overwrite:
+        if "obsm" in ms and key in ms["obsm"] and not overwrite:
             msg = (
                 f"{uri}: ms[{measurement!r}].obsm already has {key!r}; use --overwrite "
                 "(overwrite=True in Python) to replace it, or another --key-added"
             )
             raise InputError(msg)
-        n_obs = _obs_domain(exp)
+        return _obs_domain(exp)
     finally:
         exp.close()
-    if not has_obsm:
-        with soma.open(uri, mode="w", context=context) as exp:
-            exp.ms[measurement].add_new_collection("obsm")
-    return n_obs
 
 
 def write_into(
@@ -526,11 +535,16 @@ def write_into(
         msg = "soma_joinids repeat a cell; each embedded cell appears once"
         raise InputError(msg)
     uri = os.fspath(experiment)
-    n_obs = _check_target(soma, uri, measurement, key, overwrite, context)
+    n_obs = check_into(uri, key=key, measurement=measurement, overwrite=overwrite, context=context)
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n_obs):
         bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
         msg = f"{uri}: soma_joinid {bad} is outside obs (joinids 0..{n_obs - 1})"
         raise InputError(msg)
+    with soma.open(uri, mode="r", context=context) as exp:
+        has_obsm = "obsm" in exp.ms[measurement]
+    if not has_obsm:  # the measurement's obsm collection, as from_anndata and Census have it
+        with soma.open(uri, mode="w", context=context) as exp:
+            exp.ms[measurement].add_new_collection("obsm")
     with soma.open(uri, mode="r", context=context) as exp:
         obsm_uri = str(exp.ms[measurement]["obsm"].uri)
     dim = shape[1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="GenePT-w / GenePT-s cell embeddings of an .h5ad or .zarr file (streamed, resumable)",
         description=DESCRIPTION,
     )
-    p.add_argument("input", help="input AnnData (.h5ad or .zarr)")
+    p.add_argument("input", help="input AnnData (.h5ad or .zarr), or a TileDB-SOMA experiment URI")
     p.add_argument("--method", choices=["w", "s"], default="w", help="GenePT-w or GenePT-s")
     p.add_argument("--genes", help="gene-embedding table for -w: our parquet or GenePT's pickle")
     where = p.add_mutually_exclusive_group(required=True)
@@ -74,7 +75,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="put obsm[KEY] and uns[KEY] into the user's AnnData: an existing .zarr store (in"
         " place), or a new .zarr / .h5ad that is the input plus the new keys",
     )
-    p.add_argument("--layer", help="read adata.layers[LAYER] instead of X")
+    p.add_argument(
+        "--layer",
+        help="read adata.layers[LAYER] instead of X; for a SOMA experiment the X layer"
+        " (default: raw, or the only one)",
+    )
     p.add_argument(
         "--use-raw",
         action=argparse.BooleanOptionalAction,
@@ -119,17 +124,76 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print the genes matched (-w) or tokens/price/time (-s); write and embed nothing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_soma_arguments(p)
     add_embedder_arguments(p, applies="--method s")
     add_overwrite_argument(p)
     p.set_defaults(func=run)
 
 
-def _check_args(args: argparse.Namespace) -> IntoPlan | None:
-    """What only the command line can get wrong: files, and flags of the other method.
-    Returns the plan of ``--into`` (None with ``-o``)."""
+SOMA_FLAGS = (
+    ("--measurement", "measurement"),
+    ("--obs-filter", "obs_filter"),
+    ("--var-key", "var_key"),
+)
+
+
+def _add_soma_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "TileDB-SOMA / CELLxGENE Census input (the 'soma' extra)",
+        "INPUT is a SOMA experiment (a local folder, tiledb:// or s3:// URI); the output is"
+        " keyed by soma_joinid, and --into URI writes ms[MEASUREMENT].obsm[KEY] into it",
+    )
+    g.add_argument("--measurement", help="the measurement read (default: RNA)")
+    g.add_argument(
+        "--obs-filter",
+        metavar="FILTER",
+        help="SOMA value filter on obs, e.g. \"cell_type == 'T cell'\" (default: every cell)",
+    )
+    g.add_argument(
+        "--var-key",
+        metavar="COLUMN",
+        help="var column of gene names (default: feature_name, else var_id)",
+    )
+
+
+def _is_soma(args: argparse.Namespace) -> bool:
+    from genept_fast.soma import is_soma_uri
+
+    return is_soma_uri(args.input)
+
+
+def _check_soma_args(args: argparse.Namespace) -> None:
+    """Flags that belong to one kind of input only."""
+    if _is_soma(args):
+        if args.use_raw is not None:
+            msg = "--use-raw is for an AnnData input; a SOMA experiment has X layers (--layer)"
+            raise InputError(msg)
+        return
+    given = [flag for flag, name in SOMA_FLAGS if getattr(args, name) is not None]
+    if given:
+        msg = f"{', '.join(given)} apply to a SOMA experiment input, not to {args.input}"
+        raise InputError(msg)
     if not Path(args.input).exists():
         msg = f"input not found: {args.input}"
         raise FileNotFoundError(msg)
+
+
+def _open_soma(args: argparse.Namespace) -> Any:
+    from genept_fast.soma import SomaSource
+
+    return SomaSource(
+        args.input,
+        measurement=args.measurement or "RNA",
+        layer=args.layer,
+        obs_filter=args.obs_filter,
+        var_key=args.var_key,
+    )
+
+
+def _check_args(args: argparse.Namespace) -> IntoPlan | SomaInto | None:
+    """What only the command line can get wrong: files, and flags of the other method.
+    Returns the plan of ``--into`` (None with ``-o``)."""
+    _check_soma_args(args)
     if args.layer is not None and args.use_raw:
         msg = "give either --layer or --use-raw, not both"
         raise InputError(msg)
@@ -156,7 +220,8 @@ def _check_args(args: argparse.Namespace) -> IntoPlan | None:
     if unused:
         msg = f"{', '.join(unused)} do(es) not apply to --method {args.method}"
         raise InputError(msg)
-    require_anndata(args.input)
+    if not _is_soma(args):
+        require_anndata(args.input)
     if args.method == "w":
         require_table(
             args.genes,
@@ -166,16 +231,54 @@ def _check_args(args: argparse.Namespace) -> IntoPlan | None:
         )
     if args.dry_run:
         return None
-    plan = None
+    plan: IntoPlan | SomaInto | None = None
     if args.into is not None:
-        from genept_fast._into import check_into
-
-        plan = check_into(args.into, input=args.input, key=_key(args), overwrite=args.overwrite)
+        plan = _check_into(args)
     _check_output(args, plan)
     return plan
 
 
-def _check_output(args: argparse.Namespace, plan: IntoPlan | None) -> None:
+@dataclass(frozen=True)
+class SomaInto:
+    """``--into URI`` for a SOMA input: ``ms[measurement].obsm[key]`` of the experiment."""
+
+    uri: str
+    measurement: str
+    key: str
+    overwrite: bool
+
+    @property
+    def work(self) -> Path:
+        """The stream's resumable ``.npy`` (named by experiment and key): beside a local
+        experiment's folder (never inside it), else in the current folder."""
+        name = self.uri.rstrip("/").rsplit("/", 1)[-1] or "experiment"
+        where = Path(self.uri).parent if Path(self.uri).is_dir() else Path()
+        return where / f".{name}.{self.key}.genept-into.npy"
+
+
+def _check_into(args: argparse.Namespace) -> IntoPlan | SomaInto:
+    from genept_fast.soma import is_soma_uri
+
+    soma_in, soma_out = _is_soma(args), is_soma_uri(args.into)
+    if soma_in != soma_out:
+        msg = (
+            "--into with a SOMA experiment input takes a SOMA experiment URI; use -o for a file"
+            if soma_in
+            else f"--into {args.into} is a SOMA experiment; encode a SOMA input into it"
+        )
+        raise InputError(msg)
+    if soma_in:
+        from genept_fast.soma import check_into as check_soma
+
+        measurement = args.measurement or "RNA"
+        check_soma(args.into, key=_key(args), measurement=measurement, overwrite=args.overwrite)
+        return SomaInto(args.into, measurement, _key(args), args.overwrite)
+    from genept_fast._into import check_into
+
+    return check_into(args.into, input=args.input, key=_key(args), overwrite=args.overwrite)
+
+
+def _check_output(args: argparse.Namespace, plan: IntoPlan | SomaInto | None) -> None:
     from genept_fast.stream import check_output_args
 
     check_output_args(
@@ -192,20 +295,31 @@ def _key(args: argparse.Namespace) -> str:
     return args.key_added or ("X_genept_w" if args.method == "w" else "X_genept_s")
 
 
-def _output(args: argparse.Namespace, plan: IntoPlan | None) -> Path:
+def _output(args: argparse.Namespace, plan: IntoPlan | SomaInto | None) -> Path:
     """Where the stream writes: ``-o``, or for ``--into`` a hidden ``.npy`` beside the store
     (named by store and key, so that a killed job resumes), moved into the store at the end."""
     if plan is None:
         return Path(args.output)
+    if isinstance(plan, SomaInto):
+        return plan.work
     return plan.store.with_name(f".{plan.store.name}.{plan.key}.genept-into.npy")
 
 
 def run(args: argparse.Namespace) -> int:
+    plan = _check_args(args)
+    if _is_soma(args):
+        with _open_soma(args) as source:  # the X layer is the source's: no layer= below
+            return _encode(args, plan, source, layer=None)
+    return _encode(args, plan, args.input, layer=args.layer)
+
+
+def _encode(
+    args: argparse.Namespace, plan: IntoPlan | SomaInto | None, data: Any, *, layer: str | None
+) -> int:
     from genept_fast import stream
 
-    plan = _check_args(args)
     common: dict[str, Any] = {
-        "layer": args.layer,
+        "layer": layer,
         "use_raw": args.use_raw,
         "chunk_size": args.chunk_size,
         "gene_key": args.gene_key,
@@ -222,13 +336,11 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             from genept_fast.encode import start_weighted
 
-            with start_weighted(
-                args.input, args.genes, preprocess=args.preprocess, **common
-            ) as job:
+            with start_weighted(data, args.genes, preprocess=args.preprocess, **common) as job:
                 print(job.summary, file=sys.stderr)
             return 0
         report = stream.encode_weighted(
-            args.input,
+            data,
             _output(args, plan),
             args.genes,
             n_threads=args.threads,
@@ -246,15 +358,17 @@ def run(args: argparse.Namespace) -> int:
             **({} if args.prefix is None else {"prefix": args.prefix}),
         }
         if args.dry_run or emb.is_paid:
-            est = stream.estimate_sentences(args.input, emb, **common, **options)
+            est = stream.estimate_sentences(data, emb, **common, **options)
             print(f"GenePT-s with {emb.model_id}: {est}", file=sys.stderr)
             if args.dry_run:
                 return 0
         report = stream.encode_sentences(
-            args.input, _output(args, plan), emb, **common, **options, **written
+            data, _output(args, plan), emb, **common, **options, **written
         )
     where = str(report.output)
-    if plan is not None:
+    if isinstance(plan, SomaInto):
+        where = _write_soma_into(plan, Path(report.output), report.uns)
+    elif plan is not None:
         where = _write_into(plan, Path(report.output), report.uns)
     print(
         f"wrote {where}: {report.cells_encoded:,} cells encoded from"
@@ -284,3 +398,28 @@ def _write_into(plan: IntoPlan, work: Path, uns: dict[str, Any]) -> str:
     del embedding
     work.unlink()
     return f"obsm[{plan.key!r}] and uns[{plan.key!r}] into {plan.store}"
+
+
+def _write_soma_into(plan: SomaInto, work: Path, uns: dict[str, Any]) -> str:
+    """Write the finished embedding (the work ``.npy`` and its ``soma_joinid`` file) into the
+    experiment; say where."""
+    import numpy as np
+
+    from genept_fast.soma import write_into
+    from genept_fast.stream.sinks import joinid_sidecar
+
+    side = joinid_sidecar(work)
+    embedding = np.load(work, mmap_mode="r")
+    write_into(
+        plan.uri,
+        embedding,
+        np.load(side),
+        key=plan.key,
+        measurement=plan.measurement,
+        info=uns,
+        overwrite=plan.overwrite,
+    )
+    del embedding
+    work.unlink()
+    side.unlink()
+    return f"ms[{plan.measurement!r}].obsm[{plan.key!r}] of {plan.uri}"
