@@ -45,7 +45,7 @@ NOT_RUN = {"text"}
 MARKER = re.compile(r"^<!--\s*docs-test:\s*(?P<what>skip|setup)\s+(?P<arg>.*?)\s*-->\s*$")
 SKIP_REASONS = {"(needs network)", "(needs API key)"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+)(?P<lang>[^`\s]*)\s*$")
-BLOCK_TIMEOUT_S = 240
+BLOCK_TIMEOUT_S = 600  # a hang, not a slow machine
 
 
 @dataclass
