@@ -124,6 +124,8 @@ def test_usage_errors_name_the_new_flags(capsys: pytest.CaptureFixture[str]) -> 
     assert "one of the arguments -o/--output --into is required" in capsys.readouterr().err
     assert main(["evaluate", "in.h5ad", "--label", "x", "--knn-k", "0", "-o", "r"]) == 2
     assert "argument --k: 0 is out of range" in capsys.readouterr().err
+    assert main(["evaluate", "in.h5ad", "--label", "x", "--test-size", "1", "-o", "r"]) == 2
+    assert "argument --test-size: 1 is not a number between 0 and 1" in capsys.readouterr().err
 
 
 def test_an_embedder_option_that_does_not_apply_names_the_flag(
@@ -137,6 +139,10 @@ def test_an_embedder_option_that_does_not_apply_names_the_flag(
     assert main([*argv, "--dimensions", "8"]) == 2
     err = capsys.readouterr().err
     assert "--dimensions apply only to --embedder openai:MODEL, not 'local'" in err
+    assert main([*argv, "--embedder", "openai:text-embedding-3-small", "--batch-size", "4096"]) == 2
+    assert "--batch-size 4096: an OpenAI embeddings request takes at most 2,048" in (
+        capsys.readouterr().err
+    )
     assert main([*argv, "--batch"]) == 2
     err = capsys.readouterr().err
     assert "note: --batch is deprecated; use --batch-api" in err

@@ -68,6 +68,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """An argparse ``type``: a number strictly between 0 and 1 (a held-out fraction)."""
+    value = _number(text, float, "a number")
+    if not 0.0 < value < 1.0:
+        msg = f"{text} is not a number between 0 and 1 (both excluded)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def probability(text: str) -> float:
     """An argparse ``type``: a number in [0, 1] (confidences, fractions)."""
     value = _number(text, float, "a number")
@@ -105,6 +114,10 @@ EMBEDDER_DEFAULTS: dict[str, Any] = {
     "timeout": 60.0,
     "max_retries": 6,
 }
+
+
+#: The most inputs one OpenAI embeddings request takes (the API's limit).
+OPENAI_MAX_BATCH = 2048
 
 
 def add_embedder_arguments(
@@ -185,7 +198,14 @@ def build_embedder(args: argparse.Namespace, *, use_batch: bool = False, **extra
     from genept_fast.embed import get_embedder
 
     spec = args.embedder or "local"
-    if not spec.strip().lower().startswith("openai:"):
+    openai = spec.strip().lower().startswith("openai:")
+    if openai and args.batch_size is not None and args.batch_size > OPENAI_MAX_BATCH:
+        msg = (
+            f"--batch-size {args.batch_size}: an OpenAI embeddings request takes at most"
+            f" {OPENAI_MAX_BATCH:,} inputs"
+        )
+        raise InvalidArgumentError(msg)
+    if not openai:
         wrong = [
             flag
             for flag, value in (

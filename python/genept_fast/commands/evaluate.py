@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 from genept_fast._inputs import require_anndata, require_table
 from genept_fast._outputs import add_overwrite_argument, check_output
-from genept_fast.commands._args import check_distinct, int_range, old_spelling, probability
+from genept_fast.commands._args import (
+    check_distinct,
+    int_range,
+    old_spelling,
+    open_fraction,
+    probability,
+)
 from genept_fast.errors import InputError
 from genept_fast.eval._genes import GENE_MODELS
 from genept_fast.eval._io import REPORT_FILES, safe_name
@@ -73,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="neighbours of the kNN vote (default: 10; 15 with --reference)",
     )
     old_spelling(p, "--knn-k", "--k")
-    p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction")
+    p.add_argument("--test-size", type=open_fraction, default=0.2, help="held-out fraction")
     p.add_argument("--n-neighbors", type=int_range(2), default=15, help="kNN graph size for Leiden")
     p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution")
     p.add_argument("--no-leiden", action="store_true", help="skip Leiden clustering")
