@@ -334,3 +334,30 @@ def test_w_s_and_pca_compared_and_ensembled_from_one_store(
         back, label_key="bulk_labels", obsm_keys=["both"], leiden=False, plots=False
     ).results["both"]
     assert by_hand == pytest.approx(results[ensemble])
+
+
+def test_hostile_stores_are_refused_before_any_work(
+    cells: ad.AnnData, tmp_path: Path, genes_parquet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp = tmp_path / "in.h5ad"
+    cells.write_h5ad(inp)
+    link = tmp_path / "link.h5ad"
+    link.symlink_to(inp)
+    store = write_store(cells, tmp_path / "pbmc.zarr", 2)
+    before = hashes(store)
+    base = ["encode", str(inp), "--genes", str(genes_parquet), "--overwrite", "--into"]
+    cases = {
+        str(link): "is the input; a .h5ad file is never rewritten",  # a link to the input
+        str(inp): "is the input",
+        str(store / "obsm"): "not an AnnData file or store",  # a group inside a store
+        str(genes_parquet): "takes an AnnData .zarr store or a .h5ad file",
+    }
+    for target, expected in cases.items():
+        assert main([*base, target]) == 2, target
+        err = capsys.readouterr().err
+        assert expected in err, err
+        assert "Traceback" not in err
+    assert hashes(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.h5ad", "link.h5ad", "pbmc.zarr", "genes.parquet"]
+    )
