@@ -257,6 +257,14 @@ def test_an_obs_filter_selects_exactly_the_right_cells(pbmc: dict, tmp_path: Pat
     np.testing.assert_array_equal(_bits(emb), _bits(np.load(tmp_path / "all.npy")[expected]))
 
 
+def test_an_output_inside_the_experiment_is_refused(pbmc: dict) -> None:
+    with pytest.raises(InputError, match="inside"):
+        stream.encode_weighted(
+            soma.SomaSource(pbmc["uri"]), pbmc["uri"] / "emb.npy", pbmc["E"], progress=False
+        )
+    assert not (pbmc["uri"] / "emb.npy").exists()
+
+
 def test_a_filter_that_selects_nothing_is_an_empty_source(pbmc: dict) -> None:
     src = soma.SomaSource(pbmc["uri"], obs_filter="n_genes < 0")
     assert src.n_cells == 0 and src.obs_names() == [] and src.read(0, 0).shape == (0, 765)

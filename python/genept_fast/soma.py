@@ -312,6 +312,11 @@ class SomaSource:
         return f"{what} where {self.obs_filter}" if self.obs_filter else what
 
     @property
+    def path(self) -> Path | None:
+        """The experiment's folder when it is local (an output may not be it or inside it)."""
+        return None if self.uri.startswith(_REMOTE) else Path(self.uri.removeprefix("file://"))
+
+    @property
     def n_cells(self) -> int:
         return int(self._ids.size)
 
