@@ -216,3 +216,60 @@ def test_counts_need_no_sentence_tokenized_when_additive(
     assert seen == []
     assert cut.any()
     assert list(tokens) == real_count(sentences)
+
+
+def _fit_reference(builder: SentenceBuilder, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Genes that fit, cell by cell: the longest run of ranked genes whose running total of
+    tokens stays within the budget up to where it first goes over, and its tokens."""
+    k = np.zeros(len(top), dtype=np.int64)
+    tokens = np.zeros(len(top), dtype=np.int64)
+    for i, row in enumerate(top):
+        total = 0
+        for j, g in enumerate(row):
+            if g < 0:
+                break
+            cost = builder._first_cost[g] if j == 0 else builder._cost[g]
+            if total + cost > builder._budget:
+                break
+            total += cost
+            k[i] = j + 1
+        tokens[i] = builder.prefix_tokens + total if k[i] else 0
+    return k, tokens
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n_genes=st.integers(1, 12),
+    n_cells=st.integers(1, 8),
+    width=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    negative=st.booleans(),
+    budget=st.integers(0, 40),
+)
+def test_fit_keeps_the_genes_whose_running_total_fits(
+    openai_emb: OpenAIEmbedder,
+    n_genes: int,
+    n_cells: int,
+    width: int,
+    seed: int,
+    negative: bool,
+    budget: int,
+) -> None:
+    """:meth:`SentenceBuilder._fit` (summed totals where costs only add, running totals where
+    a cost may be negative) against the cell-by-cell reference."""
+    rng = np.random.default_rng(seed)
+    builder = SentenceBuilder(openai_emb, [f"G{i}" for i in range(n_genes)], prefix="")
+    low = -3 if negative else 0
+    builder._cost = np.append(rng.integers(low, 9, n_genes), 0).astype(np.int32)
+    builder._first_cost = np.append(rng.integers(-2, 9, n_genes), 0).astype(np.int32)
+    builder._monotone = bool((builder._cost >= 0).all())
+    builder._budget = budget
+    width = min(width, n_genes)
+    top = np.full((n_cells, width), -1, dtype=np.int32)
+    for i in range(n_cells):
+        n_valid = int(rng.integers(0, width + 1))
+        top[i, :n_valid] = rng.permutation(n_genes)[:n_valid]
+    k, tokens = builder._fit(top)
+    want_k, want_tokens = _fit_reference(builder, top)
+    assert k.tolist() == want_k.tolist()
+    assert tokens.tolist() == want_tokens.tolist()

@@ -132,6 +132,9 @@ class SentenceBuilder:
         self._cost = np.append(self.gene_tokens, 0).astype(np.int32)
         self._first_cost = np.append(self.first_tokens, 0).astype(np.int32)
         self._breaks = np.append(~self.splits, False)
+        self._any_breaks = bool(self._breaks.any())
+        #: no gene after the first costs a negative number of tokens: running totals only grow
+        self._monotone = bool((self._cost >= 0).all())
         budget = limit - self.prefix_tokens
         n_usable = int(self.usable.sum())
         cap = budget + 1  # every gene but possibly the first costs at least one token
@@ -210,16 +213,28 @@ class SentenceBuilder:
         ``top`` holds each cell's ranked genes, padded with -1 after them (``top_genes``).
         """
         n_valid = (top >= 0).sum(axis=1)
-        cost = self._cost[top]  # index -1 (padding) reads the 0 appended to the table
-        cost[:, 0] = self._first_cost[top[:, 0]]
-        total = np.cumsum(cost, axis=1, dtype=np.int32)  # int32: 5x faster than int64
-        over = total > self._budget
-        k = np.minimum(np.where(over.any(axis=1), over.argmax(axis=1), top.shape[1]), n_valid)
-        last = np.take_along_axis(total, np.maximum(k - 1, 0)[:, None], axis=1)[:, 0]
+        cost = np.take(self._cost, top)  # index -1 (padding) reads the 0 appended to the table
+        cost[:, 0] = np.take(self._first_cost, top[:, 0])
+        k = n_valid.copy()
+        last = cost.sum(axis=1, dtype=np.int32)  # every gene fits: the tokens of all
+        # With no negative cost after the first gene the running total only grows, so a cell
+        # whose total is within the budget keeps every gene; the others are cut where their
+        # running total first goes over it (each cell, when a cost may be negative).
+        over = np.flatnonzero(last > self._budget) if self._monotone else np.arange(len(top))
+        if over.size:
+            total = np.cumsum(cost[over], axis=1, dtype=np.int32)  # int32: 5x faster than int64
+            past = total > self._budget
+            cut = np.where(past.any(axis=1), past.argmax(axis=1), top.shape[1])
+            k[over] = np.minimum(cut, n_valid[over])
+            last[over] = np.take_along_axis(total, np.maximum(k[over] - 1, 0)[:, None], axis=1)[
+                :, 0
+            ]
         tokens = np.where(k > 0, self.prefix_tokens + last.astype(np.int64), 0)
         # The counts of the sentences with k and k + 1 genes add up when each of the first k
         # genes that another gene follows ends its tokens at the separator.
-        breaks = self._breaks[top]
+        if not self._any_breaks:
+            return k, tokens
+        breaks = np.take(self._breaks, top)
         first_break = np.where(breaks.any(axis=1), breaks.argmax(axis=1), top.shape[1])
         whole = np.flatnonzero(first_break < np.minimum(k, n_valid - 1))
         if whole.size:
