@@ -295,6 +295,8 @@ def test_not_an_experiment(pbmc: dict, tmp_path: Path) -> None:
         soma.SomaSource(pbmc["uri"] / "ms")
     with pytest.raises(InputError, match="no SOMA experiment there"):
         soma.SomaSource(tmp_path / "nothing")
+    with pytest.raises(InputError, match="got dict"):
+        soma.SomaSource({"uri": str(pbmc["uri"])})
 
 
 # -- resume after kill -9 ------------------------------------------------------------------

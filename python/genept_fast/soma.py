@@ -192,6 +192,12 @@ class SomaSource:
     ) -> None:
         soma = _tiledbsoma()
         self._own = isinstance(experiment, (str, os.PathLike))
+        if not self._own and not isinstance(experiment, soma.Experiment):
+            msg = (
+                "experiment must be a SOMA experiment URI or a tiledbsoma.Experiment, got "
+                f"{type(experiment).__name__}"
+            )
+            raise InputError(msg)
         self._exp: Any = self._open(soma, experiment, context) if self._own else experiment
         try:
             self.uri = str(self._exp.uri)
