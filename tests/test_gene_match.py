@@ -325,14 +325,16 @@ MOUSE_POOL = [
     pool=st.sampled_from([POOL, MOUSE_POOL]),
     species=st.sampled_from(["auto", "human", "mouse"]),
     use_alt=st.booleans(),
+    only_keys=st.booleans(),
 )
-def test_exact_first_matching_equals_resolving_every_name(data, pool, species, use_alt):
+def test_exact_first_matching_equals_resolving_every_name(data, pool, species, use_alt, only_keys):
     # names drawn from the table's keys (exact), from the pool (keys in another case, padded,
     # other identifiers of a key's gene, mouse genes, no gene): the exact ones skip the
     # identity layer, the others do not; a mouse pool makes a mouse dataset
     named = [k for k in pool if k.strip()]
     keys = data.draw(st.lists(st.sampled_from(named), min_size=1, max_size=30, unique=True))
-    names = data.draw(st.lists(st.sampled_from(keys) | st.sampled_from(pool), max_size=40))
+    drawn = st.sampled_from(keys) if only_keys else st.sampled_from(keys) | st.sampled_from(pool)
+    names = data.draw(st.lists(drawn, max_size=40, unique=only_keys and data.draw(st.booleans())))
     zero_rows = data.draw(st.sets(st.integers(0, len(keys) - 1)))
     nonzero = np.array([i not in zero_rows for i in range(len(keys))])
     alternatives = None

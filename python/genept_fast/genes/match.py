@@ -402,11 +402,18 @@ def _match(
 ) -> tuple[np.ndarray, Coverage]:
     """:func:`match_genes`; ``exact_first=False`` resolves every name (see :func:`_hits`)."""
     names = [str(n) for n in names]
+    nz = np.ones(len(index.keys), dtype=bool) if nonzero is None else np.asarray(nonzero, bool)
+    if exact_first:
+        rows = [index.exact.get(name) for name in names]
+        if None not in rows and len(set(rows)) == len(rows):
+            if alternatives is not None and len(alternatives) != len(names):
+                msg = f"{len(alternatives)} alternative identifiers for {len(names)} genes"
+                raise InputError(msg)
+            return _all_exact(np.array(rows, dtype=np.int64), nz, _species(names, species))
     hits, sp = _hits(names, index, species=species, exact_first=exact_first)
     if alternatives is not None:
         _try_alternatives(hits, names, alternatives, index, species=species)
     shared, shadowed = _shadow_indirect(hits, names, index)
-    nz = np.ones(len(index.keys), dtype=bool) if nonzero is None else np.asarray(nonzero, bool)
     out = np.full(len(names), -1, dtype=np.int64)
     tally = _Tally()
     for i, h in enumerate(hits):
@@ -433,6 +440,29 @@ def _match(
     return out, cov
 
 
+def _species(names: list[str], species: str) -> str:
+    if species not in SPECIES:
+        msg = f"species must be one of {SPECIES}, got {species!r}"
+        raise InputError(msg)
+    return detect_species(names) if species == "auto" else species
+
+
+def _all_exact(rows: np.ndarray, nonzero: np.ndarray, species: str) -> tuple[np.ndarray, Coverage]:
+    """The match of names that are all distinct table keys as written: what the hit-by-hit
+    tally gives them (every one ``exact``, none shared, shadowed or missing), array-wise."""
+    n = int(rows.shape[0])
+    embedded = nonzero[rows]
+    cov = Coverage(
+        n_query=n,
+        n_matched=n,
+        n_zero=int(n - np.count_nonzero(embedded)),
+        by_method={"exact": n} if n else {},
+        methods=["exact"] * n,
+        species=species,
+    )
+    return np.where(embedded, rows, -1), cov
+
+
 def _hits(
     names: list[str], index: KeyIndex, *, species: str, exact_first: bool
 ) -> tuple[list[_Hit], str]:
@@ -444,11 +474,8 @@ def _hits(
     names' form, neither the HGNC table nor the table's tokens are built. The hits are the
     same either way (``tests/test_gene_match.py`` checks it).
     """
-    if species not in SPECIES:
-        msg = f"species must be one of {SPECIES}, got {species!r}"
-        raise InputError(msg)
+    sp = _species(names, species)
     if not exact_first:
-        sp = detect_species(names) if species == "auto" else species
         pairs = zip(names, resolve(names, species=sp), strict=True)
         return [_find(n, r, index) for n, r in pairs], sp
     found: list[_Hit | None] = [None] * len(names)
@@ -459,7 +486,6 @@ def _hits(
             rest.append(i)
         else:
             found[i] = _Hit(row, "exact")  # the canonical key of a hit is never read
-    sp = detect_species(names) if species == "auto" else species
     todo = [names[i] for i in rest]
     for i, r in zip(rest, resolve(todo, species=sp) if todo else [], strict=True):
         found[i] = _find(names[i], r, index)
