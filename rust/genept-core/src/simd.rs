@@ -110,6 +110,9 @@ pub(crate) struct CellLists<'a> {
     starts: &'a [u32],
     cells: usize,
     max_gene: usize,
+    /// Each entry's row is ANDed with this before it is read (`u32::MAX`: as stored); see
+    /// [`CellLists::masked`].
+    mask: u32,
 }
 
 impl<'a> CellLists<'a> {
@@ -129,7 +132,20 @@ impl<'a> CellLists<'a> {
             starts,
             cells,
             max_gene,
+            mask: u32::MAX,
         }
+    }
+
+    /// The same lists, read with each entry's row ANDed with `mask`: a range of
+    /// `mask + 1` rows (aligned to it) then addresses a packed copy of just that range, row
+    /// `g` at `g & mask`. Every row read is at most `mask`, whatever the entries hold.
+    pub(crate) fn masked(self, mask: u32) -> Self {
+        CellLists { mask, ..self }
+    }
+
+    /// The largest row read (the largest entry row, or the mask if smaller).
+    fn max_row(&self) -> usize {
+        self.max_gene.min(self.mask as usize)
     }
 
     /// The number of gene ranges.
@@ -149,8 +165,9 @@ impl<'a> CellLists<'a> {
 }
 
 /// For each cell `c` of `lists` and each entry (gene `g`, value `v`) of its list in range
-/// `range`, in order: `out[c*stride ..][..w] += v * table[g*tstride ..][..w]`. The output row
-/// stays in registers while the cell's genes of the range are added.
+/// `range`, in order: `out[c*stride ..][..w] += v * table[g*tstride ..][..w]` (`g` ANDed with
+/// the lists' mask, see [`CellLists::masked`]). The output row stays in registers while the
+/// cell's genes of the range are added.
 ///
 /// # Panics
 /// When a length does not fit (a bug in this crate): checked once per call.
@@ -172,7 +189,7 @@ pub(crate) fn gather_range(
             && w <= tstride
             && (lists.ents.is_empty()
                 || lists
-                    .max_gene
+                    .max_row()
                     .checked_mul(tstride)
                     .and_then(|o| o.checked_add(w))
                     .is_some_and(|end| end <= table.len()))
@@ -183,12 +200,13 @@ pub(crate) fn gather_range(
         "gather_range: inconsistent lengths"
     );
     let (starts, ends) = lists.bounds(range);
+    let (l, rows) = ((lists.ents, starts, ends), (tstride, lists.mask as usize));
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if w == TILE => {
-            // SAFETY: AVX-512F is present (only detection makes this Isa). Every entry's gene
-            // g <= max_gene, so its tile g*tstride + w <= table.len(); every cell c < cells, so
-            // its row c*stride + w <= out.len() (both checked above).
+            // SAFETY: AVX-512F is present (only detection makes this Isa). Every row read,
+            // g = entry & mask, is <= max_row, so its tile g*tstride + w <= table.len(); every
+            // cell c < cells, so its row c*stride + w <= out.len() (both checked above).
             unsafe {
                 x86::avx512::gather_tile::<6>(
                     lists.ents,
@@ -196,6 +214,7 @@ pub(crate) fn gather_range(
                     ends,
                     table.as_ptr(),
                     tstride,
+                    rows.1,
                     out.as_mut_ptr(),
                     stride,
                     pf,
@@ -212,6 +231,7 @@ pub(crate) fn gather_range(
                     ends,
                     table.as_ptr(),
                     tstride,
+                    rows.1,
                     out.as_mut_ptr(),
                     stride,
                     pf,
@@ -221,33 +241,98 @@ pub(crate) fn gather_range(
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => {
             // SAFETY: AVX-512F is present; the slices are bounds-checked.
-            unsafe {
-                x86::avx512::gather_any(lists.ents, starts, ends, table, tstride, w, out, stride)
-            }
+            unsafe { x86::avx512::gather_any(l, table, rows, w, out, stride) }
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx2Fma => {
             // SAFETY: AVX2 and FMA are present; the slices are bounds-checked.
-            unsafe {
-                x86::avx2::gather_any(lists.ents, starts, ends, table, tstride, w, out, stride)
-            }
+            unsafe { x86::avx2::gather_any(l, table, rows, w, out, stride) }
         }
-        _ => {
-            let l = (lists.ents, starts, ends);
-            gather_slices(l, table, tstride, w, out, stride, |v, x, o| o + v * x)
-        }
+        _ => gather_slices(l, table, rows, w, out, stride, |v, x, o| o + v * x),
     }
 }
 
 /// Gene tiles to prefetch while a range is gathered (those of the range that comes next):
 /// gene `g`'s tile starts at `table + g*tstride` and spans `bytes` bytes. Spread evenly over
-/// the range's cells.
+/// the range's cells. With `pack`, the same tiles are also copied to a packed buffer, a few
+/// genes behind the prefetches (see [`PackAhead`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Prefetch<'a> {
     pub genes: &'a [u32],
     pub table: *const f32,
     pub tstride: usize,
     pub bytes: usize,
+    pub pack: Option<&'a (dyn CopyAhead + 'a)>,
+}
+
+/// What the gather calls, once per cell, to copy gene tiles behind its prefetches.
+pub(crate) trait CopyAhead: std::fmt::Debug {
+    /// Copies the genes up to `genes[..upto]` not copied yet.
+    fn copy_to(&self, upto: usize);
+}
+
+/// Genes the copy of [`PackAhead`] stays behind the prefetches: far enough for the prefetched
+/// lines to have arrived, near enough that they are still in L2 (a row-major table's tiles
+/// share few L2 sets: prefetched a whole range ahead, most would be evicted again).
+const PACK_LAG: usize = 16;
+
+/// The next range's tiles of a row-major table, copied (packed) while the current range is
+/// gathered: gene `genes[k]`'s `w` floats at `src[g * tstride..]` go to
+/// `dst[(g & mask) * w..]`. The gather copies a share per cell, behind its prefetches
+/// ([`Prefetch::issue`]); [`PackAhead::finish`] copies what is left. Checked slices: a bad
+/// gene panics, never reads or writes out of bounds.
+#[derive(Debug)]
+pub(crate) struct PackAhead<'a> {
+    genes: &'a [u32],
+    src: &'a [f32],
+    tstride: usize,
+    w: usize,
+    mask: usize,
+    dst: std::cell::RefCell<&'a mut [f32]>,
+    done: std::cell::Cell<usize>,
+}
+
+impl<'a> PackAhead<'a> {
+    pub(crate) fn new(
+        genes: &'a [u32],
+        (src, tstride): (&'a [f32], usize),
+        w: usize,
+        mask: u32,
+        dst: &'a mut [f32],
+    ) -> Self {
+        PackAhead {
+            genes,
+            src,
+            tstride,
+            w,
+            mask: mask as usize,
+            dst: std::cell::RefCell::new(dst),
+            done: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Copies every gene not copied yet, and hands the packed buffer back.
+    pub(crate) fn finish(self) -> &'a mut [f32] {
+        self.copy_to(self.genes.len());
+        self.dst.into_inner()
+    }
+}
+
+impl CopyAhead for PackAhead<'_> {
+    fn copy_to(&self, upto: usize) {
+        let (from, upto) = (self.done.get(), upto.min(self.genes.len()));
+        if upto <= from {
+            return;
+        }
+        let mut dst = self.dst.borrow_mut();
+        let w = self.w;
+        for &g in &self.genes[from..upto] {
+            let (g, slot) = (g as usize, g as usize & self.mask);
+            let src = &self.src[g * self.tstride..g * self.tstride + w];
+            dst[slot * w..(slot + 1) * w].copy_from_slice(src);
+        }
+        self.done.set(upto);
+    }
 }
 
 impl Prefetch<'_> {
@@ -257,6 +342,7 @@ impl Prefetch<'_> {
             table: std::ptr::null(),
             tstride: 0,
             bytes: 0,
+            pack: None,
         }
     }
 
@@ -274,6 +360,9 @@ impl Prefetch<'_> {
                 self.bytes,
             );
         }
+        if let Some(pack) = self.pack {
+            pack.copy_to(a.saturating_sub(PACK_LAG));
+        }
     }
 }
 
@@ -284,7 +373,7 @@ impl Prefetch<'_> {
 fn gather_slices(
     (ents, starts, ends): (&[u64], &[u32], &[u32]),
     table: &[f32],
-    tstride: usize,
+    (tstride, mask): (usize, usize),
     w: usize,
     out: &mut [f32],
     stride: usize,
@@ -293,7 +382,7 @@ fn gather_slices(
     for (c, (&a, &b)) in starts.iter().zip(ends).enumerate() {
         let o = &mut out[c * stride..c * stride + w];
         for &en in &ents[a as usize..b as usize] {
-            let (g, v) = (entry_row(en), entry_val(en));
+            let (g, v) = (entry_row(en) & mask, entry_val(en));
             let e = &table[g * tstride..g * tstride + w];
             for (o, &x) in o.iter_mut().zip(e) {
                 *o = add(v, x, *o);
@@ -395,7 +484,7 @@ macro_rules! x86_kernels {
         ///
         /// # Safety
         /// The CPU has the features; every entry's tile (`LANES*NV` floats at
-        /// `table + gene*tstride`) and every cell's row (`out + c*stride`, `c <
+        /// `table + (gene & mask)*tstride`) and every cell's row (`out + c*stride`, `c <
         /// starts.len()`) in bounds.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
@@ -405,6 +494,7 @@ macro_rules! x86_kernels {
             ends: &[u32],
             table: *const f32,
             tstride: usize,
+            mask: usize,
             out: *mut f32,
             stride: usize,
             pf: super::super::Prefetch<'_>,
@@ -423,7 +513,7 @@ macro_rules! x86_kernels {
                 }
                 for &en in list {
                     let vb = $set1(super::super::entry_val(en));
-                    let e = table.add(super::super::entry_row(en) * tstride);
+                    let e = table.add((super::super::entry_row(en) & mask) * tstride);
                     for (k, a) in acc.iter_mut().enumerate() {
                         *a = $fmadd(vb, $load(e.add($lanes * k)), *a);
                     }
@@ -441,17 +531,14 @@ macro_rules! x86_kernels {
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn gather_any(
-            ents: &[u64],
-            starts: &[u32],
-            ends: &[u32],
+            lists: (&[u64], &[u32], &[u32]),
             table: &[f32],
-            tstride: usize,
+            rows: (usize, usize),
             w: usize,
             out: &mut [f32],
             stride: usize,
         ) {
-            let lists = (ents, starts, ends);
-            super::super::gather_slices(lists, table, tstride, w, out, stride, f32::mul_add);
+            super::super::gather_slices(lists, table, rows, w, out, stride, f32::mul_add);
         }
 
         /// [`super::super::scan_counts`] compiled for these features.

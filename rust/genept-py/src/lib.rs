@@ -240,9 +240,11 @@ fn c_slice2<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, what: &str) -> PyRes
         .map_err(|_| invalid(format!("{what} must be C-contiguous")))
 }
 
-/// Below this many cells a numpy table is read in place; above it, re-laying it out tile-major
-/// (one copy, ~50 ms for 30k × 1536) pays for itself. A `PreparedEmbeddings` is always tiled.
-const TILE_MIN_CELLS: usize = 2000;
+/// Below this many cells a numpy table is read in place (the kernel packs the ranges it
+/// needs as it goes); above it, re-laying it out tile-major first (a copy of the table, made
+/// on every call) pays for itself. A `PreparedEmbeddings` is always tiled. How the break-even
+/// was measured: docs/benchmarks.md.
+const TILE_MIN_CELLS: usize = 8192;
 
 /// The table of a weighted_embedding call: prepared once by the caller, or borrowed from numpy.
 enum TableArg<'a, 'py> {
