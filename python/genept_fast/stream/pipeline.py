@@ -506,7 +506,7 @@ def encode_cells(
 
 class _Pipeline:
     """Reader thread → encoder (the calling thread) → writer thread, at most two input chunks
-    alive.
+    and two results alive.
 
     Errors name cells by their position in the whole matrix; ``blame.input`` is set when the
     input is at fault (a read or preprocessing error, or a kernel rejecting a cell of a chunk).
@@ -535,7 +535,10 @@ class _Pipeline:
         self.stop = threading.Event()
         self.slots = threading.Semaphore(2)  # chunks alive: one being encoded + one read ahead
         self.inq: queue.Queue[Any] = queue.Queue()
-        # results alive: one encoding, one queued, one being written
+        # Results alive: one being encoded and one handed to the writer (queued or being
+        # written). A third would cost a result's memory (10,000 cells × D = 1536: 61 MB) for
+        # nothing: writing one takes a fraction of the time encoding the next does.
+        self.results = threading.Semaphore(2)
         self.outq: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.writer_error: list[BaseException] = []
         self.bar: Any = None
@@ -601,6 +604,7 @@ class _Pipeline:
             if item is None:
                 return
             i, a, b, emb, names = item
+            del item
             try:
                 self.work.write(a, b, emb, names)
                 self.state.mark_done(i)
@@ -608,6 +612,8 @@ class _Pipeline:
                 self.writer_error.append(e)
                 self.stop.set()
                 return
+            del emb
+            self.results.release()
             self.bar.update(b - a)
 
     def _check_writer(self) -> None:
@@ -627,6 +633,7 @@ class _Pipeline:
                 raise item.exc
             i, a, b, X, names = item
             del item
+            self._take_result_slot()
             emb = self._encode(i, a, b, X)
             del X
             self.slots.release()
@@ -649,6 +656,11 @@ class _Pipeline:
             )
             raise InputError(msg)
         return np.ascontiguousarray(emb, dtype=self.dtype)
+
+    def _take_result_slot(self) -> None:
+        """Wait until fewer than two results are alive (the writer releases one per write)."""
+        while not self.results.acquire(timeout=0.1):
+            self._check_writer()
 
     def _hand_over(self, item: tuple[Any, ...]) -> None:
         while True:

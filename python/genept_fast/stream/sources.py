@@ -21,16 +21,12 @@ the commands can all import them without an import circle.
 - :class:`AnnDataObjectSource` reads rows of an AnnData object (in memory, view or backed).
 - :class:`ArraySource` wraps an in-memory matrix (handy for tests and small jobs).
 
-Why the CSR rows are not read by anndata's ``anndata.io.sparse_dataset`` (measured; it reads
-the same row slices from h5py and zarr, and was tried): the reader runs in every streamed job,
-and importing anndata costs that job 130 MB of resident memory (a process with numpy, scipy,
-h5py and :mod:`genept_fast.stream` imported: 106 MB; with ``anndata.io`` too: 236 MB). In
-``benches/bench_stream.py --cells 100000`` (D = 1536, chunk 10,000) the stream's peak RSS
-went from 973 MB to 1,100 MB, past its 1 GiB goal, while reading got no faster: 200 M
-nonzeros in 10,000-row chunks, checks included, took 0.85 s against 0.73 s here (best of
-five, page cache warm, load ~4). The hand-written slicer is ~40 lines, reads only
-``indptr[a:b+1]`` and the ``data``/``indices`` range it names, and keeps this module's
-corruption checks (header, monotone ``indptr``, column indices in range).
+Why the CSR rows are not read by anndata's ``anndata.io.sparse_dataset`` (it reads the same
+row slices from h5py and zarr, and was tried): the reader runs in every streamed job, importing
+anndata adds about 130 MB to that job's resident memory (past the stream's 1 GiB goal), and
+reading got no faster. The hand-written slicer reads only ``indptr[a:b+1]`` and the
+``data``/``indices`` range it names, and keeps the reading layer's corruption checks (header,
+monotone ``indptr``, column indices in range). The measurements are in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
