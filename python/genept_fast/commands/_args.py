@@ -285,9 +285,30 @@ def respell(parser: argparse.ArgumentParser, args: Sequence[str]) -> list[str]:
     return out
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """``--help`` of every command: descriptions as written, and each option's default said
-    (``(default: 4)``) unless its help already says it or it has none (``None``, a flag)."""
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` of every command: descriptions wrapped to the terminal paragraph by paragraph
+    (a blank line starts a paragraph; one whose lines are indented or bulleted is kept as
+    written), and each option's default said (``(default: 4)``) unless its help already says
+    it or it has none (``None``, a flag)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out = []
+        for para in text.split("\n\n"):
+            lines = para.splitlines()
+            if any(line[:1].isspace() or line.startswith(("- ", "* ")) for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(
+                    textwrap.fill(
+                        " ".join(para.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                    )
+                )
+        return "\n\n".join(out)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

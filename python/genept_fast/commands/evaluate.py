@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "evaluate",
         help="score cell embeddings (clustering, annotation, batch effect) side by side",
         description=(
-            "Score the embeddings in an .h5ad's obsm with the GenePT paper's protocols: k-means "
+            "Score the embeddings in the obsm of an .h5ad / .zarr AnnData (e.g. X_genept_w and"
+            " X_genept_s written there by encode --into, beside X_pca; --ensemble adds them"
+            " together) with the GenePT paper's protocols: k-means "
             "and Leiden clustering (AMI/ARI), kNN and logistic-regression annotation on a "
             "stratified 80/20 split, batch-effect ARI and silhouettes. Cells labelled 'Unknown' "
             "are left out, and so are cells without a label (empty, 'nan', 'None'). Writes "
