@@ -276,3 +276,10 @@ def test_a_missing_api_key_is_said_in_flags(
     err = capsys.readouterr().err
     assert "--source llm needs an API key" in err and "--base-url" in err
     assert "api_key" not in err and "base_url=" not in err and "source=" not in err
+
+
+@pytest.mark.parametrize("command", sorted(subparsers()))
+def test_help_fits_the_terminal(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    text = subparsers()[command].format_help()
+    assert [line for line in text.splitlines() if len(line) > 100] == []

@@ -161,7 +161,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         choices=GENE_MODELS,
         default=list(GENE_MODELS),
-        help="classifiers to cross-validate (default: both)",
+        metavar="MODEL",
+        help=f"classifiers to cross-validate: {', '.join(GENE_MODELS)} (default: both)",
     )
     g.add_argument(
         "--n-jobs", type=int_range(-1, 4096), default=None, help="random-forest jobs (default 1)"
