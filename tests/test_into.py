@@ -361,3 +361,33 @@ def test_hostile_stores_are_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["in.h5ad", "link.h5ad", "pbmc.zarr", "genes.parquet"]
     )
+
+
+def test_a_failed_into_job_leaves_the_store_alone_and_resumes(
+    cells: ad.AnnData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from servers.openai_api import OpenAIEmbeddingServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("GENEPT_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    store = write_store(cells, tmp_path / "pbmc.zarr", 2)
+    before = hashes(store)
+    args = ["encode", str(store), "--method", "s", "--into", str(store), "--chunk-size", "20"]
+    args += ["--top-n", "10", "--embedder", "openai:text-embedding-3-small"]
+    with OpenAIEmbeddingServer(api_key="test") as srv:
+        args += ["--base-url", srv.url, "--dimensions", str(DIM), "--batch-size", "20"]
+        srv.add_fault("delay", times=1, delay=0.0)  # the first chunk passes
+        srv.add_fault("error", times=1, status=400, message="injected failure")
+        assert main(args) == 3
+        assert "injected failure" in capsys.readouterr().err
+        assert hashes(store) == before  # no half key, nothing else touched
+        assert [p for p in beside(store) if p.endswith(".partial")]  # the done chunk is kept
+
+        assert main(args) == 0
+        assert "1 of 3 chunks resumed" in capsys.readouterr().err
+    assert ad.read_zarr(store).obsm["X_genept_s"].shape == (N_CELLS, DIM)
+    assert beside(store) == ["cache"]
