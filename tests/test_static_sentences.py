@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import genept_fast as gf
 from genept_fast.embed import get_embedder
 from genept_fast.encode import start_sentences
-from genept_fast.encode.static import StaticSentenceEncoder, is_static
+from genept_fast.encode.static import DEFAULT_TOP_N, StaticSentenceEncoder, is_static
 from genept_fast.kernels import DEFAULT_PREFIX
 
 wordllama = pytest.importorskip("wordllama")
@@ -55,7 +55,7 @@ def expected(reference, X, names, *, top_n, prefix, sep=" "):
     usable = np.array([bool(g.strip()) for g in names])
     out = np.zeros((dense.shape[0], 256), dtype=np.float32)
     for i, row in enumerate(dense):
-        genes = ranked(row, usable)[:top_n]
+        genes = ranked(row, usable)[: DEFAULT_TOP_N if top_n is None else top_n]
         if genes:
             text = prefix + sep.join(names[j] for j in genes)
             out[i] = reference.embed(text, norm=True)[0]
@@ -101,9 +101,9 @@ def test_long_sentences_have_no_token_cap(emb, reference, symbols):
     rng = np.random.default_rng(0)
     names = list(rng.choice(symbols, 3000, replace=False))
     X = sp.random_array((5, 3000), density=0.7, random_state=rng, dtype=np.float32)
-    enc = StaticSentenceEncoder(emb, names)
+    enc = StaticSentenceEncoder(emb, names, top_n=10**6)
     got = enc(X)
-    want = expected(reference, X, names, top_n=None, prefix=DEFAULT_PREFIX)
+    want = expected(reference, X, names, top_n=10**6, prefix=DEFAULT_PREFIX)
     assert np.abs(got - want).max() <= 1e-5
     assert enc.n_fallback == 0 and enc.n_cut == 0
     # every expressed gene is in the sentence: thousands of tokens, none cut
@@ -114,7 +114,7 @@ def test_a_token_limit_cuts_as_the_builder_does(emb, reference, symbols):
     rng = np.random.default_rng(1)
     names = list(rng.choice(symbols, 400, replace=False))
     X = sp.random_array((20, 400), density=0.5, random_state=rng, dtype=np.float32)
-    enc = StaticSentenceEncoder(emb, names, max_input_tokens=120)
+    enc = StaticSentenceEncoder(emb, names, max_input_tokens=120, top_n=400)
     chunk = enc.encode(X)
     sentences, kept, cut = enc.builder.build(X)
     np.testing.assert_array_equal(chunk.kept, kept)

@@ -130,15 +130,16 @@ def genept_w(
 
     Returns
     -------
-    ``None``, or the copy with ``copy=True``. Sets
+    anndata.AnnData or None
+        ``None``, or the copy with ``copy=True``. Sets
 
-    - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``; a cell with no embedded gene
-      expressed is all zeros;
-    - ``adata.uns[key_added]``: ``{"params": {...}, "coverage": {...}}`` (model, dimension,
-      text source, ``matrix`` — ``"X"``, ``"raw/X"`` or ``"layers/<name>"`` —, ``preprocess``
-      — ``"log1p"`` or ``"none"`` —, genes matched), the record every path writes
-      (:func:`genept_fast.encode.weighted_record`);
-    - ``adata.var[f"{key_added}_embedded"]``: whether each gene has an embedding.
+        - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``; a cell with no embedded gene
+          expressed is all zeros;
+        - ``adata.uns[key_added]``: ``{"params": {...}, "coverage": {...}}`` (model,
+          dimension, text source, ``matrix`` — ``"X"``, ``"raw/X"`` or ``"layers/<name>"`` —,
+          ``preprocess`` — ``"log1p"`` or ``"none"`` —, genes matched), the record every path
+          writes (:func:`genept_fast.encode.weighted_record`);
+        - ``adata.var[f"{key_added}_embedded"]``: whether each gene has an embedding.
     """
     adata = _start(adata, key_added, copy)
     with start_weighted(
@@ -204,7 +205,9 @@ def genept_s(
         within a cell, so no preprocessing is applied (scaled values, with negatives, are
         refused).
     top_n
-        Most genes per sentence (default: as many as fit the model's input limit).
+        Most genes per sentence (default: as many as fit the model's input limit; with a static
+        model, which has no limit, 25: :data:`genept_fast.encode.static.DEFAULT_TOP_N`, the
+        best range measured on PBMCs; any number up to every expressed gene may be asked).
     prefix, sep
         Sentence prefix and gene separator.
     max_input_tokens
@@ -225,13 +228,14 @@ def genept_s(
 
     Returns
     -------
-    ``None`` (or the copy, or the estimate with ``dry_run``). Sets
+    anndata.AnnData or genept_fast.embed.CostEstimate or None
+        ``None`` (or the copy, or the estimate with ``dry_run``). Sets
 
-    - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``;
-    - ``adata.obs[f"{key_added}_n_genes"]``: genes in each cell's sentence;
-    - ``adata.uns[key_added]["params"]``: model, dimension, prefix, top_n (as it acts: at most
-      the number of genes), token limit, genes per sentence, cells cut at the token limit,
-      distinct sentences.
+        - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``;
+        - ``adata.obs[f"{key_added}_n_genes"]``: genes in each cell's sentence;
+        - ``adata.uns[key_added]["params"]``: model, dimension, prefix, top_n (as it acts: at
+          most the number of genes), token limit, genes per sentence, cells cut at the token
+          limit, distinct sentences.
     """
     target = _start(adata, key_added, copy and not dry_run)
     with start_sentences(
