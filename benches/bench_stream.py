@@ -9,6 +9,8 @@ progress), then runs each path in its own subprocess and reads that child's peak
 
 - ``stream``: :func:`genept_fast.stream.encode_weighted` to a ``.npy`` (end to end: open, read,
   encode, write, finalise);
+- ``cli``: ``genept-fast encode --method w --genes E.parquet`` to a ``.npy``, what a user runs
+  (start-up, the parquet table read and matched by name, then the same stream);
 - ``in-memory kernel``: ``anndata.read_h5ad`` + :func:`genept_fast.weighted_embedding`, timed
   separately (read, kernel). When the whole matrix would not fit in memory, the kernel runs on
   the first cells that do (its throughput per cell does not depend on N);
@@ -223,6 +225,28 @@ def bench_raw_counts(a: argparse.Namespace) -> dict:
             "total_time_ratio": tot_ratio, "max_abs_diff": err}  # fmt: skip
 
 
+def run_cli(a: argparse.Namespace, output: Path) -> dict:
+    """``genept-fast encode`` with the parquet table, timed and its peak RSS read."""
+    exe = Path(sys.executable).with_name("genept-fast")
+    output.unlink(missing_ok=True)
+    cmd = [str(exe), "encode", str(a.input), "--method", "w", "--genes",
+           str(_gene_table(a.genes, a.dim)), "-o", str(output), "--no-progress", "--no-resume",
+           "--chunk-size", str(a.chunk)]  # fmt: skip
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        msg = f"genept-fast encode failed: {stderr.strip()[-500:]}"
+        raise RuntimeError(msg)
+    output.unlink(missing_ok=True)
+    return {"seconds": time.perf_counter() - t0, "cells": a.cells, "mode": "cli",
+            "peak_rss_mib": usage.ru_maxrss / 1024}  # fmt: skip
+
+
 def run_worker(mode: str, a: argparse.Namespace, **extra: object) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--input", str(a.input),
            "--table", str(a.table), "--chunk", str(a.chunk)]  # fmt: skip
@@ -292,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     results.append(run_worker("stream", a, output=stream_out))
+    results.append(run_cli(a, OUT / f"cli_{tag}.npy"))
 
     # In-memory kernel: whole matrix if it fits (X + output + table, twice over), else a prefix.
     nnz_total = a.cells * a.nnz
@@ -324,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         rate = r["cells"] / r["seconds"]
         r["cells_per_s"] = rate
         r["vs_inmemory_kernel"] = rate / kernel_rate
-        label = {"stream": "stream (end to end)", "inmemory": "in-memory read+kernel",
+        label = {"stream": "stream (end to end)", "cli": "CLI encode (parquet table)",
+                 "inmemory": "in-memory read+kernel",
                  "naive": "naive read + scipy X @ E"}[r["mode"]]  # fmt: skip
         print(f"{label:<30} {r['cells']:>10,} {r['seconds']:>9.2f} {rate:>10,.0f} "
               f"{r['peak_rss_mib']:>8,.0f} M {rate / kernel_rate:>8.0%}")  # fmt: skip
