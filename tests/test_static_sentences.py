@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import genept_fast as gf
 from genept_fast.embed import get_embedder
+from genept_fast.embed.wordllama import WordLlamaEmbedder
 from genept_fast.encode import start_sentences
 from genept_fast.encode.static import DEFAULT_TOP_N, StaticSentenceEncoder, is_static
 from genept_fast.kernels import DEFAULT_PREFIX
@@ -188,3 +189,37 @@ def test_every_path_gives_the_same_embedding(symbols, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     np.testing.assert_array_equal(ad.read_h5ad(cli).obsm["X_genept_s"], tl)
+
+
+class _FailsOnce(WordLlamaEmbedder):
+    """The packaged model, whose second batch of written sentences fails (a fault injected as
+    the loopback servers inject theirs)."""
+
+    calls = 0
+
+    def _embed_uncached(self, texts, sink, *, token_counts):
+        type(self).calls += 1
+        if type(self).calls == 2:
+            raise RuntimeError("injected failure")
+        super()._embed_uncached(texts, sink, token_counts=token_counts)
+
+
+def test_a_failed_stream_resumes_and_equals_the_tool(symbols, tmp_path):
+    adata = _pbmc_like(symbols, n_cells=50)
+    names = list(adata.var_names)
+    names[0] = "B2M "  # its tokens do not add up: its cells' sentences go through the model
+    adata.var_names = names
+    X = adata.X.tolil()
+    X[:, 0] = 1000.0  # in every sentence
+    adata.X = X.tocsr()
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "s.npy"
+    kw = {"top_n": 30, "chunk_size": 20, "progress": False}
+    with pytest.raises(RuntimeError, match="injected failure"):
+        gf.stream.encode_sentences(path, out, _FailsOnce(), **kw)
+    assert not out.exists()
+    report = gf.stream.encode_sentences(path, out, WordLlamaEmbedder(), **kw)
+    assert report.chunks_resumed == 1 and report.cells_encoded == 30
+    want = gf.tl.genept_s(adata, WordLlamaEmbedder(), top_n=30, copy=True)
+    np.testing.assert_array_equal(np.load(out), want.obsm["X_genept_s"])
