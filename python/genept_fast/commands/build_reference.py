@@ -19,12 +19,16 @@ from genept_fast.commands._args import check_distinct, int_range
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["register", "run"]
+__all__ = ["HNSW_DEFAULTS", "IVF_DEFAULTS", "register", "run"]
+
+#: The faiss defaults of :mod:`genept_fast.annotate` (``HNSW_DEFAULTS``, ``IVF_DEFAULTS``) written
+#: out so that building the parser imports no part of genept_fast.annotate; a test checks that
+#: they are equal.
+HNSW_DEFAULTS: dict[str, int] = {"M": 32, "ef_construction": 80, "ef_search": 96}
+IVF_DEFAULTS: dict[str, int] = {"nprobe": 32}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from genept_fast.annotate import HNSW_DEFAULTS, IVF_DEFAULTS
-
     p = sub.add_parser(
         "build-reference",
         help="index a labelled reference (.h5ad / .zarr) once for annotate",

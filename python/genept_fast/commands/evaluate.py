@@ -16,15 +16,18 @@ from genept_fast.commands._args import (
     probability,
 )
 from genept_fast.errors import InputError
-from genept_fast.eval._genes import GENE_MODELS
-from genept_fast.eval._io import REPORT_FILES, safe_name
 
 if TYPE_CHECKING:
     import argparse
 
     from anndata import AnnData
 
-__all__ = ["register", "run", "run_genes", "run_transfer"]
+__all__ = ["GENE_MODELS", "register", "run", "run_genes", "run_transfer"]
+
+#: evaluate-genes' classifiers, :data:`genept_fast.eval.GENE_MODELS` written out so that building
+#: the parser imports no part of genept_fast.eval (scikit-learn, matplotlib); a test checks that
+#: the two are equal.
+GENE_MODELS = ("logistic_regression", "random_forest")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -237,6 +240,7 @@ def _obsm_keys(args: argparse.Namespace, adata: AnnData) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run ``genept-fast evaluate``."""
     from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate
+    from genept_fast.eval._io import REPORT_FILES, safe_name
 
     path: Path = args.input
     if not path.exists():
@@ -297,6 +301,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     """``genept-fast evaluate QUERY --reference REF``: score labels transferred from REF."""
     from genept_fast.annotate._transfer import is_index_file
     from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate_transfer
+    from genept_fast.eval._io import REPORT_FILES
 
     ref: Path = args.reference
     if not ref.exists():
@@ -350,6 +355,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 def run_genes(args: argparse.Namespace) -> int:
     """Run ``genept-fast evaluate-genes``."""
     from genept_fast.eval import evaluate_genes
+    from genept_fast.eval._io import REPORT_FILES
     from genept_fast.table import GeneEmbeddings
 
     path: Path = args.genes
