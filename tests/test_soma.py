@@ -134,8 +134,14 @@ def test_a_chunk_read_in_many_blocks_is_the_same_csr(
 ) -> None:
     with soma.SomaSource(pbmc["uri"], obs_filter="louvain != '2'") as src:
         whole = src.read(0, src.n_cells)
-        monkeypatch.setattr(soma, "READ_ENTRIES", 1000)  # ~4 cells a block
+        monkeypatch.setattr(soma, "READ_ENTRIES", 1000)  # then ~4 cells a block
+        reads: list[int] = []
+        read_block = src._read_block
+        monkeypatch.setattr(
+            src, "_read_block", lambda ids, first: reads.append(ids.size) or read_block(ids, first)
+        )
         blocks = src.read(0, src.n_cells)
+    assert max(reads) <= 8 and sum(reads) == whole.shape[0]  # ~4 cells a block, all read
     assert blocks.has_sorted_indices and blocks.indices.dtype == whole.indices.dtype
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))
