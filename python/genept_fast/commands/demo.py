@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
         help="offline end-to-end demo: PBMCs → GenePT-w / GenePT-s → metrics and UMAPs vs PCA",
-        description="Gene text (NCBI if reachable, else HGNC names) → local text model → GenePT-w "
+        description="Gene text (NCBI if reachable, else HGNC names) → local text models → GenePT-w "
         "and GenePT-s on scanpy's pbmc68k_reduced → kNN accuracy, AMI/ARI next to PCA, and one "
         "figure (umap.png) with the UMAP of each embedding side by side. "
         "Files already in the output folder from an earlier run are refused unless --overwrite.",
@@ -30,7 +30,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="auto",
         help="gene text source (auto: NCBI, else the offline HGNC names)",
     )
-    p.add_argument("--embedder", default="local", help="text model (default: local, offline)")
+    p.add_argument(
+        "--embedder", default="local", help="text model for the gene texts (offline MiniLM)"
+    )
+    p.add_argument(
+        "--sentence-embedder",
+        default="wordllama",
+        help="text model for GenePT-s's cell sentences (the offline static model; 'local' for "
+        "MiniLM, whose sentences are cut at 256 tokens and take ~100x longer)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the UMAPs and the figure")
     p.add_argument("--no-progress", action="store_true", help="no progress while embedding")
     p.add_argument("--threads", type=int_range(), help="threads (default: all cores)")
@@ -47,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         text_source=args.text,
         embedder=args.embedder,
+        sentence_embedder=args.sentence_embedder,
         plots=not args.no_plots,
         n_threads=args.threads,
         overwrite=args.overwrite,
