@@ -129,7 +129,9 @@ def _measurement(exp: Any, name: str, uri: str) -> Any:
 
 
 def _vstack(parts: list[sp.csr_array], n_genes: int, dtype: np.dtype[Any]) -> sp.csr_array:
-    """CSR blocks stacked by rows with one copy of their values (int32 indices where they fit)."""
+    """CSR blocks stacked by rows (int32 indices where they fit). ``parts`` is emptied as it
+    goes: each block is let go once copied, and the result's pages are touched only as they are
+    filled, so the chunk is not held twice."""
     if len(parts) == 1:
         return parts[0]
     n = sum(int(p.shape[0]) for p in parts)
@@ -139,12 +141,15 @@ def _vstack(parts: list[sp.csr_array], n_genes: int, dtype: np.dtype[Any]) -> sp
     indices = np.empty(nnz, dtype=index)
     indptr = np.zeros(n + 1, dtype=index)
     row = at = 0
-    for p in parts:
+    parts.reverse()
+    while parts:
+        p = parts.pop()
         k, m = int(p.nnz), int(p.shape[0])
         data[at : at + k] = p.data
         indices[at : at + k] = p.indices
         indptr[row + 1 : row + m + 1] = p.indptr[1:] + at
         row, at = row + m, at + k
+        del p
     return sp.csr_array((data, indices, indptr), shape=(n, n_genes))
 
 
