@@ -233,6 +233,21 @@ def pbmc(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ],
             "--obsm lists a key twice",
         ),
+        (
+            [
+                "encode",
+                "{f}",
+                "--method",
+                "s",
+                "--embedder",
+                "wordllama",
+                "--gene-key",
+                "nope",
+                "-o",
+                "{t}/s.npy",
+            ],
+            "--gene-key 'nope' is not a column of var",
+        ),
     ],
 )
 def test_messages_name_flags_not_python_arguments(
@@ -252,7 +267,7 @@ def test_messages_name_flags_not_python_arguments(
     assert main([fill(a) for a in argv]) == 2
     err = capsys.readouterr().err
     assert fill(expected) in err
-    for name in ("label_key", "obsm_key", "batch_key", "api_key", "knn_k"):
+    for name in ("label_key", "obsm_key", "batch_key", "api_key", "knn_k", "gene_key"):
         assert name not in err
 
 

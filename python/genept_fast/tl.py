@@ -131,15 +131,19 @@ def genept_w(
     Returns
     -------
     anndata.AnnData or None
-        ``None``, or the copy with ``copy=True``. Sets
+        ``None``, or the copy with ``copy=True``.
 
-        - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``; a cell with no embedded gene
-          expressed is all zeros;
-        - ``adata.uns[key_added]``: ``{"params": {...}, "coverage": {...}}`` (model,
-          dimension, text source, ``matrix`` — ``"X"``, ``"raw/X"`` or ``"layers/<name>"`` —,
-          ``preprocess`` — ``"log1p"`` or ``"none"`` —, genes matched), the record every path
-          writes (:func:`genept_fast.encode.weighted_record`);
-        - ``adata.var[f"{key_added}_embedded"]``: whether each gene has an embedding.
+    Notes
+    -----
+    Sets:
+
+    - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``; a cell with no embedded gene
+      expressed is all zeros;
+    - ``adata.uns[key_added]``: ``{"params": {...}, "coverage": {...}}`` (model,
+      dimension, text source, ``matrix`` — ``"X"``, ``"raw/X"`` or ``"layers/<name>"`` —,
+      ``preprocess`` — ``"log1p"`` or ``"none"`` —, genes matched), the record every path
+      writes (:func:`genept_fast.encode.weighted_record`);
+    - ``adata.var[f"{key_added}_embedded"]``: whether each gene has an embedding.
     """
     adata = _start(adata, key_added, copy)
     with start_weighted(
@@ -229,13 +233,17 @@ def genept_s(
     Returns
     -------
     anndata.AnnData or genept_fast.embed.CostEstimate or None
-        ``None`` (or the copy, or the estimate with ``dry_run``). Sets
+        ``None`` (or the copy, or the estimate with ``dry_run``).
 
-        - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``;
-        - ``adata.obs[f"{key_added}_n_genes"]``: genes in each cell's sentence;
-        - ``adata.uns[key_added]["params"]``: model, dimension, prefix, top_n (as it acts: at
-          most the number of genes), token limit, genes per sentence, cells cut at the token
-          limit, distinct sentences.
+    Notes
+    -----
+    Sets:
+
+    - ``adata.obsm[key_added]``: float32 ``(n_obs, D)``;
+    - ``adata.obs[f"{key_added}_n_genes"]``: genes in each cell's sentence;
+    - ``adata.uns[key_added]["params"]``: model, dimension, prefix, top_n (as it acts: at
+      most the number of genes), token limit, genes per sentence, cells cut at the token
+      limit, distinct sentences.
     """
     target = _start(adata, key_added, copy and not dry_run)
     with start_sentences(

@@ -751,7 +751,8 @@ def dataset_identifiers(
     names = gene_names(var_names)
     if gene_key is not None:
         if var is None or gene_key not in var.columns:
-            msg = f"gene_key {gene_key!r} is not a column of var"
+            columns = ", ".join(map(str, var.columns)) if var is not None else "none"
+            msg = f"{option}{gene_key!r} is not a column of var (its columns: {columns})"
             raise InputError(msg)
         primary = _column(var, gene_key)
         check_unique_names(primary, source=f"var[{gene_key!r}]", what=what, option=option)
