@@ -93,14 +93,14 @@ def test_dense_and_float64_embeddings(small):
 
 def test_prepared_table_equals_array_bitwise():
     rng = np.random.default_rng(5)
-    X = sp.random(8300, 120, density=0.1, format="csr", random_state=rng, dtype=np.float32)
+    X = sp.random(2500, 120, density=0.1, format="csr", random_state=rng, dtype=np.float32)
     E = rng.standard_normal((120, 200)).astype(np.float32)
     P = gf.prepare_embeddings(E)
     assert P.shape == (120, 200) and gf.prepare_embeddings(P) is P
     full = gf.weighted_embedding(X, P)  # tiled
-    np.testing.assert_array_equal(full, gf.weighted_embedding(X, E))  # >= 8192 cells: tiled
+    np.testing.assert_array_equal(full, gf.weighted_embedding(X, E))  # >= 2000 cells: tiled
     np.testing.assert_array_equal(full[:100], gf.weighted_embedding(X[:100], E))  # row-major
-    np.testing.assert_array_equal(full[:5000], gf.weighted_embedding(X[:5000], E))
+    np.testing.assert_array_equal(full[:1999], gf.weighted_embedding(X[:1999], E))
     with pytest.raises(GeneptError, match=r"X has 120 genes .* 119 rows"):
         gf.weighted_embedding(X, gf.prepare_embeddings(E[:119]))
     with pytest.raises(GeneptError, match=r"gene row 3"):

@@ -1,6 +1,6 @@
 """GenePT-w on tables of several gene ranges, row-major against tiled (hypothesis).
 
-A plain numpy table is read in place on calls of fewer than 8,192 cells: the kernel packs
+A plain numpy table is read in place on calls of fewer than 2,000 cells: the kernel packs
 each 512-row range of it as it goes. These tables span several ranges and tile widths (below
 one 96-float tile, a partial last tile), mapped through a ``gene_index`` that skips and
 repeats rows, so that the packed reads are exercised where they differ from a tiled table's:

@@ -165,7 +165,7 @@ def prepare_embeddings(
 ) -> PreparedEmbeddings:
     """Check a genes × D table once and lay it out for fast repeated GenePT-w calls.
 
-    :func:`weighted_embedding` reads a plain numpy table in place on calls of fewer than 8,192
+    :func:`weighted_embedding` reads a plain numpy table in place on calls of fewer than 2,000
     cells (packing the gene ranges each block of cells needs as it goes), and re-lays it out
     tile-major first on larger calls (a copy of the table on every call). A prepared table is
     tiled once and reads about 10% faster per cell than one read in place. When the same table

@@ -241,10 +241,10 @@ fn c_slice2<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, what: &str) -> PyRes
 }
 
 /// Below this many cells a numpy table is read in place (the kernel packs the ranges it
-/// needs as it goes); above it, re-laying it out tile-major first (a copy of the table, made
-/// on every call) pays for itself. A `PreparedEmbeddings` is always tiled. How the break-even
-/// was measured: docs/benchmarks.md.
-const TILE_MIN_CELLS: usize = 8192;
+/// needs as it goes, at ~89% of a tiled table's speed per cell); above it, re-laying it out
+/// tile-major first (a copy of the table, made on every call) pays for itself. A
+/// `PreparedEmbeddings` is always tiled. The break-even, measured: docs/benchmarks.md.
+const TILE_MIN_CELLS: usize = 2000;
 
 /// The table of a weighted_embedding call: prepared once by the caller, or borrowed from numpy.
 enum TableArg<'a, 'py> {
