@@ -137,6 +137,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the floor: errors, the compiled core (imported only by kernels and _version), file and
     # secret helpers that know nothing of genes or cells
     ("errors", "_core", "_version", "_atomic", "_extras", "_secrets", "_outputs", "_inputs"),
+    ("_frames",),  # AnnData dataframes read from a store without anndata (imports nothing above)
     ("_progress",),  # progress on a terminal or in a log (imports errors only)
     # pure computation and the HTTP client
     ("preprocess", "kernels", "_http", "cache"),
@@ -147,7 +148,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # cells × genes → embeddings: the one engine
     ("encode",),
     # where chunks come from and go: streaming, Dask, annotation from a reference
-    ("stream", "dask", "annotate"),
+    ("stream", "dask", "annotate", "_into"),
     # scanpy-shaped tools and evaluation
     ("tl", "eval"),
     # the front: the package's lazy attributes, the demo, the command line
