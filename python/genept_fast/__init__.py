@@ -46,6 +46,7 @@ __all__ = [
 
 _LAZY = {
     "tl",
+    "soma",
     "cells",
     "genes",
     "text",
