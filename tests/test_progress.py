@@ -185,12 +185,6 @@ def test_a_network_step_prints_lines_when_stderr_is_a_pipe(shared_data, tmp_path
     assert lines[-1].startswith("gene text (ncbi): 60/60 gene (100%) in ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the embedder to use genept_fast._progress and embed-genes to stop asking "
-    "isatty() (issue 22 item 6: the one-line changes listed for embed/base.py and "
-    "commands/embed_genes.py); remove this mark when they are in",
-)
 def test_embed_genes_prints_lines_when_stderr_is_a_pipe(shared_data, tmp_path):
     from genept_fast.text import gene_texts
 

@@ -80,9 +80,11 @@ def test_embed_reports_progress_after_every_batch() -> None:
 
 
 def test_genept_s_bar_moves_within_a_chunk(
-    pbmc: ad.AnnData, capsys: pytest.CaptureFixture[str]
+    pbmc: ad.AnnData, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One chunk, four requests: the bar shows each request's sentences as it finishes."""
+    """One chunk, four requests: the bar shows each request's sentences as it finishes (stderr
+    is captured, not a terminal: a progress line at every update)."""
+    monkeypatch.setenv("GENEPT_FAST_PROGRESS_INTERVAL", "0")
     with OpenAIEmbeddingServer(latency=0.2) as server:
         emb = get_embedder(
             f"openai:{MODEL}",

@@ -47,8 +47,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     from genept_fast.demo import run_demo
 
     run_demo(
@@ -59,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         n_threads=args.threads,
         overwrite=args.overwrite,
-        # The embedders still draw tqdm bars themselves, which fill a log with frames; once
-        # they use genept_fast._progress (a line about every 10 s there), drop the isatty.
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,
     )
     return 0

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
     if args.batch_api:
         _log_batch_progress()
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress
     table = GeneEmbeddings.from_texts(texts_df, embedder, progress=progress)
     out = table.write(args.output, overwrite=args.overwrite)
     n_missing = len(table.metadata.get("missing", []))

@@ -328,7 +328,7 @@ def _encode(
     written: dict[str, Any] = {
         "output_dtype": args.dtype,
         "key": _key(args),
-        "progress": not args.no_progress and sys.stderr.isatty(),
+        "progress": not args.no_progress,
         "resume": not args.no_resume,
         "overwrite": args.overwrite or plan is not None,
     }

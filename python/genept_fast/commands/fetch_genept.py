@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sys
 import urllib.parse
 import zipfile
 from dataclasses import dataclass
@@ -155,9 +154,9 @@ def download_release(
     part = final.with_name(final.name + ".part")
     bar: Any = None
     if progress:
-        from tqdm.auto import tqdm
+        from genept_fast._progress import progress as progress_meter
 
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=name, file=sys.stderr)
+        bar = progress_meter(size, unit="B", unit_scale=True, desc=name)
     try:
         got = download(
             url,
@@ -467,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         timeout=args.timeout,
         max_retries=args.max_retries,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet,
     )
     if not args.quiet:
         print(f"wrote {args.output}: {table}")

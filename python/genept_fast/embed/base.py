@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import abc
 import queue
-import sys
 import threading
 import warnings
 from typing import TYPE_CHECKING
@@ -341,7 +340,7 @@ class Embedder(abc.ABC):
         progress: bool,
         on_progress: Callable[[int, int], None] | None,
     ) -> None:
-        from tqdm.auto import tqdm
+        from genept_fast._progress import progress as progress_meter
 
         writer = (
             _CacheWriter(self.cache, self.cache_namespace)
@@ -350,12 +349,8 @@ class Embedder(abc.ABC):
         )
         done = [0]
         try:
-            with tqdm(
-                total=len(todo),
-                disable=not progress,
-                desc=f"embedding ({self.model_id})",
-                unit="text",
-                file=sys.stderr,
+            with progress_meter(
+                len(todo), disable=not progress, desc=f"embedding ({self.model_id})", unit="text"
             ) as bar:
 
                 def sink(positions: Sequence[int], batch: np.ndarray) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -363,19 +362,15 @@ class SentenceEncoder:
         sentences, tokens = self.counted_sentences(X, row_offset=row_offset)
         if not self.progress:
             return self.embed(sentences, tokens)
-        from tqdm.auto import tqdm
+        from genept_fast._progress import progress as progress_meter
 
         bars: list[Any] = []
 
         def advance(done: int, total: int) -> None:
             if not bars:
                 bars.append(
-                    tqdm(
-                        total=total,
-                        desc="  sentences of this chunk",
-                        unit="sentence",
-                        leave=False,
-                        file=sys.stderr,
+                    progress_meter(
+                        total, desc="  sentences of this chunk", unit="sentence", leave=False
                     )
                 )
             bars[0].update(done - bars[0].n)

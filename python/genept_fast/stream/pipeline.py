@@ -544,17 +544,16 @@ class _Pipeline:
         self.bar: Any = None
 
     def run(self, *, progress: bool, label: str) -> None:
-        from tqdm.auto import tqdm
+        from genept_fast._progress import progress as progress_meter
 
         n, size = self.n_cells, self.chunk_size
-        self.bar = tqdm(
-            total=n,
+        self.bar = progress_meter(
+            n,
             initial=n - sum(min(size, n - i * size) for i in self.todo),
             unit="cell",
             unit_scale=True,
             desc=f"encode {label}",
             disable=not progress,
-            smoothing=0.1,
         )
         rt = threading.Thread(target=self._reader, name="genept-stream-reader", daemon=True)
         wt = threading.Thread(target=self._writer, name="genept-stream-writer", daemon=True)
