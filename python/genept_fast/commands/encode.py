@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=DESCRIPTION,
     )
     p.add_argument("input", help="input AnnData (.h5ad or .zarr), or a TileDB-SOMA experiment URI")
-    p.add_argument("--method", choices=["w", "s"], default="w", help="GenePT-w or GenePT-s")
+    p.add_argument("-m", "--method", choices=["w", "s"], default="w", help="GenePT-w or GenePT-s")
     p.add_argument("--genes", help="gene-embedding table for -w: our parquet or GenePT's pickle")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument(
@@ -98,7 +98,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="-w: log-normalise raw counts (auto: when the values look like counts)",
     )
     p.add_argument(
-        "--top-n", type=int_range(), help="-s: most genes per sentence (default: model limit)"
+        "--top-n",
+        type=int_range(),
+        help="-s: most genes per sentence (default: 25 for wordllama, else as many as the "
+        "model's token limit holds)",
     )
     p.add_argument("--prefix", help="-s: sentence prefix")
     p.add_argument(
@@ -378,10 +381,14 @@ def _encode(
     )
     stats = report.encoder_stats
     if stats.get("n_cells"):
+        limit = int(stats["max_input_tokens"])
+        cut = (
+            "no token limit"
+            if limit >= 2**31 - 1
+            else f"{stats['n_cut']:,} of {stats['n_cells']:,} cut at the {limit}-token limit"
+        )
         print(
-            f"sentences: {stats['n_cut']:,} of {stats['n_cells']:,} cut at the"
-            f" {stats['max_input_tokens']}-token limit; {stats['n_empty']:,} without genes"
-            " (zero vectors)",
+            f"sentences: {cut}; {stats['n_empty']:,} without genes (zero vectors)",
             file=sys.stderr,
         )
     return 0

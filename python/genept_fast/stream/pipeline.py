@@ -551,7 +551,6 @@ class _Pipeline:
             n,
             initial=n - sum(min(size, n - i * size) for i in self.todo),
             unit="cell",
-            unit_scale=True,
             desc=f"encode {label}",
             disable=not progress,
         )
