@@ -422,9 +422,11 @@ class AnnDataStore:
         try:
             if not _is_group(table):
                 return self._legacy_frame(table, categories=key in ("obs", "var"))
-            from anndata.io import read_elem
+            # what anndata.io.read_elem returns, without importing anndata (1.3-2 CPU s of a
+            # command's start-up); an encoding _frames does not know goes to read_elem
+            from genept_fast._frames import read_frame
 
-            return read_elem(table)
+            return read_frame(table)
         except InputError:
             raise
         except Exception as e:  # anndata raises its own AnnDataReadError on a corrupt table
@@ -447,9 +449,9 @@ class AnnDataStore:
             msg = f"{self.path}: {key} has no column {name!r}; available: {have}"
             raise InputError(msg)
         try:
-            from anndata.io import read_elem
+            from genept_fast._frames import read_column
 
-            return read_elem(table[name])
+            return read_column(table[name])
         except Exception as e:  # anndata raises its own AnnDataReadError on a corrupt column
             msg = f"{self.path}: cannot read {key}[{name!r}] (truncated or corrupt?): {e}"
             raise InputError(msg) from e
