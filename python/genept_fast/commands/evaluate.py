@@ -239,6 +239,9 @@ def _obsm_keys(args: argparse.Namespace, adata: AnnData) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``genept-fast evaluate``."""
+    from genept_fast._extras import require_extra
+
+    require_extra("eval", "evaluation")  # before any check of the input says something else
     from genept_fast.eval import DEFAULT_EXCLUDE_LABELS, evaluate
     from genept_fast.eval._io import REPORT_FILES, safe_name
 
