@@ -195,3 +195,18 @@ _SPECIES_POOL = [
 @given(ids=st.lists(st.sampled_from(_SPECIES_POOL), max_size=30))
 def test_detect_species_without_hgnc_answers_as_counting_does(ids):
     assert detect_species(ids) == _species_by_counting(ids)
+
+
+def test_resolve_is_the_function_after_its_submodule_is_imported() -> None:
+    # the function and its module share a name; importing the module must not shadow it
+    import subprocess
+    import sys
+
+    code = (
+        "import genept_fast.genes.resolve\n"
+        "from genept_fast.genes import resolve\n"
+        "assert callable(resolve), resolve\n"
+        "import genept_fast.genes as g\n"
+        "assert callable(g.resolve)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

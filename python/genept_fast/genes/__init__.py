@@ -11,10 +11,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Bound here, not on first use: the function shares its name with its submodule, and the
+# import system sets ``genes.resolve`` to the submodule whenever that is first imported (the
+# import is light: HGNC and polars load on first use)
+from genept_fast.genes.resolve import Resolution, resolve
+
 if TYPE_CHECKING:
     from genept_fast.genes.ids import STATUSES, looks_like_ensembl, map_genes
     from genept_fast.genes.match import Coverage, match_genes
-    from genept_fast.genes.resolve import Resolution, resolve
 
 __all__ = [
     "STATUSES",
@@ -33,8 +37,6 @@ _HOME = {
     "map_genes": "ids",
     "Coverage": "match",
     "match_genes": "match",
-    "Resolution": "resolve",
-    "resolve": "resolve",
 }
 
 
