@@ -411,7 +411,7 @@ def test_w_ensembl_ids_with_a_symbol_column(
     fallback = [adata.var_names[i] if i < 100 else g for i, g in enumerate(mine)]
     assert np.array_equal(adata.obsm["by_key"], kernel_reference(adata.X, symbol_table, fallback))
     assert not np.array_equal(adata.obsm["by_key"], adata.obsm["X_genept_w"])  # 50 IDs lost
-    with pytest.raises(GeneptError, match="gene_key 'nope'"):
+    with pytest.raises(GeneptError, match="gene_key='nope' is not a column of var"):
         tl.genept_w(adata, symbol_table, gene_key="nope")
 
 
