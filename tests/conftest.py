@@ -44,3 +44,32 @@ def shared_data() -> Path:
             pytest.fail(f"{msg} (CI=true: tests that read it must run)")
         pytest.skip(msg)
     return SHARED_DATA
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _missing_module(report: pytest.CollectReport | pytest.TestReport) -> bool:
+    return report.skipped and "could not import" in str(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> object:
+    """Under CI a test module skipped because a package is missing fails instead: the test
+    extra installs every package the tests use, so a skip there means it lost one."""
+    outcome = yield
+    report = outcome.get_result()
+    if _under_ci() and _missing_module(report):
+        report.outcome = "failed"
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """The same for a test that skips itself on a missing package."""
+    outcome = yield
+    report = outcome.get_result()
+    if _under_ci() and _missing_module(report):
+        report.outcome = "failed"
+    return None
