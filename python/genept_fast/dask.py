@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from genept_fast._extras import missing_extra
 from genept_fast.cells import check_chunk_size, matrix_options, open_cells
 from genept_fast.encode import SentenceEncoder, WeightedEncoder, start_sentences, start_weighted
-from genept_fast.encode.static import StaticSentenceEncoder, is_static
+from genept_fast.encode.static import StaticSentenceEncoder
 from genept_fast.errors import InputError
 from genept_fast.kernels import DEFAULT_PREFIX
 
@@ -319,10 +319,11 @@ def _sentence_encoder(
     embedder: Embedder | str, symbols: Any, n_threads: int, options: dict[str, Any]
 ) -> SentenceEncoder | StaticSentenceEncoder:
     from genept_fast.encode import as_embedder
+    from genept_fast.encode.job import sentence_encoder
 
-    emb = as_embedder(embedder)
-    kind = StaticSentenceEncoder if is_static(emb) else SentenceEncoder
-    return kind(emb, [str(g) for g in symbols], n_threads=n_threads, **options)
+    return sentence_encoder(
+        as_embedder(embedder), [str(g) for g in symbols], n_threads=n_threads, **options
+    )
 
 
 def sentence_embedding(

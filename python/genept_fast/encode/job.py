@@ -44,7 +44,7 @@ from genept_fast.preprocess import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     import numpy.typing as npt
     import scipy.sparse as sp
@@ -55,7 +55,15 @@ if TYPE_CHECKING:
     from genept_fast.encode.sentences import SentenceBuilder
     from genept_fast.table import GeneEmbeddings
 
-__all__ = ["Cells", "SentenceJob", "WeightedJob", "open_job", "start_sentences", "start_weighted"]
+__all__ = [
+    "Cells",
+    "SentenceJob",
+    "WeightedJob",
+    "open_job",
+    "sentence_encoder",
+    "start_sentences",
+    "start_weighted",
+]
 
 log = logging.getLogger("genept_fast.encode")
 
@@ -309,6 +317,16 @@ class SentenceJob:
         self.close()
 
 
+def sentence_encoder(
+    embedder: Embedder, symbols: Sequence[str], **options: Any
+) -> SentenceEncoder | StaticSentenceEncoder:
+    """The GenePT-s encoder for ``embedder``: the kernel's sums for a static model
+    (:func:`~genept_fast.encode.static.is_static`), else sentences embedded by the model; every
+    path (the job start here, Dask's row blocks) chooses through this one function."""
+    kind = StaticSentenceEncoder if is_static(embedder) else SentenceEncoder
+    return kind(embedder, symbols, **options)
+
+
 def start_sentences(
     data: Any,
     embedder: Embedder | str = "local",
@@ -355,8 +373,7 @@ def start_sentences(
             what=source.name,
             option=gene_key_flag,
         )
-        kind = StaticSentenceEncoder if is_static(emb) else SentenceEncoder
-        enc = kind(
+        enc = sentence_encoder(
             emb,
             symbols,
             top_n=top_n,
