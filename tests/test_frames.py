@@ -17,7 +17,9 @@ import zarr
 from anndata.io import read_elem, write_elem
 from hypothesis import HealthCheck, given, settings
 
-from genept_fast._frames import read_column, read_frame
+from genept_fast._frames import columns, read_column, read_frame
+from genept_fast.errors import InputError
+from genept_fast.genes.match import SYMBOL_COLUMNS, dataset_identifiers, var_columns
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -121,8 +123,70 @@ def test_frames_read_as_anndata_reads_them(
         else st.just([])
     )
     _same(read_frame(group, some), theirs[some])
+    _same_for_matching(group, theirs, data)
     if isinstance(root, h5py.File):
         root.close()
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+def _same_values(ours: list[Any], theirs: list[Any]) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert type(a) is type(b), (a, b)
+        assert (_missing(a) and _missing(b)) or a == b, (a, b)
+
+
+def _ids(var_names: list[str], var: Any, gene_key: str | None) -> Any:
+    """What the gene matching makes of ``var`` (or the message it refuses it with)."""
+    try:
+        ids = dataset_identifiers(var_names, var, gene_key=gene_key)
+    except InputError as e:
+        return type(e), str(e)
+    return ids.primary, ids.alternatives, ids.description
+
+
+def _same_for_matching(group: Any, theirs: pd.DataFrame, data: st.DataObject) -> None:
+    """:func:`columns` against the DataFrame for what gene matching reads of it: the column
+    names, each column's values as objects, whether it is text, and the identifiers."""
+    ours = columns(group)
+    assert ours is not None
+    assert ours.columns == list(theirs.columns)
+    text_kinds = ("object", "category", "string", "str")
+    for name in theirs.columns:
+        assert name in ours
+        _same_values(ours[name].astype(object).tolist(), theirs[name].astype(object).tolist())
+        assert (str(ours[name].dtype) in text_kinds) == (str(theirs[name].dtype) in text_kinds)
+    assert "_no such column_" not in ours
+    with pytest.raises(KeyError):
+        ours["_no such column_"]
+    frame = columns(group)  # a fresh one: nothing read yet
+    assert var_columns(frame) == var_columns(theirs)  # type: ignore[arg-type]
+    var_names = list(theirs.index)
+    keys = [None, *theirs.columns, "_no such column_"]
+    key = data.draw(st.sampled_from(keys))
+    assert _ids(var_names, columns(group), key) == _ids(var_names, theirs, key)
+    # a symbol column found by its name, as the matching does without gene_key
+    if len(theirs.columns):
+        renamed = theirs.rename(columns={theirs.columns[0]: SYMBOL_COLUMNS[0]})
+        fake = _Renamed(columns(group), theirs.columns[0], SYMBOL_COLUMNS[0])
+        assert _ids(var_names, fake, None) == _ids(var_names, renamed, None)
+
+
+class _Renamed:
+    """Columns with one column under another name (a symbol column without writing one)."""
+
+    def __init__(self, inner: Any, old: str, new: str) -> None:
+        self.inner, self.old, self.new = inner, old, new
+        self.columns = [new if c == old else c for c in inner.columns]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    def __getitem__(self, name: str) -> Any:
+        return self.inner[self.old if name == self.new else name]
 
 
 @pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
@@ -193,21 +257,72 @@ def test_a_missing_column_is_named(tmp_path: Path) -> None:
         read_frame(root["var"], ["a", "nope"])
 
 
-def test_reading_a_frame_does_not_import_anndata(tmp_path: Path) -> None:
-    frame = pd.DataFrame(
-        {"sym": list("ab"), "c": pd.Categorical(["u", "v"])}, index=["ENSG1", "ENSG2"]
-    )
+def _open_both(frame: pd.DataFrame, tmp_path: Path, reader: str) -> str:
+    """Writes ``frame`` as the var of an .h5ad and a .zarr; the code that reads them in a
+    fresh interpreter with ``reader`` as ``h`` and ``z``."""
     for fmt in ("h5ad", "zarr"):
         root = _write(frame, tmp_path, fmt)
         if fmt == "h5ad":
             root.close()
+    return (
+        "import h5py, zarr\n"
+        f"h = {reader}(h5py.File({str(tmp_path / 'f.h5')!r}, 'r')['var'])\n"
+        f"z = {reader}(zarr.open_group({str(tmp_path / 'f.zarr')!r}, mode='r')['var'])\n"
+    )
+
+
+def test_reading_a_frame_does_not_import_anndata(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"sym": list("ab"), "c": pd.Categorical(["u", "v"])}, index=["ENSG1", "ENSG2"]
+    )
     code = (
-        "import sys, h5py, zarr\n"
+        "import sys\n"
         "from genept_fast._frames import read_frame\n"
-        f"h = read_frame(h5py.File({str(tmp_path / 'f.h5')!r}, 'r')['var'])\n"
-        f"z = read_frame(zarr.open_group({str(tmp_path / 'f.zarr')!r}, mode='r')['var'])\n"
+        f"{_open_both(frame, tmp_path, 'read_frame')}"
         "assert h.equals(z) and list(h['sym']) == ['a', 'b'], (h, z)\n"
         "print('anndata' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_columns_of_legacy_or_unknown_frames_are_none(tmp_path: Path) -> None:
+    """Where read_frame hands the frame to anndata, columns() says so (the caller reads the
+    frame) instead of guessing."""
+    frame = pd.DataFrame({"a": np.arange(3.0), "b": list("xyz")}, index=["p", "q", "r"])
+    root = _write(frame, tmp_path, "h5ad")
+    root.close()
+    with h5py.File(tmp_path / "f.h5", "r+") as f:
+        f["var"].attrs["encoding-version"] = "0.1.0"
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert columns(f["var"]) is None
+        assert columns(f["var/a"]) is None
+
+
+def test_columns_read_without_pandas_and_only_when_asked(tmp_path: Path) -> None:
+    n = 4
+    frame = pd.DataFrame(
+        {
+            "sym": np.array(["A", "B", "C", "D"], dtype=object),
+            "cat": pd.Categorical(["u", None, "v", "u"]),
+            "num": np.arange(n, dtype=np.int64),
+            "ns": pd.array(["a", None, "c", "d"], dtype="string"),
+        },
+        index=[f"ENSG{i}" for i in range(n)],
+    )
+    code = (
+        "import sys, math\n"
+        "from genept_fast._frames import columns\n"
+        f"{_open_both(frame, tmp_path, 'columns')}"
+        "for c in (h, z):\n"
+        "    assert c.columns == ['sym', 'cat', 'num', 'ns'], c.columns\n"
+        "    assert c['sym'].tolist() == ['A', 'B', 'C', 'D']\n"
+        "    cat = c['cat'].tolist()\n"
+        "    assert cat[0] == 'u' and math.isnan(cat[1]) and cat[2:] == ['v', 'u'], cat\n"
+        "    assert c['num'].tolist() == [0, 1, 2, 3]\n"
+        "print('pandas' in sys.modules, 'anndata' in sys.modules)\n"
+        "h['ns']\n"  # a nullable string column needs pandas: read as read_column reads it
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from typing_extensions import Self
 
+    from genept_fast._frames import Columns
+
 __all__ = [
     "AnnDataObjectSource",
     "AnnDataSource",
@@ -456,6 +458,18 @@ class AnnDataStore:
             msg = f"{self.path}: cannot read {key}[{name!r}] (truncated or corrupt?): {e}"
             raise InputError(msg) from e
 
+    def columns(self, key: str) -> _StoreColumns | None:
+        """The columns of the table ``key`` (``var``, ``raw/var``), each read when first asked
+        for, without pandas (:class:`genept_fast._frames.Columns`); ``None`` where only
+        :meth:`frame` reads it (the legacy layout, an encoding ``_frames`` does not know)."""
+        table = self.require(key, " table")
+        if not _is_group(table):
+            return None
+        from genept_fast._frames import columns
+
+        found = columns(table)
+        return None if found is None else _StoreColumns(found, f"{self.path}: {key}")
+
     def _legacy_frame(self, table: Any, *, categories: bool) -> pd.DataFrame:
         import pandas as pd
 
@@ -557,6 +571,31 @@ class AnnDataStore:
 
 
 # -- sources -----------------------------------------------------------------------------------
+
+
+class _StoreColumns:
+    """:class:`genept_fast._frames.Columns` of a file's table, whose read errors name the file
+    and column (an :class:`InputError`, as :meth:`AnnDataStore.column` raises)."""
+
+    def __init__(self, found: Columns, where: str) -> None:
+        self._found = found
+        self._where = where
+
+    @property
+    def columns(self) -> list[str]:
+        return self._found.columns
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._found
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._found:
+            raise KeyError(name)
+        try:
+            return self._found[name]
+        except Exception as e:  # h5py/zarr (or anndata's own) error on a corrupt column
+            msg = f"{self._where}[{name!r}]: cannot read it (truncated or corrupt?): {e}"
+            raise InputError(msg) from e
 
 
 def _as_index_dtype(a: np.ndarray) -> np.ndarray:
@@ -758,6 +797,16 @@ class AnnDataSource(_Rows):
 
     def var_frame(self) -> pd.DataFrame:
         """The var table of the matrix read (the former name of :attr:`var`)."""
+        return self.var
+
+    def var_columns(self) -> pd.DataFrame | _StoreColumns:
+        """The var table of the matrix read, for gene matching: its columns read one at a time
+        when asked for, without pandas (:meth:`AnnDataStore.columns`), or :attr:`var` where the
+        file's layout needs the whole frame (or it is already read)."""
+        if self._var is None:
+            found = self._store.columns(self._var_key)
+            if found is not None:
+                return found
         return self.var
 
     def obs_frame(self) -> pd.DataFrame:

@@ -44,6 +44,7 @@ Two different things are called duplicates, and they are kept apart:
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -624,9 +625,12 @@ class DuplicateGeneNamesError(InputError):
 def _missing(value: Any) -> bool:
     if value is None:
         return True
-    import pandas as pd  # only for values that are not strings (a var column: pandas is loaded)
-
-    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    # pd.NA, NaT: only in values pandas made, so pandas is loaded (a var column read without
+    # pandas, genept_fast._frames.Columns, holds None and float NaN, and is not made to load it)
+    pd = sys.modules.get("pandas")
+    return pd is not None and bool(pd.api.types.is_scalar(value) and pd.isna(value))
 
 
 def gene_names(values: Iterable[object]) -> list[str]:
