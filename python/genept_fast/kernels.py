@@ -28,7 +28,6 @@ cells: encoding rows ``a:b`` gives the bits of rows ``a:b`` of the whole-matrix 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
+import xxhash
 
 from genept_fast import _core
 from genept_fast._core import PreparedEmbeddings
@@ -209,14 +209,23 @@ def as_gene_index(gene_index: npt.ArrayLike | None) -> np.ndarray | None:
 
 
 def table_fingerprint(E: np.ndarray, gene_index: np.ndarray | None, normalize: bool) -> str:
-    """A content hash of a GenePT-w table and its options (resume manifests, Dask tokens)."""
-    h = hashlib.blake2b(digest_size=16)
+    """A content hash of a GenePT-w table and its options (resume manifests, Dask tokens):
+    ``"xxh3-128:<hex>"``.
+
+    XXH3 (128 bits) reads a 20,000 × 1536 table in ~15 ms where BLAKE2b took 0.15-0.7 s of a
+    command's start. It identifies a job's table among the user's own; it is not a guard
+    against someone crafting a collision (Dask fingerprints arrays with the same hash). The
+    fingerprints written before it were bare BLAKE2b digests: a resume manifest holding one
+    differs from every new fingerprint, so its partial work is discarded with a warning and
+    the job starts over, never mixed with new chunks.
+    """
+    h = xxhash.xxh3_128()
     h.update(repr(E.shape).encode())
     h.update(np.ascontiguousarray(E).data.cast("B"))
     if gene_index is not None:
         h.update(np.ascontiguousarray(gene_index).data.cast("B"))
     h.update(b"normalize" if normalize else b"raw")
-    return h.hexdigest()
+    return f"xxh3-128:{h.hexdigest()}"
 
 
 def thread_limit() -> int:
