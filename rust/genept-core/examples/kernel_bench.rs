@@ -4,13 +4,16 @@
 //! a loaded machine disturbs far less than wall time).
 //!
 //! ```text
-//! cargo run --release -p genept-core --example kernel_bench -- [cells] [dim] [repeat] [threads]
+//! cargo run --release -p genept-core --example kernel_bench -- [cells] [dim] [repeat] [threads] [genes]
 //! ```
+//!
+//! `ONESHOT=1`: one call on a plain (row-major) table right after other work (a 64 MB sweep
+//! leaves the caches cold), the ways a plain table can be read against a prepared one.
 
 use std::time::Instant;
 
 use genept_core::simd::Isa;
-use genept_core::tiled::TiledEmbeddings;
+use genept_core::tiled::{self, TiledEmbeddings};
 use genept_core::weighted::{self, GeneMap, Preprocess, Table, WeightedOptions};
 use genept_core::{CsrView, EmbeddingView};
 
@@ -131,6 +134,10 @@ fn main() {
     let xl = CsrView::new(&ip, &ix, &logs, g).unwrap();
     let xc = CsrView::new_counts(&ip, &ix, &counts, g).unwrap();
 
+    if std::env::var("ONESHOT").is_ok() {
+        oneshot(&pool, &xl, &e, &tiled, repeat);
+        return;
+    }
     if let Ok(n_top) = std::env::var("TOPN") {
         let n_top: usize = n_top.parse().unwrap();
         let mut out = vec![0i32; n * n_top];
@@ -241,6 +248,85 @@ fn main() {
             n as f64 / wall[i],
             n as f64 / cpu[i],
             flops / cpu[i] / 1e9
+        );
+    }
+}
+
+/// One-shot calls (`ONESHOT=1`): a prepared table against a plain one checked and re-laid out
+/// per call into a fresh buffer (two passes), checked while re-laid out into the kept buffer
+/// ([`tiled::with_tiled`]), or checked and read in place; each call right after a 64 MB sweep,
+/// the variants rotated each round.
+fn oneshot(
+    pool: &rayon::ThreadPool,
+    x: &CsrView<'_, i32, f32>,
+    e: &[f32],
+    prepared: &TiledEmbeddings,
+    repeat: usize,
+) {
+    let (g, d) = (prepared.n_rows(), prepared.dim());
+    let n = x.n_rows();
+    let opts = WeightedOptions::default();
+    let mut out = vec![0.0f32; n * d];
+    let mut junk = vec![0u8; 64 << 20];
+    let names = ["prepared", "fresh re-layout", "kept re-layout", "in place"];
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); names.len()];
+    let mut first: Option<Vec<f32>> = None;
+    for r in 0..repeat {
+        for k in 0..names.len() {
+            let i = (k + r) % names.len();
+            for (j, b) in junk.iter_mut().enumerate().step_by(64) {
+                *b = b.wrapping_add(j as u8);
+            }
+            let run = |t: Table<'_>, out: &mut [f32]| {
+                weighted::weighted_embedding(x, t, GeneMap::Identity, opts, out)
+            };
+            let (c0, t0) = (cpu_seconds(), Instant::now());
+            // As the binding does: a plain table is checked on every call.
+            pool.install(|| match i {
+                0 => run(Table::Tiled(prepared), &mut out),
+                1 => {
+                    let rows = EmbeddingView::new(e, g, d)?;
+                    run(Table::Tiled(&TiledEmbeddings::new(&rows)), &mut out)
+                }
+                2 => tiled::with_tiled(e, g, d, |t| run(Table::Tiled(t), &mut out)),
+                _ => run(Table::Rows(EmbeddingView::new(e, g, d)?), &mut out),
+            })
+            .unwrap();
+            samples[i].push((t0.elapsed().as_secs_f64(), cpu_seconds() - c0));
+            match &first {
+                None => first = Some(out.clone()),
+                Some(f) => assert!(f == &out, "{} gives other bits", names[i]),
+            }
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{n} cells × {g} genes, D = {d}, {repeat} rounds; load {}",
+        load.trim()
+    );
+    let stat = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2])
+    };
+    let walls: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| stat(&s.iter().map(|x| x.0).collect::<Vec<_>>()))
+        .collect();
+    let cpus: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| stat(&s.iter().map(|x| x.1).collect::<Vec<_>>()))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        println!(
+            "{name:<16} wall best {:6.1} ms (median {:6.1}), {:3.0}% of prepared; cpu best {:6.1} ms \
+             (median {:6.1}), {:3.0}% of prepared",
+            1e3 * walls[i].0,
+            1e3 * walls[i].1,
+            100.0 * walls[0].0 / walls[i].0,
+            1e3 * cpus[i].0,
+            1e3 * cpus[i].1,
+            100.0 * cpus[0].0 / cpus[i].0,
         );
     }
 }

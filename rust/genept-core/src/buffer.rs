@@ -61,31 +61,58 @@ pub fn try_zeroed<T: Zeroable>(rows: usize, cols: usize, what: &str) -> Result<V
 /// Below this size the advice is not worth a system call.
 const HUGE_MIN_BYTES: usize = 4 << 20;
 
-/// Advises the kernel to back the whole 2 MB pages inside `v` with huge pages (Linux, where
-/// transparent huge pages are enabled; best before the pages are first touched).
+/// Gives `advice` for the whole `unit`-aligned pieces inside `v` (Linux; nothing for buffers
+/// under [`HUGE_MIN_BYTES`]).
+///
+/// # Safety
+/// `advice` must leave the pages mapped and readable, and must change their contents at most
+/// to zeros, and the caller must accept that for the pieces advised.
 #[cfg(target_os = "linux")]
-pub(crate) fn advise_huge<T>(v: &[T]) {
+unsafe fn advise<T>(v: &[T], unit: usize, advice: libc::c_int) {
     let bytes = std::mem::size_of_val(v);
     if bytes < HUGE_MIN_BYTES {
         return;
     }
-    // madvise wants a page-aligned start: advise the whole pages inside the buffer.
-    let page = 4096usize;
     let start = v.as_ptr() as usize;
-    let aligned = start.next_multiple_of(page);
-    let len = (start + bytes).saturating_sub(aligned) / page * page;
-    if len == 0 {
-        return;
+    let aligned = start.next_multiple_of(unit);
+    let len = (start + bytes).saturating_sub(aligned) / unit * unit;
+    if len > 0 {
+        // SAFETY: the range lies inside the live allocation `v` (whole pages, page-aligned:
+        // `unit` is a multiple of 4 KB); what the advice may do is the caller's contract. A
+        // failure is harmless (the advice is not taken).
+        unsafe {
+            libc::madvise(aligned as *mut libc::c_void, len, advice);
+        }
     }
-    // SAFETY: the range lies inside the live allocation `v`; MADV_HUGEPAGE only changes how
-    // the kernel backs those pages (the contents stay zero), and a failure is harmless.
-    unsafe {
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-    }
+}
+
+/// Advises the kernel to back the whole 2 MB pages inside `v` with huge pages (Linux, where
+/// transparent huge pages are enabled; best before the pages are first touched).
+#[cfg(target_os = "linux")]
+pub(crate) fn advise_huge<T>(v: &[T]) {
+    // SAFETY: MADV_HUGEPAGE only changes how the kernel backs the pages (the contents stay).
+    // madvise wants a page-aligned start: the whole 4 KB pages inside the buffer.
+    unsafe { advise(v, 4096, libc::MADV_HUGEPAGE) }
 }
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn advise_huge<T>(_v: &[T]) {}
+
+/// Tells the OS it may take back the whole 2 MB pages inside `v` whenever it needs memory
+/// (Linux `MADV_FREE`): until then they stay mapped, and writing them again costs no page
+/// fault. Taken pages read as zero afterwards, so the contents of `v` (the whole 2 MB pages
+/// inside it) are unspecified from here on: the caller must write every value it will read.
+/// Whole huge pages only, so that a transparent huge page is never split.
+#[cfg(target_os = "linux")]
+pub(crate) fn advise_free<T: Zeroable>(v: &[T]) {
+    // SAFETY: MADV_FREE leaves the pages mapped and readable and may replace their contents
+    // with zeros, a valid value of every `Zeroable` type (`v` stays an allocation of valid
+    // values); this function's contract is that the caller does not rely on the contents.
+    unsafe { advise(v, 2 << 20, libc::MADV_FREE) }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn advise_free<T: Zeroable>(_v: &[T]) {}
 
 #[cfg(test)]
 mod tests {

@@ -382,6 +382,39 @@ impl<'a, I: Index, V: Value> CsrView<'a, I, V> {
     }
 }
 
+/// That `data` holds a row-major `n_rows × dim` table.
+pub(crate) fn check_embedding_shape(data: &[f32], n_rows: usize, dim: usize) -> Result<()> {
+    if n_rows.checked_mul(dim) != Some(data.len()) {
+        return Err(GeneptError::Shape(format!(
+            "embedding buffer has {} values, expected {n_rows} × {dim}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a table row holds a NaN or an infinity (a loop that vectorises).
+#[inline]
+pub(crate) fn embedding_row_rejected(row: &[f32]) -> bool {
+    row.iter().fold(false, |b, &x| b | x.rejected(false))
+}
+
+/// The error for gene `gene`'s row `row`, which [`embedding_row_rejected`]: its first
+/// non-finite dimension.
+pub(crate) fn non_finite_embedding(row: &[f32], gene: usize) -> GeneptError {
+    let (k, x) = row
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+        .map(|(k, x)| (k, *x))
+        .unwrap_or((0, f32::NAN));
+    GeneptError::NonFiniteEmbedding {
+        kind: non_finite_kind(f64::from(x)),
+        gene,
+        dim: k,
+    }
+}
+
 /// A borrowed, row-major `n_genes × dim` float32 embedding table, checked to be finite.
 #[derive(Clone, Copy, Debug)]
 pub struct EmbeddingView<'a> {
@@ -392,30 +425,14 @@ pub struct EmbeddingView<'a> {
 
 impl<'a> EmbeddingView<'a> {
     pub fn new(data: &'a [f32], n_rows: usize, dim: usize) -> Result<Self> {
-        if n_rows.checked_mul(dim) != Some(data.len()) {
-            return Err(GeneptError::Shape(format!(
-                "embedding buffer has {} values, expected {n_rows} × {dim}",
-                data.len()
-            )));
-        }
+        check_embedding_shape(data, n_rows, dim)?;
         if dim > 0 {
             let bad = data
                 .par_chunks(dim)
                 .with_min_len(64)
-                .position_first(|row| row.iter().fold(false, |b, &x| b | x.rejected(false)));
+                .position_first(embedding_row_rejected);
             if let Some(g) = bad {
-                let row = &data[g * dim..(g + 1) * dim];
-                let (k, x) = row
-                    .iter()
-                    .enumerate()
-                    .find(|(_, x)| !x.is_finite())
-                    .map(|(k, x)| (k, *x))
-                    .unwrap_or((0, f32::NAN));
-                return Err(GeneptError::NonFiniteEmbedding {
-                    kind: non_finite_kind(f64::from(x)),
-                    gene: g,
-                    dim: k,
-                });
+                return Err(non_finite_embedding(&data[g * dim..(g + 1) * dim], g));
             }
         }
         Ok(EmbeddingView { data, n_rows, dim })

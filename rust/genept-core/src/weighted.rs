@@ -1050,12 +1050,18 @@ mod tests {
                         Preprocess::None
                     },
                 };
-                for table in [
-                    Table::Tiled(&ev),
-                    Table::Rows(EmbeddingView::new(&e, c.n_emb, c.d).unwrap()),
-                ] {
+                // The prepared table, the row-major one read in place, and one re-laid out
+                // for the call (in the kept buffer).
+                for k in 0..3 {
                     let mut out = vec![f32::NAN; n * c.d];
-                    weighted_embedding(&x, table, gm, opts, &mut out).unwrap();
+                    let rows = EmbeddingView::new(&e, c.n_emb, c.d).unwrap();
+                    let mut call = |t: Table<'_>| weighted_embedding(&x, t, gm, opts, &mut out);
+                    match k {
+                        0 => call(Table::Tiled(&ev)),
+                        1 => call(Table::Rows(rows)),
+                        _ => crate::tiled::with_tiled(&e, c.n_emb, c.d, |t| call(Table::Tiled(t))),
+                    }
+                    .unwrap();
                     match &first {
                         None => first = Some(out),
                         Some(f) => assert_eq!(
@@ -1091,7 +1097,7 @@ mod tests {
 
     #[test]
     fn matches_reference_all_paths() {
-        for d in [1, 5, 64, 100, 200] {
+        for d in [1, 5, 64, 96, 100, 200] {
             for (normalize, log1p) in [(true, false), (false, false), (false, true), (true, true)] {
                 let c = Case {
                     n_emb: 50,
@@ -1142,6 +1148,21 @@ mod tests {
                 log1p: false,
             };
             run(c, Some(&map[..]));
+        }
+    }
+
+    /// A table of one gene, read directly or through a map that repeats and skips it.
+    #[test]
+    fn one_gene_table() {
+        let map: Vec<i64> = (0..9).map(|j| if j % 3 == 0 { -1 } else { 0 }).collect();
+        for (d, m) in [(1, None), (TILE + 1, None), (7, Some(&map[..]))] {
+            let c = Case {
+                n_emb: 1,
+                d,
+                normalize: true,
+                log1p: false,
+            };
+            run(c, m);
         }
     }
 

@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use genept_core::buffer::try_zeroed;
 use genept_core::parallel::{resolve_threads, thread_limit as core_thread_limit, with_pool};
 use genept_core::simd::Isa;
-use genept_core::tiled::TiledEmbeddings;
+use genept_core::tiled::{self, TiledEmbeddings};
 use genept_core::weighted::Table;
 use genept_core::{
     sentences, topn, weighted, CsrView, EmbeddingView, GeneMap, Preprocess, WeightedOptions,
@@ -199,7 +199,7 @@ impl PreparedEmbeddings {
         let (n, d) = (embeddings.shape()[0], embeddings.shape()[1]);
         let data = c_slice2(&embeddings, "gene_embeddings")?;
         let table = detached(py, n_threads, || {
-            Ok(TiledEmbeddings::new(&EmbeddingView::new(data, n, d)?))
+            TiledEmbeddings::from_rows(data, n, d, Vec::new())
         })?;
         Ok(PreparedEmbeddings { table })
     }
@@ -242,8 +242,9 @@ fn c_slice2<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, what: &str) -> PyRes
 
 /// Below this many cells a numpy table is read in place (the kernel packs the ranges it
 /// needs as it goes, at ~89% of a tiled table's speed per cell); above it, re-laying it out
-/// tile-major first (a copy of the table, made on every call) pays for itself. A
-/// `PreparedEmbeddings` is always tiled. The break-even, measured: docs/benchmarks.md.
+/// tile-major first (a copy of the table, made on every call, into a buffer kept between
+/// calls: [`tiled::with_tiled`]) pays for itself. A `PreparedEmbeddings` is always tiled.
+/// The break-even, measured: docs/benchmarks.md.
 const TILE_MIN_CELLS: usize = 2000;
 
 /// The table of a weighted_embedding call: prepared once by the caller, or borrowed from numpy.
@@ -331,13 +332,12 @@ fn weighted_embedding<'py>(
                 };
                 match (prepared_table, raw) {
                     (Some(t), _) => run(Table::Tiled(t), buf),
+                    (None, Some((e, n_emb))) if x.n_rows() < TILE_MIN_CELLS => {
+                        run(Table::Rows(EmbeddingView::new(e, n_emb, dim)?), buf)
+                    }
+                    // Checked while it is re-laid out (the view's checks, one pass).
                     (None, Some((e, n_emb))) => {
-                        let rows = EmbeddingView::new(e, n_emb, dim)?;
-                        if x.n_rows() < TILE_MIN_CELLS {
-                            run(Table::Rows(rows), buf)
-                        } else {
-                            run(Table::Tiled(&TiledEmbeddings::new(&rows)), buf)
-                        }
+                        tiled::with_tiled(e, n_emb, dim, |t| run(Table::Tiled(t), buf))
                     }
                     (None, None) => Err(genept_core::GeneptError::InvalidArgument(
                         "no embedding table given".into(),
