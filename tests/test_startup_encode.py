@@ -171,3 +171,22 @@ def test_a_state_written_with_the_old_fingerprint_is_discarded_not_mixed(
     assert "encoder" in (rep.discarded or "") and "discarding partial state" in caplog.text
     assert _blake2b_fingerprint(E) in (rep.discarded or "")
     np.testing.assert_array_equal(np.load(old), np.load(whole))
+
+
+def test_the_table_read_beside_the_cells_reports_errors_in_order(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The table is read on a thread while the cells are opened: a bad table is still said
+    before a bad input, a bad input with a good table is said, and a good job starts."""
+    from genept_fast.encode import start_weighted
+    from genept_fast.errors import InputError
+
+    bad_table = tmp_path / "no_table.parquet"
+    bad_table.write_bytes(b"not parquet")
+    missing = tmp_path / "missing.h5ad"
+    with pytest.raises(InputError, match="not a readable parquet"):
+        start_weighted(missing, bad_table)
+    with pytest.raises(InputError, match=r"missing\.h5ad"):
+        start_weighted(missing, files["table"])
+    with start_weighted(files["h5ad"], files["table"]) as job:
+        assert job.match is not None and job.match.coverage.n_embedded == N_GENES - 5
