@@ -167,7 +167,9 @@ def prepare_embeddings(
 
     :func:`weighted_embedding` reads a plain numpy table in place on calls of fewer than 2,000
     cells (packing the gene ranges each block of cells needs as it goes), and re-lays it out
-    tile-major first on larger calls (a copy of the table on every call). A prepared table is
+    tile-major first on larger calls: a copy of the table on every call, checked as it is
+    copied, into a buffer of the table's size that the process keeps for the next such call
+    (the OS may take its pages back whenever it needs memory). A prepared table is checked and
     tiled once and reads about 10% faster per cell than one read in place. When the same table
     encodes many chunks (streaming, Dask), prepare it once and pass the result instead; the
     original array may then be dropped. Measurements: ``docs/benchmarks.md``.
