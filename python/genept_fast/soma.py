@@ -43,13 +43,17 @@ from genept_fast._extras import missing_extra
 from genept_fast.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
     from typing_extensions import Self
 
 __all__ = [
+    "DEFAULT_TILEDB_CONFIG",
     "EMBEDDING_INFO_KEY",
     "SomaSource",
     "check_into",
+    "default_context",
     "is_soma_uri",
     "read_embedding",
     "write_into",
@@ -64,6 +68,20 @@ READ_ENTRIES = 4 * 1024 * 1024
 
 #: Cells of the first block read, before the values per cell are known.
 FIRST_BLOCK_CELLS = 1024
+
+#: A filtered selection is read as one joinid range (the cells between dropped) when the range
+#: is at most this many times its cells; a sparser one is read by its joinids.
+SPAN_READ = 4
+
+#: The TileDB configuration of the context a :class:`SomaSource` opens a URI with when it is
+#: given none (a context given is used as it is, and an open experiment keeps its own):
+#: ``soma.init_buffer_bytes`` bounds each column's result buffer of a read at 64 MiB (8 Mi
+#: values of a soma_dim; tiledbsoma's default let one read fill 20 M values a column), so a
+#: dense block comes back in several batches instead of a buffer as large as the block. A block
+#: read holds about 4 Mi values (:data:`READ_ENTRIES`), so it takes one batch and the bound costs
+#: no extra round trip to a remote experiment (Census). TileDB's other settings (its memory
+#: budget, thread counts) stay at TileDB's defaults.
+DEFAULT_TILEDB_CONFIG: dict[str, str] = {"soma.init_buffer_bytes": str(64 * 1024 * 1024)}
 
 #: var columns that name genes, in the order tried when ``var_key`` is not given.
 VAR_KEYS = ("feature_name", "var_id")
@@ -80,6 +98,13 @@ def _tiledbsoma(what: str = "reading a SOMA experiment") -> Any:
     except ImportError as e:
         raise missing_extra(_EXTRA, what) from e
     return tiledbsoma
+
+
+def default_context() -> Any:
+    """A new ``tiledbsoma.SOMATileDBContext`` with :data:`DEFAULT_TILEDB_CONFIG`: what a
+    :class:`SomaSource` opens a URI with when given no context."""
+    soma = _tiledbsoma()
+    return soma.SOMATileDBContext(tiledb_config=dict(DEFAULT_TILEDB_CONFIG))
 
 
 def is_soma_uri(data: Any) -> bool:
@@ -128,29 +153,63 @@ def _measurement(exp: Any, name: str, uri: str) -> Any:
     return exp.ms[name]
 
 
-def _vstack(parts: list[sp.csr_array], n_genes: int, dtype: np.dtype[Any]) -> sp.csr_array:
-    """CSR blocks stacked by rows (int32 indices where they fit). ``parts`` is emptied as it
-    goes: each block is let go once copied, and the result's pages are touched only as they are
-    filled, so the chunk is not held twice."""
-    if len(parts) == 1:
-        return parts[0]
-    n = sum(int(p.shape[0]) for p in parts)
-    nnz = sum(int(p.nnz) for p in parts)
-    index = np.int32 if nnz < 2**31 and n_genes < 2**31 else np.int64
-    data = np.empty(nnz, dtype=dtype)
-    indices = np.empty(nnz, dtype=index)
-    indptr = np.zeros(n + 1, dtype=index)
-    row = at = 0
-    parts.reverse()
-    while parts:
-        p = parts.pop()
-        k, m = int(p.nnz), int(p.shape[0])
-        data[at : at + k] = p.data
-        indices[at : at + k] = p.indices
-        indptr[row + 1 : row + m + 1] = p.indptr[1:] + at
-        row, at = row + m, at + k
-        del p
-    return sp.csr_array((data, indices, indptr), shape=(n, n_genes))
+class _Rows:
+    """A chunk's CSR, filled block by block in place: its arrays are sized from an estimate of
+    the chunk's stored values (pages are touched only as they are filled, so an estimate too
+    high costs no memory) and grown if it was too low; each block is let go once copied, so the
+    chunk is never held twice."""
+
+    def __init__(self, n: int, n_genes: int, dtype: np.dtype[Any], estimate: int) -> None:
+        self.n, self.n_genes = n, n_genes
+        self.index: np.dtype[Any] = np.dtype(
+            np.int32 if max(estimate, n_genes) < 2**31 else np.int64
+        )
+        self.data = np.empty(max(estimate, 1), dtype=dtype)
+        self.indices = np.empty(max(estimate, 1), dtype=self.index)
+        self.indptr = np.zeros(n + 1, dtype=self.index)
+        self.row = self.at = 0
+
+    def _grow(self, need: int) -> None:
+        size = max(2 * self.data.size, need)
+        if size >= 2**31 and self.index == np.int32:
+            self.index = np.dtype(np.int64)
+            self.indptr = self.indptr.astype(np.int64)
+        for name in ("data", "indices"):
+            old = getattr(self, name)
+            new = np.empty(size, dtype=self.index if name == "indices" else old.dtype)
+            new[: self.at] = old[: self.at]
+            setattr(self, name, new)
+
+    def add(self, part: sp.csr_array) -> None:
+        k, m = int(part.nnz), int(part.shape[0])
+        if self.at + k > self.data.size:
+            self._grow(self.at + k)
+        self.data[self.at : self.at + k] = part.data
+        self.indices[self.at : self.at + k] = part.indices
+        self.indptr[self.row + 1 : self.row + m + 1] = part.indptr[1:] + self.at
+        self.row, self.at = self.row + m, self.at + k
+
+    def csr(self) -> sp.csr_array:
+        data, indices = self.data[: self.at], self.indices[: self.at]
+        return sp.csr_array((data, indices, self.indptr), shape=(self.n, self.n_genes))
+
+
+def _row_tile(X: Any) -> int | None:
+    """The tile extent of ``X``'s first dimension (``soma_dim_0``), from its schema."""
+    try:
+        dims = json.loads(X.schema_config_options().dims)
+        tile = int(dims["soma_dim_0"]["tile"])
+    except (AttributeError, KeyError, TypeError, ValueError):  # not told: blocks cut by cells
+        return None
+    return tile if tile > 0 else None
+
+
+def _take_into(table: np.ndarray, at: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = table[at]`` without a temporary when the dtypes agree."""
+    if table.dtype == out.dtype:
+        np.take(table, at, out=out, mode="clip")  # ``at`` is in range: read inside the table
+    else:
+        out[...] = table[at]
 
 
 class SomaSource:
@@ -176,7 +235,9 @@ class SomaSource:
         The obs column of cell names; by default ``obs_id`` (``from_anndata``) or
         ``observation_joinid`` (Census), else the ``soma_joinid`` as text.
     context
-        A ``tiledbsoma.SOMATileDBContext`` (credentials, region, buffer sizes).
+        A ``tiledbsoma.SOMATileDBContext`` (credentials, region, buffer sizes), used as given;
+        by default one with :data:`DEFAULT_TILEDB_CONFIG` (an open ``experiment`` keeps its
+        own context).
 
     Raises
     ------
@@ -206,7 +267,11 @@ class SomaSource:
                 f"{type(experiment).__name__}"
             )
             raise InputError(msg)
+        if self._own and context is None:
+            context = default_context()
         self._exp: Any = self._open(soma, experiment, context) if self._own else experiment
+        #: The ``SOMATileDBContext`` the experiment is read with.
+        self.context: Any = self._exp.context
         try:
             self.uri = str(self._exp.uri)
             self.measurement = measurement
@@ -255,7 +320,12 @@ class SomaSource:
         #: stored values and cells read so far, to size the blocks read (not ``X.nnz``: on a
         #: layer of many fragments tiledbsoma counts it by reading, measured at 670 MB)
         self._seen = (0, 0)
-        self.dtype = _numpy_dtype(X.schema.field("soma_data").type, where)
+        #: X's tile extent along the cells (blocks read end on its multiples), if known
+        self._tile = _row_tile(X)
+        self._data_type = X.schema.field("soma_data").type
+        self.dtype = _numpy_dtype(self._data_type, where)
+        #: the coordinates of a block read, reused (:meth:`_scratch`)
+        self._coords_buffers = (np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32))
         #: ``ms/<measurement>/X/<layer>``: what is read, for provenance.
         self.matrix = f"ms/{self.measurement}/X/{self.layer}"
         self._setup_var(var_key)
@@ -295,7 +365,7 @@ class SomaSource:
             msg = f"{self.uri}: var soma_joinid {int(joinids[-1])} is outside X's {n_genes} columns"
             raise InputError(msg)
         # X's columns are var joinids; each becomes the position of its gene in var
-        self._col_of = np.full(n_genes, -1, dtype=np.int64)
+        self._col_of = np.full(n_genes, -1, dtype=np.int32 if n_genes < 2**31 else np.int64)
         self._col_of[joinids] = np.arange(joinids.size)
         self._identity_cols = bool(
             joinids.size == n_genes and np.array_equal(joinids, np.arange(n_genes))
@@ -390,50 +460,133 @@ class SomaSource:
     def read(self, start: int, stop: int) -> sp.csr_array:
         """Rows ``start:stop`` as CSR (float32/float64, column indices sorted within rows).
 
-        Read by coordinates in blocks of about :data:`READ_ENTRIES` stored values (TileDB's
-        unordered result order: asking it for row-major order was measured ten times slower),
-        each block put in CSR order by scipy, then the blocks joined: memory is about twice the
-        chunk's CSR, whatever the experiment's size.
+        Read in blocks (:meth:`_blocks`) of whole tiles of ``X``'s rows holding about
+        :data:`READ_ENTRIES` stored values, each one TileDB read of a joinid range
+        (:meth:`_block_coords`) in TileDB's unordered result order (asking it for row-major
+        order was measured ten times slower), whose batches are copied into int32 coordinates as
+        they come and put in CSR order by scipy, then copied into the chunk's CSR: memory is
+        about the chunk's CSR plus one block, whatever the experiment's size.
         """
         if not (0 <= start <= stop <= self.n_cells):
             msg = f"rows {start}:{stop} out of range for {self.n_cells} cells"
             raise InputError(msg)
         ids = self._ids[start:stop]
-        parts: list[sp.csr_array] = []
+        values, cells = self._seen
+        per_cell = values / cells if cells else 0.0
+        out = _Rows(ids.size, self.n_genes, self.dtype, int(per_cell * ids.size * 1.25))
+        for a, b in self._blocks(ids):
+            block = self._read_block(ids[a:b], start + a)
+            values, cells = self._seen
+            self._seen = (values + int(block.nnz), cells + int(block.shape[0]))
+            out.add(block)
+            del block
+        return out.csr()
+
+    def _blocks(self, ids: np.ndarray) -> Iterator[tuple[int, int]]:
+        """``(a, b)``: the cells ``ids[a:b]`` of each block read. A block ends on a multiple of
+        X's tile extent along the cells (:attr:`_tile`: Census's and tiledbsoma's 2,048) and
+        spans as many tiles of rows as hold about :data:`READ_ENTRIES` values (measured: reads
+        of whole tiles of rows took a quarter less CPU than reads cut inside them); the first
+        block ever read, before the values per cell are known, is :data:`FIRST_BLOCK_CELLS`
+        cells, and so is every block where one tile of rows holds over twice that many values
+        (then cut by cells)."""
         a = 0
         while a < ids.size:
             values, cells = self._seen
-            step = READ_ENTRIES * cells // max(values, cells) if cells else FIRST_BLOCK_CELLS
-            block = self._read_block(ids[a : a + max(step, 1)], start + a)
-            self._seen = (values + int(block.nnz), cells + int(block.shape[0]))
-            parts.append(block)
-            a += int(block.shape[0])
-        return _vstack(parts, self.n_genes, self.dtype)
+            per_id = values / cells * ids.size / (int(ids[-1]) - int(ids[0]) + 1) if cells else 0
+            step = int(READ_ENTRIES / max(values / cells, 1)) if cells else FIRST_BLOCK_CELLS
+            b = min(a + max(step, 1), ids.size)
+            tile = self._tile
+            if cells and tile and tile * per_id <= 2 * READ_ENTRIES:
+                tiles = max(1, round(READ_ENTRIES / max(tile * per_id, 1)))
+                end = (int(ids[a]) // tile + tiles) * tile  # the first joinid after the block
+                b = int(np.searchsorted(ids, end, side="left"))
+            yield a, b
+            a = b
+
+    def _block_coords(self, ids: np.ndarray) -> tuple[Any, np.ndarray | None]:
+        """What one block's TileDB read asks for, and the block row of each joinid in the range
+        read (``None``: the range is the block's cells). A run of joinids is one slice; so is a
+        selection whose joinids span at most :data:`SPAN_READ` times its cells (the cells
+        between are read and dropped: TileDB reads one range much faster than thousands of
+        points); a sparser one is read by its joinids."""
+        lo, hi = int(ids[0]), int(ids[-1])
+        span = hi - lo + 1
+        if span == ids.size:
+            return slice(lo, hi), None
+        if span <= SPAN_READ * ids.size:
+            row_of = np.full(span, -1, dtype=np.int32)
+            row_of[ids - lo] = np.arange(ids.size, dtype=np.int32)
+            return slice(lo, hi), row_of
+        return ids, None
 
     def _read_block(self, ids: np.ndarray, first: int) -> sp.csr_array:
         n = int(ids.size)
+        coords, row_of = self._block_coords(ids)
         try:
-            table = self._X.read(coords=(self._coords(ids),)).tables().concat()
+            batches = list(self._X.read(coords=(coords,)).tables())
         except Exception as e:  # TileDB raises its own errors on a missing or corrupt fragment
             msg = f"{self.name}: cannot read cells {first}:{first + n}: {e}"
             raise InputError(msg) from e
-        dim0 = table["soma_dim_0"].to_numpy()
-        dim1 = table["soma_dim_1"].to_numpy()
-        data = table["soma_data"].to_numpy().astype(self.dtype, copy=False)
-        del table
-        contiguous = int(ids[-1]) - int(ids[0]) + 1 == n
-        rows = dim0 - ids[0] if contiguous else np.searchsorted(ids, dim0)
-        cols = dim1 if self._identity_cols else self._col_of[dim1]
-        if cols.size and int(cols.min()) < 0:
+        total = sum(b.num_rows for b in batches)
+        index = np.dtype(np.int32 if self.n_genes < 2**31 and total < 2**31 else np.int64)
+        rows, cols = self._scratch(total, index)
+        one = len(batches) == 1 and batches[0]["soma_data"].type == self._data_type
+        data = batches[0]["soma_data"].to_numpy() if one else np.empty(total, dtype=self.dtype)
+        at = 0
+        batches.reverse()
+        while batches:  # each batch let go once copied
+            b = batches.pop()
+            k = b.num_rows
+            self._put_rows(b["soma_dim_0"].to_numpy(), ids, row_of, rows[at : at + k])
+            self._put_cols(b["soma_dim_1"].to_numpy(), cols[at : at + k], first, n)
+            if not one:
+                np.copyto(data[at : at + k], b["soma_data"].to_numpy(), casting="unsafe")
+            at += k
+            del b
+        if row_of is not None:  # a span read: drop the cells not selected
+            keep = rows >= 0
+            rows, cols, data = rows[keep], cols[keep], data[keep]
+        # scipy's COO -> CSR is a stable counting sort by row; TileDB returns each tile's cells
+        # in row-major order, a row's tiles in column order, so the rows come out with sorted
+        # columns and scipy sorts nothing more (it checks, and sorts when a read was otherwise)
+        coo = sp.coo_array((data, (rows, cols)), shape=(n, self.n_genes))
+        del rows, cols, data
+        return coo.tocsr()  # new arrays: the scratch coordinates are free for the next block
+
+    def _scratch(self, size: int, index: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns arrays of ``size`` for a block's coordinates, kept from block to
+        block (fresh pages each block cost the kernel's page clearing: measured 8% of a job's
+        CPU)."""
+        rows, cols = self._coords_buffers
+        if rows.size < size or rows.dtype != index:
+            rows = cols = np.empty(0, dtype=index)  # let the old ones go first
+            rows, cols = np.empty(size, dtype=index), np.empty(size, dtype=index)
+            self._coords_buffers = (rows, cols)
+        return rows[:size], cols[:size]
+
+    @staticmethod
+    def _put_rows(
+        dim0: np.ndarray, ids: np.ndarray, row_of: np.ndarray | None, out: np.ndarray
+    ) -> None:
+        """Each value's block row, written into ``out`` (int32) in one pass."""
+        if row_of is not None:
+            _take_into(row_of, dim0 - ids[0], out)
+        elif int(ids[-1]) - int(ids[0]) + 1 == ids.size:
+            np.subtract(dim0, ids[0], out=out, casting="unsafe")
+        else:
+            np.copyto(out, np.searchsorted(ids, dim0), casting="unsafe")
+
+    def _put_cols(self, dim1: np.ndarray, out: np.ndarray, first: int, n: int) -> None:
+        """Each value's column (its gene's position in var), written into ``out``."""
+        if self._identity_cols:
+            np.copyto(out, dim1, casting="unsafe")
+            return
+        _take_into(self._col_of, dim1, out)
+        if out.size and int(out.min()) < 0:
             where = f"cells {first}:{first + n}"
             msg = f"{self.name}: X has values in columns that no var row names ({where})"
             raise InputError(msg)
-        # scipy's COO -> CSR is a counting sort by row; TileDB returns each column tile in
-        # row-major order, tiles in column order, so the rows come out with sorted columns
-        # and scipy sorts nothing more (it checks, and sorts when a read was otherwise)
-        small = np.int32 if self.n_genes < 2**31 and data.size < 2**31 else np.int64
-        coords = (rows.astype(small, copy=False), cols.astype(small, copy=False))
-        return sp.csr_array((data, coords), shape=(n, self.n_genes))
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.blake2b(digest_size=16)
