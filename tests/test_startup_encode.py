@@ -173,11 +173,9 @@ def test_a_state_written_with_the_old_fingerprint_is_discarded_not_mixed(
     np.testing.assert_array_equal(np.load(old), np.load(whole))
 
 
-def test_the_table_read_beside_the_cells_reports_errors_in_order(
-    files: dict[str, Path], tmp_path: Path
-) -> None:
-    """The table is read on a thread while the cells are opened: a bad table is still said
-    before a bad input, a bad input with a good table is said, and a good job starts."""
+def test_a_bad_table_is_said_before_a_bad_input(files: dict[str, Path], tmp_path: Path) -> None:
+    """The table is read before the cells are opened: a bad table is said first, a bad input
+    with a good table is said, and a good job starts."""
     from genept_fast.encode import start_weighted
     from genept_fast.errors import InputError
 

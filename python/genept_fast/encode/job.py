@@ -22,7 +22,6 @@ stream into a file, Dask into a lazy array.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -189,25 +188,6 @@ def open_job(
     return Cells(source, matrix, how, chunk_size, own)
 
 
-def _read_beside(path: str | Path, data: Any, **options: Any) -> tuple[GeneEmbeddings, Cells]:
-    """The table at ``path`` and the job's cells (:func:`open_job` with ``options``): the
-    table is read on a thread (pyarrow decodes without the GIL) while the cells are opened
-    (h5py's import, the names, the first cells). Errors as when the table was read first: a
-    bad table is said before a bad input."""
-    with ThreadPoolExecutor(1, thread_name_prefix="genept-table") as pool:
-        pending = pool.submit(load_table, path)
-        try:
-            cells = open_job(data, **options)
-        except BaseException:
-            pending.result()  # the table's error first
-            raise
-        try:
-            return pending.result(), cells
-        except BaseException:
-            cells.close()
-            raise
-
-
 @dataclass
 class WeightedJob:
     """A started GenePT-w job: its cells, encoder and provenance."""
@@ -268,13 +248,10 @@ def start_weighted(
     if not is_table and gene_key is not None:
         msg = "gene_key= is for a GeneEmbeddings table; a matrix is mapped by gene_index="
         raise InputError(msg)
-    options: dict[str, Any] = {"layer": layer, "use_raw": use_raw, "preprocess": preprocess}
-    table: GeneEmbeddings | None
-    if isinstance(gene_embeddings, (str, Path)):
-        table, cells = _read_beside(gene_embeddings, data, chunk_size=chunk_size, **options)
-    else:
-        table = load_table(gene_embeddings) if is_table else None  # type: ignore[arg-type]
-        cells = open_job(data, chunk_size=chunk_size, **options)
+    table = load_table(gene_embeddings) if is_table else None  # type: ignore[arg-type]
+    cells = open_job(
+        data, layer=layer, use_raw=use_raw, preprocess=preprocess, chunk_size=chunk_size
+    )
     try:
         source = cells.source
         match = None
