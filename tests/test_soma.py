@@ -7,6 +7,7 @@ also written as an ``.h5ad`` of the same cells and genes. The SOMA path must giv
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -145,6 +146,84 @@ def test_a_chunk_read_in_many_blocks_is_the_same_csr(
     assert blocks.has_sorted_indices and blocks.indices.dtype == whole.indices.dtype
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))
+
+
+def _spy_reads(src: soma.SomaSource, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The coordinates of every TileDB read of ``src``'s X from now on."""
+    seen: list[object] = []
+
+    class Spy:
+        def __init__(self, X: object) -> None:
+            self.X = X
+
+        def read(self, *, coords: tuple) -> object:
+            seen.append(coords[0])
+            return self.X.read(coords=coords)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(src, "_X", Spy(src._X))
+    return seen
+
+
+@pytest.mark.parametrize("where", ["louvain != '2'", "n_genes > 1200", MONO])
+def test_a_range_read_equals_the_coordinate_read_on_a_filtered_selection(
+    pbmc: dict, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    with soma.SomaSource(pbmc["uri"], obs_filter=where) as src:
+        ids = src.soma_joinids()
+        assert ids[-1] - ids[0] + 1 > ids.size  # not a run of joinids
+        monkeypatch.setattr(soma, "SPAN_READ", 0)  # every block read by its joinids
+        points = _spy_reads(src, monkeypatch)
+        by_points = src.read(0, src.n_cells)
+        assert all(isinstance(c, np.ndarray) for c in points)
+        monkeypatch.setattr(soma, "SPAN_READ", 10**9)  # every block read as one range
+        ranges = _spy_reads(src, monkeypatch)
+        by_range = src.read(0, src.n_cells)
+        assert ranges and all(isinstance(c, slice) for c in ranges)
+        part = src.read(3, src.n_cells - 2)  # a range that starts and ends inside the selection
+    want = open_cells(pbmc["h5ad"]).read(0, 700)[ids]
+    for got in (by_points, by_range):
+        assert got.has_sorted_indices and (got != want).nnz == 0
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(by_range, name), getattr(by_points, name))
+    assert (part != want[3 : ids.size - 2]).nnz == 0
+
+
+def test_blocks_end_on_the_tile_extent_and_read_the_same_csr(
+    synthetic: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with soma.SomaSource(synthetic["uri"], obs_filter="donor != 3") as src:
+        assert src._tile == 2048  # tiledbsoma's default extent, as from_anndata writes X
+        whole = src.read(0, src.n_cells)
+        ids = src.soma_joinids()
+        monkeypatch.setattr(src, "_tile", 64)
+        monkeypatch.setattr(soma, "READ_ENTRIES", 64 * 20 * 2)  # ~20 values a joinid: 2 tiles
+        blocks = list(src._blocks(ids[5:]))
+        reads = _spy_reads(src, monkeypatch)
+        again = src.read(5, src.n_cells)
+    ends = [int(ids[5:][b]) for _, b in blocks[:-1]]  # the first joinid after each block
+    assert len(blocks) > 3 and all(e % 64 == 0 for e in ends)
+    assert all(64 <= e2 - e1 <= 3 * 64 for e1, e2 in itertools.pairwise(ends))  # 2-3 tiles
+    assert len(reads) == len(blocks)
+    for c, end in zip(reads, [*ends, int(ids[-1]) + 1], strict=True):  # each read one range
+        assert isinstance(c, slice) and c.stop < end
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(whole[5:], name))
+
+
+def test_a_default_context_and_a_users_context(pbmc: dict) -> None:
+    with soma.SomaSource(pbmc["uri"]) as src:
+        config = src.context.tiledb_config
+        assert (
+            config["soma.init_buffer_bytes"] == soma.DEFAULT_TILEDB_CONFIG["soma.init_buffer_bytes"]
+        )
+        mine = tiledbsoma.SOMATileDBContext(tiledb_config={"soma.init_buffer_bytes": "1048576"})
+        with soma.SomaSource(pbmc["uri"], context=mine) as users:
+            assert users.context is mine  # the user's context wins, untouched
+            assert users.context.tiledb_config["soma.init_buffer_bytes"] == "1048576"
+            small = users.read(0, 700)  # 1 MiB buffers: each block comes in several batches
+        assert (small != src.read(0, 700)).nnz == 0
+    with tiledbsoma.Experiment.open(str(pbmc["uri"]), context=mine) as exp:
+        assert soma.SomaSource(exp).context is exp.context  # an open experiment keeps its own
 
 
 def test_open_cells_detects_an_experiment_and_takes_the_source(pbmc: dict) -> None:
