@@ -18,17 +18,23 @@ cell. Data is synthetic and atlas-like (see synthetic.py).
 ``--oneshot-cells`` cells right after a scipy product (which leaves the caches cold), with a
 plain numpy table against the same call with a prepared table (``gf.prepare_embeddings``),
 rounds interleaved; it prints both, their ratio (goal: at least 90%) and the scipy ratios.
+From the second call on, a plain table's re-layout reuses the buffer the process kept from the
+call before; ``--first-call`` also times the first call of fresh processes, which has none.
 
     python benches/bench_kernels.py                      # 20k cells, 30k genes, D = 1536 and 3072
     python benches/bench_kernels.py --cells 5000 --dims 1536 --repeat 1
     python benches/bench_kernels.py --oneshot --genes 20000 --repeat 6   # the one-shot pair only
+    python benches/bench_kernels.py --oneshot --first-call --genes 20000 --repeat 6
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -179,6 +185,51 @@ def bench_oneshot(args: argparse.Namespace, threads: int) -> None:
     )
 
 
+def first_call_worker(args: argparse.Namespace) -> None:
+    """In a fresh process: the data, the other work, then the one timed call (JSON on stdout)."""
+    n, d = args.oneshot_cells, args.dims[0]
+    X = synthetic.make_csr(n, args.genes, args.nnz, seed=1)
+    E = synthetic.make_embeddings(args.genes, d)
+    table = gf.prepare_embeddings(E) if args.first_call_worker == "prepared" else E
+    reference_weighted(X[: min(args.ref_cells, n)], E)  # the other work, as in --oneshot
+    w, c = time.perf_counter(), time.process_time()
+    out = gf.weighted_embedding(X, table)
+    w, c = time.perf_counter() - w, time.process_time() - c
+    head = hashlib.blake2b(np.ascontiguousarray(out).tobytes(), digest_size=8).hexdigest()
+    print(json.dumps({"wall": w, "cpu": c, "digest": head}))
+
+
+def bench_first_call(args: argparse.Namespace) -> None:
+    """The first call of a process (nothing kept from an earlier call): plain vs prepared."""
+    n = args.oneshot_cells
+    base = [sys.executable, __file__, "--oneshot-cells", str(n), "--genes", str(args.genes)]
+    base += [
+        "--nnz",
+        str(args.nnz),
+        "--dims",
+        str(args.dims[0]),
+        "--ref-cells",
+        str(args.ref_cells),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "prepared": []}
+    for k in range(args.repeat):
+        for name in ["plain", "prepared"] if k % 2 == 0 else ["prepared", "plain"]:
+            proc = subprocess.run(
+                [*base, "--first-call-worker", name], capture_output=True, text=True, check=True
+            )
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    same = len({r["digest"] for v in runs.values() for r in v}) == 1
+    wall = {k: float(np.median([n / r["wall"] for r in v])) for k, v in runs.items()}
+    cpu = {k: float(np.median([n / r["cpu"] for r in v])) for k, v in runs.items()}
+    print(
+        f"first call of a fresh process ({args.repeat} processes each, alternating; medians): "
+        f"prepared {wall['prepared']:,.0f} cells/s, plain {wall['plain']:,.0f} cells/s: plain / "
+        f"prepared {wall['plain'] / wall['prepared']:.0%} (per CPU-second "
+        f"{cpu['plain'] / cpu['prepared']:.0%}); results {'identical' if same else 'DIFFERENT'}; "
+        f"load {load():.1f}\n"
+    )
+
+
 def fmt_rate(r: dict[str, float]) -> str:
     return f"{r['best']:,.0f} cells/s (range {r['worst']:,.0f}-{r['best']:,.0f})"
 
@@ -197,7 +248,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--oneshot", action="store_true", help="only the one-shot pair")
     ap.add_argument("--oneshot-cells", type=int, default=4_000)
+    ap.add_argument(
+        "--first-call",
+        action="store_true",
+        help="with --oneshot: also the first call of fresh processes (no buffer kept from before)",
+    )
+    ap.add_argument("--first-call-worker", choices=["plain", "prepared"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.first_call_worker:
+        first_call_worker(args)
+        return
 
     threads = _core.resolved_threads(args.threads)
     print(
@@ -206,6 +266,8 @@ def main() -> None:
     )
     if args.oneshot:
         bench_oneshot(args, threads)
+        if args.first_call:
+            bench_first_call(args)
         return
     t = time.perf_counter()
     X = synthetic.make_csr(args.cells, args.genes, args.nnz, seed=0)
