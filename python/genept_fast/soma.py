@@ -3,8 +3,10 @@
 :class:`SomaSource` is a :class:`~genept_fast.cells.ChunkSource` over one ``X`` layer of one
 measurement of a SOMA experiment, restricted to the cells an obs value filter selects. Its rows
 are the selected cells in ``soma_joinid`` order; ``read(a, b)`` reads only those cells' entries
-from the sparse ``X`` (one TileDB read by coordinates, rows put in place by their joinid, columns
-by the var joinid), so memory is bounded by the chunk, whatever the experiment's size. Gene names
+from the sparse ``X`` (in blocks of whole tiles of rows, each one TileDB read of a joinid range
+or of the joinids, rows put in place by their joinid, columns by the var joinid), so memory is
+bounded by the chunk, whatever the experiment's size; a source opened from a URI reads with
+:data:`DEFAULT_TILEDB_CONFIG` unless given a context. Gene names
 come from a var column (``var_key``: Census's ``feature_name``; ``var_id`` as
 ``tiledbsoma.io.from_anndata`` writes it), and the whole var table goes with them, so the gene
 identity layer sees the Ensembl ids of ``feature_id`` too.
