@@ -104,15 +104,16 @@ pub(crate) fn advise_huge<T>(_v: &[T]) {}
 /// inside it) are unspecified from here on: the caller must write every value it will read.
 /// Whole huge pages only, so that a transparent huge page is never split.
 #[cfg(target_os = "linux")]
-pub(crate) fn advise_free<T: Zeroable>(v: &[T]) {
+pub(crate) fn advise_free<T: Zeroable>(v: &mut [T]) {
     // SAFETY: MADV_FREE leaves the pages mapped and readable and may replace their contents
     // with zeros, a valid value of every `Zeroable` type (`v` stays an allocation of valid
-    // values); this function's contract is that the caller does not rely on the contents.
+    // values); `&mut` makes the caller the only holder of `v`, so no reference sees its values
+    // change, and this function's contract is that the caller does not rely on the contents.
     unsafe { advise(v, 2 << 20, libc::MADV_FREE) }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn advise_free<T: Zeroable>(_v: &[T]) {}
+pub(crate) fn advise_free<T: Zeroable>(_v: &mut [T]) {}
 
 #[cfg(test)]
 mod tests {

@@ -189,8 +189,8 @@ pub fn with_tiled<R>(
     };
     let t = TiledEmbeddings::from_rows(data, n, d, spare)?;
     let r = f(&t);
-    let buffer = t.into_buffer();
-    advise_free(&buffer);
+    let mut buffer = t.into_buffer();
+    advise_free(&mut buffer);
     // One buffer is kept, the last one used (one a concurrent call kept is dropped).
     if let Ok(mut s) = SPARE.try_lock() {
         *s = (pid, buffer);
