@@ -139,7 +139,9 @@ def test_a_chunk_read_in_many_blocks_is_the_same_csr(
         reads: list[int] = []
         read_block = src._read_block
         monkeypatch.setattr(
-            src, "_read_block", lambda ids, first: reads.append(ids.size) or read_block(ids, first)
+            src,
+            "_read_block",
+            lambda ids, first, out: reads.append(ids.size) or read_block(ids, first, out),
         )
         blocks = src.read(0, src.n_cells)
     assert max(reads) <= 8 and sum(reads) == whole.shape[0]  # ~4 cells a block, all read

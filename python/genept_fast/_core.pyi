@@ -17,7 +17,7 @@ gene at fault as ``cell`` and ``gene`` (``None`` when none); ``row_offset`` (the
 in a larger matrix) is added to the cell, in the attribute and the message.
 """
 
-from typing import final
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ __all__ = [
     "PreparedEmbeddings",
     "__version__",
     "cell_sentences",
+    "coo_into_csr",
     "l2_normalize",
     "resolved_threads",
     "sentences_from_top",
@@ -95,6 +96,16 @@ def sentences_from_top(
     n_threads: int | None = None,
 ) -> list[str]: ...
 def l2_normalize(matrix: npt.NDArray[np.float32], n_threads: int | None = None) -> None: ...
+def coo_into_csr(
+    rows: npt.NDArray[np.int32],
+    cols: npt.NDArray[np.int32],
+    values: npt.NDArray[np.floating[Any]],
+    n_cols: int,
+    base: int,
+    indptr: npt.NDArray[np.signedinteger[Any]],
+    indices: npt.NDArray[np.signedinteger[Any]],
+    data: npt.NDArray[np.floating[Any]],
+) -> int: ...
 def simd_level() -> str: ...
 def resolved_threads(n_threads: int | None = None) -> int: ...
 def thread_limit() -> int: ...

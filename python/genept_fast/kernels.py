@@ -62,6 +62,7 @@ __all__ = [
     "as_embeddings",
     "as_gene_index",
     "cell_sentences",
+    "coo_into_csr",
     "is_kernel_error",
     "l2_normalize",
     "offset_cells",
@@ -531,6 +532,31 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
         raise ShapeError(msg)
     _core.l2_normalize(arr, n_threads=_check_threads(n_threads))
     return arr
+
+
+def coo_into_csr(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    values: np.ndarray,
+    n_cols: int,
+    *,
+    base: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+) -> int:
+    """Sorts a block's COO entries into CSR arrays in place, stable by row; returns how many.
+
+    ``rows`` are the block's rows (int32, ``-1``: an entry to skip), ``cols`` int32 in
+    ``[0, n_cols)``, ``values`` float32/float64. ``indptr`` (``n_rows + 1`` slots) receives
+    ``base`` plus each row's start; ``indices`` and ``data`` (the values' dtype) receive the kept
+    entries from their first slot: pass a chunk's arrays from its current position to fill it
+    block by block (the TileDB-SOMA reader does). Each row keeps its entries in the order they
+    come. No copy of the inputs; the GIL is released.
+    """
+    return int(
+        _core.coo_into_csr(rows, cols, values, int(n_cols), int(base), indptr, indices, data)
+    )
 
 
 def resolved_threads(n_threads: int | None = None) -> int:

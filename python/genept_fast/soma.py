@@ -43,6 +43,7 @@ import scipy.sparse as sp
 
 from genept_fast._extras import missing_extra
 from genept_fast.errors import InputError
+from genept_fast.kernels import coo_into_csr
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -184,18 +185,35 @@ class _Rows:
             new[: self.at] = old[: self.at]
             setattr(self, name, new)
 
-    def add(self, part: sp.csr_array) -> None:
-        k, m = int(part.nnz), int(part.shape[0])
-        if self.at + k > self.data.size:
-            self._grow(self.at + k)
-        self.data[self.at : self.at + k] = part.data
-        self.indices[self.at : self.at + k] = part.indices
-        self.indptr[self.row + 1 : self.row + m + 1] = part.indptr[1:] + self.at
-        self.row, self.at = self.row + m, self.at + k
+    def add(self, rows: np.ndarray, cols: np.ndarray, data: np.ndarray, m: int) -> int:
+        """The next ``m`` rows from a block's entries (block rows, int32; a negative row is a
+        cell not selected, skipped), sorted into CSR straight into the chunk's arrays by the
+        core's stable counting sort by row (a row's entries keep their order: TileDB gives
+        each row's columns sorted). Returns the entries kept."""
+        if self.at + rows.size > self.data.size:
+            self._grow(self.at + rows.size)
+        kept = coo_into_csr(
+            rows,
+            cols,
+            data,
+            self.n_genes,
+            base=self.at,
+            indptr=self.indptr[self.row : self.row + m + 1],
+            indices=self.indices[self.at :],
+            data=self.data[self.at :],
+        )
+        self.row, self.at = self.row + m, self.at + kept
+        return kept
 
     def csr(self) -> sp.csr_array:
+        """The chunk, in canonical form (columns sorted within rows, no duplicates), as
+        scipy's COO -> CSR gives it: one pass checks it, and a read that came otherwise is
+        sorted and summed."""
         data, indices = self.data[: self.at], self.indices[: self.at]
-        return sp.csr_array((data, indices, self.indptr), shape=(self.n, self.n_genes))
+        X = sp.csr_array((data, indices, self.indptr), shape=(self.n, self.n_genes))
+        if not X.has_canonical_format:
+            X.sum_duplicates()
+        return X
 
 
 def _row_tile(X: Any) -> int | None:
@@ -485,11 +503,9 @@ class SomaSource:
         per_cell = values / cells if cells else 0.0
         out = _Rows(ids.size, self.n_genes, self.dtype, int(per_cell * ids.size * 1.25))
         for a, b in self._blocks(ids):
-            block = self._read_block(ids[a:b], start + a)
+            kept = self._read_block(ids[a:b], start + a, out)
             values, cells = self._seen
-            self._seen = (values + int(block.nnz), cells + int(block.shape[0]))
-            out.add(block)
-            del block
+            self._seen = (values + kept, cells + b - a)
         return out.csr()
 
     def _blocks(self, ids: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -530,7 +546,9 @@ class SomaSource:
             return slice(lo, hi), row_of
         return ids, None
 
-    def _read_block(self, ids: np.ndarray, first: int) -> sp.csr_array:
+    def _read_block(self, ids: np.ndarray, first: int, out: _Rows) -> int:
+        """Cells ``ids`` (rows ``first:`` of the source) read and added to ``out``; returns the
+        values kept."""
         n = int(ids.size)
         coords, row_of = self._block_coords(ids)
         at = 0
@@ -549,15 +567,11 @@ class SomaSource:
             msg = f"{self.name}: cannot read cells {first}:{first + n}: {e}"
             raise InputError(msg) from e
         rows, cols, data = self._scratch(at, keep=at)
-        if row_of is not None:  # a span read: drop the cells not selected
-            keep = rows >= 0
-            rows, cols, data = rows[keep], cols[keep], data[keep]
-        # scipy's COO -> CSR is a stable counting sort by row; TileDB returns each tile's cells
-        # in row-major order, a row's tiles in column order, so the rows come out with sorted
-        # columns and scipy sorts nothing more (it checks, and sorts when a read was otherwise)
-        coo = sp.coo_array((data, (rows, cols)), shape=(n, self.n_genes))
-        del rows, cols, data
-        return coo.tocsr()  # new arrays: the scratch is free for the next block
+        # A span read's cells not selected have row -1 and are skipped. TileDB returns each
+        # tile's cells in row-major order and a row's tiles in column order, so a stable sort
+        # by row leaves every row's columns sorted; the chunk's CSR is checked for that (and
+        # sorted if a read came otherwise) in ``_Rows.csr``.
+        return out.add(rows, cols, data, n)
 
     def _scratch(self, size: int, *, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A block's rows, columns (int32) and values, ``size`` of each, from arrays kept from

@@ -9,6 +9,7 @@
 //! - [`sentences::cell_sentences`]: GenePT-s cell sentences from the top-N genes.
 
 pub mod buffer;
+pub mod coo;
 pub mod csr;
 pub mod error;
 pub mod parallel;

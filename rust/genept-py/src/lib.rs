@@ -491,6 +491,109 @@ fn sentences_from_top(
     })
 }
 
+/// Releases the GIL and runs `f` on this thread (no pool: a reader thread's small job must not
+/// queue behind the kernel's), mapping errors and panics as [`detached`] does.
+fn detached_here<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> genept_core::Result<T> + Send,
+) -> PyResult<T> {
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(r) => r.map_err(|e| to_py(py, e)),
+        Err(_) => Err(InternalError::new_err(
+            "internal error in genept-fast (please report it): coo_into_csr panicked",
+        )),
+    }
+}
+
+/// [`coo_into_csr`] for one pair of types; `None` when the arrays are not of these types.
+#[allow(clippy::too_many_arguments)]
+fn coo_typed<I, V>(
+    py: Python<'_>,
+    rows: &[i32],
+    cols: &[i32],
+    values: &Bound<'_, PyAny>,
+    n_cols: usize,
+    base: usize,
+    indptr: &Bound<'_, PyAny>,
+    indices: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Option<usize>>
+where
+    I: genept_core::Index + TryFrom<usize> + Element,
+    V: Element + Copy + Send + Sync,
+{
+    let (Ok(values), Ok(indptr), Ok(indices), Ok(data)) = (
+        values.cast::<PyArray1<V>>(),
+        indptr.cast::<PyArray1<I>>(),
+        indices.cast::<PyArray1<I>>(),
+        data.cast::<PyArray1<V>>(),
+    ) else {
+        return Ok(None);
+    };
+    let values = values.readonly();
+    let values = slice(&values, "values")?;
+    // Distinct writable arrays: numpy's borrow checking refuses the same array twice.
+    let mut indptr = indptr
+        .try_readwrite()
+        .map_err(|_| invalid("indptr must be a writable array of its own"))?;
+    let mut indices = indices
+        .try_readwrite()
+        .map_err(|_| invalid("indices must be a writable array of its own"))?;
+    let mut data = data
+        .try_readwrite()
+        .map_err(|_| invalid("data must be a writable array of its own"))?;
+    let (p, i, d) = (
+        indptr
+            .as_slice_mut()
+            .map_err(|_| invalid("indptr must be C-contiguous"))?,
+        indices
+            .as_slice_mut()
+            .map_err(|_| invalid("indices must be C-contiguous"))?,
+        data.as_slice_mut()
+            .map_err(|_| invalid("data must be C-contiguous"))?,
+    );
+    detached_here(py, || {
+        genept_core::coo::coo_into_csr(rows, cols, values, n_cols, base, p, i, d)
+    })
+    .map(Some)
+}
+
+/// Scatters a block's COO entries (int32 rows and columns, float32/float64 values) into CSR
+/// arrays (int32/int64 `indptr` and `indices`, `data` of the values' dtype), stable by row,
+/// skipping negative rows; returns the number of entries written (`genept_core::coo`).
+#[pyfunction]
+#[pyo3(signature = (rows, cols, values, n_cols, base, indptr, indices, data))]
+#[allow(clippy::too_many_arguments)]
+fn coo_into_csr(
+    py: Python<'_>,
+    rows: PyReadonlyArray1<'_, i32>,
+    cols: PyReadonlyArray1<'_, i32>,
+    values: &Bound<'_, PyAny>,
+    n_cols: usize,
+    base: usize,
+    indptr: &Bound<'_, PyAny>,
+    indices: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<usize> {
+    let (r, c) = (slice(&rows, "rows")?, slice(&cols, "cols")?);
+    let mut found = coo_typed::<i32, f32>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+    if found.is_none() {
+        found = coo_typed::<i64, f32>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+    }
+    if found.is_none() {
+        found = coo_typed::<i32, f64>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+    }
+    if found.is_none() {
+        found = coo_typed::<i64, f64>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+    }
+    found.ok_or_else(|| {
+        invalid(
+            "coo_into_csr wants 1-D values and data of one dtype (float32 or float64) and \
+             indptr and indices of one dtype (int32 or int64)",
+        )
+    })
+}
+
 /// Divides each row of a C-contiguous float32 matrix by its L2 norm, in place.
 #[pyfunction]
 #[pyo3(signature = (matrix, n_threads=None))]
@@ -539,6 +642,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cell_sentences, m)?)?;
     m.add_function(wrap_pyfunction!(sentences_from_top, m)?)?;
     m.add_function(wrap_pyfunction!(l2_normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(coo_into_csr, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(resolved_threads, m)?)?;
     m.add_function(wrap_pyfunction!(thread_limit, m)?)?;
