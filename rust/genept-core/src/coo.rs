@@ -167,66 +167,41 @@ mod tests {
         assert_eq!(indices[kept], -9); // nothing written past the kept entries
     }
 
+    /// `coo_into_csr` on a 2-row block of unit values, 5 columns, outputs of `room` entries.
+    fn call(rows: &[i32], cols: &[i32], base: usize, room: usize) -> Result<usize> {
+        let vals = vec![1.0f32; rows.len()];
+        let mut p = vec![0i32; 3];
+        let (mut i, mut d) = (vec![0i32; room], vec![0f32; room]);
+        coo_into_csr(rows, cols, &vals, 5, base, &mut p, &mut i, &mut d)
+    }
+
     #[test]
     fn errors_name_the_problem() {
-        let mut p = vec![0i32; 3];
-        let (mut i, mut d) = (vec![0i32; 4], vec![0f32; 4]);
-        let e = coo_into_csr(
-            &[0, 2],
-            &[0, 0],
-            &[1.0f32, 1.0],
-            5,
-            0,
-            &mut p,
-            &mut i,
-            &mut d,
-        );
+        let e = call(&[0, 2], &[0, 0], 0, 4);
         assert!(matches!(e, Err(GeneptError::MalformedCsr(_))));
-        let e = coo_into_csr(
-            &[0, 1],
-            &[0, 5],
-            &[1.0f32, 1.0],
-            5,
-            0,
-            &mut p,
-            &mut i,
-            &mut d,
-        );
-        assert!(matches!(
+        let e = call(&[0, 1], &[0, 5], 0, 4);
+        let outside = matches!(
             e,
             Err(GeneptError::GeneOutside {
                 cell: 1,
                 gene: 5,
                 ..
             })
+        );
+        assert!(outside, "{e:?}");
+        let vals = [1.0f32];
+        let (mut p, mut i, mut d) = (vec![0i32; 3], vec![0i32; 4], vec![0f32; 4]);
+        let e = coo_into_csr(&[0], &[0, 1], &vals, 5, 0, &mut p, &mut i, &mut d);
+        assert!(matches!(e, Err(GeneptError::Shape(_))));
+        assert!(matches!(
+            call(&[0, 1], &[0, 1], 0, 1),
+            Err(GeneptError::Shape(_))
         ));
-        let e = coo_into_csr(&[0], &[0, 1], &[1.0f32], 5, 0, &mut p, &mut i, &mut d);
-        assert!(matches!(e, Err(GeneptError::Shape(_))));
-        let (mut i1, mut d1) = (vec![0i32; 1], vec![0f32; 1]);
-        let e = coo_into_csr(
-            &[0, 1],
-            &[0, 1],
-            &[1.0f32, 1.0],
-            5,
-            0,
-            &mut p,
-            &mut i1,
-            &mut d1,
-        );
-        assert!(matches!(e, Err(GeneptError::Shape(_))));
-        let e = coo_into_csr(
-            &[0],
-            &[0],
-            &[1.0f32],
-            5,
-            i32::MAX as usize,
-            &mut p,
-            &mut i,
-            &mut d,
-        );
+        let e = call(&[0], &[0], i32::MAX as usize, 4);
         assert!(matches!(e, Err(GeneptError::InvalidArgument(_))));
         let mut empty: Vec<i32> = Vec::new();
         let e = coo_into_csr::<i32, f32>(&[], &[], &[], 5, 0, &mut empty, &mut i, &mut d);
         assert!(matches!(e, Err(GeneptError::Shape(_))));
+        assert_eq!(call(&[1, -1, 0], &[4, 9, 0], 0, 2).unwrap(), 2); // a skipped row's column is not checked
     }
 }

@@ -505,28 +505,33 @@ fn detached_here<T: Send>(
     }
 }
 
+/// What [`coo_into_csr`] writes into: the values' array, the columns' count, the chunk's
+/// offset and its three CSR arrays (their types are found by [`coo_typed`]).
+struct CooInto<'a, 'py> {
+    values: &'a Bound<'py, PyAny>,
+    n_cols: usize,
+    base: usize,
+    indptr: &'a Bound<'py, PyAny>,
+    indices: &'a Bound<'py, PyAny>,
+    data: &'a Bound<'py, PyAny>,
+}
+
 /// [`coo_into_csr`] for one pair of types; `None` when the arrays are not of these types.
-#[allow(clippy::too_many_arguments)]
 fn coo_typed<I, V>(
     py: Python<'_>,
     rows: &[i32],
     cols: &[i32],
-    values: &Bound<'_, PyAny>,
-    n_cols: usize,
-    base: usize,
-    indptr: &Bound<'_, PyAny>,
-    indices: &Bound<'_, PyAny>,
-    data: &Bound<'_, PyAny>,
+    a: &CooInto<'_, '_>,
 ) -> PyResult<Option<usize>>
 where
     I: genept_core::Index + TryFrom<usize> + Element,
     V: Element + Copy + Send + Sync,
 {
     let (Ok(values), Ok(indptr), Ok(indices), Ok(data)) = (
-        values.cast::<PyArray1<V>>(),
-        indptr.cast::<PyArray1<I>>(),
-        indices.cast::<PyArray1<I>>(),
-        data.cast::<PyArray1<V>>(),
+        a.values.cast::<PyArray1<V>>(),
+        a.indptr.cast::<PyArray1<I>>(),
+        a.indices.cast::<PyArray1<I>>(),
+        a.data.cast::<PyArray1<V>>(),
     ) else {
         return Ok(None);
     };
@@ -552,6 +557,7 @@ where
         data.as_slice_mut()
             .map_err(|_| invalid("data must be C-contiguous"))?,
     );
+    let (n_cols, base) = (a.n_cols, a.base);
     detached_here(py, || {
         genept_core::coo::coo_into_csr(rows, cols, values, n_cols, base, p, i, d)
     })
@@ -576,15 +582,23 @@ fn coo_into_csr(
     data: &Bound<'_, PyAny>,
 ) -> PyResult<usize> {
     let (r, c) = (slice(&rows, "rows")?, slice(&cols, "cols")?);
-    let mut found = coo_typed::<i32, f32>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+    let a = CooInto {
+        values,
+        n_cols,
+        base,
+        indptr,
+        indices,
+        data,
+    };
+    let mut found = coo_typed::<i32, f32>(py, r, c, &a)?;
     if found.is_none() {
-        found = coo_typed::<i64, f32>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+        found = coo_typed::<i64, f32>(py, r, c, &a)?;
     }
     if found.is_none() {
-        found = coo_typed::<i32, f64>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+        found = coo_typed::<i32, f64>(py, r, c, &a)?;
     }
     if found.is_none() {
-        found = coo_typed::<i64, f64>(py, r, c, values, n_cols, base, indptr, indices, data)?;
+        found = coo_typed::<i64, f64>(py, r, c, &a)?;
     }
     found.ok_or_else(|| {
         invalid(
