@@ -492,8 +492,8 @@ class SomaSource:
         :data:`READ_ENTRIES` stored values, each one TileDB read of a joinid range
         (:meth:`_block_coords`) in TileDB's unordered result order (asking it for row-major
         order was measured ten times slower), whose batches are copied into int32 coordinates as
-        they come and put in CSR order by scipy, then copied into the chunk's CSR: memory is
-        about the chunk's CSR plus one block, whatever the experiment's size.
+        they come and then sorted by row straight into the chunk's CSR (:meth:`_Rows.add`):
+        memory is about the chunk's CSR plus one block, whatever the experiment's size.
         """
         if not (0 <= start <= stop <= self.n_cells):
             msg = f"rows {start}:{stop} out of range for {self.n_cells} cells"
