@@ -140,6 +140,18 @@ def read_column(elem: Any) -> Any:
     return _read_or_fall_back(elem)
 
 
+def _header(group: Any) -> tuple[list[str], str]:
+    """A dataframe group's column names (in order) and index key, or :class:`_Unknown` where
+    it is not a ``dataframe`` 0.2.0 this module reads."""
+    if not _is_group(group) or _spec(group) != ("dataframe", "0.2.0"):
+        raise _Unknown
+    order = list(_attr(group, "column-order"))
+    index_key = _attr(group, "_index")
+    if not isinstance(index_key, str) or not all(isinstance(c, str) for c in order):
+        raise _Unknown
+    return order, index_key
+
+
 def read_frame(group: Any, columns: list[str] | None = None) -> pd.DataFrame:
     """The AnnData dataframe ``group`` (``store["var"]``) as ``anndata.io.read_elem(group)``
     returns it, or only its index and ``columns`` (``read_elem(group)[columns]``).
@@ -152,12 +164,7 @@ def read_frame(group: Any, columns: list[str] | None = None) -> pd.DataFrame:
     import pandas as pd
 
     try:
-        if not _is_group(group) or _spec(group) != ("dataframe", "0.2.0"):
-            raise _Unknown
-        order = list(_attr(group, "column-order"))
-        index_key = _attr(group, "_index")
-        if not isinstance(index_key, str) or not all(isinstance(c, str) for c in order):
-            raise _Unknown
+        order, index_key = _header(group)
     except _Unknown:
         frame = _anndata_read(group)
         return frame if columns is None else frame[columns]
@@ -250,12 +257,7 @@ def columns(group: Any) -> Columns | None:
     """The AnnData dataframe ``group`` as :class:`Columns`, or ``None`` where it is not a
     dataframe this module reads (:func:`read_frame` would hand it to anndata)."""
     try:
-        if not _is_group(group) or _spec(group) != ("dataframe", "0.2.0"):
-            return None
-        order = list(_attr(group, "column-order"))
-        index_key = _attr(group, "_index")
+        order, _ = _header(group)
     except _Unknown:
-        return None
-    if not isinstance(index_key, str) or not all(isinstance(c, str) for c in order):
         return None
     return Columns(group, order)
