@@ -212,6 +212,54 @@ def test_blocks_end_on_the_tile_extent_and_read_the_same_csr(
         np.testing.assert_array_equal(getattr(again, name), getattr(whole[5:], name))
 
 
+def test_an_x_layer_wider_than_var_reads_the_same_and_refuses_a_stray_column(
+    tmp_path: Path,
+) -> None:
+    """An X whose shape (domain) is far wider than var (2**31 columns here) reads as the layer
+    of var's width, without a map of its whole width; a value in a column no var row names is
+    refused, never clipped onto a gene."""
+    import pyarrow as pa
+
+    X = sp.random_array((30, 12), density=0.4, format="csr", dtype=np.float32, rng=3)
+    adata = ad.AnnData(X=X)
+    adata.obs_names = [f"c{i}" for i in range(30)]
+    adata.var_names = [f"g{j}" for j in range(12)]
+    uri = str(tmp_path / "wide.soma")
+    tiledbsoma_io.from_anndata(uri, adata, measurement_name="RNA")
+    coo = X.tocoo()
+    table = pa.table(
+        {
+            "soma_dim_0": coo.row.astype(np.int64),
+            "soma_dim_1": coo.col.astype(np.int64),
+            "soma_data": coo.data,
+        }
+    )
+    with tiledbsoma.open(uri, mode="w") as exp:
+        wide = exp.ms["RNA"].X.add_new_sparse_ndarray("wide", type=pa.float32(), shape=(30, 2**31))
+        wide.write(table)
+    with soma.SomaSource(uri, layer="data") as src:
+        want = src.read(0, 30)
+    with soma.SomaSource(uri, layer="wide") as src:
+        assert src._col_of.size == 12  # var's joinids, not X's 2**31 columns
+        got = src.read(0, 30)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    stray = pa.table(
+        {
+            "soma_dim_0": np.array([4], dtype=np.int64),
+            "soma_dim_1": np.array([2**31 - 1], dtype=np.int64),
+            "soma_data": np.array([1.0], dtype=np.float32),
+        }
+    )
+    with tiledbsoma.open(uri, mode="w") as exp:
+        exp.ms["RNA"].X["wide"].write(stray)
+    with (
+        soma.SomaSource(uri, layer="wide") as src,
+        pytest.raises(InputError, match=r"columns that no var row names \(cells 0:30\)"),
+    ):
+        src.read(0, 30)
+
+
 def test_a_default_context_and_a_users_context(pbmc: dict) -> None:
     with soma.SomaSource(pbmc["uri"]) as src:
         config = src.context.tiledb_config

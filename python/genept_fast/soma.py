@@ -227,11 +227,8 @@ def _row_tile(X: Any) -> int | None:
 
 
 def _take_into(table: np.ndarray, at: np.ndarray, out: np.ndarray) -> None:
-    """``out[:] = table[at]`` without a temporary when the dtypes agree."""
-    if table.dtype == out.dtype:
-        np.take(table, at, out=out, mode="clip")  # ``at`` is in range: read inside the table
-    else:
-        out[...] = table[at]
+    """``out[:] = table[at]`` without a temporary (int32 both: the maps and the scratch)."""
+    np.take(table, at, out=out, mode="clip")  # ``at`` is in range: read inside the table
 
 
 class SomaSource:
@@ -346,12 +343,11 @@ class SomaSource:
         self._tile = _row_tile(X)
         self._data_type = X.schema.field("soma_data").type
         self.dtype = _numpy_dtype(self._data_type, where)
-        #: a block's rows, columns and values as read, reused (:meth:`_scratch`); int32 (the
-        #: rows of a block and the genes are fewer than 2**31)
-        index = np.int32 if int(X.shape[1]) < 2**31 else np.int64
+        #: a block's rows, columns and values as read, reused (:meth:`_scratch`); int32, what
+        #: the core's sort takes (a block's rows and var's genes are fewer than 2**31)
         self._buffers: tuple[np.ndarray, ...] = (
-            np.empty(0, index),
-            np.empty(0, index),
+            np.empty(0, np.int32),
+            np.empty(0, np.int32),
             np.empty(0, self.dtype),
         )
         #: ``ms/<measurement>/X/<layer>``: what is read, for provenance.
@@ -388,15 +384,16 @@ class SomaSource:
         order = np.argsort(joinids, kind="stable")
         var = var.iloc[order]
         joinids = joinids[order]
-        n_genes = int(self._X.shape[1])
-        if joinids.size and (joinids[0] < 0 or joinids[-1] >= n_genes):
-            msg = f"{self.uri}: var soma_joinid {int(joinids[-1])} is outside X's {n_genes} columns"
+        n_cols = int(self._X.shape[1])
+        if joinids.size and (joinids[0] < 0 or joinids[-1] >= n_cols):
+            msg = f"{self.uri}: var soma_joinid {int(joinids[-1])} is outside X's {n_cols} columns"
             raise InputError(msg)
-        # X's columns are var joinids; each becomes the position of its gene in var
-        self._col_of = np.full(n_genes, -1, dtype=np.int32 if n_genes < 2**31 else np.int64)
-        self._col_of[joinids] = np.arange(joinids.size)
+        # X's columns are var joinids; each becomes the position of its gene in var (-1: none).
+        # Sized by var's joinids, not by X's shape, which may be a domain far wider than var.
+        self._col_of = np.full(int(joinids[-1]) + 1 if joinids.size else 0, -1, dtype=np.int32)
+        self._col_of[joinids] = np.arange(joinids.size, dtype=np.int32)
         self._identity_cols = bool(
-            joinids.size == n_genes and np.array_equal(joinids, np.arange(n_genes))
+            joinids.size == n_cols and np.array_equal(joinids, np.arange(n_cols))
         )
         names = var[key].astype(str).to_numpy()
         frame = var.drop(columns=["soma_joinid"])
@@ -603,11 +600,16 @@ class SomaSource:
         if self._identity_cols:
             np.copyto(out, dim1, casting="unsafe")
             return
+        if dim1.size and int(dim1.max()) >= self._col_of.size:  # past var's last joinid
+            self._no_var_row(first, n)
         _take_into(self._col_of, dim1, out)
         if out.size and int(out.min()) < 0:
-            where = f"cells {first}:{first + n}"
-            msg = f"{self.name}: X has values in columns that no var row names ({where})"
-            raise InputError(msg)
+            self._no_var_row(first, n)
+
+    def _no_var_row(self, first: int, n: int) -> None:
+        where = f"cells {first}:{first + n}"
+        msg = f"{self.name}: X has values in columns that no var row names ({where})"
+        raise InputError(msg)
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.blake2b(digest_size=16)
