@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_atlas  # noqa: E402
 import synthetic  # noqa: E402
+from _child import run_measured  # noqa: E402
 
 OUT = HERE / "out"
 
@@ -158,13 +158,7 @@ def run_worker(path: Path, a: argparse.Namespace, output: Path) -> dict:
         p.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--worker", "--input", str(path), "--table", str(a.table),
            "--chunk", str(a.chunk), "--output", str(output)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        msg = f"worker on {path} failed"
-        raise RuntimeError(msg)
+    stdout, usage = run_measured(cmd, what=f"worker on {path}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["ru_maxrss_mib"] = usage.ru_maxrss / 1024  # the parent's peak too: see _vm_hwm_mib
     result["cpu_s"] = usage.ru_utime + usage.ru_stime  # the child's, all its threads

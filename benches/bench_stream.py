@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_atlas  # noqa: E402
 import synthetic  # noqa: E402
+from _child import run_measured  # noqa: E402
 
 OUT = HERE / "out"
 CHECK_ROWS = 2_000
@@ -235,13 +236,7 @@ def run_cli(a: argparse.Namespace, output: Path) -> dict:
     if a.threads:
         cmd += ["--threads", str(a.threads)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        msg = f"genept-fast encode failed: {stderr.strip()[-500:]}"
-        raise RuntimeError(msg)
+    _, usage = run_measured(cmd, what="genept-fast encode", capture="stderr")
     output.unlink(missing_ok=True)
     return {"seconds": time.perf_counter() - t0, "cells": a.cells, "mode": "cli",
             "peak_rss_mib": usage.ru_maxrss / 1024}  # fmt: skip
@@ -254,14 +249,7 @@ def run_worker(mode: str, a: argparse.Namespace, **extra: object) -> dict:
         cmd += ["--threads", str(a.threads)]
     for k, v in extra.items():
         cmd += [f"--{k}", str(v)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        msg = f"{mode} worker failed with exit code {proc.returncode}"
-        raise RuntimeError(msg)
+    stdout, usage = run_measured(cmd, what=f"{mode} worker")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux: KiB
     result["mode"] = mode
