@@ -10,10 +10,14 @@ test). Then times, interleaved, ``--rounds`` rounds of each command in a fresh i
 (``python -m genept_fast``):
 
 - ``version``: ``genept-fast --version`` (the floor: the interpreter and the package's import);
-- ``encode``: ``genept-fast encode small.h5ad --method w --genes genes.parquet -o out.npy``
-  (``--zstd``: the table compressed as tables were written before issue 21);
+- ``encode parquet``: ``genept-fast encode small.h5ad --method w --genes genes.parquet -o
+  out.npy`` (``--zstd``: the table compressed as tables were written before issue 21);
+- ``encode arrow``: the same with the table as an Arrow IPC file (``genes.arrow``, written by
+  the code under test from the parquet one), which the reader maps instead of decoding;
+  ``--tables parquet`` or ``--tables arrow`` runs one of the two;
 - with ``--before DIR`` (the ``python/`` folder of another checkout, e.g. a git worktree of an
-  older commit, with its built extension): the same two commands with ``PYTHONPATH=DIR``.
+  older commit, with its built extension): ``version`` and ``encode parquet`` with
+  ``PYTHONPATH=DIR`` (code before the Arrow tables cannot read them).
 
 Each command runs once untimed first (the files in the page cache, the bytecode compiled).
 By default the package runs from compiled bytecode, as an installed genept-fast does:
@@ -23,9 +27,9 @@ environment as it is (where ``PYTHONDONTWRITEBYTECODE`` is set, every run compil
 package's source: ~0.1 s more for encode, ~0.03 s for ``--version``, measured 2026-12-06).
 
 It prints the median wall time of each, the end-to-end throughput (cells/s), the ratios
-``encode / version`` (goal, issue 21: at most 3) and ``before / after``, and checks that the
-``.npy`` files written by the old and the new code are byte-identical. Results are saved as
-JSON in ``benches/out/``. On a busy machine the medians move; the ratios, measured
+``encode / version`` for each table (goal, issue 21: at most 3) and ``before / after``, and
+checks that every ``.npy`` written (old and new code, either table) is byte-identical. Results
+are saved as JSON in ``benches/out/``. On a busy machine the medians move; the ratios, measured
 interleaved in one run, move less.
 """
 
@@ -65,10 +69,11 @@ def gene_symbols(n: int, seed: int = 0) -> list[str]:
 
 
 def build_data(cells: int, genes: int, dim: int, *, zstd: bool) -> tuple[Path, Path]:
-    """The ``.h5ad`` and the gene table, written once (atomic: a killed run leaves none).
+    """The ``.h5ad`` and the parquet gene table, written once (atomic: a killed run leaves
+    none), and the same table as Arrow IPC beside it (``.arrow``).
 
-    The table is written by the code under test (uncompressed since issue 21), or with
-    ``zstd`` as tables were written before (polars' default compression).
+    The parquet table is written by the code under test (uncompressed since issue 21), or
+    with ``zstd`` as tables were written before (polars' default compression).
     """
     import anndata as ad
     import scipy.sparse as sp
@@ -78,7 +83,7 @@ def build_data(cells: int, genes: int, dim: int, *, zstd: bool) -> tuple[Path, P
     DATA.mkdir(parents=True, exist_ok=True)
     h5ad = DATA / f"startup_{cells}x{genes}.h5ad"
     table = DATA / f"startup_genes_{genes}x{dim}{'_zstd' if zstd else ''}.parquet"
-    if h5ad.exists() and table.exists():
+    if h5ad.exists() and table.exists() and table.with_suffix(".arrow").exists():
         return h5ad, table
     names = gene_symbols(genes)
     if not table.exists():
@@ -92,6 +97,9 @@ def build_data(cells: int, genes: int, dim: int, *, zstd: bool) -> tuple[Path, P
             tmp.replace(table)
         else:
             genes_table.write(table)
+    arrow = table.with_suffix(".arrow")
+    if not arrow.exists():
+        GeneEmbeddings.read(table).write(arrow)
     if not h5ad.exists():
         order = np.random.default_rng(1).permutation(genes)
         X = synthetic.make_csr(cells, genes, nnz_per_cell=min(2_000, genes))
@@ -130,6 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--before", type=Path, help="python/ folder of an older checkout to compare")
     ap.add_argument("--zstd", action="store_true", help="a zstd table, as written before issue 21")
     ap.add_argument(
+        "--tables",
+        choices=["both", "parquet", "arrow"],
+        default="both",
+        help="the gene table format(s) encode reads",
+    )
+    ap.add_argument(
         "--bytecode",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -159,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     codes = environments(a)
     py = [sys.executable, "-m", "genept_fast"]
-    outputs = {code: OUT / f"startup_{code}.npy" for code in codes}
+    tables = {"parquet": table, "arrow": table.with_suffix(".arrow")}
+    if a.tables != "both":
+        tables = {a.tables: tables[a.tables]}
+    runs = [
+        (code, fmt)
+        for code in codes
+        for fmt in tables
+        if code == "after" or fmt == "parquet"  # older code reads parquet only
+    ]
+    outputs = {run: OUT / f"startup_{run[0]}_{run[1]}.npy" for run in runs}
     wall: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
 
@@ -171,15 +194,26 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(-1, a.rounds):  # round -1: untimed (page cache, bytecode)
         for code, env in codes.items():
             timed(f"version ({code})", [*py, "--version"], env)
-            out = outputs[code]
-            out.unlink(missing_ok=True)
-            cmd = [*py, "encode", str(h5ad), "--method", "w", "--genes", str(table)]
-            timed(f"encode ({code})", [*cmd, "-o", str(out), "--no-progress"], env)
-            if r < 0:
-                for name in (f"version ({code})", f"encode ({code})"):
-                    wall[name].clear()
-                    cpu[name].clear()
+            for fmt in (fmt for c, fmt in runs if c == code):
+                out = outputs[code, fmt]
+                out.unlink(missing_ok=True)
+                cmd = [*py, "encode", str(h5ad), "--method", "w", "--genes", str(tables[fmt])]
+                timed(f"encode {fmt} ({code})", [*cmd, "-o", str(out), "--no-progress"], env)
+        if r < 0:
+            for v in (*wall.values(), *cpu.values()):
+                v.clear()
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
+    return report(a, runs, outputs, wall, cpu)
+
+
+def report(
+    a: argparse.Namespace,
+    runs: list[tuple[str, str]],
+    outputs: dict[tuple[str, str], Path],
+    wall: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+) -> int:
+    """Print and save the medians and ratios; 1 if the outputs differ."""
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     how = "from bytecode" if a.bytecode else "bytecode as the environment says"
@@ -187,32 +221,32 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{a.cells:,} cells x {a.genes:,} genes, D = {a.dim}, {a.rounds} rounds, interleaved,"
         f" after a warm-up round; {how}"
     )
-    print(f"{'command':18s} {'wall s':>7s} {'(min)':>7s} {'cpu s':>7s} {'cells/s':>8s}")
+    print(f"{'command':25s} {'wall s':>7s} {'(min)':>7s} {'cpu s':>7s} {'cells/s':>8s}")
     for k, v in wall.items():
         rate = f"{a.cells / med[k]:8,.0f}" if k.startswith("encode") else ""
-        print(f"{k:18s} {med[k]:7.3f} {min(v):7.3f} {med_cpu[k]:7.3f} {rate:>8s}")
+        print(f"{k:25s} {med[k]:7.3f} {min(v):7.3f} {med_cpu[k]:7.3f} {rate:>8s}")
     ratios: dict[str, float] = {}
     for label, m in (("wall", med), ("cpu", med_cpu)):
-        for code in codes:
-            ratios[f"{label}: encode/version ({code})"] = (
-                m[f"encode ({code})"] / m[f"version ({code})"]
+        for code, fmt in runs:
+            ratios[f"{label}: encode {fmt}/version ({code})"] = (
+                m[f"encode {fmt} ({code})"] / m[f"version ({code})"]
             )
-        if "before" in codes:
-            ratios[f"{label}: encode before/after"] = m["encode (before)"] / m["encode (after)"]
-            ratios[f"{label}: encode (after) / version (before)"] = (
-                m["encode (after)"] / m["version (before)"]
+        if ("before", "parquet") in runs and ("after", "parquet") in runs:
+            ratios[f"{label}: encode parquet before/after"] = (
+                m["encode parquet (before)"] / m["encode parquet (after)"]
             )
     result: dict[str, object] = {"args": {k: str(v) for k, v in vars(a).items()}}
-    if "before" in codes:
-        same = outputs["before"].read_bytes() == outputs["after"].read_bytes()
+    if len(outputs) > 1:
+        first, *rest = outputs.values()
+        same = all(first.read_bytes() == other.read_bytes() for other in rest)
         result["identical_output"] = same
-        print(f"old and new .npy byte-identical: {same}")
+        print(f"every .npy byte-identical ({', '.join(f'{c} {f}' for c, f in runs)}): {same}")
     for k, v in ratios.items():
         print(f"{k:44s} {v:6.2f}x")
-    goal = ratios["wall: encode/version (after)"]
-    print(
-        f"goal: encode at most {GOAL:.0f}x --version (wall): {'met' if goal <= GOAL else 'NOT met'}"
-    )
+    for fmt in dict.fromkeys(fmt for _, fmt in runs):
+        goal = ratios[f"wall: encode {fmt}/version (after)"]
+        met = "met" if goal <= GOAL else "NOT met"
+        print(f"goal: encode ({fmt} table) at most {GOAL:.0f}x --version (wall): {met}")
     result.update(wall=wall, cpu=cpu, medians=med, medians_cpu=med_cpu, ratios=ratios)
     path = OUT / f"startup_{a.cells}x{a.genes}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))

@@ -250,6 +250,14 @@ def test_cli_local(tmp_path, sample, capsys):
     assert table.metadata["missing"] == ["NOSUM"]
     _, cov = table.index_for([*df["gene"].to_list(), "ABSENT"])
     assert (cov.n_embedded, cov.n_zero, cov.unmatched) == (6, 1, ["ABSENT"])
+    # the same table as Arrow IPC (from the cache: nothing embedded twice)
+    arrow = tmp_path / "genes.arrow"
+    assert main([*base, "-o", str(arrow)]) == 0
+    assert arrow.read_bytes()[:6] == b"ARROW1"
+    again = GeneEmbeddings.read(arrow)
+    assert again.genes == table.genes
+    assert {**again.metadata, "created": None} == {**table.metadata, "created": None}
+    np.testing.assert_array_equal(again.matrix, table.matrix)
     assert main(["embed-genes", str(texts)]) == 2  # no -o
     assert "-o/--output" in capsys.readouterr().err
 

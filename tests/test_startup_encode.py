@@ -60,17 +60,32 @@ def files(adata: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     adata.write_zarr(d / "in.zarr")
     genes = [f"SYM{j}" for j in range(N_GENES)][::-1][: N_GENES - 5]  # 35 genes, another order
     emb = np.random.default_rng(5).standard_normal((len(genes), DIM)).astype(np.float32)
-    GeneEmbeddings(genes, emb, {"model_id": "test:startup"}).write(d / "genes.parquet")
-    return {"h5ad": d / "in.h5ad", "zarr": d / "in.zarr", "table": d / "genes.parquet"}
+    table = GeneEmbeddings(genes, emb, {"model_id": "test:startup"})
+    table.write(d / "genes.parquet")
+    table.write(d / "genes.arrow")
+    return {
+        "h5ad": d / "in.h5ad",
+        "zarr": d / "in.zarr",
+        "table": d / "genes.parquet",
+        "arrow": d / "genes.arrow",
+    }
 
 
-@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+@pytest.mark.parametrize(
+    ("fmt", "table"), [("h5ad", "table"), ("zarr", "table"), ("h5ad", "arrow")]
+)
 @pytest.mark.parametrize("gene_key", [None, "gene_symbols"])
 def test_encode_matches_genes_without_pandas_and_writes_the_same_bits(
-    adata: ad.AnnData, files: dict[str, Path], tmp_path: Path, fmt: str, gene_key: str | None
+    adata: ad.AnnData,
+    files: dict[str, Path],
+    tmp_path: Path,
+    fmt: str,
+    table: str,
+    gene_key: str | None,
 ) -> None:
+    """Also from an Arrow table (mapped): the same bits as from the parquet one."""
     out = tmp_path / "out.npy"
-    args = ["encode", str(files[fmt]), "-m", "w", "--genes", str(files["table"]), "-o", str(out)]
+    args = ["encode", str(files[fmt]), "-m", "w", "--genes", str(files[table]), "-o", str(out)]
     args += ["--no-progress", *(["--gene-key", gene_key] if gene_key else [])]
     code = (
         "import sys\n"

@@ -91,7 +91,7 @@ def test_reads_list_column_parquet_and_rejects_bad_files(tmp_path):
         GeneEmbeddings.read(junk)
     with pytest.raises(FileNotFoundError):
         GeneEmbeddings.read(tmp_path / "absent.parquet")
-    with pytest.raises(GeneptError, match="parquet, not pickle"):
+    with pytest.raises(GeneptError, match="parquet or Arrow, not pickle"):
         make_table().write(tmp_path / "x.pickle")
 
 
@@ -308,12 +308,13 @@ def test_all_finite_is_numpys_isfinite_all(m):
     assert _all_finite(big)
 
 
-def test_reading_a_table_imports_neither_polars_nor_pandas(tmp_path):
+@pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
+def test_reading_a_table_imports_neither_polars_nor_pandas(tmp_path, suffix):
     """The encode path reads its table without polars, and without pyarrow's pandas shim."""
     import subprocess
     import sys
 
-    path = make_table(genes=("TP53", "BRCA1", "CD3E", "NOTEXT")).write(tmp_path / "g.parquet")
+    path = make_table(genes=("TP53", "BRCA1", "CD3E", "NOTEXT")).write(tmp_path / f"g{suffix}")
     code = (
         "import sys\n"
         "from genept_fast.table import GeneEmbeddings\n"

@@ -3,10 +3,11 @@
 :func:`sniff` says what a path holds from its content, not its name: the HDF5 signature
 (``h5py.is_hdf5``) and then the groups inside (AnnData ``.h5ad``, 10x Genomics ``.h5``,
 ``.loom``), a zarr group's metadata (AnnData ``.zarr`` or another store), a 10x Matrix Market
-folder, the Matrix Market header, the parquet, zip, gzip and pickle magic bytes, else text or
-binary. The ``require_*`` functions turn a mismatch into one :class:`~genept_fast.errors.InputError`
-line naming the file and what it is; formats that scanpy or anndata can read (10x ``.h5``,
-10x folders and ``.mtx``, ``.loom``) get the one command that converts them to ``.h5ad``.
+folder, the Matrix Market header, the parquet, Arrow IPC, zip, gzip and pickle magic bytes, else
+text or binary. The ``require_*`` functions turn a mismatch into one
+:class:`~genept_fast.errors.InputError` line naming the file and what it is; formats that
+scanpy or anndata can read (10x ``.h5``, 10x folders and ``.mtx``, ``.loom``) get the one
+command that converts them to ``.h5ad``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     import os
 
 __all__ = [
+    "GENE_TABLE_EXPECT",
+    "GENE_TABLE_KINDS",
     "Sniffed",
     "check_claim",
     "conversion_hint",
@@ -32,6 +35,11 @@ __all__ = [
 
 _HEAD = 4096
 _MTX = b"%%matrixmarket"
+
+#: The :func:`sniff` kinds a gene-embedding table may be (``GeneEmbeddings.read``), and the
+#: words for a message about a file that is none of them.
+GENE_TABLE_KINDS = ("parquet", "arrow", "pickle")
+GENE_TABLE_EXPECT = "a gene-embedding table (parquet or Arrow from embed-genes, or GenePT's pickle)"
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,8 @@ def _magic_kind(p: Path, head: bytes) -> Sniffed | None:
         return Sniffed("hdf5-broken", "a truncated or corrupt HDF5 file")
     if head.startswith(b"PAR1"):
         return Sniffed("parquet", "a parquet file")
+    if head.startswith(b"ARROW1"):
+        return Sniffed("arrow", "an Arrow IPC file")
     if head.startswith(b"PK\x03\x04"):
         return Sniffed("zip", "a zip archive")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -155,6 +165,9 @@ _CLAIMS: dict[str, tuple[str, frozenset[str]]] = {
     ".zarr": ("an AnnData .zarr store", frozenset({"zarr-anndata", "zarr"})),
     ".parquet": ("a parquet file", frozenset({"parquet"})),
     ".pq": ("a parquet file", frozenset({"parquet"})),
+    ".arrow": ("an Arrow IPC file", frozenset({"arrow"})),
+    ".feather": ("an Arrow IPC file", frozenset({"arrow"})),
+    ".ipc": ("an Arrow IPC file", frozenset({"arrow"})),
     ".loom": ("a .loom file", frozenset({"loom"})),
     ".mtx": ("a Matrix Market file", frozenset({"mtx"})),
     ".pickle": ("a pickle", frozenset({"pickle"})),

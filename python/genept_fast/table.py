@@ -20,6 +20,7 @@ matched and lists the others by name.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import pickle
@@ -44,7 +45,7 @@ from genept_fast.genes.match import (
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     import polars as pl
     import pyarrow as pa
@@ -55,6 +56,9 @@ __all__ = ["Coverage", "GeneEmbeddings"]
 
 _META_KEY = "genept_fast"
 _PICKLE_SUFFIXES = {".pkl", ".pickle"}
+#: Suffixes :meth:`GeneEmbeddings.write` writes as an Arrow IPC file (any other: parquet).
+ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+_ARROW_MAGIC = b"ARROW1"
 _SHOWN = 5
 
 
@@ -122,6 +126,34 @@ def _all_finite(m: np.ndarray) -> bool:
         if np.isfinite(m.sum(dtype=np.float32)):
             return True
     return bool(np.isfinite(m).all())
+
+
+@contextlib.contextmanager
+def _readable(path: Path, kind: str) -> Iterator[None]:
+    """Turn a reader's failure into ``InputError("PATH is not a readable KIND file: ...")``."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        msg = f"{path} is not a readable {kind} file: {exc}"
+        raise InputError(msg) from exc
+
+
+def _check_columns(names: list[str], path: Path) -> None:
+    """Refuse a table file without ``gene`` and ``embedding`` columns, naming those it has."""
+    if "gene" not in names or "embedding" not in names:
+        msg = f"{path} needs columns 'gene' and 'embedding', has {names}"
+        raise InputError(msg)
+
+
+def _is_arrow(path: Path) -> bool:
+    """Whether ``path`` starts like an Arrow IPC file (``ARROW1``)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(_ARROW_MAGIC)) == _ARROW_MAGIC
+    except OSError:
+        return False  # the parquet reader says what is wrong with it
 
 
 def _unnamed(key: object) -> bool:
@@ -288,7 +320,13 @@ class GeneEmbeddings:
 
     # -- I/O -----------------------------------------------------------------------------------
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write parquet to ``path`` atomically (temp file in the same directory, then rename).
+        """Write the table to ``path`` atomically (temp file in the same directory, then rename).
+
+        The suffix picks the format: ``.arrow``, ``.feather`` or ``.ipc`` an uncompressed Arrow
+        IPC file, which :meth:`read` maps into memory without decoding or copying it (the
+        fastest table to start a job from); any other suffix (``.parquet``) parquet, read by
+        any parquet reader. Both hold ``gene`` (string) and ``embedding``
+        (``Array(Float32, D)``) with the metadata, and read back to the same table.
 
         An existing ``path`` is refused unless ``overwrite=True`` (a directory never is
         replaced).
@@ -300,20 +338,45 @@ class GeneEmbeddings:
         """
         path = Path(path)
         if path.suffix.lower() in _PICKLE_SUFFIXES:
-            msg = f"{path}: tables are written as parquet, not pickle"
+            msg = f"{path}: tables are written as parquet or Arrow, not pickle"
             raise InputError(msg)
         if self.dimension == 0:
             msg = "cannot write a table with dimension 0"
             raise InputError(msg)
         check_output(path, overwrite=overwrite)
-        df = self.to_frame()
         meta = json.dumps(self.metadata, sort_keys=True, default=str)
+        if path.suffix.lower() in ARROW_SUFFIXES:
+            self._write_arrow(path, meta)
+            return path
+        df = self.to_frame()
         with atomic_path(path) as tmp:
             # uncompressed: float embeddings shrink by under a tenth, and decompressing them
             # doubled the time every reader of the table spends (0.27 of 0.54 CPU seconds for
             # 20,000 genes × 1536, benches/bench_startup.py)
             df.write_parquet(tmp, compression="uncompressed", metadata={_META_KEY: meta})
         return path
+
+    def _write_arrow(self, path: Path, meta: str) -> None:
+        """An uncompressed Arrow IPC file: what :meth:`to_frame` holds, as polars' ``write_ipc``
+        lays it out (``gene`` large string, ``embedding`` fixed-size list of float32), with
+        the metadata in the schema."""
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        genes = pa.array(self.genes, type=pa.large_string())
+        values = pa.array(np.ascontiguousarray(self.matrix).reshape(-1))  # a view, no copy
+        embedding = pa.FixedSizeListArray.from_arrays(values, self.dimension)
+        schema = pa.schema(
+            [("gene", genes.type), ("embedding", embedding.type)],
+            metadata={_META_KEY: meta},
+        )
+        batch = pa.record_batch([genes, embedding], schema=schema)
+        with (
+            atomic_path(path) as tmp,
+            pa.OSFile(str(tmp), "wb") as sink,
+            pyarrow.ipc.new_file(sink, schema) as writer,
+        ):
+            writer.write_batch(batch)
 
     @classmethod
     def read(
@@ -323,11 +386,16 @@ class GeneEmbeddings:
         model_id: str | None = None,
         text_source: str | None = None,
     ) -> GeneEmbeddings:
-        """Read our parquet, or a GenePT pickle (``.pickle``/``.pkl``: dict symbol → vector).
+        """Read our parquet or Arrow IPC table, or a GenePT pickle (``.pickle``/``.pkl``: dict
+        symbol → vector).
 
-        A parquet table's ``embedding`` column may be ``Array`` or ``List`` (of one length)
-        of any float or integer type; a float32 ``Array`` in one row group (what
-        :meth:`write` writes) is not copied: ``matrix`` is a view of the decoded column.
+        The format is told by the file's first bytes (an Arrow IPC file starts ``ARROW1``),
+        a pickle by its suffix. A table's ``embedding`` column may be ``Array`` or ``List``
+        (of one length) of any float or integer type. A float32 ``Array`` in one piece (what
+        :meth:`write` writes) is not copied: ``matrix`` is a view of the decoded parquet
+        column, or of the Arrow file mapped into memory (read-only; the file must not be
+        rewritten in place while the table is in use: :meth:`write` replaces a file by
+        renaming a new one over it, which leaves a mapped table intact).
 
         Parameters
         ----------
@@ -343,7 +411,7 @@ class GeneEmbeddings:
             raise FileNotFoundError(msg)
         table = cls._read_pickle(path) if path.suffix.lower() in _PICKLE_SUFFIXES else None
         if table is None:
-            table = cls._read_parquet(path)
+            table = cls._read_arrow(path) if _is_arrow(path) else cls._read_parquet(path)
         if model_id is not None:
             table.metadata["model_id"] = model_id
         if text_source is not None:
@@ -358,28 +426,43 @@ class GeneEmbeddings:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        try:
-            # memory-mapped: the pages are decoded from the map instead of being read into
-            # memory first (first read of 20,000 x 1536: 0.30 instead of 0.55 CPU s); the
-            # decoded columns do not refer to the map, and write() replaces a file by rename
-            # pre_buffer=False: the column chunks are decoded as they are read instead of
-            # being buffered whole first (peak of the read 434 instead of 552 MiB over the
-            # imports for 20,000 x 1536)
-            with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as pf:
-                names = pf.schema_arrow.names
-                if "gene" not in names or "embedding" not in names:
-                    msg = f"{path} needs columns 'gene' and 'embedding', has {names}"
-                    raise InputError(msg)
-                kv = pf.metadata.metadata or {}
-                data = pf.read(columns=["gene", "embedding"])
+        # memory-mapped: the pages are decoded from the map instead of being read into
+        # memory first (first read of 20,000 x 1536: 0.30 instead of 0.55 CPU s); the
+        # decoded columns do not refer to the map, and write() replaces a file by rename
+        # pre_buffer=False: the column chunks are decoded as they are read instead of
+        # being buffered whole first (peak of the read 434 instead of 552 MiB over the
+        # imports for 20,000 x 1536)
+        with (
+            _readable(path, "parquet"),
+            pq.ParquetFile(path, memory_map=True, pre_buffer=False) as pf,
+        ):
+            _check_columns(pf.schema_arrow.names, path)
+            kv = pf.metadata.metadata or {}
+            data = pf.read(columns=["gene", "embedding"])
             # pyarrow's allocator keeps the decoding's freed pages for reuse; a streamed job
             # would carry them to its end (RSS +420 MiB instead of the table's 123 MiB)
             pa.default_memory_pool().release_unused()
-        except InputError:
-            raise
-        except Exception as exc:
-            msg = f"{path} is not a readable parquet file: {exc}"
-            raise InputError(msg) from exc
+        return cls._from_columns(data, kv, path)
+
+    @classmethod
+    def _read_arrow(cls, path: Path) -> GeneEmbeddings:
+        # mapped, not read: the columns of an uncompressed file are views of the map, so a
+        # 20,000 x 1536 table opens in about a millisecond instead of the parquet decode's
+        # 0.25-0.5 s (benches/bench_startup.py); a compressed file is decompressed into memory
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        with _readable(path, "Arrow IPC"), pa.memory_map(str(path), "r") as source:
+            reader = pyarrow.ipc.open_file(source)
+            _check_columns(reader.schema.names, path)
+            kv = reader.schema.metadata or {}
+            data = reader.read_all().select(["gene", "embedding"])
+        return cls._from_columns(data, kv, path)
+
+    @classmethod
+    def _from_columns(cls, data: pa.Table, kv: Mapping[bytes, bytes], path: Path) -> GeneEmbeddings:
+        """The table from a file's ``gene`` and ``embedding`` columns and its key-value
+        metadata (our provenance under ``genept_fast``; other keys ignored)."""
         genes = _gene_column(data.column("gene"), path)
         matrix = _embedding_matrix(data.column("embedding"), path)
         meta: dict[str, Any] = {}

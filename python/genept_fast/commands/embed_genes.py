@@ -26,13 +26,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="embed gene texts (gene, text[, source]) into a gene embedding table",
         description=(
             "Embed one text per gene with a local model or an OpenAI-compatible API and write a"
-            " GeneEmbeddings parquet file (gene, embedding). Results are cached by content, so"
+            " gene embedding table (gene, embedding): .parquet, or .arrow, which encode maps"
+            " instead of decoding (the fastest start). Results are cached by content, so"
             " an interrupted run resumes and nothing is sent twice. With openai:* the API key"
             " comes from OPENAI_API_KEY (servers that need none may get none)."
         ),
     )
     p.add_argument("texts", type=Path, help="parquet with columns gene, text[, source]")
-    p.add_argument("-o", "--output", type=Path, help="output parquet (required unless --dry-run)")
+    p.add_argument(
+        "-o", "--output", type=Path, help=".parquet or .arrow table (required unless --dry-run)"
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

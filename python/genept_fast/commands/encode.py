@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genept_fast._inputs import require_anndata, require_table
+from genept_fast._inputs import (
+    GENE_TABLE_EXPECT,
+    GENE_TABLE_KINDS,
+    require_anndata,
+    require_table,
+)
 from genept_fast._outputs import add_overwrite_argument
 from genept_fast.commands._args import (
     add_embedder_arguments,
@@ -64,7 +69,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("input", help="input AnnData (.h5ad or .zarr), or a TileDB-SOMA experiment URI")
     p.add_argument("-m", "--method", choices=["w", "s"], default="w", help="GenePT-w or GenePT-s")
-    p.add_argument("--genes", help="gene-embedding table for -w: our parquet or GenePT's pickle")
+    p.add_argument(
+        "--genes", help="gene-embedding table for -w: our parquet or Arrow file, or GenePT's pickle"
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "-o", "--output", help="new file: .h5ad (obs + the embedding), .parquet, .zarr or .npy"
@@ -229,8 +236,8 @@ def _check_args(args: argparse.Namespace) -> IntoPlan | SomaInto | None:
         require_table(
             args.genes,
             role="--genes table",
-            allowed=("parquet", "pickle"),
-            expect="a gene-embedding table (parquet from embed-genes, or GenePT's pickle)",
+            allowed=GENE_TABLE_KINDS,
+            expect=GENE_TABLE_EXPECT,
         )
     if args.dry_run:
         return None

@@ -6,7 +6,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genept_fast._inputs import require_anndata, require_table
+from genept_fast._inputs import (
+    GENE_TABLE_EXPECT,
+    GENE_TABLE_KINDS,
+    require_anndata,
+    require_table,
+)
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast.commands._args import (
     check_distinct,
@@ -368,8 +373,8 @@ def run_genes(args: argparse.Namespace) -> int:
     require_table(
         path,
         role="gene embedding table",
-        allowed=("parquet", "pickle"),
-        expect="a gene-embedding table (parquet from embed-genes, or GenePT's pickle)",
+        allowed=GENE_TABLE_KINDS,
+        expect=GENE_TABLE_EXPECT,
     )
     require_table(args.labels, role="--labels", allowed=("parquet", "text", "gzip-text"))
     check_output(

@@ -345,7 +345,7 @@ def fetch_genept(
     ServiceError
         The server refused the download or kept failing; it cannot be reached.
     """
-    from genept_fast.table import GeneEmbeddings
+    from genept_fast.table import ARROW_SUFFIXES, GeneEmbeddings
     from genept_fast.text import default_cache_dir, write_texts
 
     check_url(url, option="url")
@@ -355,8 +355,8 @@ def fetch_genept(
     out = Path(output)
     texts_out = Path(texts) if texts is not None else None
     check_output(out, overwrite=overwrite)
-    if out.suffix.lower() != ".parquet":
-        msg = f"{out}: the table is written as .parquet"
+    if out.suffix.lower() not in (".parquet", *ARROW_SUFFIXES):
+        msg = f"{out}: the table is written as .parquet or .arrow"
         raise InputError(msg)
     if texts_out is not None:
         if texts_out.resolve() == out.resolve():
@@ -435,7 +435,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "(text-embedding-3-large of NCBI + UniProt summaries, 3072 d)."
         ),
     )
-    p.add_argument("-o", "--output", required=True, type=Path, help="output .parquet")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output .parquet or .arrow")
     p.add_argument("--which", choices=sorted(VARIANTS), default="ada", help="which table")
     p.add_argument("--texts", type=Path, help="also write the summaries as a gene text table")
     p.add_argument("--url", type=url, default=RELEASE_URL, help="where the zip is (a mirror)")
