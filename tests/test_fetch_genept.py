@@ -156,8 +156,9 @@ def test_fetch_converts_with_provenance_and_texts(release, tmp_path):
     # the zip stays in the cache, verified: the other table needs no second download
     assert (tmp_path / "cache" / "genept" / RELEASE_FILE).read_bytes() == data
     n = len(server.requests)
-    out3 = tmp_path / "model3.parquet"
+    out3 = tmp_path / "model3.arrow"  # as Arrow IPC, which encode maps
     assert main(args(server, tmp_path, "-o", str(out3), "--which", "model3")) == 0
+    assert out3.read_bytes()[:6] == b"ARROW1"
     assert len(server.requests) == n
     t3 = GeneEmbeddings.read(out3)
     assert t3.dimension == 20 and t3.model_id == "openai:text-embedding-3-large"
@@ -264,6 +265,10 @@ def test_unreachable_server_fails_fast(tmp_path, capsys):
     assert main([*argv, "--url", f"http://127.0.0.1:{port}/{RELEASE_FILE}"]) == 3
     assert "cannot reach" in capsys.readouterr().err
     assert not (tmp_path / "g.parquet").exists()
+    # a table format it cannot write is refused before anything is fetched
+    argv[3] = str(tmp_path / "g.csv")
+    assert main([*argv, "--url", f"http://127.0.0.1:{port}/{RELEASE_FILE}"]) == 2
+    assert "g.csv: the table is written as .parquet or .arrow" in capsys.readouterr().err
 
 
 # -- issue 20: published member names and checksums, credentials, malformed URLs -----------------
