@@ -97,14 +97,19 @@ def sentences_from_top(
 ) -> list[str]: ...
 def l2_normalize(matrix: npt.NDArray[np.float32], n_threads: int | None = None) -> None: ...
 def coo_into_csr(
-    rows: npt.NDArray[np.int32],
-    cols: npt.NDArray[np.int32],
-    values: npt.NDArray[np.floating[Any]],
+    batches: list[
+        tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.floating[Any]]]
+    ],
     n_cols: int,
     base: int,
     indptr: npt.NDArray[np.signedinteger[Any]],
     indices: npt.NDArray[np.signedinteger[Any]],
     data: npt.NDArray[np.floating[Any]],
+    *,
+    first: int = 0,
+    row_of: npt.NDArray[np.int32] | None = None,
+    row_ids: npt.NDArray[np.int64] | None = None,
+    col_of: npt.NDArray[np.int32] | None = None,
 ) -> int: ...
 def simd_level() -> str: ...
 def resolved_threads(n_threads: int | None = None) -> int: ...

@@ -535,27 +535,50 @@ def l2_normalize(matrix: npt.ArrayLike, *, n_threads: int | None = None) -> np.n
 
 
 def coo_into_csr(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    values: np.ndarray,
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     n_cols: int,
     *,
     base: int,
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
+    first: int = 0,
+    row_of: np.ndarray | None = None,
+    row_ids: np.ndarray | None = None,
+    col_of: np.ndarray | None = None,
 ) -> int:
     """Sorts a block's COO entries into CSR arrays in place, stable by row; returns how many.
 
-    ``rows`` are the block's rows (int32, ``-1``: an entry to skip), ``cols`` int32 in
-    ``[0, n_cols)``, ``values`` float32/float64. ``indptr`` (``n_rows + 1`` slots) receives
-    ``base`` plus each row's start; ``indices`` and ``data`` (the values' dtype) receive the kept
-    entries from their first slot: pass a chunk's arrays from its current position to fill it
-    block by block (the TileDB-SOMA reader does). Each row keeps its entries in the order they
-    come. No copy of the inputs; the GIL is released.
+    ``batches`` are the block's entries as a reader got them, ``(rows, cols, values)`` per
+    batch: int64 row and column joinids (TileDB-SOMA's ``soma_dim_0`` and ``soma_dim_1``) and
+    float32/float64 values, taken in order (numpy views of arrow buffers do: no copy). A row
+    joinid ``j`` is block row ``j - first``; with ``row_of`` (int32) it is ``row_of[j - first]``,
+    a negative one skipped (a cell read but not selected); with ``row_ids`` (int64, strictly
+    increasing) its position there. A column joinid ``c`` is column ``c``, or ``col_of[c]``
+    (int32) with ``col_of``. ``indptr`` (``n_rows + 1`` slots) receives ``base`` plus each row's
+    start; ``indices`` and ``data`` (the values' dtype) receive the kept entries from their first
+    slot: pass a chunk's arrays from its current position to fill it block by block (the
+    TileDB-SOMA reader does). Each row keeps its entries in the order they come. The GIL is
+    released.
+
+    Raises :class:`~genept_fast.errors.MalformedMatrixError` for a row joinid the block does
+    not hold, or a column joinid that names no column in ``[0, n_cols)`` (then ``exc.gene`` is
+    that joinid and ``exc.cell`` its block row), and
+    :class:`~genept_fast.errors.InvalidArgumentError` for arrays of the wrong types.
     """
     return int(
-        _core.coo_into_csr(rows, cols, values, int(n_cols), int(base), indptr, indices, data)
+        _core.coo_into_csr(
+            batches,
+            int(n_cols),
+            int(base),
+            indptr,
+            indices,
+            data,
+            first=int(first),
+            row_of=row_of,
+            row_ids=row_ids,
+            col_of=col_of,
+        )
     )
 
 

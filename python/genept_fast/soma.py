@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from genept_fast._extras import missing_extra
-from genept_fast.errors import InputError
+from genept_fast.errors import InputError, MalformedMatrixError
 from genept_fast.kernels import coo_into_csr
 
 if TYPE_CHECKING:
@@ -185,22 +185,28 @@ class _Rows:
             new[: self.at] = old[: self.at]
             setattr(self, name, new)
 
-    def add(self, rows: np.ndarray, cols: np.ndarray, data: np.ndarray, m: int) -> int:
-        """The next ``m`` rows from a block's entries (block rows, int32; a negative row is a
-        cell not selected, skipped), sorted into CSR straight into the chunk's arrays by the
+    def add(
+        self, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], m: int, **maps: Any
+    ) -> int:
+        """The next ``m`` rows from a block's batches of entries (row joinids, column joinids,
+        values, as TileDB gave them), sorted into CSR straight into the chunk's arrays by the
         core's stable counting sort by row (a row's entries keep their order: TileDB gives
-        each row's columns sorted). Returns the entries kept."""
-        if self.at + rows.size > self.data.size:
-            self._grow(self.at + rows.size)
+        each row's columns sorted), rows and columns mapped by ``maps``
+        (:func:`~genept_fast.kernels.coo_into_csr`'s ``first``, ``row_of``, ``row_ids``,
+        ``col_of``). Returns the entries kept."""
+        size = sum(b[0].size for b in batches)
+        if self.at + size > self.data.size:
+            # grown to what the rows so far project for the whole chunk, when that is more
+            done = self.row + m
+            self._grow(max(self.at + size, (self.at + size) * self.n // max(done, 1)))
         kept = coo_into_csr(
-            rows,
-            cols,
-            data,
+            batches,
             self.n_genes,
             base=self.at,
             indptr=self.indptr[self.row : self.row + m + 1],
             indices=self.indices[self.at :],
             data=self.data[self.at :],
+            **maps,
         )
         self.row, self.at = self.row + m, self.at + kept
         return kept
@@ -224,11 +230,6 @@ def _row_tile(X: Any) -> int | None:
     except (AttributeError, KeyError, TypeError, ValueError):  # not told: blocks cut by cells
         return None
     return tile if tile > 0 else None
-
-
-def _take_into(table: np.ndarray, at: np.ndarray, out: np.ndarray) -> None:
-    """``out[:] = table[at]`` without a temporary (int32 both: the maps and the scratch)."""
-    np.take(table, at, out=out, mode="clip")  # ``at`` is in range: read inside the table
 
 
 class SomaSource:
@@ -343,13 +344,6 @@ class SomaSource:
         self._tile = _row_tile(X)
         self._data_type = X.schema.field("soma_data").type
         self.dtype = _numpy_dtype(self._data_type, where)
-        #: a block's rows, columns and values as read, reused (:meth:`_scratch`); int32, what
-        #: the core's sort takes (a block's rows and var's genes are fewer than 2**31)
-        self._buffers: tuple[np.ndarray, ...] = (
-            np.empty(0, np.int32),
-            np.empty(0, np.int32),
-            np.empty(0, self.dtype),
-        )
         #: ``ms/<measurement>/X/<layer>``: what is read, for provenance.
         self.matrix = f"ms/{self.measurement}/X/{self.layer}"
         self._setup_var(var_key)
@@ -488,9 +482,10 @@ class SomaSource:
         Read in blocks (:meth:`_blocks`) of whole tiles of ``X``'s rows holding about
         :data:`READ_ENTRIES` stored values, each one TileDB read of a joinid range
         (:meth:`_block_coords`) in TileDB's unordered result order (asking it for row-major
-        order was measured ten times slower), whose batches are copied into int32 coordinates as
-        they come and then sorted by row straight into the chunk's CSR (:meth:`_Rows.add`):
-        memory is about the chunk's CSR plus one block, whatever the experiment's size.
+        order was measured ten times slower), whose batches are held as they come (views of
+        TileDB's buffers) and then sorted by row straight into the chunk's CSR by the core
+        (:meth:`_Rows.add`): memory is about the chunk's CSR plus one block, whatever the
+        experiment's size.
         """
         if not (0 <= start <= stop <= self.n_cells):
             msg = f"rows {start}:{stop} out of range for {self.n_cells} cells"
@@ -545,66 +540,43 @@ class SomaSource:
 
     def _read_block(self, ids: np.ndarray, first: int, out: _Rows) -> int:
         """Cells ``ids`` (rows ``first:`` of the source) read and added to ``out``; returns the
-        values kept."""
+        values kept. The block's batches are held as TileDB gave them (numpy views of its arrow
+        buffers) and sorted into the chunk by the core in one call."""
         n = int(ids.size)
         coords, row_of = self._block_coords(ids)
-        at = 0
-        try:  # TileDB's batches taken one at a time, each let go once copied
-            for batch in self._X.read(coords=(coords,)).tables():
-                k = batch.num_rows
-                rows, cols, data = self._scratch(at + k, keep=at)
-                self._put_rows(batch["soma_dim_0"].to_numpy(), ids, row_of, rows[at : at + k])
-                self._put_cols(batch["soma_dim_1"].to_numpy(), cols[at : at + k], first, n)
-                np.copyto(data[at : at + k], batch["soma_data"].to_numpy(), casting="unsafe")
-                at += k
-                del batch
+        try:
+            batches = [self._batch(t) for t in self._X.read(coords=(coords,)).tables()]
         except InputError:
             raise
         except Exception as e:  # TileDB raises its own errors on a missing or corrupt fragment
             msg = f"{self.name}: cannot read cells {first}:{first + n}: {e}"
             raise InputError(msg) from e
-        rows, cols, data = self._scratch(at, keep=at)
         # A span read's cells not selected have row -1 and are skipped. TileDB returns each
         # tile's cells in row-major order and a row's tiles in column order, so a stable sort
         # by row leaves every row's columns sorted; the chunk's CSR is checked for that (and
         # sorted if a read came otherwise) in ``_Rows.csr``.
-        return out.add(rows, cols, data, n)
-
-    def _scratch(self, size: int, *, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A block's rows, columns (int32) and values, ``size`` of each, from arrays kept from
-        block to block and grown when short (their first ``keep`` kept): fresh pages for every
-        block cost the kernel's page clearing, measured at 8% of a job's CPU."""
-        rows, cols, data = self._buffers
-        if rows.size < size:
-            grown = max(size, 2 * rows.size)
-            self._buffers = tuple(np.empty(grown, dtype=x.dtype) for x in (rows, cols, data))
-            for old, fresh in zip((rows, cols, data), self._buffers, strict=True):
-                fresh[:keep] = old[:keep]
-            rows, cols, data = self._buffers
-        return rows[:size], cols[:size], data[:size]
-
-    @staticmethod
-    def _put_rows(
-        dim0: np.ndarray, ids: np.ndarray, row_of: np.ndarray | None, out: np.ndarray
-    ) -> None:
-        """Each value's block row, written into ``out`` (int32) in one pass."""
+        maps: dict[str, Any] = {"col_of": None if self._identity_cols else self._col_of}
         if row_of is not None:
-            _take_into(row_of, dim0 - ids[0], out)
-        elif int(ids[-1]) - int(ids[0]) + 1 == ids.size:
-            np.subtract(dim0, ids[0], out=out, casting="unsafe")
-        else:
-            np.copyto(out, np.searchsorted(ids, dim0), casting="unsafe")
+            maps.update(first=int(ids[0]), row_of=row_of)
+        elif isinstance(coords, slice):
+            maps.update(first=int(ids[0]))
+        else:  # read by points
+            maps.update(row_ids=ids)
+        try:
+            return out.add(batches, n, **maps)
+        except MalformedMatrixError as e:
+            if e.gene is not None:  # a column joinid past var's last one, or none of var's
+                self._no_var_row(first, n)
+            msg = f"{self.name}: cannot read cells {first}:{first + n}: {e}"
+            raise InputError(msg) from e
 
-    def _put_cols(self, dim1: np.ndarray, out: np.ndarray, first: int, n: int) -> None:
-        """Each value's column (its gene's position in var), written into ``out``."""
-        if self._identity_cols:
-            np.copyto(out, dim1, casting="unsafe")
-            return
-        if dim1.size and int(dim1.max()) >= self._col_of.size:  # past var's last joinid
-            self._no_var_row(first, n)
-        _take_into(self._col_of, dim1, out)
-        if out.size and int(out.min()) < 0:
-            self._no_var_row(first, n)
+    def _batch(self, table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A TileDB batch's row and column joinids (int64) and values (the source's dtype):
+        views of its arrow buffers, copied only where a type differs."""
+        rows = np.asarray(table["soma_dim_0"].to_numpy(), dtype=np.int64)
+        cols = np.asarray(table["soma_dim_1"].to_numpy(), dtype=np.int64)
+        values = np.asarray(table["soma_data"].to_numpy(), dtype=self.dtype)
+        return rows, cols, values
 
     def _no_var_row(self, first: int, n: int) -> None:
         where = f"cells {first}:{first + n}"

@@ -24,7 +24,7 @@ use numpy::{
 };
 use pyo3::import_exception;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 // The exception classes live in Python (`genept_fast.errors`, one hierarchy for the whole
 // package, with `ValueError`/`OverflowError`/`RuntimeError` bases); they are imported when
@@ -505,10 +505,54 @@ fn detached_here<T: Send>(
     }
 }
 
-/// What [`coo_into_csr`] writes into: the values' array, the columns' count, the chunk's
-/// offset and its three CSR arrays (their types are found by [`coo_typed`]).
+/// A 1-D array of `T` (`i32` or `i64`) borrowed from `obj`, or an error naming `what`.
+fn borrow<'py, T: Element>(
+    obj: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<PyReadonlyArray1<'py, T>> {
+    let arr = obj.cast::<PyArray1<T>>().map_err(|_| {
+        let dtype = if std::mem::size_of::<T>() == 8 {
+            "int64"
+        } else {
+            "int32"
+        };
+        invalid(format!("{what} must be a 1-D numpy array of {dtype}"))
+    })?;
+    arr.try_readonly()
+        .map_err(|_| invalid(format!("{what} is being written elsewhere")))
+}
+
+/// The block's batches as borrowed arrays: `(rows, cols, values)` per batch, rows and columns
+/// int64; the values' arrays kept untyped until the data's type is known.
+type Borrowed<'py> = Vec<(
+    PyReadonlyArray1<'py, i64>,
+    PyReadonlyArray1<'py, i64>,
+    Bound<'py, PyAny>,
+)>;
+
+fn borrow_batches<'py>(batches: &Bound<'py, PyAny>) -> PyResult<Borrowed<'py>> {
+    let shape = || invalid("batches must be a list of (rows, cols, values) tuples of arrays");
+    let list = batches.cast::<PyList>().map_err(|_| shape())?;
+    let mut out = Vec::with_capacity(list.len());
+    for (k, item) in list.iter().enumerate() {
+        let t = item.cast::<PyTuple>().map_err(|_| shape())?;
+        if t.len() != 3 {
+            return Err(shape());
+        }
+        let rows = borrow::<i64>(&t.get_item(0)?, &format!("batch {k}'s rows"))?;
+        let cols = borrow::<i64>(&t.get_item(1)?, &format!("batch {k}'s cols"))?;
+        out.push((rows, cols, t.get_item(2)?));
+    }
+    Ok(out)
+}
+
+/// What [`coo_into_csr`] reads and writes: the block's batches, the row and column maps, the
+/// columns' count, the chunk's offset and its three CSR arrays (their types are found by
+/// [`coo_typed`]).
 struct CooInto<'a, 'py> {
-    values: &'a Bound<'py, PyAny>,
+    batches: &'a Borrowed<'py>,
+    rows: genept_core::coo::RowMap<'a>,
+    cols: genept_core::coo::ColMap<'a>,
     n_cols: usize,
     base: usize,
     indptr: &'a Bound<'py, PyAny>,
@@ -517,27 +561,38 @@ struct CooInto<'a, 'py> {
 }
 
 /// [`coo_into_csr`] for one pair of types; `None` when the arrays are not of these types.
-fn coo_typed<I, V>(
-    py: Python<'_>,
-    rows: &[i32],
-    cols: &[i32],
-    a: &CooInto<'_, '_>,
-) -> PyResult<Option<usize>>
+fn coo_typed<I, V>(py: Python<'_>, a: &CooInto<'_, '_>) -> PyResult<Option<usize>>
 where
-    I: genept_core::Index + TryFrom<usize> + Element,
+    I: genept_core::coo::CsrIndex + Element,
     V: Element + Copy + Send + Sync,
 {
-    let (Ok(values), Ok(indptr), Ok(indices), Ok(data)) = (
-        a.values.cast::<PyArray1<V>>(),
+    let (Ok(indptr), Ok(indices), Ok(data)) = (
         a.indptr.cast::<PyArray1<I>>(),
         a.indices.cast::<PyArray1<I>>(),
         a.data.cast::<PyArray1<V>>(),
     ) else {
         return Ok(None);
     };
-    let values = values.readonly();
-    let values = slice(&values, "values")?;
-    // Distinct writable arrays: numpy's borrow checking refuses the same array twice.
+    let mut values = Vec::with_capacity(a.batches.len());
+    for (_, _, v) in a.batches {
+        let Ok(v) = v.cast::<PyArray1<V>>() else {
+            return Ok(None);
+        };
+        values.push(
+            v.try_readonly()
+                .map_err(|_| invalid("values are being written elsewhere"))?,
+        );
+    }
+    let mut batches = Vec::with_capacity(a.batches.len());
+    for ((r, c, _), v) in a.batches.iter().zip(&values) {
+        batches.push(genept_core::coo::Batch {
+            rows: slice(r, "rows")?,
+            cols: slice(c, "cols")?,
+            vals: slice(v, "values")?,
+        });
+    }
+    // Distinct writable arrays, none of them an input: numpy's borrow checking refuses an
+    // array borrowed twice.
     let mut indptr = indptr
         .try_readwrite()
         .map_err(|_| invalid("indptr must be a writable array of its own"))?;
@@ -557,53 +612,78 @@ where
         data.as_slice_mut()
             .map_err(|_| invalid("data must be C-contiguous"))?,
     );
-    let (n_cols, base) = (a.n_cols, a.base);
+    let (rows, cols, n_cols, base) = (a.rows, a.cols, a.n_cols, a.base);
     detached_here(py, || {
-        genept_core::coo::coo_into_csr(rows, cols, values, n_cols, base, p, i, d)
+        genept_core::coo::coo_into_csr(&batches, rows, cols, n_cols, base, p, i, d)
     })
     .map(Some)
 }
 
-/// Scatters a block's COO entries (int32 rows and columns, float32/float64 values) into CSR
-/// arrays (int32/int64 `indptr` and `indices`, `data` of the values' dtype), stable by row,
-/// skipping negative rows; returns the number of entries written (`genept_core::coo`).
+/// Scatters a block's batches of COO entries (int64 row and column joinids, float32/float64
+/// values) into CSR arrays (int32/int64 `indptr` and `indices`, `data` of the values' dtype),
+/// stable by row; rows are `joinid - first`, or `row_of[joinid - first]` (negative: skipped),
+/// or the joinid's position in the increasing `row_ids`; columns the joinid or `col_of[joinid]`.
+/// Returns the number of entries written (`genept_core::coo`).
 #[pyfunction]
-#[pyo3(signature = (rows, cols, values, n_cols, base, indptr, indices, data))]
+#[pyo3(signature = (batches, n_cols, base, indptr, indices, data, *, first=0, row_of=None, row_ids=None, col_of=None))]
 #[allow(clippy::too_many_arguments)]
 fn coo_into_csr(
     py: Python<'_>,
-    rows: PyReadonlyArray1<'_, i32>,
-    cols: PyReadonlyArray1<'_, i32>,
-    values: &Bound<'_, PyAny>,
+    batches: &Bound<'_, PyAny>,
     n_cols: usize,
     base: usize,
     indptr: &Bound<'_, PyAny>,
     indices: &Bound<'_, PyAny>,
     data: &Bound<'_, PyAny>,
+    first: i64,
+    row_of: Option<&Bound<'_, PyAny>>,
+    row_ids: Option<&Bound<'_, PyAny>>,
+    col_of: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<usize> {
-    let (r, c) = (slice(&rows, "rows")?, slice(&cols, "cols")?);
+    use genept_core::coo::{ColMap, RowMap};
+    let batches = borrow_batches(batches)?;
+    let row_of = row_of.map(|a| borrow::<i32>(a, "row_of")).transpose()?;
+    let row_ids = row_ids.map(|a| borrow::<i64>(a, "row_ids")).transpose()?;
+    let col_of = col_of.map(|a| borrow::<i32>(a, "col_of")).transpose()?;
+    let rows = match (
+        opt_slice(&row_of, "row_of")?,
+        opt_slice(&row_ids, "row_ids")?,
+    ) {
+        (Some(_), Some(_)) => return Err(invalid("give row_of or row_ids, not both")),
+        (Some(row_of), None) => RowMap::Table { first, row_of },
+        (None, Some(ids)) => {
+            if ids.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(invalid("row_ids must be strictly increasing"));
+            }
+            RowMap::Sorted(ids)
+        }
+        (None, None) => RowMap::Offset(first),
+    };
+    let cols = opt_slice(&col_of, "col_of")?.map_or(ColMap::Identity, ColMap::Table);
     let a = CooInto {
-        values,
+        batches: &batches,
+        rows,
+        cols,
         n_cols,
         base,
         indptr,
         indices,
         data,
     };
-    let mut found = coo_typed::<i32, f32>(py, r, c, &a)?;
+    let mut found = coo_typed::<i32, f32>(py, &a)?;
     if found.is_none() {
-        found = coo_typed::<i64, f32>(py, r, c, &a)?;
+        found = coo_typed::<i64, f32>(py, &a)?;
     }
     if found.is_none() {
-        found = coo_typed::<i32, f64>(py, r, c, &a)?;
+        found = coo_typed::<i32, f64>(py, &a)?;
     }
     if found.is_none() {
-        found = coo_typed::<i64, f64>(py, r, c, &a)?;
+        found = coo_typed::<i64, f64>(py, &a)?;
     }
     found.ok_or_else(|| {
         invalid(
-            "coo_into_csr wants 1-D values and data of one dtype (float32 or float64) and \
-             indptr and indices of one dtype (int32 or int64)",
+            "coo_into_csr wants 1-D values (every batch's) and data of one dtype (float32 or \
+             float64) and indptr and indices of one dtype (int32 or int64)",
         )
     })
 }
