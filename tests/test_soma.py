@@ -276,6 +276,27 @@ def test_a_default_context_and_a_users_context(pbmc: dict) -> None:
         assert soma.SomaSource(exp).context is exp.context  # an open experiment keeps its own
 
 
+def test_tiledbs_trim_after_every_query_becomes_one_per_chunk(pbmc: dict) -> None:
+    """The default context turns TileDB's ``malloc_trim`` after every query off and the source
+    trims once per chunk read; a context that leaves TileDB's on is not trimmed again."""
+    calls: list[int] = []
+    with soma.SomaSource(pbmc["uri"]) as src:
+        assert src.context.tiledb_config["sm.mem.malloc_trim"] == "false"
+        assert src._trim is not None  # glibc (Linux): malloc_trim exists
+        trim, src._trim = src._trim, lambda: calls.append(1)
+        trim()  # the real one runs
+        first = src.read(0, 700)
+        assert calls == [1]
+    trimming = tiledbsoma.SOMATileDBContext(tiledb_config={"sm.mem.malloc_trim": "true"})
+    for ctx in (trimming, tiledbsoma.SOMATileDBContext()):
+        with soma.SomaSource(pbmc["uri"], context=ctx) as src:
+            assert src._trim is None
+            assert (src.read(0, 700) != first).nnz == 0
+    off = tiledbsoma.SOMATileDBContext(tiledb_config={"sm.mem.malloc_trim": False})
+    with soma.SomaSource(pbmc["uri"], context=off) as src:
+        assert src._trim is not None
+
+
 def test_open_cells_detects_an_experiment_and_takes_the_source(pbmc: dict) -> None:
     src = open_cells(pbmc["uri"])
     assert isinstance(src, soma.SomaSource)
