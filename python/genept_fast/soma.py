@@ -134,7 +134,7 @@ def _chunk_trim(context: Any) -> Callable[[], None] | None:
         return None
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to give back this way
+    except (AttributeError, OSError, TypeError):  # not glibc (musl, macOS): nothing to trim
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
 
