@@ -260,6 +260,29 @@ def test_an_x_layer_wider_than_var_reads_the_same_and_refuses_a_stray_column(
         src.read(0, 30)
 
 
+@pytest.mark.parametrize(
+    ("stored", "read_as"),
+    [(np.int32, np.float32), (np.float64, np.float64), (np.uint16, np.float32)],
+)
+def test_integer_and_float64_layers_read_as_the_matrix(
+    synthetic: dict, tmp_path: Path, stored: type, read_as: type
+) -> None:
+    """Integer counts come back as float32 (each batch's values cast once) and float64 stays
+    float64 (the core's float64 path), with the same entries as the matrix written."""
+    adata = synthetic["adata"].copy()
+    adata.X = sp.csr_matrix(adata.X.astype(stored))
+    uri = tmp_path / f"{np.dtype(stored).name}.soma"
+    tiledbsoma_io.from_anndata(str(uri), adata, measurement_name="RNA")
+    with soma.SomaSource(uri) as src:
+        assert src.dtype == read_as
+        got = src.read(0, src.n_cells)
+    assert got.dtype == read_as and got.has_canonical_format
+    want = sp.csr_array(adata.X, dtype=read_as)
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data)
+
+
 def test_a_default_context_and_a_users_context(pbmc: dict) -> None:
     with soma.SomaSource(pbmc["uri"]) as src:
         config = src.context.tiledb_config
