@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import os
 
 __all__ = [
+    "ARROW_MAGIC",
+    "ARROW_SUFFIXES",
     "GENE_TABLE_EXPECT",
     "GENE_TABLE_KINDS",
     "Sniffed",
@@ -35,6 +37,10 @@ __all__ = [
 
 _HEAD = 4096
 _MTX = b"%%matrixmarket"
+
+#: The first bytes of an Arrow IPC file, and the suffixes that name one.
+ARROW_MAGIC = b"ARROW1"
+ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 
 #: The :func:`sniff` kinds a gene-embedding table may be (``GeneEmbeddings.read``), and the
 #: words for a message about a file that is none of them.
@@ -122,7 +128,7 @@ def _magic_kind(p: Path, head: bytes) -> Sniffed | None:
         return Sniffed("hdf5-broken", "a truncated or corrupt HDF5 file")
     if head.startswith(b"PAR1"):
         return Sniffed("parquet", "a parquet file")
-    if head.startswith(b"ARROW1"):
+    if head.startswith(ARROW_MAGIC):
         return Sniffed("arrow", "an Arrow IPC file")
     if head.startswith(b"PK\x03\x04"):
         return Sniffed("zip", "a zip archive")
@@ -165,9 +171,7 @@ _CLAIMS: dict[str, tuple[str, frozenset[str]]] = {
     ".zarr": ("an AnnData .zarr store", frozenset({"zarr-anndata", "zarr"})),
     ".parquet": ("a parquet file", frozenset({"parquet"})),
     ".pq": ("a parquet file", frozenset({"parquet"})),
-    ".arrow": ("an Arrow IPC file", frozenset({"arrow"})),
-    ".feather": ("an Arrow IPC file", frozenset({"arrow"})),
-    ".ipc": ("an Arrow IPC file", frozenset({"arrow"})),
+    **{suffix: ("an Arrow IPC file", frozenset({"arrow"})) for suffix in ARROW_SUFFIXES},
     ".loom": ("a .loom file", frozenset({"loom"})),
     ".mtx": ("a Matrix Market file", frozenset({"mtx"})),
     ".pickle": ("a pickle", frozenset({"pickle"})),

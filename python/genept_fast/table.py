@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from genept_fast._atomic import atomic_path
+from genept_fast._inputs import ARROW_MAGIC, ARROW_SUFFIXES
 from genept_fast._outputs import check_output
 from genept_fast.errors import InputError
 from genept_fast.genes.match import (
@@ -56,9 +57,6 @@ __all__ = ["Coverage", "GeneEmbeddings"]
 
 _META_KEY = "genept_fast"
 _PICKLE_SUFFIXES = {".pkl", ".pickle"}
-#: Suffixes :meth:`GeneEmbeddings.write` writes as an Arrow IPC file (any other: parquet).
-ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
-_ARROW_MAGIC = b"ARROW1"
 _SHOWN = 5
 
 
@@ -151,7 +149,7 @@ def _is_arrow(path: Path) -> bool:
     """Whether ``path`` starts like an Arrow IPC file (``ARROW1``)."""
     try:
         with path.open("rb") as fh:
-            return fh.read(len(_ARROW_MAGIC)) == _ARROW_MAGIC
+            return fh.read(len(ARROW_MAGIC)) == ARROW_MAGIC
     except OSError:
         return False  # the parquet reader says what is wrong with it
 
@@ -180,11 +178,12 @@ def _gene_column(column: pa.ChunkedArray, path: Path) -> list[str]:
 
 
 def _embedding_matrix(column: pa.ChunkedArray, path: Path) -> np.ndarray:
-    """``(rows, D)`` float32 from a parquet ``embedding`` column: ``Array(Float32, D)`` (what
-    :meth:`GeneEmbeddings.write` writes) or lists of one length, of any numeric type.
+    """``(rows, D)`` float32 from a table file's ``embedding`` column: ``Array(Float32, D)``
+    (what :meth:`GeneEmbeddings.write` writes) or lists of one length, of any numeric type.
 
-    A float32 column in one piece (a file of one row group) comes back as a view of the decoded
-    buffer, without a copy; several pieces are joined (one copy), other types converted.
+    A float32 column in one piece (a parquet file of one row group, an Arrow file of one record
+    batch) comes back as a view of its buffer (decoded, or mapped), without a copy; several
+    pieces are joined (one copy), other types converted.
     """
     import pyarrow as pa
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genept_fast._inputs import ARROW_SUFFIXES
 from genept_fast._outputs import add_overwrite_argument, check_output
 from genept_fast._secrets import check_url, public_url
 from genept_fast.commands._args import int_range, old_spelling, positive_float, url
@@ -345,7 +346,7 @@ def fetch_genept(
     ServiceError
         The server refused the download or kept failing; it cannot be reached.
     """
-    from genept_fast.table import ARROW_SUFFIXES, GeneEmbeddings
+    from genept_fast.table import GeneEmbeddings
     from genept_fast.text import default_cache_dir, write_texts
 
     check_url(url, option="url")
