@@ -44,6 +44,27 @@ pub enum ColMap<'a> {
     Table(&'a [i32]),
 }
 
+impl ColMap<'_> {
+    /// The column of joinid `c`, or -1 where the map names none (a joinid past it, or mapped
+    /// to a negative column); the identity's may be anything, checked by the caller.
+    #[inline(always)]
+    fn col(self, c: i64) -> i64 {
+        match self {
+            ColMap::Identity => c,
+            ColMap::Table(col_of) => table_col(col_of, c),
+        }
+    }
+}
+
+/// `col_of[c]`, or -1 where `c` is past `col_of`.
+#[inline(always)]
+fn table_col(col_of: &[i32], c: i64) -> i64 {
+    usize::try_from(c)
+        .ok()
+        .and_then(|c| col_of.get(c))
+        .map_or(-1, |&m| i64::from(m))
+}
+
 /// An index type of the chunk's CSR arrays, built from a column already checked to be below
 /// the column count (which fits the type: checked once per call).
 pub trait CsrIndex: Index + TryFrom<usize> {
@@ -128,6 +149,8 @@ fn put_cols<I: CsrIndex>(
 ) -> Result<()> {
     let n = n_cols as u64; // n_cols <= i32::MAX: checked by the caller
     let mut bad = false;
+    // One loop per map, so the identity's stays a plain copy with a bound check; a column
+    // outside [0, n_cols) (negative: none) sets `bad`, and the joinid is found below.
     match map {
         ColMap::Identity => {
             for (o, &c) in out.iter_mut().zip(cols) {
@@ -137,10 +160,7 @@ fn put_cols<I: CsrIndex>(
         }
         ColMap::Table(col_of) => {
             for (o, &c) in out.iter_mut().zip(cols) {
-                let m = usize::try_from(c)
-                    .ok()
-                    .and_then(|c| col_of.get(c))
-                    .map_or(-1, |&m| i64::from(m));
+                let m = table_col(col_of, c);
                 bad |= (m as u64) >= n;
                 *o = I::from_col(m as u32);
             }
@@ -156,13 +176,7 @@ fn put_cols<I: CsrIndex>(
     let gene = cols
         .iter()
         .copied()
-        .find(|&c| match map {
-            ColMap::Identity => (c as u64) >= n,
-            ColMap::Table(col_of) => usize::try_from(c)
-                .ok()
-                .and_then(|c| col_of.get(c))
-                .is_none_or(|&m| (m as u32) >= n as u32),
-        })
+        .find(|&c| (map.col(c) as u64) >= n)
         .unwrap_or(-1);
     Err(GeneptError::GeneOutside {
         cell: row,

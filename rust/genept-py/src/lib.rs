@@ -101,17 +101,20 @@ fn detached_at<T: Send>(
     let r = py.detach(|| catch_unwind(AssertUnwindSafe(|| with_pool(n_threads, f))));
     match r {
         Ok(r) => r.map_err(|e| to_py_at(py, e, row_offset)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            Err(InternalError::new_err(format!(
-                "internal error in genept-fast (please report it): {msg}"
-            )))
-        }
+        Err(panic) => Err(internal_error(panic.as_ref())),
     }
+}
+
+/// The `InternalError` a caught panic becomes, with the panic's message.
+fn internal_error(panic: &(dyn std::any::Any + Send)) -> PyErr {
+    let msg = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    InternalError::new_err(format!(
+        "internal error in genept-fast (please report it): {msg}"
+    ))
 }
 
 fn slice<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
@@ -499,9 +502,7 @@ fn detached_here<T: Send>(
 ) -> PyResult<T> {
     match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(r) => r.map_err(|e| to_py(py, e)),
-        Err(_) => Err(InternalError::new_err(
-            "internal error in genept-fast (please report it): coo_into_csr panicked",
-        )),
+        Err(panic) => Err(internal_error(panic.as_ref())),
     }
 }
 
